@@ -1,0 +1,5 @@
+//! Evidence trail (SPEC §5): the per-trust RFC 9162 Merkle log of events, signed
+//! checkpoints, and the auditor's export bundle and offline verifier.
+//!
+//! Owns: leaves, tree hashing, proofs, checkpoints, bundles. May not touch: delivery.
+//! Not built yet: the evidence-trail issue fills this in.

@@ -1,0 +1,329 @@
+//! The `doorstep` command line: a thin shell over [`crate::pipeline`] and the store.
+//! Parses arguments, loads the config, prints human or `--format json` output, and maps
+//! outcomes to exit codes: 0 success, 1 some records rejected or undelivered, 2 bad usage
+//! or config.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::synthetic::{GenOptions, write_records};
+use crate::pipeline::{self, Reporter};
+use crate::report::{Conflict, Rejection, ReportLine, Summary};
+use crate::store::{SqliteStore, StatusReport, Store};
+
+const ABOUT: &str = "doorstep: home-visit reports, incidents and safeguarding flags, checked \
+against the trust's policy and delivered into each school's own systems, with a \
+tamper-evident evidence trail.";
+
+const AFTER_HELP: &str = "Exit codes: 0 success, 1 some records rejected or undelivered, \
+2 bad usage or config.\nEvery verb takes --config PATH after the verb name (default \
+./doorstep.toml, or the DOORSTEP_CONFIG environment variable). Logs go to standard error \
+(level from DOORSTEP_LOG, e.g. DOORSTEP_LOG=debug) and carry ids only.";
+
+#[derive(Debug, Parser)]
+#[command(name = "doorstep", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate record files (.json: one record or an array; .jsonl: one a line); change
+    /// nothing. Works with no config at all (the record rules only).
+    Check {
+        /// Files or folders (folders are walked for .json and .jsonl files).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Validate record files and store them durably; a record is acknowledged only once
+    /// its transaction commits. With no PATH, ingests the config's drop folder.
+    Ingest {
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Counts of stored records by trust, school, kind and state; rejections and
+    /// conflicts by rule.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check the config file (and the files it points to).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Write N synthetic records of all three kinds and both trusts as JSON lines to
+    /// standard output; the same seed gives the same records. Every name is invented.
+    Gen {
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of records (0.0 to 1.0) made invalid, one fault each.
+        #[arg(long, default_value_t = 0.0)]
+        invalid_share: f64,
+    },
+    /// Print the JSON Schema (draft 2020-12) of the three record kinds.
+    Schema,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Load and check the config; exit 0 if it is good, 2 with the reason if not.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The deployment config [default: ./doorstep.toml]
+    #[arg(long, env = config::ENV_VAR, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Output: human text, or one JSON object a line for scripts.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+/// A failure that ends the command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    /// Bad usage or config: exit 2.
+    #[error("{0}")]
+    Config(String),
+    /// Something went wrong while working: exit 1.
+    #[error("{0}")]
+    Run(String),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(Fatal::Config(m)) => {
+            eprintln!("doorstep: {m}");
+            ExitCode::from(2)
+        }
+        Err(Fatal::Run(m)) => {
+            eprintln!("doorstep: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DOORSTEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::Run(format!("cannot start the runtime: {e}")))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Fatal> {
+    match cli.command {
+        Command::Check { paths, common } => {
+            // The config is optional for `check`; named explicitly, it must load.
+            let _config = load_config(&common.config, false)?;
+            let mut out = Output::new(common.format);
+            let summary = pipeline::check(&paths, &mut out);
+            out.finish(&summary)
+        }
+        Command::Ingest { paths, common } => {
+            let config = load_config(&common.config, true)?
+                .ok_or_else(|| Fatal::Config("no config".into()))?;
+            let paths = if paths.is_empty() { vec![config.drop_dir.clone()] } else { paths };
+            runtime()?.block_on(async {
+                let store = open_store(&config).await?;
+                let mut out = Output::new(common.format);
+                let result = pipeline::ingest(&store, paths, &mut out).await;
+                store.close().await;
+                let summary = result.map_err(|e| Fatal::Run(e.to_string()))?;
+                out.finish(&summary)
+            })
+        }
+        Command::Status { common } => {
+            let config = load_config(&common.config, true)?
+                .ok_or_else(|| Fatal::Config("no config".into()))?;
+            runtime()?.block_on(async {
+                let store = open_store(&config).await?;
+                let report = store.status().await.map_err(|e| Fatal::Run(e.to_string()));
+                store.close().await;
+                print_status(&report?, common.format);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Config { action: ConfigAction::Check { config } } => {
+            let loaded = load_config(&config, true)?;
+            if let Some(c) = loaded {
+                println!("{}: ok", c.path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gen { count, seed, invalid_share } => {
+            if !(0.0..=1.0).contains(&invalid_share) {
+                return Err(Fatal::Config("--invalid-share must be from 0.0 to 1.0".into()));
+            }
+            let stdout = io::stdout();
+            let mut w = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            match write_records(GenOptions { count, seed, invalid_share }, &mut w) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                // A closed pipe (`doorstep gen | head`) is not an error.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(Fatal::Run(format!("writing records: {e}"))),
+            }
+        }
+        Command::Schema => {
+            let schema = crate::records::records_schema();
+            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Finds and loads the config: `--config`, else `DOORSTEP_CONFIG` (both via clap), else
+/// `./doorstep.toml` if present. `required` makes a missing config an error.
+fn load_config(arg: &ConfigArg, required: bool) -> Result<Option<Config>, Fatal> {
+    let path = match &arg.config {
+        Some(p) => p.clone(),
+        None => {
+            let default = Path::new(config::DEFAULT_PATH);
+            if default.exists() {
+                default.to_path_buf()
+            } else if required {
+                return Err(Fatal::Config(format!(
+                    "no config: pass --config PATH, set {}, or create ./{} (see examples/doorstep.toml)",
+                    config::ENV_VAR,
+                    config::DEFAULT_PATH
+                )));
+            } else {
+                return Ok(None);
+            }
+        }
+    };
+    Config::load(&path).map(Some).map_err(|e| Fatal::Config(e.to_string()))
+}
+
+async fn open_store(config: &Config) -> Result<SqliteStore, Fatal> {
+    SqliteStore::open(&config.sqlite_path)
+        .await
+        .map_err(|e| Fatal::Config(format!("{}: {e}", config.path.display())))
+}
+
+/// Prints reports as they come, human or JSON lines, to standard output.
+struct Output {
+    format: Format,
+    out: io::BufWriter<io::Stdout>,
+}
+
+impl Output {
+    fn new(format: Format) -> Self {
+        Self { format, out: io::BufWriter::new(io::stdout()) }
+    }
+
+    fn line(&mut self, human: &dyn std::fmt::Display, json: ReportLine<'_>) {
+        // Output errors (a closed pipe) must not stop intake: the store is the record.
+        let _ = match self.format {
+            Format::Human => writeln!(self.out, "{human}"),
+            Format::Json => serde_json::to_writer(&mut self.out, &json)
+                .map_err(io::Error::other)
+                .and_then(|()| self.out.write_all(b"\n")),
+        };
+    }
+
+    fn finish(mut self, summary: &Summary) -> Result<ExitCode, Fatal> {
+        self.line(summary, ReportLine::Summary(summary));
+        let _ = self.out.flush();
+        Ok(if summary.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    }
+}
+
+impl Reporter for Output {
+    fn rejection(&mut self, r: &Rejection) {
+        self.line(r, ReportLine::Rejection(r));
+    }
+    fn conflict(&mut self, c: &Conflict) {
+        self.line(c, ReportLine::Conflict(c));
+    }
+}
+
+fn print_status(report: &StatusReport, format: Format) {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let records: u64 = report.records.iter().filter(|r| r.state == "current").map(|r| r.count).sum();
+    let revisions: u64 = report.records.iter().map(|r| r.count).sum();
+    let count_of = |issue: &str| -> u64 {
+        report.issues.iter().filter(|i| i.issue == issue).map(|i| i.count).sum()
+    };
+    let (rejected, conflicts) = (count_of("rejection"), count_of("conflict"));
+    let _ = match format {
+        Format::Json => (|| -> io::Result<()> {
+            for r in &report.records {
+                let mut v = serde_json::to_value(r)?;
+                v["kind"] = "records".into();
+                writeln!(out, "{v}")?;
+            }
+            for i in &report.issues {
+                let v = serde_json::json!({ "kind": i.issue, "rule": i.rule, "count": i.count });
+                writeln!(out, "{v}")?;
+            }
+            let v = serde_json::json!({
+                "kind": "summary", "records": records, "revisions": revisions,
+                "rejected": rejected, "conflicts": conflicts,
+            });
+            writeln!(out, "{v}")
+        })(),
+        Format::Human => (|| -> io::Result<()> {
+            writeln!(out, "{:<10} {:<8} {:<18} {:<11} {:>8}", "trust", "school", "kind", "state", "count")?;
+            for r in &report.records {
+                writeln!(out, "{:<10} {:<8} {:<18} {:<11} {:>8}", r.trust, r.school, r.record_kind, r.state, r.count)?;
+            }
+            if !report.issues.is_empty() {
+                writeln!(out, "\nintake issues by rule:")?;
+                for i in &report.issues {
+                    writeln!(out, "  {:<10} {:<24} {:>8}", i.issue, i.rule, i.count)?;
+                }
+            }
+            writeln!(
+                out,
+                "\n{records} records ({revisions} revisions), {rejected} rejections, {conflicts} conflicts"
+            )
+        })(),
+    };
+}

@@ -1,0 +1,239 @@
+//! `doorstep.toml`: where the store, the drop folder, the archive, connectors and mappings
+//! are, and where secrets come from. Relative paths are taken from the config file's own
+//! folder. Secrets are references (`{ env = "NAME" }` or `{ file = "PATH" }`), never inline.
+//!
+//! Owns: reading and checking the deployment config. May not touch: the store, records.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the config came from when none was named.
+pub const DEFAULT_PATH: &str = "doorstep.toml";
+pub const ENV_VAR: &str = "DOORSTEP_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{path}: secret `{key}`: {reason}")]
+    Secret {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A secret reference: exactly one of `env` or `file`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: RawStore,
+    #[serde(default)]
+    intake: RawIntake,
+    #[serde(default)]
+    connectors: Option<PathBuf>,
+    #[serde(default)]
+    mappings: Option<PathBuf>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    sqlite: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntake {
+    drop: Option<PathBuf>,
+    archive: Option<PathBuf>,
+    rejected: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    signing_key: Option<SecretRef>,
+}
+
+/// A checked config with every path made absolute against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub sqlite_path: PathBuf,
+    pub drop_dir: PathBuf,
+    pub archive_dir: PathBuf,
+    pub rejected_dir: PathBuf,
+    pub connectors_dir: PathBuf,
+    pub mappings_dir: PathBuf,
+    pub time_zone: chrono_tz::Tz,
+    pub listen: std::net::SocketAddr,
+    pub signing_key: Option<SecretRef>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.kind().to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: toml_error_message(text, &e),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let at = |p: &Path| base.join(p);
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.into(),
+            reason,
+        };
+        let time_zone = match raw.time_zone.as_deref() {
+            None => chrono_tz::Europe::London,
+            Some(name) => name
+                .parse()
+                .map_err(|_| invalid("time_zone", "not an IANA time zone name".into()))?,
+        };
+        let listen = raw
+            .server
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:8080")
+            .parse()
+            .map_err(|_| invalid("server.listen", "not an address:port".into()))?;
+        if let Some(key) = &raw.audit.signing_key {
+            check_secret(path, "audit.signing_key", key)?;
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            sqlite_path: at(&raw.store.sqlite),
+            drop_dir: at(raw.intake.drop.as_deref().unwrap_or(Path::new("drop"))),
+            archive_dir: at(raw.intake.archive.as_deref().unwrap_or(Path::new("archive"))),
+            rejected_dir: at(raw.intake.rejected.as_deref().unwrap_or(Path::new("rejected"))),
+            connectors_dir: at(raw.connectors.as_deref().unwrap_or(Path::new("connectors"))),
+            mappings_dir: at(raw.mappings.as_deref().unwrap_or(Path::new("mappings"))),
+            time_zone,
+            listen,
+            signing_key: raw.audit.signing_key.map(|s| SecretRef {
+                env: s.env,
+                file: s.file.map(|f| at(&f)),
+            }),
+        })
+    }
+}
+
+/// A TOML error as "line L: message", without the source line or any quoted value (it may
+/// be a secret written inline by mistake).
+pub fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::new();
+    let mut in_quote = false;
+    for c in e.message().trim_end().chars() {
+        match c {
+            '"' if in_quote => {
+                in_quote = false;
+                message.push_str("…\"");
+            }
+            '"' => {
+                in_quote = true;
+                message.push('"');
+            }
+            _ if in_quote => {}
+            '\n' => message.push_str(" | "),
+            c => message.push(c),
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let line = text.get(..span.start).map_or(0, |t| t.matches('\n').count()) + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn check_secret(path: &Path, key: &str, s: &SecretRef) -> Result<(), ConfigError> {
+    let err = |reason: &str| ConfigError::Secret {
+        path: path.to_path_buf(),
+        key: key.into(),
+        reason: reason.into(),
+    };
+    match (&s.env, &s.file) {
+        (Some(_), Some(_)) => Err(err("give either `env` or `file`, not both")),
+        (None, None) => Err(err("give `{ env = \"NAME\" }` or `{ file = \"PATH\" }`")),
+        (Some(name), None) if name.is_empty() => Err(err("`env` names an empty variable")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_come_from_the_config_folder() {
+        let c = Config::parse(
+            Path::new("/etc/doorstep/doorstep.toml"),
+            "[store]\nsqlite = \"var/d.db\"\n[intake]\ndrop = \"/srv/drop\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sqlite_path, Path::new("/etc/doorstep/var/d.db"));
+        assert_eq!(c.drop_dir, Path::new("/srv/drop"));
+        assert_eq!(c.mappings_dir, Path::new("/etc/doorstep/mappings"));
+    }
+
+    #[test]
+    fn unknown_keys_and_inline_secrets_are_errors() {
+        let e = Config::parse(Path::new("d.toml"), "[store]\nsqlite = \"x\"\nsqlitee = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d.toml") && e.contains("sqlitee"), "{e}");
+        let e = Config::parse(
+            Path::new("d.toml"),
+            "[store]\nsqlite = \"x\"\n[audit]\nsigning_key = \"inline-secret\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("signing_key"), "{e}");
+        assert!(!e.contains("inline-secret"), "a secret must not be echoed: {e}");
+        let e = Config::parse(Path::new("d.toml"), "[store]\nsqlite = \"x\"\ntime_zone = 1\n");
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,411 @@
+//! Intake from files (SPEC §6): `.json` (one record or an array) and `.jsonl` (a record a
+//! line), streamed so memory does not grow with the file. Yields raw JSON values, or an
+//! error naming the line and rule; never panics on input, and one bad record never stops
+//! the others (a syntax error in a `.json` array ends that file: what came before is kept).
+//!
+//! Owns: finding files, reading bytes, JSON syntax. May not touch: validation, the store.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::records::{
+    CheckedValue, DuplicateKey, FieldError, Rule, parse_json_value, record_id_hint,
+    value_from_map,
+};
+
+/// The largest record accepted on one JSON line; longer lines are skipped, not buffered.
+pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One item read from a file: a JSON value to validate, or an error.
+#[derive(Debug)]
+pub enum Item {
+    Value { line: Option<u64>, value: Value },
+    Error {
+        line: Option<u64>,
+        record_id: Option<String>,
+        error: FieldError,
+    },
+}
+
+/// The files a list of paths names: folders are walked (sorted, hidden files and other
+/// extensions skipped); a file named explicitly is always returned, whatever its type.
+pub fn expand_paths(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk_dir(p, &mut out);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        out.push(dir.to_path_buf());
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if p.is_dir() {
+            walk_dir(&p, out);
+        } else if FileFormat::of(&p).is_some() {
+            out.push(p);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Json,
+    JsonLines,
+}
+
+impl FileFormat {
+    pub fn of(path: &Path) -> Option<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => Some(Self::Json),
+            Some(e) if e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("ndjson") => {
+                Some(Self::JsonLines)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Reads one file, handing every item to `sink` in order.
+pub fn read_file(path: &Path, sink: &mut dyn FnMut(Item)) {
+    let Some(format) = FileFormat::of(path) else {
+        sink(file_error(
+            Rule::UnsupportedFileType,
+            "only .json (one record or an array) and .jsonl (one record a line) files are read",
+        ));
+        return;
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            sink(file_error(Rule::UnreadableFile, format!("cannot open the file: {}", io_reason(&e))));
+            return;
+        }
+    };
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    match reader.fill_buf() {
+        Ok(buf) if buf.starts_with(BOM) => {
+            sink(file_error(
+                Rule::Utf8Bom,
+                "the file starts with a UTF-8 byte order mark; save it as UTF-8 without a BOM",
+            ));
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            sink(file_error(Rule::UnreadableFile, format!("cannot read the file: {}", io_reason(&e))));
+            return;
+        }
+    }
+    match format {
+        FileFormat::JsonLines => read_json_lines(reader, sink),
+        FileFormat::Json => read_json_document(reader, sink),
+    }
+}
+
+fn file_error(rule: Rule, message: impl Into<String>) -> Item {
+    Item::Error {
+        line: None,
+        record_id: None,
+        error: FieldError::whole(rule, message),
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    // The kind, not the OS text with a path in it.
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        io::ErrorKind::IsADirectory => "is a folder".into(),
+        k => k.to_string(),
+    }
+}
+
+fn read_json_lines(mut reader: impl BufRead, sink: &mut dyn FnMut(Item)) {
+    let mut buf = Vec::with_capacity(8 * 1024);
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        line_no += 1;
+        let limit = (MAX_RECORD_BYTES + 1) as u64;
+        let n = match (&mut reader).take(limit).read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                sink(Item::Error {
+                    line: Some(line_no),
+                    record_id: None,
+                    error: FieldError::whole(
+                        Rule::UnreadableFile,
+                        format!("reading stopped: {}", io_reason(&e)),
+                    ),
+                });
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        if buf.len() > MAX_RECORD_BYTES && buf.last() != Some(&b'\n') {
+            sink(Item::Error {
+                line: Some(line_no),
+                record_id: None,
+                error: FieldError::whole(
+                    Rule::RecordTooLarge,
+                    format!("a record is at most {MAX_RECORD_BYTES} bytes"),
+                ),
+            });
+            if skip_line(&mut reader).is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut line = buf.as_slice();
+        while let Some((&last, rest)) = line.split_last() {
+            if last == b'\n' || last == b'\r' {
+                line = rest;
+            } else {
+                break;
+            }
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        sink(parse_line(line, line_no));
+    }
+}
+
+fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            reader.consume(i + 1);
+            return Ok(());
+        }
+        let n = buf.len();
+        reader.consume(n);
+    }
+}
+
+/// Parses one complete JSON text: a JSON-lines line or an HTTP request body.
+pub fn parse_line(bytes: &[u8], line: u64) -> Item {
+    parse_text(bytes, Some(line))
+}
+
+/// Parses one complete JSON text with no line number (an HTTP request body).
+pub fn parse_text(bytes: &[u8], line: Option<u64>) -> Item {
+    if std::str::from_utf8(bytes).is_err() {
+        return Item::Error {
+            line,
+            record_id: None,
+            error: FieldError::whole(Rule::InvalidUtf8, "the text is not valid UTF-8"),
+        };
+    }
+    match parse_json_value(bytes) {
+        Ok((value, dup)) => checked(value, dup, line),
+        Err(e) => Item::Error {
+            line: line.map(|l| l + e.line().saturating_sub(1) as u64),
+            record_id: None,
+            error: json_error(&e),
+        },
+    }
+}
+
+fn checked(value: Value, dup: Option<DuplicateKey>, line: Option<u64>) -> Item {
+    match dup {
+        None => Item::Value { line, value },
+        Some(d) => Item::Error {
+            line,
+            record_id: record_id_hint(&value),
+            error: FieldError::new(
+                d.pointer,
+                Rule::DuplicateKey,
+                "a key appears twice in one object; which one is meant cannot be known",
+            ),
+        },
+    }
+}
+
+/// A serde_json syntax error as a rule and a message (its text names no values).
+fn json_error(e: &serde_json::Error) -> FieldError {
+    let text = e.to_string();
+    let rule = if text.contains("recursion limit") {
+        Rule::NestingTooDeep
+    } else if text.contains("number out of range") {
+        Rule::NumberOutOfRange
+    } else if text.contains("trailing characters") {
+        Rule::TrailingCharacters
+    } else if text.contains("unicode") || text.contains("surrogate") || text.contains("UTF-8") {
+        Rule::InvalidUtf8
+    } else if e.classify() == serde_json::error::Category::Io {
+        Rule::UnreadableFile
+    } else {
+        Rule::JsonSyntax
+    };
+    let message = match e.classify() {
+        serde_json::error::Category::Eof => {
+            format!("the JSON ends too soon (truncated?): {text}")
+        }
+        _ if rule == Rule::NestingTooDeep => {
+            format!("nested more than 128 levels deep: {text}")
+        }
+        _ => text,
+    };
+    FieldError::whole(rule, message)
+}
+
+/// Streams a `.json` file: one record (an object) or an array of records.
+fn read_json_document(reader: impl Read, sink: &mut dyn FnMut(Item)) {
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let mut count = 0u64;
+    let result = (&mut de).deserialize_any(TopLevel {
+        sink: &mut *sink,
+        count: &mut count,
+    });
+    let result = result.and_then(|()| de.end());
+    match result {
+        Ok(()) if count == 0 => sink(file_error(
+            Rule::NoRecords,
+            "the file holds no record: a .json file holds one record or an array of records",
+        )),
+        Ok(()) => {}
+        Err(e) if e.classify() == serde_json::error::Category::Data => sink(Item::Error {
+            line: None,
+            record_id: None,
+            error: FieldError::new(
+                "",
+                Rule::NotAnObject,
+                "a .json file holds one record (an object) or an array of records",
+            ),
+        }),
+        Err(e) => sink(Item::Error {
+            line: Some(e.line() as u64),
+            record_id: None,
+            error: json_error(&e),
+        }),
+    }
+}
+
+struct TopLevel<'a> {
+    sink: &'a mut dyn FnMut(Item),
+    count: &'a mut u64,
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("one record (an object) or an array of records")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let (value, dup) = value_from_map(map)?;
+        *self.count += 1;
+        (self.sink)(checked(value, dup, None));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some((value, dup)) = seq.next_element_seed(CheckedValue)? {
+            *self.count += 1;
+            (self.sink)(checked(value, dup, None));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_bytes(name: &str, bytes: &[u8]) -> Vec<Item> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let mut items = Vec::new();
+        read_file(&path, &mut |i| items.push(i));
+        items
+    }
+
+    fn rules(items: &[Item]) -> Vec<(Option<u64>, Option<Rule>)> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Value { line, .. } => (*line, None),
+                Item::Error { line, error, .. } => (*line, Some(error.rule)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_keep_going_after_bad_lines() {
+        let items = read_bytes(
+            "a.jsonl",
+            b"{\"a\":1}\n{bad\n\n{\"a\":2,\"a\":3}\r\n\xff\xfe\n[1]\n{\"a\":",
+        );
+        assert_eq!(
+            rules(&items),
+            vec![
+                (Some(1), None),
+                (Some(2), Some(Rule::JsonSyntax)),
+                (Some(4), Some(Rule::DuplicateKey)),
+                (Some(5), Some(Rule::InvalidUtf8)),
+                (Some(6), None),
+                (Some(7), Some(Rule::JsonSyntax)),
+            ]
+        );
+    }
+
+    #[test]
+    fn json_array_keeps_records_before_truncation() {
+        let items = read_bytes("a.json", b"[{\"a\":1},\n{\"b\":2},\n{\"c\":");
+        assert_eq!(
+            rules(&items),
+            vec![(None, None), (None, None), (Some(3), Some(Rule::JsonSyntax))]
+        );
+    }
+
+    #[test]
+    fn bom_empty_and_scalars_are_rejected() {
+        assert_eq!(rules(&read_bytes("a.json", b"\xEF\xBB\xBF{}")), vec![(None, Some(Rule::Utf8Bom))]);
+        assert_eq!(rules(&read_bytes("a.json", b"[]")), vec![(None, Some(Rule::NoRecords))]);
+        assert_eq!(rules(&read_bytes("a.json", b"  ")), vec![(Some(1), Some(Rule::JsonSyntax))]);
+        assert_eq!(rules(&read_bytes("a.json", b"\"x\"")), vec![(None, Some(Rule::NotAnObject))]);
+        assert_eq!(rules(&read_bytes("a.json", b"{} {}")), vec![(None, None), (Some(1), Some(Rule::TrailingCharacters))]);
+        assert_eq!(rules(&read_bytes("a.txt", b"{}")), vec![(None, Some(Rule::UnsupportedFileType))]);
+        assert_eq!(rules(&read_bytes("a.jsonl", b"[1e999]")), vec![(Some(1), Some(Rule::NumberOutOfRange))]);
+    }
+
+    #[test]
+    fn overlong_line_is_skipped_not_buffered() {
+        let mut data = vec![b'"'; MAX_RECORD_BYTES + 10];
+        data.extend_from_slice(b"\n{\"ok\":true}\n");
+        let items = read_bytes("big.jsonl", &data);
+        assert_eq!(rules(&items), vec![(Some(1), Some(Rule::RecordTooLarge)), (Some(2), None)]);
+    }
+}

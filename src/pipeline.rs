@@ -1,0 +1,201 @@
+//! The intake pipeline both shells (CLI, server) call: read → validate → (store).
+//!
+//! `check` reads and validates, changing nothing. `ingest` does the same on a reader thread
+//! and hands accepted records over a bounded channel to the store, which writes them in
+//! batched transactions; nothing is reported as accepted before its batch commits.
+//! Memory stays flat whatever the file size: the channel bounds what is in flight.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::intake::{Item, expand_paths, read_file};
+use crate::records::{ParsedRecord, parse_submission, record_id_hint};
+use crate::report::{Conflict, Rejection, Summary};
+use crate::store::{IngestOutcome, IntakeBatch, NewRecord, Store, StoreError};
+
+/// Records written per transaction at most.
+pub const BATCH_RECORDS: usize = 2000;
+/// Submissions in flight between the reader thread and the store.
+const CHANNEL_DEPTH: usize = 4096;
+
+/// Receives what a run finds, as it finds it.
+pub trait Reporter {
+    fn rejection(&mut self, rejection: &Rejection);
+    fn conflict(&mut self, conflict: &Conflict);
+}
+
+/// One submission read from a file, validated.
+pub enum Validated {
+    Accepted {
+        line: Option<u64>,
+        records: Vec<ParsedRecord>,
+    },
+    Rejected(Vec<Rejection>),
+}
+
+/// Validates one item read from `file`.
+pub fn validate(file: &str, item: Item) -> Validated {
+    match item {
+        Item::Error {
+            line,
+            record_id,
+            error,
+        } => Validated::Rejected(vec![Rejection::new(file, line, record_id, error)]),
+        Item::Value { line, value } => {
+            let record_id = record_id_hint(&value);
+            match parse_submission(value) {
+                Ok(records) => {
+                    for r in &records {
+                        tracing::trace!(
+                            file,
+                            line,
+                            kind = %r.record.kind(),
+                            record_id = %r.record.id(),
+                            revision = r.record.revision().0,
+                            "record valid"
+                        );
+                    }
+                    Validated::Accepted { line, records }
+                }
+                Err(errors) => {
+                    tracing::debug!(file, line, record_id, errors = errors.len(), "record rejected");
+                    Validated::Rejected(
+                        errors
+                            .into_iter()
+                            .map(|e| Rejection::new(file, line, record_id.clone(), e))
+                            .collect(),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Reads and validates every file under `paths`, in order, calling `each` per submission.
+pub fn read_and_validate(paths: &[PathBuf], each: &mut dyn FnMut(&str, Validated)) {
+    for path in expand_paths(paths) {
+        let file = path.display().to_string();
+        tracing::info!(file = %file, "reading");
+        read_file(&path, &mut |item| each(&file, validate(&file, item)));
+    }
+}
+
+/// `doorstep check`: validates, changes nothing.
+pub fn check(paths: &[PathBuf], reporter: &mut dyn Reporter) -> Summary {
+    let mut summary = Summary::default();
+    read_and_validate(paths, &mut |_, v| match v {
+        Validated::Accepted { records, .. } => summary.accepted += records.len() as u64,
+        Validated::Rejected(rejections) => {
+            summary.rejected += 1;
+            for r in &rejections {
+                reporter.rejection(r);
+            }
+        }
+    });
+    summary
+}
+
+enum Msg {
+    Accepted {
+        file: Arc<str>,
+        line: Option<u64>,
+        records: Vec<ParsedRecord>,
+    },
+    Rejected(Vec<Rejection>),
+}
+
+/// `doorstep ingest`: validates and stores durably, in batched transactions.
+pub async fn ingest<S: Store>(
+    store: &S,
+    paths: Vec<PathBuf>,
+    reporter: &mut dyn Reporter,
+) -> Result<Summary, StoreError> {
+    let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
+    let reader = std::thread::spawn(move || {
+        let mut current: Option<Arc<str>> = None;
+        read_and_validate(&paths, &mut |file, v| {
+            let msg = match v {
+                Validated::Accepted { line, records } => {
+                    let file = match &current {
+                        Some(f) if &**f == file => f.clone(),
+                        _ => {
+                            let f: Arc<str> = file.into();
+                            current = Some(f.clone());
+                            f
+                        }
+                    };
+                    Msg::Accepted {
+                        file,
+                        line,
+                        records,
+                    }
+                }
+                Validated::Rejected(r) => Msg::Rejected(r),
+            };
+            // The receiver only goes away when the store failed; the error is reported there.
+            let _ = tx.blocking_send(msg);
+        });
+    });
+
+    let mut summary = Summary::default();
+    let mut result = Ok(());
+    while let Some(first) = rx.recv().await {
+        let mut batch = IntakeBatch::default();
+        let mut rejected = 0u64;
+        let mut add = |msg: Msg, batch: &mut IntakeBatch| match msg {
+            Msg::Accepted {
+                file,
+                line,
+                records,
+            } => batch.records.extend(
+                records
+                    .into_iter()
+                    .map(|p| NewRecord::from_parsed(p, &file, line)),
+            ),
+            Msg::Rejected(r) => {
+                rejected += 1;
+                batch.rejections.extend(r);
+            }
+        };
+        add(first, &mut batch);
+        while batch.records.len() < BATCH_RECORDS && batch.rejections.len() < BATCH_RECORDS {
+            match rx.try_recv() {
+                Ok(msg) => add(msg, &mut batch),
+                Err(_) => break,
+            }
+        }
+        match store.ingest(&batch).await {
+            Ok(outcomes) => {
+                tracing::debug!(
+                    records = batch.records.len(),
+                    rejections = batch.rejections.len(),
+                    "batch committed"
+                );
+                summary.rejected += rejected;
+                for r in &batch.rejections {
+                    reporter.rejection(r);
+                }
+                for o in outcomes {
+                    match o {
+                        IngestOutcome::Stored => summary.accepted += 1,
+                        IngestOutcome::Unchanged => summary.unchanged += 1,
+                        IngestOutcome::Conflict(c) => {
+                            summary.conflicts += 1;
+                            reporter.conflict(&c);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    drop(rx);
+    // The reader thread ends once the channel closes; a panic there is a bug, not input.
+    let _ = reader.join();
+    result.map(|()| summary)
+}

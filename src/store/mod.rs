@@ -1,0 +1,140 @@
+//! The durable store (SPEC §4 intake): every revision of every record with its content
+//! hash, and the rejections and conflicts met at intake. Behind the [`Store`] trait so that
+//! SQLite (one instance, nothing to install) and PostgreSQL (several instances) sit side by
+//! side; callers are generic over it.
+//!
+//! Owns: the schema, migrations, revision rules (new / unchanged / conflict) and durability:
+//! a batch is acknowledged only after its transaction commits.
+//! May not touch: parsing, policy, delivery decisions.
+
+mod sqlite;
+
+use std::future::Future;
+
+use serde::Serialize;
+
+use crate::records::{ContentHash, Kind, ParsedRecord};
+use crate::report::{Conflict, Rejection};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {location}: {source}")]
+    Database {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store {location}: migration failed: {source}")]
+    Migrate {
+        location: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("store {location}: {reason}")]
+    Io { location: String, reason: String },
+}
+
+/// A validated record ready to be written, with where it came from.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub kind: Kind,
+    pub id: String,
+    pub revision: u32,
+    pub trust: String,
+    pub school_urn: String,
+    pub visit_id: Option<String>,
+    pub urgency: Option<&'static str>,
+    pub hash: ContentHash,
+    pub canonical: String,
+    /// The file (or `request`) and line the record was read from.
+    pub file: String,
+    pub line: Option<u64>,
+}
+
+impl NewRecord {
+    pub fn from_parsed(p: ParsedRecord, file: &str, line: Option<u64>) -> Self {
+        let r = &p.record;
+        Self {
+            kind: r.kind(),
+            id: r.id().to_string(),
+            revision: r.revision().0,
+            trust: r.trust().to_string(),
+            school_urn: r.school().urn.to_string(),
+            visit_id: r.visit_id().map(ToString::to_string),
+            urgency: r.urgency().map(|u| match u {
+                crate::records::Urgency::Immediate => "immediate",
+                crate::records::Urgency::SameDay => "same_day",
+                crate::records::Urgency::Routine => "routine",
+            }),
+            hash: p.hash,
+            canonical: p.canonical,
+            file: file.to_owned(),
+            line,
+        }
+    }
+}
+
+/// What the store did with one record of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestOutcome {
+    /// Stored as a new revision (the first, or one superseding a lower one).
+    Stored,
+    /// The same revision with the same content was already stored.
+    Unchanged,
+    /// Kept out: this revision is not above the latest and differs from what is stored.
+    Conflict(Conflict),
+}
+
+/// A batch written in one transaction.
+#[derive(Debug, Default)]
+pub struct IntakeBatch {
+    pub records: Vec<NewRecord>,
+    pub rejections: Vec<Rejection>,
+}
+
+/// One row of `status`: how many records of a kind a school has, by state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordCount {
+    pub trust: String,
+    pub school: String,
+    pub record_kind: String,
+    /// `current` (the latest revision) or `superseded`.
+    pub state: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleCount {
+    pub issue: String,
+    pub rule: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    pub records: Vec<RecordCount>,
+    pub issues: Vec<RuleCount>,
+}
+
+/// The store, whichever database is behind it.
+pub trait Store: Send + Sync {
+    /// Writes a batch in one transaction and returns, in order, what happened to each
+    /// record. Nothing is acknowledged before the commit.
+    fn ingest(
+        &self,
+        batch: &IntakeBatch,
+    ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send;
+
+    /// Counts by trust, school, kind and state; rejections and conflicts by rule.
+    fn status(&self) -> impl Future<Output = Result<StatusReport, StoreError>> + Send;
+
+    /// Every stored revision of a record, oldest first, as canonical JSON.
+    fn revisions(
+        &self,
+        trust: &str,
+        kind: Kind,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<(u32, String)>, StoreError>> + Send;
+}
