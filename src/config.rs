@@ -182,8 +182,16 @@ pub fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
     }
     match e.span() {
         Some(span) => {
-            let line = text.get(..span.start).map_or(0, |t| t.matches('\n').count()) + 1;
-            format!("line {line}: {message}")
+            let before = text.get(..span.start).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            // The key on that line (never its value), when the line is `key = value`.
+            let line_text = text.lines().nth(line - 1).unwrap_or_default();
+            match line_text.split_once('=') {
+                Some((key, _)) if !key.trim().is_empty() => {
+                    format!("line {line}, key `{}`: {message}", key.trim())
+                }
+                _ => format!("line {line}: {message}"),
+            }
         }
         None => message,
     }

@@ -26,6 +26,8 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// One item read from a file: a JSON value to validate, or an error.
 #[derive(Debug)]
 pub enum Item {
+    /// One JSON-lines line, not parsed yet (parsing runs in parallel; see [`parse_text`]).
+    Text { line: u64, bytes: Vec<u8> },
     Value { line: Option<u64>, value: Value },
     Error {
         line: Option<u64>,
@@ -193,7 +195,10 @@ fn read_json_lines(mut reader: impl BufRead, sink: &mut dyn FnMut(Item)) {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        sink(parse_line(line, line_no));
+        sink(Item::Text {
+            line: line_no,
+            bytes: line.to_vec(),
+        });
     }
 }
 
@@ -212,22 +217,16 @@ fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
     }
 }
 
-/// Parses one complete JSON text: a JSON-lines line or an HTTP request body.
-pub fn parse_line(bytes: &[u8], line: u64) -> Item {
-    parse_text(bytes, Some(line))
-}
-
-/// Parses one complete JSON text with no line number (an HTTP request body).
+/// Parses one complete JSON text: a JSON-lines line (with its line number) or an HTTP
+/// request body (without).
 pub fn parse_text(bytes: &[u8], line: Option<u64>) -> Item {
-    if std::str::from_utf8(bytes).is_err() {
-        return Item::Error {
+    match parse_json_value(bytes) {
+        Ok((value, dup)) => checked(value, dup, line),
+        Err(_) if std::str::from_utf8(bytes).is_err() => Item::Error {
             line,
             record_id: None,
             error: FieldError::whole(Rule::InvalidUtf8, "the text is not valid UTF-8"),
-        };
-    }
-    match parse_json_value(bytes) {
-        Ok((value, dup)) => checked(value, dup, line),
+        },
         Err(e) => Item::Error {
             line: line.map(|l| l + e.line().saturating_sub(1) as u64),
             record_id: None,
@@ -348,7 +347,12 @@ mod tests {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let mut items = Vec::new();
-        read_file(&path, &mut |i| items.push(i));
+        read_file(&path, &mut |i| {
+            items.push(match i {
+                Item::Text { line, bytes } => parse_text(&bytes, Some(line)),
+                other => other,
+            })
+        });
         items
     }
 
@@ -357,6 +361,7 @@ mod tests {
             .iter()
             .map(|i| match i {
                 Item::Value { line, .. } => (*line, None),
+                Item::Text { line, .. } => (Some(*line), None),
                 Item::Error { line, error, .. } => (*line, Some(error.rule)),
             })
             .collect()

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::intake::{Item, expand_paths, read_file};
+use rayon::prelude::*;
+
+use crate::intake::{Item, expand_paths, parse_text, read_file};
 use crate::records::{ParsedRecord, parse_submission, record_id_hint};
 use crate::report::{Conflict, Rejection, Summary};
 use crate::store::{IngestOutcome, IntakeBatch, NewRecord, Store, StoreError};
@@ -38,6 +40,8 @@ pub enum Validated {
 /// Validates one item read from `file`.
 pub fn validate(file: &str, item: Item) -> Validated {
     match item {
+        // `parse_text` yields a value or an error, never text again.
+        Item::Text { line, bytes } => validate(file, parse_text(&bytes, Some(line))),
         Item::Error {
             line,
             record_id,
@@ -73,12 +77,32 @@ pub fn validate(file: &str, item: Item) -> Validated {
     }
 }
 
-/// Reads and validates every file under `paths`, in order, calling `each` per submission.
+/// Items validated together on the worker threads; results keep file order.
+const CHUNK: usize = 512;
+
+/// Reads and validates every file under `paths`, calling `each` per submission in file
+/// order. Parsing and validation run on all cores, a chunk at a time.
 pub fn read_and_validate(paths: &[PathBuf], each: &mut dyn FnMut(&str, Validated)) {
     for path in expand_paths(paths) {
         let file = path.display().to_string();
         tracing::info!(file = %file, "reading");
-        read_file(&path, &mut |item| each(&file, validate(&file, item)));
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut flush = |chunk: &mut Vec<Item>| {
+            let done: Vec<Validated> = std::mem::take(chunk)
+                .into_par_iter()
+                .map(|item| validate(&file, item))
+                .collect();
+            for v in done {
+                each(&file, v);
+            }
+        };
+        read_file(&path, &mut |item| {
+            chunk.push(item);
+            if chunk.len() == CHUNK {
+                flush(&mut chunk);
+            }
+        });
+        flush(&mut chunk);
     }
 }
 

@@ -182,7 +182,10 @@ impl Generator {
             let second = self.staff(school, role);
             staff.push(second);
         }
-        let recorder = staff[0].clone();
+        let mut recorder = staff[0].clone();
+        if let Some(m) = recorder.as_object_mut() {
+            m.remove("lead");
+        }
         let mut v = json!({
             "kind": "visit_report",
             "id": format!("V-{}-{n:08}", school.trust),

@@ -78,7 +78,7 @@ pub fn parse_submission(value: Value) -> Result<Vec<ParsedRecord>, Vec<FieldErro
         )]);
     };
     let mut errors = Vec::new();
-    scan_code_words(&mut String::new(), &map, &mut errors);
+    scan_code_words(&map, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -127,8 +127,17 @@ fn parse_one<T: Checked>(
     prefix: &str,
 ) -> Result<ParsedRecord, Vec<FieldError>> {
     let value = Value::Object(map);
-    let typed: T = serde_path_to_error::deserialize(&value)
-        .map_err(|e| vec![classify_serde_error(e).prefixed(prefix)])?;
+    // The plain deserialiser is fast; the path-tracking one runs only to explain a failure.
+    let typed: T = match T::deserialize(&value) {
+        Ok(t) => t,
+        Err(_) => {
+            let err = match serde_path_to_error::deserialize::<_, T>(&value) {
+                Err(e) => classify_serde_error(e),
+                Ok(_) => FieldError::new("", Rule::InvalidValue, "the record could not be read"),
+            };
+            return Err(vec![err.prefixed(prefix)]);
+        }
+    };
     let mut errors = Vec::new();
     typed.check(&mut errors);
     if !errors.is_empty() {
@@ -281,34 +290,48 @@ fn parse_embedded(
 
 /// Keys that would carry a code word, code phrase or password. Booleans saying that one was
 /// agreed or used are fine; the word itself is never accepted, wherever it sits.
-fn scan_code_words(pointer: &mut String, map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+fn scan_code_words(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let mut path: Vec<String> = Vec::new();
+    scan_object(&mut path, map, errors);
+}
+
+fn scan_object(path: &mut Vec<String>, map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     for (key, value) in map {
-        let len = pointer.len();
-        pointer.push('/');
-        pointer.push_str(&escape_pointer_token(key));
         if !value.is_boolean() && names_a_code_word(key) {
+            let pointer: String = path
+                .iter()
+                .chain(std::iter::once(key))
+                .map(|s| format!("/{}", escape_pointer_token(s)))
+                .collect();
             errors.push(FieldError::new(
-                pointer.clone(),
+                pointer,
                 Rule::CodeWordForbidden,
                 "a code word, code phrase or password is never accepted or stored; record only `code_word_agreed: true`",
             ));
         }
-        match value {
-            Value::Object(m) => scan_code_words(pointer, m, errors),
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Value::Object(m) = item {
-                        let l = pointer.len();
-                        pointer.push('/');
-                        pointer.push_str(&i.to_string());
-                        scan_code_words(pointer, m, errors);
-                        pointer.truncate(l);
-                    }
+        if value.is_object() || value.is_array() {
+            scan_value(path, key.clone(), value, errors);
+        }
+    }
+}
+
+fn scan_value(path: &mut Vec<String>, segment: String, value: &Value, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Object(m) => {
+            path.push(segment);
+            scan_object(path, m, errors);
+            path.pop();
+        }
+        Value::Array(items) if items.iter().any(|i| i.is_object() || i.is_array()) => {
+            path.push(segment);
+            for (i, item) in items.iter().enumerate() {
+                if item.is_object() || item.is_array() {
+                    scan_value(path, i.to_string(), item, errors);
                 }
             }
-            _ => {}
+            path.pop();
         }
-        pointer.truncate(len);
+        _ => {}
     }
 }
 
@@ -322,7 +345,13 @@ fn names_a_code_word(key: &str) -> bool {
         "passphrase",
         "secretword",
     ];
-    if key.len() < 8 {
+    // Every pattern holds "word" or "phrase": most keys are ruled out without allocating.
+    let lower_has = |needle: &[u8]| {
+        key.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if key.len() < 8 || !(lower_has(b"word") || lower_has(b"phrase")) {
         return false;
     }
     let norm: String = key
