@@ -1,6 +1,7 @@
 //! The SQLite store: one file, created readable by its owner only, WAL journal, full
 //! fsync at commit, migrations embedded in the binary.
 
+use std::collections::HashMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,7 +11,7 @@ use chrono::{SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{IngestOutcome, IntakeBatch, RecordCount, RuleCount, StatusReport, Store, StoreError};
+use super::{IngestOutcome, IntakeBatch, NewRecord, RecordCount, RuleCount, StatusReport, Store, StoreError};
 use crate::records::{Kind, Rule};
 use crate::report::Conflict;
 
@@ -88,129 +89,154 @@ impl SqliteStore {
     }
 }
 
+/// What the store knows of one (trust, kind, id) while a batch is decided.
+#[derive(Default)]
+struct KeyState {
+    /// The latest stored revision, before this batch.
+    stored_latest: Option<u32>,
+    /// The latest revision once this batch's records so far are taken.
+    latest: Option<u32>,
+    /// Content hashes of the revisions this batch asks about.
+    hashes: HashMap<u32, String>,
+}
+
+type Key = (String, &'static str, String);
+
 impl Store for SqliteStore {
     async fn ingest(&self, batch: &IntakeBatch) -> Result<Vec<IngestOutcome>, StoreError> {
         let err = self.db_err();
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&err)?;
-        let mut outcomes = Vec::with_capacity(batch.records.len());
-        for r in &batch.records {
+
+        // 1. What is stored for every key of the batch: its current revision, and the
+        //    revisions the batch names. One query, the keys passed as a JSON array.
+        let keys: Vec<(&str, &str, &str, u32)> = batch
+            .records
+            .iter()
+            .map(|r| (r.trust.as_str(), r.kind.as_str(), r.id.as_str(), r.revision))
+            .collect();
+        let mut state: HashMap<Key, KeyState> = HashMap::with_capacity(keys.len());
+        if !keys.is_empty() {
             let rows = sqlx::query(
-                "SELECT revision, content_hash, current FROM records \
-                 WHERE trust = ?1 AND kind = ?2 AND id = ?3 AND (current = 1 OR revision = ?4)",
+                "SELECT r.trust, r.kind, r.id, r.revision, r.content_hash, r.current \
+                 FROM (SELECT DISTINCT value ->> 0 AS trust, value ->> 1 AS kind, value ->> 2 AS id, \
+                              value ->> 3 AS revision FROM json_each(?1)) AS k \
+                 JOIN records AS r ON r.trust = k.trust AND r.kind = k.kind AND r.id = k.id \
+                 WHERE r.current = 1 OR r.revision = k.revision",
             )
-            .bind(&r.trust)
-            .bind(r.kind.as_str())
-            .bind(&r.id)
-            .bind(i64::from(r.revision))
+            .bind(json_param(&keys))
             .fetch_all(&mut *tx)
             .await
             .map_err(&err)?;
-            let hash = r.hash.to_hex();
-            let mut latest: Option<u32> = None;
-            let mut same_revision: Option<bool> = None;
             for row in &rows {
-                let revision: i64 = row.get(0);
-                let revision = u32::try_from(revision).unwrap_or(u32::MAX);
-                if row.get::<i64, _>(2) == 1 {
-                    latest = Some(revision);
+                let kind = Kind::from_name(row.get::<&str, _>(1)).map_or("", Kind::as_str);
+                let key = (row.get::<String, _>(0), kind, row.get::<String, _>(2));
+                let revision = u32::try_from(row.get::<i64, _>(3)).unwrap_or(u32::MAX);
+                let entry = state.entry(key).or_default();
+                if row.get::<i64, _>(5) == 1 {
+                    entry.stored_latest = Some(revision);
+                    entry.latest = Some(revision);
                 }
-                if revision == r.revision {
-                    same_revision = Some(row.get::<String, _>(1) == hash);
-                }
+                entry.hashes.insert(revision, row.get(4));
             }
-            let outcome = match (latest, same_revision) {
+        }
+
+        // 2. Decide each record in order, as if written one by one.
+        let mut outcomes = Vec::with_capacity(batch.records.len());
+        let mut stored = Vec::new();
+        for (i, r) in batch.records.iter().enumerate() {
+            let hash = r.hash.to_hex();
+            let entry = state
+                .entry((r.trust.clone(), r.kind.as_str(), r.id.clone()))
+                .or_default();
+            let same = entry.hashes.get(&r.revision).map(|h| *h == hash);
+            let outcome = match (entry.latest, same) {
                 (_, Some(true)) => IngestOutcome::Unchanged,
-                (Some(l), _) if r.revision <= l => {
-                    let message = if same_revision.is_some() {
-                        format!(
-                            "revision {} is already stored with different content; send a higher revision to change it",
-                            r.revision
-                        )
-                    } else {
-                        format!(
-                            "revision {} is lower than the stored revision {l}; send a higher revision to change it",
-                            r.revision
-                        )
-                    };
-                    IngestOutcome::Conflict(Conflict {
-                        file: r.file.clone(),
-                        line: r.line,
-                        record_id: r.id.clone(),
-                        revision: r.revision,
-                        rule: Rule::RevisionConflict,
-                        message,
-                    })
+                (Some(latest), _) if r.revision <= latest => {
+                    IngestOutcome::Conflict(conflict(r, latest, same.is_some()))
                 }
-                (latest, _) => {
-                    if latest.is_some() {
-                        sqlx::query(
-                            "UPDATE records SET current = 0 \
-                             WHERE trust = ?1 AND kind = ?2 AND id = ?3 AND current = 1",
-                        )
-                        .bind(&r.trust)
-                        .bind(r.kind.as_str())
-                        .bind(&r.id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(&err)?;
-                    }
+                _ => {
+                    entry.latest = Some(r.revision);
+                    entry.hashes.insert(r.revision, hash);
+                    stored.push(i);
+                    IngestOutcome::Stored
+                }
+            };
+            outcomes.push(outcome);
+        }
+
+        // 3. Supersede what was current for keys that got a new revision, then insert.
+        let superseded: Vec<(&str, &str, &str)> = state
+            .iter()
+            .filter(|(_, s)| s.stored_latest.is_some() && s.latest != s.stored_latest)
+            .map(|((t, k, id), _)| (t.as_str(), *k, id.as_str()))
+            .collect();
+        if !superseded.is_empty() {
+            sqlx::query(
+                "UPDATE records SET current = 0 WHERE current = 1 AND (trust, kind, id) IN \
+                 (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1))",
+            )
+            .bind(json_param(&superseded))
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        }
+        if !stored.is_empty() {
+            let rows: Vec<_> = stored
+                .iter()
+                .map(|&i| {
+                    let r = &batch.records[i];
+                    let latest = state
+                        .get(&(r.trust.clone(), r.kind.as_str(), r.id.clone()))
+                        .and_then(|s| s.latest);
                     let source = match r.line {
                         Some(l) => format!("{}:{l}", r.file),
                         None => r.file.clone(),
                     };
-                    sqlx::query(
-                        "INSERT INTO records (trust, kind, id, revision, school_urn, visit_id, urgency, \
-                         content_hash, content, source, received_at, current) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1)",
-                    )
-                    .bind(&r.trust)
-                    .bind(r.kind.as_str())
-                    .bind(&r.id)
-                    .bind(i64::from(r.revision))
-                    .bind(&r.school_urn)
-                    .bind(r.visit_id.as_deref())
-                    .bind(r.urgency)
-                    .bind(&hash)
-                    .bind(&r.canonical)
-                    .bind(&source)
-                    .bind(&now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-                    IngestOutcome::Stored
-                }
-            };
-            if let IngestOutcome::Conflict(c) = &outcome {
-                sqlx::query(
-                    "INSERT INTO intake_issues (at, issue, file, line, record_id, revision, pointer, rule, message) \
-                     VALUES (?1, 'conflict', ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
-                )
-                .bind(&now)
-                .bind(&c.file)
-                .bind(c.line.map(|l| l as i64))
-                .bind(&c.record_id)
-                .bind(i64::from(c.revision))
-                .bind(c.rule.as_str())
-                .bind(&c.message)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
-            }
-            outcomes.push(outcome);
+                    serde_json::json!([
+                        r.trust, r.kind.as_str(), r.id, r.revision, r.school_urn, r.visit_id,
+                        r.urgency, r.hash.to_hex(), r.canonical, source,
+                        i32::from(latest == Some(r.revision)),
+                    ])
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO records (trust, kind, id, revision, school_urn, visit_id, urgency, \
+                 content_hash, content, source, received_at, current) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+                        value ->> 6, value ->> 7, value ->> 8, value ->> 9, ?2, value ->> 10 \
+                 FROM json_each(?1)",
+            )
+            .bind(serde_json::Value::Array(rows).to_string())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
         }
-        for rej in &batch.rejections {
+
+        // 4. Conflicts and rejections, for `status`: ids, pointers and rules only.
+        let issues: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                IngestOutcome::Conflict(c) => Some(serde_json::json!([
+                    "conflict", c.file, c.line, c.record_id, c.revision, null, c.rule.as_str(), c.message
+                ])),
+                _ => None,
+            })
+            .chain(batch.rejections.iter().map(|r| {
+                serde_json::json!([
+                    "rejection", r.file, r.line, r.record_id, null, r.path, r.rule.as_str(), r.message
+                ])
+            }))
+            .collect();
+        if !issues.is_empty() {
             sqlx::query(
                 "INSERT INTO intake_issues (at, issue, file, line, record_id, revision, pointer, rule, message) \
-                 VALUES (?1, 'rejection', ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
+                 SELECT ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+                        value ->> 6, value ->> 7 FROM json_each(?1)",
             )
+            .bind(serde_json::Value::Array(issues).to_string())
             .bind(&now)
-            .bind(&rej.file)
-            .bind(rej.line.map(|l| l as i64))
-            .bind(rej.record_id.as_deref())
-            .bind(rej.path.as_deref())
-            .bind(rej.rule.as_str())
-            .bind(&rej.message)
             .execute(&mut *tx)
             .await
             .map_err(&err)?;
@@ -269,5 +295,31 @@ impl Store for SqliteStore {
             .iter()
             .map(|row| (row.get::<i64, _>(0) as u32, row.get(1)))
             .collect())
+    }
+}
+
+fn json_param<T: serde::Serialize>(rows: &T) -> String {
+    serde_json::to_string(rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn conflict(r: &NewRecord, latest: u32, same_revision_stored: bool) -> Conflict {
+    let message = if same_revision_stored {
+        format!(
+            "revision {} is already stored with different content; send a higher revision to change it",
+            r.revision
+        )
+    } else {
+        format!(
+            "revision {} is lower than the stored revision {latest}; send a higher revision to change it",
+            r.revision
+        )
+    };
+    Conflict {
+        file: r.file.clone(),
+        line: r.line,
+        record_id: r.id.clone(),
+        revision: r.revision,
+        rule: Rule::RevisionConflict,
+        message,
     }
 }
