@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
-use crate::synthetic::{GenOptions, write_records};
 use crate::pipeline::{self, Reporter};
 use crate::report::{Conflict, Rejection, ReportLine, Summary};
 use crate::store::{SqliteStore, StatusReport, Store};
+use crate::synthetic::{GenOptions, write_records};
 
 const ABOUT: &str = "doorstep: home-visit reports, incidents and safeguarding flags, checked \
 against the trust's policy and delivered into each school's own systems, with a \
@@ -122,7 +122,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     init_logging();
@@ -145,6 +149,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .try_init();
 }
 
@@ -168,7 +173,11 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         Command::Ingest { paths, common } => {
             let config = load_config(&common.config, true)?
                 .ok_or_else(|| Fatal::Config("no config".into()))?;
-            let paths = if paths.is_empty() { vec![config.drop_dir.clone()] } else { paths };
+            let paths = if paths.is_empty() {
+                vec![config.drop_dir.clone()]
+            } else {
+                paths
+            };
             runtime()?.block_on(async {
                 let store = open_store(&config).await?;
                 let mut out = Output::new(common.format);
@@ -189,20 +198,35 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Config { action: ConfigAction::Check { config } } => {
+        Command::Config {
+            action: ConfigAction::Check { config },
+        } => {
             let loaded = load_config(&config, true)?;
             if let Some(c) = loaded {
                 println!("{}: ok", c.path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gen { count, seed, invalid_share } => {
+        Command::Gen {
+            count,
+            seed,
+            invalid_share,
+        } => {
             if !(0.0..=1.0).contains(&invalid_share) {
-                return Err(Fatal::Config("--invalid-share must be from 0.0 to 1.0".into()));
+                return Err(Fatal::Config(
+                    "--invalid-share must be from 0.0 to 1.0".into(),
+                ));
             }
             let stdout = io::stdout();
             let mut w = io::BufWriter::with_capacity(1 << 16, stdout.lock());
-            match write_records(GenOptions { count, seed, invalid_share }, &mut w) {
+            match write_records(
+                GenOptions {
+                    count,
+                    seed,
+                    invalid_share,
+                },
+                &mut w,
+            ) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 // A closed pipe (`doorstep gen | head`) is not an error.
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
@@ -211,7 +235,10 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         }
         Command::Schema => {
             let schema = crate::records::records_schema();
-            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -237,7 +264,9 @@ fn load_config(arg: &ConfigArg, required: bool) -> Result<Option<Config>, Fatal>
             }
         }
     };
-    Config::load(&path).map(Some).map_err(|e| Fatal::Config(e.to_string()))
+    Config::load(&path)
+        .map(Some)
+        .map_err(|e| Fatal::Config(e.to_string()))
 }
 
 async fn open_store(config: &Config) -> Result<SqliteStore, Fatal> {
@@ -254,7 +283,10 @@ struct Output {
 
 impl Output {
     fn new(format: Format) -> Self {
-        Self { format, out: io::BufWriter::new(io::stdout()) }
+        Self {
+            format,
+            out: io::BufWriter::new(io::stdout()),
+        }
     }
 
     fn line(&mut self, human: &dyn std::fmt::Display, json: ReportLine<'_>) {
@@ -270,7 +302,11 @@ impl Output {
     fn finish(mut self, summary: &Summary) -> Result<ExitCode, Fatal> {
         self.line(summary, ReportLine::Summary(summary));
         let _ = self.out.flush();
-        Ok(if summary.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Ok(if summary.is_clean() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     }
 }
 
@@ -286,10 +322,20 @@ impl Reporter for Output {
 fn print_status(report: &StatusReport, format: Format) {
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let records: u64 = report.records.iter().filter(|r| r.state == "current").map(|r| r.count).sum();
+    let records: u64 = report
+        .records
+        .iter()
+        .filter(|r| r.state == "current")
+        .map(|r| r.count)
+        .sum();
     let revisions: u64 = report.records.iter().map(|r| r.count).sum();
     let count_of = |issue: &str| -> u64 {
-        report.issues.iter().filter(|i| i.issue == issue).map(|i| i.count).sum()
+        report
+            .issues
+            .iter()
+            .filter(|i| i.issue == issue)
+            .map(|i| i.count)
+            .sum()
     };
     let (rejected, conflicts) = (count_of("rejection"), count_of("conflict"));
     let _ = match format {
@@ -310,9 +356,17 @@ fn print_status(report: &StatusReport, format: Format) {
             writeln!(out, "{v}")
         })(),
         Format::Human => (|| -> io::Result<()> {
-            writeln!(out, "{:<10} {:<8} {:<18} {:<11} {:>8}", "trust", "school", "kind", "state", "count")?;
+            writeln!(
+                out,
+                "{:<10} {:<8} {:<18} {:<11} {:>8}",
+                "trust", "school", "kind", "state", "count"
+            )?;
             for r in &report.records {
-                writeln!(out, "{:<10} {:<8} {:<18} {:<11} {:>8}", r.trust, r.school, r.record_kind, r.state, r.count)?;
+                writeln!(
+                    out,
+                    "{:<10} {:<8} {:<18} {:<11} {:>8}",
+                    r.trust, r.school, r.record_kind, r.state, r.count
+                )?;
             }
             if !report.issues.is_empty() {
                 writeln!(out, "\nintake issues by rule:")?;

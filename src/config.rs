@@ -146,8 +146,16 @@ impl Config {
             path: path.to_path_buf(),
             sqlite_path: at(&raw.store.sqlite),
             drop_dir: at(raw.intake.drop.as_deref().unwrap_or(Path::new("drop"))),
-            archive_dir: at(raw.intake.archive.as_deref().unwrap_or(Path::new("archive"))),
-            rejected_dir: at(raw.intake.rejected.as_deref().unwrap_or(Path::new("rejected"))),
+            archive_dir: at(raw
+                .intake
+                .archive
+                .as_deref()
+                .unwrap_or(Path::new("archive"))),
+            rejected_dir: at(raw
+                .intake
+                .rejected
+                .as_deref()
+                .unwrap_or(Path::new("rejected"))),
             connectors_dir: at(raw.connectors.as_deref().unwrap_or(Path::new("connectors"))),
             mappings_dir: at(raw.mappings.as_deref().unwrap_or(Path::new("mappings"))),
             time_zone,
@@ -229,9 +237,12 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_inline_secrets_are_errors() {
-        let e = Config::parse(Path::new("d.toml"), "[store]\nsqlite = \"x\"\nsqlitee = 1\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            Path::new("d.toml"),
+            "[store]\nsqlite = \"x\"\nsqlitee = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("d.toml") && e.contains("sqlitee"), "{e}");
         let e = Config::parse(
             Path::new("d.toml"),
@@ -240,8 +251,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("signing_key"), "{e}");
-        assert!(!e.contains("inline-secret"), "a secret must not be echoed: {e}");
-        let e = Config::parse(Path::new("d.toml"), "[store]\nsqlite = \"x\"\ntime_zone = 1\n");
+        assert!(
+            !e.contains("inline-secret"),
+            "a secret must not be echoed: {e}"
+        );
+        let e = Config::parse(
+            Path::new("d.toml"),
+            "[store]\nsqlite = \"x\"\ntime_zone = 1\n",
+        );
         assert!(e.is_err());
     }
 }

@@ -14,8 +14,7 @@ use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::records::{
-    CheckedValue, DuplicateKey, FieldError, Rule, parse_json_value, record_id_hint,
-    value_from_map,
+    CheckedValue, DuplicateKey, FieldError, Rule, parse_json_value, record_id_hint, value_from_map,
 };
 
 /// The largest record accepted on one JSON line; longer lines are skipped, not buffered.
@@ -27,8 +26,14 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 #[derive(Debug)]
 pub enum Item {
     /// One JSON-lines line, not parsed yet (parsing runs in parallel; see [`parse_text`]).
-    Text { line: u64, bytes: Vec<u8> },
-    Value { line: Option<u64>, value: Value },
+    Text {
+        line: u64,
+        bytes: Vec<u8>,
+    },
+    Value {
+        line: Option<u64>,
+        value: Value,
+    },
     Error {
         line: Option<u64>,
         record_id: Option<String>,
@@ -103,7 +108,10 @@ pub fn read_file(path: &Path, sink: &mut dyn FnMut(Item)) {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) => {
-            sink(file_error(Rule::UnreadableFile, format!("cannot open the file: {}", io_reason(&e))));
+            sink(file_error(
+                Rule::UnreadableFile,
+                format!("cannot open the file: {}", io_reason(&e)),
+            ));
             return;
         }
     };
@@ -118,7 +126,10 @@ pub fn read_file(path: &Path, sink: &mut dyn FnMut(Item)) {
         }
         Ok(_) => {}
         Err(e) => {
-            sink(file_error(Rule::UnreadableFile, format!("cannot read the file: {}", io_reason(&e))));
+            sink(file_error(
+                Rule::UnreadableFile,
+                format!("cannot read the file: {}", io_reason(&e)),
+            ));
             return;
         }
     }
@@ -391,19 +402,44 @@ mod tests {
         let items = read_bytes("a.json", b"[{\"a\":1},\n{\"b\":2},\n{\"c\":");
         assert_eq!(
             rules(&items),
-            vec![(None, None), (None, None), (Some(3), Some(Rule::JsonSyntax))]
+            vec![
+                (None, None),
+                (None, None),
+                (Some(3), Some(Rule::JsonSyntax))
+            ]
         );
     }
 
     #[test]
     fn bom_empty_and_scalars_are_rejected() {
-        assert_eq!(rules(&read_bytes("a.json", b"\xEF\xBB\xBF{}")), vec![(None, Some(Rule::Utf8Bom))]);
-        assert_eq!(rules(&read_bytes("a.json", b"[]")), vec![(None, Some(Rule::NoRecords))]);
-        assert_eq!(rules(&read_bytes("a.json", b"  ")), vec![(Some(1), Some(Rule::JsonSyntax))]);
-        assert_eq!(rules(&read_bytes("a.json", b"\"x\"")), vec![(None, Some(Rule::NotAnObject))]);
-        assert_eq!(rules(&read_bytes("a.json", b"{} {}")), vec![(None, None), (Some(1), Some(Rule::TrailingCharacters))]);
-        assert_eq!(rules(&read_bytes("a.txt", b"{}")), vec![(None, Some(Rule::UnsupportedFileType))]);
-        assert_eq!(rules(&read_bytes("a.jsonl", b"[1e999]")), vec![(Some(1), Some(Rule::NumberOutOfRange))]);
+        assert_eq!(
+            rules(&read_bytes("a.json", b"\xEF\xBB\xBF{}")),
+            vec![(None, Some(Rule::Utf8Bom))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.json", b"[]")),
+            vec![(None, Some(Rule::NoRecords))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.json", b"  ")),
+            vec![(Some(1), Some(Rule::JsonSyntax))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.json", b"\"x\"")),
+            vec![(None, Some(Rule::NotAnObject))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.json", b"{} {}")),
+            vec![(None, None), (Some(1), Some(Rule::TrailingCharacters))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.txt", b"{}")),
+            vec![(None, Some(Rule::UnsupportedFileType))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.jsonl", b"[1e999]")),
+            vec![(Some(1), Some(Rule::NumberOutOfRange))]
+        );
     }
 
     #[test]
@@ -411,6 +447,9 @@ mod tests {
         let mut data = vec![b'"'; MAX_RECORD_BYTES + 10];
         data.extend_from_slice(b"\n{\"ok\":true}\n");
         let items = read_bytes("big.jsonl", &data);
-        assert_eq!(rules(&items), vec![(Some(1), Some(Rule::RecordTooLarge)), (Some(2), None)]);
+        assert_eq!(
+            rules(&items),
+            vec![(Some(1), Some(Rule::RecordTooLarge)), (Some(2), None)]
+        );
     }
 }

@@ -64,7 +64,13 @@ pub fn validate(file: &str, item: Item) -> Validated {
                     Validated::Accepted { line, records }
                 }
                 Err(errors) => {
-                    tracing::debug!(file, line, record_id, errors = errors.len(), "record rejected");
+                    tracing::debug!(
+                        file,
+                        line,
+                        record_id,
+                        errors = errors.len(),
+                        "record rejected"
+                    );
                     Validated::Rejected(
                         errors
                             .into_iter()

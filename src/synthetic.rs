@@ -27,10 +27,34 @@ pub struct GenSchool {
 
 /// The shipped trusts' schools (see `mappings/`).
 pub const SCHOOLS: &[GenSchool] = &[
-    GenSchool { trust: "thrive", urn: "117800", name: "Stepney Primary School", la: "810", estab: "2291" },
-    GenSchool { trust: "celt", urn: "136401", name: "Penmorvah Academy", la: "908", estab: "4012" },
-    GenSchool { trust: "celt", urn: "136402", name: "Trevarno Primary Academy", la: "908", estab: "2107" },
-    GenSchool { trust: "celt", urn: "136403", name: "St Keverne Community School", la: "908", estab: "4150" },
+    GenSchool {
+        trust: "thrive",
+        urn: "117800",
+        name: "Stepney Primary School",
+        la: "810",
+        estab: "2291",
+    },
+    GenSchool {
+        trust: "celt",
+        urn: "136401",
+        name: "Penmorvah Academy",
+        la: "908",
+        estab: "4012",
+    },
+    GenSchool {
+        trust: "celt",
+        urn: "136402",
+        name: "Trevarno Primary Academy",
+        la: "908",
+        estab: "2107",
+    },
+    GenSchool {
+        trust: "celt",
+        urn: "136403",
+        name: "St Keverne Community School",
+        la: "908",
+        estab: "4150",
+    },
 ];
 
 const GIVEN: &[&str] = &[
@@ -41,23 +65,66 @@ const FAMILY: &[&str] = &[
     "Ashby", "Bolitho", "Carne", "Dawson", "Eddy", "Fenwick", "Gilbert", "Hocking", "Ivey",
     "Jenkin", "Kitto", "Lander", "Moyle", "Nance", "Oates", "Penrose", "Rowe", "Thomas",
 ];
-const STREETS: &[&str] = &["Chapel Street", "Fore Street", "Park Road", "Mill Lane", "Station Road", "Beacon Close"];
+const STREETS: &[&str] = &[
+    "Chapel Street",
+    "Fore Street",
+    "Park Road",
+    "Mill Lane",
+    "Station Road",
+    "Beacon Close",
+];
 const PURPOSES: &[&str] = &[
-    "attendance", "refusing_school", "contact_failed", "welfare_check", "safeguarding",
-    "deliver_work", "medical_absence", "suspected_holiday", "discussion", "transition",
+    "attendance",
+    "refusing_school",
+    "contact_failed",
+    "welfare_check",
+    "safeguarding",
+    "deliver_work",
+    "medical_absence",
+    "suspected_holiday",
+    "discussion",
+    "transition",
 ];
 const OUTCOMES: &[&str] = &[
-    "completed", "completed", "completed", "completed", "no_one_home", "refused_entry",
-    "not_entered_unsafe", "ended_for_safety", "cancelled",
+    "completed",
+    "completed",
+    "completed",
+    "completed",
+    "no_one_home",
+    "refused_entry",
+    "not_entered_unsafe",
+    "ended_for_safety",
+    "cancelled",
 ];
-const ABSENCE: &[&str] = &["illness", "medical", "refusing", "family_holiday", "caring", "transport", "unknown", "other"];
+const ABSENCE: &[&str] = &[
+    "illness",
+    "medical",
+    "refusing",
+    "family_holiday",
+    "caring",
+    "transport",
+    "unknown",
+    "other",
+];
 const INCIDENT_TYPES: &[&str] = &[
-    "verbal_aggression", "physical_aggression", "threatened", "prevented_from_leaving",
-    "animal", "trip_or_injury", "vehicle", "other",
+    "verbal_aggression",
+    "physical_aggression",
+    "threatened",
+    "prevented_from_leaving",
+    "animal",
+    "trip_or_injury",
+    "vehicle",
+    "other",
 ];
 const CATEGORIES: &[&str] = &[
-    "child_alone_unsupervised", "immediate_danger", "disclosure", "welfare_concern",
-    "home_conditions", "adult_under_influence", "domestic_abuse", "other",
+    "child_alone_unsupervised",
+    "immediate_danger",
+    "disclosure",
+    "welfare_concern",
+    "home_conditions",
+    "adult_under_influence",
+    "domestic_abuse",
+    "other",
 ];
 
 /// Settings for one run.
@@ -71,7 +138,9 @@ pub struct GenOptions {
 
 /// Writes `count` records as JSON lines.
 pub fn write_records(opts: GenOptions, out: &mut dyn Write) -> io::Result<()> {
-    let mut g = Generator { rng: ChaCha8Rng::seed_from_u64(opts.seed) };
+    let mut g = Generator {
+        rng: ChaCha8Rng::seed_from_u64(opts.seed),
+    };
     for n in 0..opts.count {
         let mut record = g.record(n);
         if opts.invalid_share > 0.0 && g.rng.random_bool(opts.invalid_share.clamp(0.0, 1.0)) {
@@ -88,7 +157,8 @@ struct Generator {
 }
 
 fn rfc3339(t: chrono::DateTime<chrono_tz::Tz>) -> String {
-    t.fixed_offset().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+    t.fixed_offset()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 
 impl Generator {
@@ -110,14 +180,20 @@ impl Generator {
 
     fn upn(&mut self, school: &GenSchool) -> String {
         let year = self.rng.random_range(14..=24);
-        let rest = format!("{}{}{year:02}{:03}", school.la, school.estab, self.rng.random_range(0..1000));
+        let rest = format!(
+            "{}{}{year:02}{:03}",
+            school.la,
+            school.estab,
+            self.rng.random_range(0..1000)
+        );
         let letter = upn_check_letter(rest.as_bytes()).unwrap_or(b'A') as char;
         format!("{letter}{rest}")
     }
 
     fn pupil(&mut self, school: &GenSchool) -> Value {
         let year_group = self.rng.random_range(1..=11u8);
-        let born = NaiveDate::from_ymd_opt(2026 - 5 - i32::from(year_group), 1, 1).unwrap_or_default()
+        let born = NaiveDate::from_ymd_opt(2026 - 5 - i32::from(year_group), 1, 1)
+            .unwrap_or_default()
             + Duration::days(self.rng.random_range(0..365));
         json!({
             "upn": self.upn(school),
@@ -165,15 +241,22 @@ impl Generator {
         let outcome = self.pick(OUTCOMES);
         let lone = !thrive && self.rng.random_bool(0.15);
         let (auth_staff_role, auth_role) = if thrive {
-            *[("headteacher", "headteacher"), ("senior_leader", "head_of_school")]
-                .choose(&mut self.rng)
-                .unwrap_or(&("headteacher", "headteacher"))
+            *[
+                ("headteacher", "headteacher"),
+                ("senior_leader", "head_of_school"),
+            ]
+            .choose(&mut self.rng)
+            .unwrap_or(&("headteacher", "headteacher"))
         } else {
             *[("dsl", "dsl"), ("senior_leader", "senior_leader")]
                 .choose(&mut self.rng)
                 .unwrap_or(&("dsl", "dsl"))
         };
-        let lead_role = self.pick(&["attendance_officer", "family_support_worker", "pastoral_lead"]);
+        let lead_role = self.pick(&[
+            "attendance_officer",
+            "family_support_worker",
+            "pastoral_lead",
+        ]);
         let mut lead = self.staff(school, lead_role);
         lead["lead"] = json!(true);
         let mut staff = vec![lead];
@@ -242,14 +325,16 @@ impl Generator {
             let seen = outcome == "completed";
             v["child_seen"] = json!(seen);
             if seen {
-                v["people_seen"] = json!([{ "relationship": "mother", "parental_responsibility": true }]);
+                v["people_seen"] =
+                    json!([{ "relationship": "mother", "parental_responsibility": true }]);
                 v["actions"] = json!([{ "description": "Follow-up call", "owner": "attendance officer", "due": (left + Duration::days(7)).format("%Y-%m-%d").to_string() }]);
             }
             if outcome == "no_one_home" {
                 v["note_left"] = json!(self.rng.random_bool(0.9));
             }
         }
-        if purpose == "attendance" || purpose == "medical_absence" || purpose == "suspected_holiday" {
+        if purpose == "attendance" || purpose == "medical_absence" || purpose == "suspected_holiday"
+        {
             v["absence_reason"] = json!(self.pick(ABSENCE));
         }
         v
@@ -364,7 +449,15 @@ mod tests {
     fn same_seed_same_records() {
         let run = |seed| {
             let mut out = Vec::new();
-            write_records(GenOptions { count: 50, seed, invalid_share: 0.1 }, &mut out).unwrap();
+            write_records(
+                GenOptions {
+                    count: 50,
+                    seed,
+                    invalid_share: 0.1,
+                },
+                &mut out,
+            )
+            .unwrap();
             out
         };
         assert_eq!(run(7), run(7));

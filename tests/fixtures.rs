@@ -20,7 +20,9 @@ impl Reporter for Collect {
 }
 
 fn fixtures(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(sub)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(sub)
 }
 
 fn json_files(dir: &Path) -> Vec<PathBuf> {
@@ -36,7 +38,11 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn every_valid_fixture_is_accepted() {
     let files = json_files(&fixtures("valid"));
-    assert!(files.len() >= 40, "at least 40 valid fixtures, found {}", files.len());
+    assert!(
+        files.len() >= 40,
+        "at least 40 valid fixtures, found {}",
+        files.len()
+    );
     for file in files {
         let mut seen = Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&file), &mut seen);
@@ -57,7 +63,11 @@ fn every_invalid_fixture_gives_its_exact_rejection() {
     let text = std::fs::read_to_string(dir.join("expected.toml")).unwrap();
     let expected: BTreeMap<String, Expected> = toml::from_str(&text).unwrap();
     let files = json_files(&dir);
-    assert!(files.len() >= 40, "at least 40 invalid fixtures, found {}", files.len());
+    assert!(
+        files.len() >= 40,
+        "at least 40 invalid fixtures, found {}",
+        files.len()
+    );
     assert_eq!(
         files.len(),
         expected.len(),
@@ -72,11 +82,24 @@ fn every_invalid_fixture_gives_its_exact_rejection() {
         let summary = pipeline::check(std::slice::from_ref(&file), &mut seen);
         assert_eq!(summary.accepted, 0, "{name}: nothing may be accepted");
         assert_eq!(summary.rejected, 1, "{name}: one rejected submission");
-        assert_eq!(seen.0.len(), 1, "{name}: exactly one rejection: {:?}", seen.0);
+        assert_eq!(
+            seen.0.len(),
+            1,
+            "{name}: exactly one rejection: {:?}",
+            seen.0
+        );
         let got = &seen.0[0];
-        assert_eq!(got.path.as_deref(), Some(want.path.as_str()), "{name}: pointer");
+        assert_eq!(
+            got.path.as_deref(),
+            Some(want.path.as_str()),
+            "{name}: pointer"
+        );
         assert_eq!(got.rule.as_str(), want.rule, "{name}: rule");
-        assert_eq!(got.file, file.display().to_string(), "{name}: the file is named");
+        assert_eq!(
+            got.file,
+            file.display().to_string(),
+            "{name}: the file is named"
+        );
         assert!(!got.message.is_empty(), "{name}: a message says why");
     }
 }
@@ -93,7 +116,10 @@ fn embedded_records_are_split_out_and_linked() {
         assert_eq!(r.record.visit_id().unwrap().as_str(), "thr-visit-022");
         assert_eq!(r.record.trust().as_str(), "thrive");
         assert_eq!(r.record.revision().0, 1);
-        assert_eq!(r.content["visit_id"], "thr-visit-022", "the stored form carries the link");
+        assert_eq!(
+            r.content["visit_id"], "thr-visit-022",
+            "the stored form carries the link"
+        );
     }
     // The flag inherited the visit's pupil; the stored visit no longer embeds them.
     assert_eq!(records[2].content["pupil"], records[0].content["pupil"]);
@@ -109,5 +135,9 @@ fn extensions_are_carried_untouched() {
     let ext = value["extensions"].clone();
     let records = doorstep::records::parse_submission(value).unwrap();
     assert_eq!(records[0].content["extensions"], ext);
-    assert!(records[0].canonical.contains(r#""form":{"template":"HV-01"}"#));
+    assert!(
+        records[0]
+            .canonical
+            .contains(r#""form":{"template":"HV-01"}"#)
+    );
 }

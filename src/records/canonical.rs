@@ -123,9 +123,10 @@ mod tests {
 
     #[test]
     fn jcs_sorts_keys_and_formats_numbers() {
-        let v: Value =
-            serde_json::from_str(r#"{"b": 1.50, "a": [true, null, "é\u0001\n"], "c": 1e21, "d": -7}"#)
-                .unwrap();
+        let v: Value = serde_json::from_str(
+            r#"{"b": 1.50, "a": [true, null, "é\u0001\n"], "c": 1e21, "d": -7}"#,
+        )
+        .unwrap();
         assert_eq!(
             canonical_json(&v),
             r#"{"a":[true,null,"é\u0001\n"],"b":1.5,"c":1e+21,"d":-7}"#
@@ -143,7 +144,9 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
             "\\PC{0,12}".prop_map(Value::String),
             "[\\x00-\\x7f]{0,12}".prop_map(Value::String),
         ];

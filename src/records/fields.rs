@@ -201,9 +201,13 @@ impl Timestamp {
         if let Ok(t) = DateTime::parse_from_rfc3339(s) {
             return Ok(Self(t));
         }
-        let without_offset = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S%.f"]
-            .iter()
-            .any(|f| NaiveDateTime::parse_from_str(s, f).is_ok());
+        let without_offset = [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M:%S%.f",
+        ]
+        .iter()
+        .any(|f| NaiveDateTime::parse_from_str(s, f).is_ok());
         if without_offset {
             Err(RuleViolation::new(
                 Rule::TimeOffsetRequired,
@@ -312,7 +316,9 @@ impl serde::de::Visitor<'_> for RevisionVisitor {
         }
     }
     fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Revision, E> {
-        u64::try_from(n).map_err(|_| Self::range()).and_then(|n| self.visit_u64(n))
+        u64::try_from(n)
+            .map_err(|_| Self::range())
+            .and_then(|n| self.visit_u64(n))
     }
 }
 
@@ -372,14 +378,23 @@ mod tests {
     fn upn_check_letters_from_dfe_examples() {
         // A support article gives Q for this one, but its own sum is off by one: 266 mod 23 = 13 = P.
         assert!(check_upn("P207000016049").is_ok());
-        assert_eq!(check_upn("Q207000016049").unwrap_err().rule, Rule::UpnCheckLetter);
+        assert_eq!(
+            check_upn("Q207000016049").unwrap_err().rule,
+            Rule::UpnCheckLetter
+        );
         assert!(check_upn("B801200005001").is_ok());
         assert_eq!(
             check_upn("B207000016049").unwrap_err().rule,
             Rule::UpnCheckLetter
         );
-        assert_eq!(check_upn("A801200005001").unwrap_err().rule, Rule::UpnCheckLetter);
-        assert_eq!(check_upn("X80120000A001").unwrap_err().rule, Rule::UpnFormat);
+        assert_eq!(
+            check_upn("A801200005001").unwrap_err().rule,
+            Rule::UpnCheckLetter
+        );
+        assert_eq!(
+            check_upn("X80120000A001").unwrap_err().rule,
+            Rule::UpnFormat
+        );
         assert_eq!(check_upn("B80120000500").unwrap_err().rule, Rule::UpnFormat);
     }
 
@@ -390,7 +405,10 @@ mod tests {
         let upn = format!("{}{}", letter as char, std::str::from_utf8(rest).unwrap());
         assert!(check_upn(&upn).is_ok());
         // I, O and S are never used.
-        assert_eq!(check_upn("A80120000500I").unwrap_err().rule, Rule::UpnFormat);
+        assert_eq!(
+            check_upn("A80120000500I").unwrap_err().rule,
+            Rule::UpnFormat
+        );
     }
 
     #[test]

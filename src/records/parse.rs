@@ -315,7 +315,12 @@ fn scan_object(path: &mut Vec<String>, map: &Map<String, Value>, errors: &mut Ve
     }
 }
 
-fn scan_value(path: &mut Vec<String>, segment: String, value: &Value, errors: &mut Vec<FieldError>) {
+fn scan_value(
+    path: &mut Vec<String>,
+    segment: String,
+    value: &Value,
+    errors: &mut Vec<FieldError>,
+) {
     match value {
         Value::Object(m) => {
             path.push(segment);
@@ -391,7 +396,9 @@ fn classify_serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> F
         if !pointer.ends_with(&token) {
             pointer.push_str(&token);
         }
-        let expected = rest.split_once(", expected ").map(|(_, e)| e.replace('`', ""));
+        let expected = rest
+            .split_once(", expected ")
+            .map(|(_, e)| e.replace('`', ""));
         let message = match expected {
             Some(e) => format!(
                 "unknown field `{field}` (put data of your own under `extensions`); expected {e}"
@@ -404,7 +411,11 @@ fn classify_serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> F
         let field = quoted(rest).unwrap_or_default();
         pointer.push('/');
         pointer.push_str(&escape_pointer_token(&field));
-        return FieldError::new(pointer, Rule::MissingField, format!("missing field `{field}`"));
+        return FieldError::new(
+            pointer,
+            Rule::MissingField,
+            format!("missing field `{field}`"),
+        );
     }
     if let Some(rest) = msg.strip_prefix("unknown variant ") {
         let expected = rest
@@ -431,7 +442,10 @@ fn classify_serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> F
         return FieldError::new(
             pointer,
             Rule::InvalidValue,
-            format!("value out of range; expected {}", friendly_expected(expected)),
+            format!(
+                "value out of range; expected {}",
+                friendly_expected(expected)
+            ),
         );
     }
     if msg.starts_with("data did not match any variant of untagged enum YearGroup") {
@@ -476,7 +490,8 @@ fn check_year_group(pupil: &Pupil, prefix: &str, errors: &mut Vec<FieldError>) {
         Some(YearGroup::Number(n)) => (1..=14).contains(n),
         Some(YearGroup::Label(s)) => {
             matches!(s.as_str(), "N1" | "N2" | "R")
-                || s.parse::<u8>().is_ok_and(|n| (1..=14).contains(&n) && !s.starts_with('0'))
+                || s.parse::<u8>()
+                    .is_ok_and(|n| (1..=14).contains(&n) && !s.starts_with('0'))
         }
     };
     if !ok {
@@ -517,7 +532,9 @@ impl Checked for VisitReport {
                 "a visit report names at least one member of staff",
             ));
         } else {
-            let leads: Vec<usize> = (0..self.staff.len()).filter(|&i| self.staff[i].lead).collect();
+            let leads: Vec<usize> = (0..self.staff.len())
+                .filter(|&i| self.staff[i].lead)
+                .collect();
             match leads.as_slice() {
                 [_] => {}
                 [] => errors.push(FieldError::new(
@@ -548,7 +565,10 @@ impl Checked for VisitReport {
                 "a visit that took place gives `visit.arrived_at` and `visit.departed_at`",
             ));
         } else {
-            for (field, value) in [("arrived_at", visit.arrived_at), ("departed_at", visit.departed_at)] {
+            for (field, value) in [
+                ("arrived_at", visit.arrived_at),
+                ("departed_at", visit.departed_at),
+            ] {
                 if value.is_none() {
                     errors.push(FieldError::new(
                         format!("/visit/{field}"),
@@ -631,8 +651,14 @@ impl Checked for VisitReport {
 impl Checked for Incident {
     fn check(&self, errors: &mut Vec<FieldError>) {
         for (field, value) in [
-            ("reported_to_line_manager_at", self.reported_to_line_manager_at),
-            ("shared_with_headteacher_at", self.shared_with_headteacher_at),
+            (
+                "reported_to_line_manager_at",
+                self.reported_to_line_manager_at,
+            ),
+            (
+                "shared_with_headteacher_at",
+                self.shared_with_headteacher_at,
+            ),
             ("debrief_at", self.debrief_at),
         ] {
             not_before(

@@ -15,7 +15,10 @@ pub fn records_schema() -> Value {
     let kinds = [
         ("visit_report", generator.subschema_for::<VisitReport>()),
         ("incident", generator.subschema_for::<Incident>()),
-        ("safeguarding_flag", generator.subschema_for::<SafeguardingFlag>()),
+        (
+            "safeguarding_flag",
+            generator.subschema_for::<SafeguardingFlag>(),
+        ),
     ];
     let mut defs = generator.take_definitions(true);
     for (kind, name) in [
@@ -32,7 +35,11 @@ pub fn records_schema() -> Value {
     }
     for (name, embedded, also_inherited) in [
         ("Incident", "EmbeddedIncident", None),
-        ("SafeguardingFlag", "EmbeddedSafeguardingFlag", Some("pupil")),
+        (
+            "SafeguardingFlag",
+            "EmbeddedSafeguardingFlag",
+            Some("pupil"),
+        ),
     ] {
         if let Some(mut def) = defs.get(name).cloned() {
             if let Some(req) = def["required"].as_array_mut() {

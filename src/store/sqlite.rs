@@ -11,7 +11,9 @@ use chrono::{SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{IngestOutcome, IntakeBatch, NewRecord, RecordCount, RuleCount, StatusReport, Store, StoreError};
+use super::{
+    IngestOutcome, IntakeBatch, NewRecord, RecordCount, RuleCount, StatusReport, Store, StoreError,
+};
 use crate::records::{Kind, Rule};
 use crate::report::Conflict;
 
@@ -106,7 +108,11 @@ impl Store for SqliteStore {
     async fn ingest(&self, batch: &IntakeBatch) -> Result<Vec<IngestOutcome>, StoreError> {
         let err = self.db_err();
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(&err)?;
 
         // 1. What is stored for every key of the batch: its current revision, and the
         //    revisions the batch names. One query, the keys passed as a JSON array.
@@ -194,8 +200,16 @@ impl Store for SqliteStore {
                         None => r.file.clone(),
                     };
                     serde_json::json!([
-                        r.trust, r.kind.as_str(), r.id, r.revision, r.school_urn, r.visit_id,
-                        r.urgency, r.hash.to_hex(), r.canonical, source,
+                        r.trust,
+                        r.kind.as_str(),
+                        r.id,
+                        r.revision,
+                        r.school_urn,
+                        r.visit_id,
+                        r.urgency,
+                        r.hash.to_hex(),
+                        r.canonical,
+                        source,
                         i32::from(latest == Some(r.revision)),
                     ])
                 })
@@ -219,13 +233,27 @@ impl Store for SqliteStore {
             .iter()
             .filter_map(|o| match o {
                 IngestOutcome::Conflict(c) => Some(serde_json::json!([
-                    "conflict", c.file, c.line, c.record_id, c.revision, null, c.rule.as_str(), c.message
+                    "conflict",
+                    c.file,
+                    c.line,
+                    c.record_id,
+                    c.revision,
+                    null,
+                    c.rule.as_str(),
+                    c.message
                 ])),
                 _ => None,
             })
             .chain(batch.rejections.iter().map(|r| {
                 serde_json::json!([
-                    "rejection", r.file, r.line, r.record_id, null, r.path, r.rule.as_str(), r.message
+                    "rejection",
+                    r.file,
+                    r.line,
+                    r.record_id,
+                    null,
+                    r.path,
+                    r.rule.as_str(),
+                    r.message
                 ])
             }))
             .collect();
@@ -260,7 +288,12 @@ impl Store for SqliteStore {
                 trust: row.get(0),
                 school: row.get(1),
                 record_kind: row.get(2),
-                state: if row.get::<i64, _>(3) == 1 { "current" } else { "superseded" }.into(),
+                state: if row.get::<i64, _>(3) == 1 {
+                    "current"
+                } else {
+                    "superseded"
+                }
+                .into(),
                 count: row.get::<i64, _>(4) as u64,
             })
             .collect();
@@ -281,7 +314,12 @@ impl Store for SqliteStore {
         Ok(StatusReport { records, issues })
     }
 
-    async fn revisions(&self, trust: &str, kind: Kind, id: &str) -> Result<Vec<(u32, String)>, StoreError> {
+    async fn revisions(
+        &self,
+        trust: &str,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Vec<(u32, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT revision, content FROM records WHERE trust = ?1 AND kind = ?2 AND id = ?3 ORDER BY revision",
         )

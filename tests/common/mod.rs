@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests: a throwaway deployment and the binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A deployment in a temporary folder: `doorstep.toml`, an SQLite store and a drop folder.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("drop")).unwrap();
+        std::fs::write(
+            dir.path().join("doorstep.toml"),
+            "[store]\nsqlite = \"var/doorstep.db\"\n[intake]\ndrop = \"drop\"\n",
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("doorstep.toml")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("var/doorstep.db")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `doorstep VERB --config <this deployment> ARGS…`, run from the deployment folder.
+    pub fn run(&self, verb: &str, args: &[&str]) -> assert_cmd::assert::Assert {
+        let mut cmd = doorstep();
+        cmd.current_dir(self.dir.path())
+            .arg(verb)
+            .arg("--config")
+            .arg(self.config());
+        cmd.args(args).assert()
+    }
+}
+
+pub fn doorstep() -> Command {
+    let mut cmd = Command::cargo_bin("doorstep").unwrap();
+    cmd.env_remove("DOORSTEP_CONFIG").env_remove("DOORSTEP_LOG");
+    cmd
+}
+
+/// Parses `--format json` output into its lines.
+pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    std::str::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    root().join("fixtures").join(path)
+}
+
+pub fn read_fixture(path: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
+}
