@@ -6,7 +6,6 @@
 //! Memory stays flat whatever the file size: the channel bounds what is in flight.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -18,9 +17,9 @@ use crate::report::{Conflict, Rejection, Summary};
 use crate::store::{IngestOutcome, IntakeBatch, NewRecord, Store, StoreError};
 
 /// Records written per transaction at most.
-pub const BATCH_RECORDS: usize = 2000;
+pub const BATCH_RECORDS: usize = 1000;
 /// Submissions in flight between the reader thread and the store.
-const CHANNEL_DEPTH: usize = 4096;
+const CHANNEL_DEPTH: usize = 256;
 
 /// Receives what a run finds, as it finds it.
 pub trait Reporter {
@@ -127,12 +126,9 @@ pub fn check(paths: &[PathBuf], reporter: &mut dyn Reporter) -> Summary {
     summary
 }
 
+/// What the reader thread hands the store: only what is written, not the parsed trees.
 enum Msg {
-    Accepted {
-        file: Arc<str>,
-        line: Option<u64>,
-        records: Vec<ParsedRecord>,
-    },
+    Accepted(Vec<NewRecord>),
     Rejected(Vec<Rejection>),
 }
 
@@ -144,24 +140,14 @@ pub async fn ingest<S: Store>(
 ) -> Result<Summary, StoreError> {
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let reader = std::thread::spawn(move || {
-        let mut current: Option<Arc<str>> = None;
         read_and_validate(&paths, &mut |file, v| {
             let msg = match v {
-                Validated::Accepted { line, records } => {
-                    let file = match &current {
-                        Some(f) if &**f == file => f.clone(),
-                        _ => {
-                            let f: Arc<str> = file.into();
-                            current = Some(f.clone());
-                            f
-                        }
-                    };
-                    Msg::Accepted {
-                        file,
-                        line,
-                        records,
-                    }
-                }
+                Validated::Accepted { line, records } => Msg::Accepted(
+                    records
+                        .into_iter()
+                        .map(|p| NewRecord::from_parsed(p, file, line))
+                        .collect(),
+                ),
                 Validated::Rejected(r) => Msg::Rejected(r),
             };
             // The receiver only goes away when the store failed; the error is reported there.
@@ -175,15 +161,7 @@ pub async fn ingest<S: Store>(
         let mut batch = IntakeBatch::default();
         let mut rejected = 0u64;
         let mut add = |msg: Msg, batch: &mut IntakeBatch| match msg {
-            Msg::Accepted {
-                file,
-                line,
-                records,
-            } => batch.records.extend(
-                records
-                    .into_iter()
-                    .map(|p| NewRecord::from_parsed(p, &file, line)),
-            ),
+            Msg::Accepted(records) => batch.records.extend(records),
             Msg::Rejected(r) => {
                 rejected += 1;
                 batch.rejections.extend(r);

@@ -17,7 +17,6 @@ CREATE TABLE records (
 ) STRICT;
 
 CREATE INDEX records_current ON records (trust, school_urn, kind) WHERE current = 1;
-CREATE INDEX records_received ON records (received_at);
 
 -- Rejections and conflicts met at intake: ids, pointers and rules only, never content.
 CREATE TABLE intake_issues (

@@ -17,6 +17,9 @@ use super::{
 use crate::records::{Kind, Rule};
 use crate::report::Conflict;
 
+/// Rows per INSERT statement: 12 parameters each, well under SQLite's 32766.
+const INSERT_ROWS: usize = 500;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 #[derive(Debug, Clone)]
@@ -187,45 +190,40 @@ impl Store for SqliteStore {
             .await
             .map_err(&err)?;
         }
-        if !stored.is_empty() {
-            let rows: Vec<_> = stored
-                .iter()
-                .map(|&i| {
-                    let r = &batch.records[i];
-                    let latest = state
-                        .get(&(r.trust.clone(), r.kind.as_str(), r.id.clone()))
-                        .and_then(|s| s.latest);
-                    let source = match r.line {
-                        Some(l) => format!("{}:{l}", r.file),
-                        None => r.file.clone(),
-                    };
-                    serde_json::json!([
-                        r.trust,
-                        r.kind.as_str(),
-                        r.id,
-                        r.revision,
-                        r.school_urn,
-                        r.visit_id,
-                        r.urgency,
-                        r.hash.to_hex(),
-                        r.canonical,
-                        source,
-                        i32::from(latest == Some(r.revision)),
-                    ])
-                })
-                .collect();
-            sqlx::query(
+        // Multi-row VALUES with bound parameters: no JSON to encode here or decode there.
+        for chunk in stored.chunks(INSERT_ROWS) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO records (trust, kind, id, revision, school_urn, visit_id, urgency, \
-                 content_hash, content, source, received_at, current) \
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-                        value ->> 6, value ->> 7, value ->> 8, value ->> 9, ?2, value ->> 10 \
-                 FROM json_each(?1)",
-            )
-            .bind(serde_json::Value::Array(rows).to_string())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
+                 content_hash, content, source, received_at, current) ",
+            );
+            insert.push_values(chunk, |mut row, &i| {
+                let r = &batch.records[i];
+                let latest = state
+                    .get(&(r.trust.clone(), r.kind.as_str(), r.id.clone()))
+                    .and_then(|s| s.latest);
+                let source = match r.line {
+                    Some(l) => format!("{}:{l}", r.file),
+                    None => r.file.clone(),
+                };
+                row.push_bind(r.trust.as_str())
+                    .push_bind(r.kind.as_str())
+                    .push_bind(r.id.as_str())
+                    .push_bind(i64::from(r.revision))
+                    .push_bind(r.school_urn.as_str())
+                    .push_bind(r.visit_id.as_deref())
+                    .push_bind(r.urgency)
+                    .push_bind(r.hash.to_hex())
+                    .push_bind(r.canonical.as_str())
+                    .push_bind(source)
+                    .push_bind(now.as_str())
+                    .push_bind(i64::from(latest == Some(r.revision)));
+            });
+            insert
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
         }
 
         // 4. Conflicts and rejections, for `status`: ids, pointers and rules only.

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Intake benchmark: generates N records with `doorstep gen`, then times `check` and a durable
+# `ingest` into a fresh SQLite store, with peak memory (RSS) for each.
+# Usage: scripts/bench.sh [N]   (default 200000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-200000}
+cargo build --release --locked --quiet
+bin=target/release/doorstep
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+printf '[store]\nsqlite = "bench.db"\n' > "$work/doorstep.toml"
+
+"$bin" gen --count "$n" --seed 42 > "$work/records.jsonl"
+size=$(du -m "$work/records.jsonl" | cut -f1)
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -m); records: $n ($size MiB of JSON lines)"
+
+measure() { # name, command...
+  local name=$1; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%M' -o "$work/rss" "$@" > /dev/null
+  t1=$(date +%s.%N)
+  awk -v n="$n" -v a="$t0" -v b="$t1" -v rss="$(cat "$work/rss")" -v name="$name" \
+    'BEGIN { s = b - a; printf "%-8s %8.2f s  %10.0f records/s  peak RSS %6.1f MiB\n", name, s, n / s, rss / 1024 }'
+}
+
+measure check "$bin" check "$work/records.jsonl"
+measure ingest "$bin" ingest --config "$work/doorstep.toml" "$work/records.jsonl"
+measure re-ingest "$bin" ingest --config "$work/doorstep.toml" "$work/records.jsonl"
+echo "store: $(du -m "$work/bench.db" | cut -f1) MiB"
