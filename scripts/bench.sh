@@ -22,10 +22,14 @@ measure() { # name, command...
   /usr/bin/time -f '%M' -o "$work/rss" "$@" > /dev/null
   t1=$(date +%s.%N)
   awk -v n="$n" -v a="$t0" -v b="$t1" -v rss="$(cat "$work/rss")" -v name="$name" \
-    'BEGIN { s = b - a; printf "%-8s %8.2f s  %10.0f records/s  peak RSS %6.1f MiB\n", name, s, n / s, rss / 1024 }'
+    'BEGIN { s = b - a; printf "%-11s %8.2f s  %10.0f records/s  peak RSS %6.1f MiB\n", name, s, n / s, rss / 1024 }'
 }
 
 measure check "$bin" check "$work/records.jsonl"
+# The same records as one .json array: streamed too, so memory stays flat.
+{ echo '['; sed '$!s/$/,/' "$work/records.jsonl"; echo ']'; } > "$work/records.json"
+measure check-array "$bin" check "$work/records.json"
+rm "$work/records.json"
 measure ingest "$bin" ingest --config "$work/doorstep.toml" "$work/records.jsonl"
 measure re-ingest "$bin" ingest --config "$work/doorstep.toml" "$work/records.jsonl"
 echo "store: $(du -m "$work/bench.db" | cut -f1) MiB"

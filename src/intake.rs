@@ -8,6 +8,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
@@ -21,6 +22,9 @@ use crate::records::{
 pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Ends a streamed array early when the sink asks to stop.
+const STOPPED: &str = "doorstep: reading stopped";
 
 /// One item read from a file: a JSON value to validate, or an error.
 #[derive(Debug)]
@@ -96,8 +100,22 @@ impl FileFormat {
     }
 }
 
-/// Reads one file, handing every item to `sink` in order.
-pub fn read_file(path: &Path, sink: &mut dyn FnMut(Item)) {
+/// Reads one file, handing every item to `sink` in order. The sink may stop the reading
+/// early by returning `ControlFlow::Break` (the store behind it failed).
+pub fn read_file(path: &Path, sink: &mut dyn FnMut(Item) -> ControlFlow<()>) {
+    let mut sink = |item| sink(item).is_continue();
+    read_file_until(path, &mut sink);
+}
+
+fn read_file_until(path: &Path, sink: &mut dyn FnMut(Item) -> bool) {
+    if path.is_dir() {
+        sink(file_error(Rule::UnreadableFile, "cannot read the folder"));
+        return;
+    }
+    if !path.exists() {
+        sink(file_error(Rule::UnreadableFile, "no such file or folder"));
+        return;
+    }
     let Some(format) = FileFormat::of(path) else {
         sink(file_error(
             Rule::UnsupportedFileType,
@@ -157,7 +175,7 @@ fn io_reason(e: &io::Error) -> String {
     }
 }
 
-fn read_json_lines(mut reader: impl BufRead, sink: &mut dyn FnMut(Item)) {
+fn read_json_lines(mut reader: impl BufRead, sink: &mut dyn FnMut(Item) -> bool) {
     let mut buf = Vec::with_capacity(8 * 1024);
     let mut line_no = 0u64;
     loop {
@@ -206,10 +224,12 @@ fn read_json_lines(mut reader: impl BufRead, sink: &mut dyn FnMut(Item)) {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        sink(Item::Text {
+        if !sink(Item::Text {
             line: line_no,
             bytes: line.to_vec(),
-        });
+        }) {
+            return;
+        }
     }
 }
 
@@ -290,7 +310,7 @@ fn json_error(e: &serde_json::Error) -> FieldError {
 }
 
 /// Streams a `.json` file: one record (an object) or an array of records.
-fn read_json_document(reader: impl Read, sink: &mut dyn FnMut(Item)) {
+fn read_json_document(reader: impl Read, sink: &mut dyn FnMut(Item) -> bool) {
     let mut de = serde_json::Deserializer::from_reader(reader);
     let mut count = 0u64;
     let result = (&mut de).deserialize_any(TopLevel {
@@ -298,13 +318,14 @@ fn read_json_document(reader: impl Read, sink: &mut dyn FnMut(Item)) {
         count: &mut count,
     });
     let result = result.and_then(|()| de.end());
-    match result {
-        Ok(()) if count == 0 => sink(file_error(
+    let last = match result {
+        Err(e) if e.to_string().starts_with(STOPPED) => None,
+        Ok(()) if count == 0 => Some(file_error(
             Rule::NoRecords,
             "the file holds no record: a .json file holds one record or an array of records",
         )),
-        Ok(()) => {}
-        Err(e) if e.classify() == serde_json::error::Category::Data => sink(Item::Error {
+        Ok(()) => None,
+        Err(e) if e.classify() == serde_json::error::Category::Data => Some(Item::Error {
             line: None,
             record_id: None,
             error: FieldError::new(
@@ -313,16 +334,19 @@ fn read_json_document(reader: impl Read, sink: &mut dyn FnMut(Item)) {
                 "a .json file holds one record (an object) or an array of records",
             ),
         }),
-        Err(e) => sink(Item::Error {
+        Err(e) => Some(Item::Error {
             line: Some(e.line() as u64),
             record_id: None,
             error: json_error(&e),
         }),
+    };
+    if let Some(item) = last {
+        sink(item);
     }
 }
 
 struct TopLevel<'a> {
-    sink: &'a mut dyn FnMut(Item),
+    sink: &'a mut dyn FnMut(Item) -> bool,
     count: &'a mut u64,
 }
 
@@ -343,7 +367,9 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some((value, dup)) = seq.next_element_seed(CheckedValue)? {
             *self.count += 1;
-            (self.sink)(checked(value, dup, None));
+            if !(self.sink)(checked(value, dup, None)) {
+                return Err(serde::de::Error::custom(STOPPED));
+            }
         }
         Ok(())
     }
@@ -362,7 +388,8 @@ mod tests {
             items.push(match i {
                 Item::Text { line, bytes } => parse_text(&bytes, Some(line)),
                 other => other,
-            })
+            });
+            ControlFlow::Continue(())
         });
         items
     }
@@ -440,6 +467,24 @@ mod tests {
             rules(&read_bytes("a.jsonl", b"[1e999]")),
             vec![(Some(1), Some(Rule::NumberOutOfRange))]
         );
+    }
+
+    #[test]
+    fn a_sink_can_stop_the_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            ("a.jsonl", &b"{}\n{}\n{}\n"[..]),
+            ("a.json", &b"[{},{},{}]"[..]),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let mut seen = 0;
+            read_file(&path, &mut |_| {
+                seen += 1;
+                ControlFlow::Break(())
+            });
+            assert_eq!(seen, 1, "{name}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! batched transactions; nothing is reported as accepted before its batch commits.
 //! Memory stays flat whatever the file size: the channel bounds what is in flight.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use tokio::sync::mpsc;
@@ -86,42 +87,51 @@ pub fn validate(file: &str, item: Item) -> Validated {
 const CHUNK: usize = 512;
 
 /// Reads and validates every file under `paths`, calling `each` per submission in file
-/// order. Parsing and validation run on all cores, a chunk at a time.
-pub fn read_and_validate(paths: &[PathBuf], each: &mut dyn FnMut(&str, Validated)) {
+/// order, until `each` breaks. Parsing and validation run on all cores, a chunk at a time.
+pub fn read_and_validate(
+    paths: &[PathBuf],
+    each: &mut dyn FnMut(&str, Validated) -> ControlFlow<()>,
+) {
     for path in expand_paths(paths) {
         let file = path.display().to_string();
         tracing::info!(file = %file, "reading");
         let mut chunk = Vec::with_capacity(CHUNK);
-        let mut flush = |chunk: &mut Vec<Item>| {
+        let mut flush = |chunk: &mut Vec<Item>| -> ControlFlow<()> {
             let done: Vec<Validated> = std::mem::take(chunk)
                 .into_par_iter()
                 .map(|item| validate(&file, item))
                 .collect();
-            for v in done {
-                each(&file, v);
-            }
+            done.into_iter().try_for_each(|v| each(&file, v))
         };
+        let mut stopped = false;
         read_file(&path, &mut |item| {
             chunk.push(item);
-            if chunk.len() == CHUNK {
-                flush(&mut chunk);
+            if chunk.len() == CHUNK && flush(&mut chunk).is_break() {
+                stopped = true;
+                return ControlFlow::Break(());
             }
+            ControlFlow::Continue(())
         });
-        flush(&mut chunk);
+        if stopped || flush(&mut chunk).is_break() {
+            return;
+        }
     }
 }
 
 /// `doorstep check`: validates, changes nothing.
 pub fn check(paths: &[PathBuf], reporter: &mut dyn Reporter) -> Summary {
     let mut summary = Summary::default();
-    read_and_validate(paths, &mut |_, v| match v {
-        Validated::Accepted { records, .. } => summary.accepted += records.len() as u64,
-        Validated::Rejected(rejections) => {
-            summary.rejected += 1;
-            for r in &rejections {
-                reporter.rejection(r);
+    read_and_validate(paths, &mut |_, v| {
+        match v {
+            Validated::Accepted { records, .. } => summary.accepted += records.len() as u64,
+            Validated::Rejected(rejections) => {
+                summary.rejected += 1;
+                for r in &rejections {
+                    reporter.rejection(r);
+                }
             }
         }
+        ControlFlow::Continue(())
     });
     summary
 }
@@ -150,8 +160,12 @@ pub async fn ingest<S: Store>(
                 ),
                 Validated::Rejected(r) => Msg::Rejected(r),
             };
-            // The receiver only goes away when the store failed; the error is reported there.
-            let _ = tx.blocking_send(msg);
+            // The receiver only goes away when the store failed: stop reading; the error is
+            // reported there.
+            match tx.blocking_send(msg) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
         });
     });
 

@@ -134,10 +134,16 @@ fn a_killed_ingest_loses_nothing_it_committed_and_recovers() {
         .stdout
         .clone();
     std::fs::write(d.path("big.jsonl"), &records).unwrap();
-    // Kill once the write-ahead log has grown past 1 MiB, then again past 4 MiB more.
+    // Kill once the store (database plus write-ahead log) has grown by 2 MiB, twice.
     let wal = d.db().with_extension("db-wal");
-    for grow_by in [1u64 << 20, 4 << 20] {
-        let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let size = || {
+        [d.db(), wal.clone()]
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum::<u64>()
+    };
+    for grow_by in [2u64 << 20, 2 << 20] {
+        let before = size();
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("doorstep"))
             .current_dir(d.dir.path())
             .args(["ingest", "--config"])
@@ -148,7 +154,7 @@ fn a_killed_ingest_loses_nothing_it_committed_and_recovers() {
             .spawn()
             .unwrap();
         let started = std::time::Instant::now();
-        while std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) < before + grow_by
+        while size() < before + grow_by
             && started.elapsed() < Duration::from_secs(60)
             && child.try_wait().unwrap().is_none()
         {

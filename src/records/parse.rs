@@ -143,11 +143,10 @@ fn parse_one<T: Checked>(
     if !errors.is_empty() {
         return Err(errors.into_iter().map(|e| e.prefixed(prefix)).collect());
     }
-    let Value::Object(mut map) = value else {
-        unreachable!("built as an object above")
-    };
-    map.insert("kind".into(), Value::String(kind.as_str().into()));
-    let content = Value::Object(map);
+    let mut content = value;
+    if let Some(map) = content.as_object_mut() {
+        map.insert("kind".into(), Value::String(kind.as_str().into()));
+    }
     let canonical = canonical_json(&content);
     let hash = ContentHash::of_canonical(&canonical);
     Ok(ParsedRecord {
