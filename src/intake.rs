@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::records::{
-    CheckedValue, DuplicateKey, FieldError, Rule, parse_json_value, record_id_hint, value_from_map,
+    DuplicateKey, FieldError, Rule, parse_json_value, record_id_hint, value_from_map,
 };
 
 /// The largest record accepted on one JSON line; longer lines are skipped, not buffered.
@@ -29,9 +30,10 @@ const STOPPED: &str = "doorstep: reading stopped";
 /// One item read from a file: a JSON value to validate, or an error.
 #[derive(Debug)]
 pub enum Item {
-    /// One JSON-lines line, not parsed yet (parsing runs in parallel; see [`parse_text`]).
+    /// One JSON-lines line or `.json` array element, not parsed yet (parsing runs in
+    /// parallel; see [`parse_text`]). `line` is known for JSON lines only.
     Text {
-        line: u64,
+        line: Option<u64>,
         bytes: Vec<u8>,
     },
     Value {
@@ -225,7 +227,7 @@ fn read_json_lines(mut reader: impl BufRead, sink: &mut dyn FnMut(Item) -> bool)
             continue;
         }
         if !sink(Item::Text {
-            line: line_no,
+            line: Some(line_no),
             bytes: line.to_vec(),
         }) {
             return;
@@ -365,9 +367,11 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some((value, dup)) = seq.next_element_seed(CheckedValue)? {
+        // Each element is only scanned here; it is parsed on the worker threads.
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
             *self.count += 1;
-            if !(self.sink)(checked(value, dup, None)) {
+            let bytes = raw.get().as_bytes().to_vec();
+            if !(self.sink)(Item::Text { line: None, bytes }) {
                 return Err(serde::de::Error::custom(STOPPED));
             }
         }
@@ -386,7 +390,7 @@ mod tests {
         let mut items = Vec::new();
         read_file(&path, &mut |i| {
             items.push(match i {
-                Item::Text { line, bytes } => parse_text(&bytes, Some(line)),
+                Item::Text { line, bytes } => parse_text(&bytes, line),
                 other => other,
             });
             ControlFlow::Continue(())
@@ -399,7 +403,7 @@ mod tests {
             .iter()
             .map(|i| match i {
                 Item::Value { line, .. } => (*line, None),
-                Item::Text { line, .. } => (Some(*line), None),
+                Item::Text { line, .. } => (*line, None),
                 Item::Error { line, error, .. } => (*line, Some(error.rule)),
             })
             .collect()

@@ -41,7 +41,7 @@ pub enum Validated {
 pub fn validate(file: &str, item: Item) -> Validated {
     match item {
         // `parse_text` yields a value or an error, never text again.
-        Item::Text { line, bytes } => validate(file, parse_text(&bytes, Some(line))),
+        Item::Text { line, bytes } => validate(file, parse_text(&bytes, line)),
         Item::Error {
             line,
             record_id,

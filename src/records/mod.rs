@@ -24,9 +24,7 @@ pub use fields::{
 pub use kinds::*;
 pub use parse::{FieldError, ParsedRecord, parse_submission, record_id_hint};
 pub use schema::records_schema;
-pub use value::{
-    CheckedValue, DuplicateKey, escape_pointer_token, parse_json_value, value_from_map,
-};
+pub use value::{DuplicateKey, escape_pointer_token, parse_json_value, value_from_map};
 
 /// The three kinds of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

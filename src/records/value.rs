@@ -131,16 +131,6 @@ pub fn parse_json_value(bytes: &[u8]) -> Result<(Value, Option<DuplicateKey>), s
     Ok((v, trace.into_duplicate()))
 }
 
-/// Parses one JSON value from an already positioned deserialiser (an array element of a
-/// streamed file), leaving the deserialiser after it.
-pub fn parse_json_value_from_reader_seed<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<(Value, Option<DuplicateKey>), D::Error> {
-    let mut trace = DupTrace::default();
-    let v = ValueSeed { trace: &mut trace }.deserialize(d)?;
-    Ok((v, trace.into_duplicate()))
-}
-
 /// Builds a value from a map a visitor was handed (a `.json` file holding one record).
 pub fn value_from_map<'de, A: MapAccess<'de>>(
     map: A,
@@ -148,16 +138,6 @@ pub fn value_from_map<'de, A: MapAccess<'de>>(
     let mut trace = DupTrace::default();
     let v = ValueVisitor { trace: &mut trace }.visit_map(map)?;
     Ok((v, trace.into_duplicate()))
-}
-
-/// A seed for `SeqAccess::next_element_seed` that yields a value and its first duplicate.
-pub struct CheckedValue;
-
-impl<'de> DeserializeSeed<'de> for CheckedValue {
-    type Value = (Value, Option<DuplicateKey>);
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        parse_json_value_from_reader_seed(d)
-    }
 }
 
 #[cfg(test)]
