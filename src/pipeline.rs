@@ -219,5 +219,14 @@ pub async fn ingest<S: Store>(
     drop(rx);
     // The reader thread ends once the channel closes; a panic there is a bug, not input.
     let _ = reader.join();
-    result.map(|()| summary)
+    result.map(|()| {
+        tracing::info!(
+            accepted = summary.accepted,
+            rejected = summary.rejected,
+            unchanged = summary.unchanged,
+            conflicts = summary.conflicts,
+            "ingest finished"
+        );
+        summary
+    })
 }
