@@ -45,6 +45,7 @@ enum Command {
     /// Validate record files and store them durably; a record is acknowledged only once
     /// its transaction commits. With no PATH, ingests the config's drop folder.
     Ingest {
+        /// Files or folders; none means the config's drop folder.
         paths: Vec<PathBuf>,
         #[command(flatten)]
         common: Common,
@@ -70,9 +71,16 @@ enum Command {
         /// Share of records (0.0 to 1.0) made invalid, one fault each.
         #[arg(long, default_value_t = 0.0)]
         invalid_share: f64,
+        /// Accepted like every verb's; `gen` needs no config.
+        #[command(flatten)]
+        _config: ConfigArg,
     },
     /// Print the JSON Schema (draft 2020-12) of the three record kinds.
-    Schema,
+    Schema {
+        /// Accepted like every verb's; `schema` needs no config.
+        #[command(flatten)]
+        _config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +219,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             count,
             seed,
             invalid_share,
+            ..
         } => {
             if !(0.0..=1.0).contains(&invalid_share) {
                 return Err(Fatal::Config(
@@ -233,7 +242,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 Err(e) => Err(Fatal::Run(format!("writing records: {e}"))),
             }
         }
-        Command::Schema => {
+        Command::Schema { .. } => {
             let schema = crate::records::records_schema();
             println!(
                 "{}",
