@@ -6,12 +6,15 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
 use crate::pipeline::{self, Reporter};
-use crate::report::{Conflict, Rejection, ReportLine, Summary};
+use crate::mapping::Trusts;
+use crate::policy::RuleId;
+use crate::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
 use crate::store::{SqliteStore, StatusReport, Store};
 use crate::synthetic::{GenOptions, write_records};
 
@@ -173,14 +176,18 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
     match cli.command {
         Command::Check { paths, common } => {
             // The config is optional for `check`; named explicitly, it must load.
-            let _config = load_config(&common.config, false)?;
+            let trusts = match load_config(&common.config, false)? {
+                Some(config) => load_trusts(&config)?,
+                None => Trusts::default(),
+            };
             let mut out = Output::new(common.format);
-            let summary = pipeline::check(&paths, &mut out);
+            let summary = pipeline::check(&paths, &trusts, &mut out);
             out.finish(&summary)
         }
         Command::Ingest { paths, common } => {
             let config = load_config(&common.config, true)?
                 .ok_or_else(|| Fatal::Config("no config".into()))?;
+            let trusts = Arc::new(load_trusts(&config)?);
             let paths = if paths.is_empty() {
                 vec![config.drop_dir.clone()]
             } else {
@@ -189,7 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             runtime()?.block_on(async {
                 let store = open_store(&config).await?;
                 let mut out = Output::new(common.format);
-                let result = pipeline::ingest(&store, paths, &mut out).await;
+                let result = pipeline::ingest(&store, paths, trusts, &mut out).await;
                 store.close().await;
                 let summary = result.map_err(|e| Fatal::Run(e.to_string()))?;
                 out.finish(&summary)
@@ -211,7 +218,19 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         } => {
             let loaded = load_config(&config, true)?;
             if let Some(c) = loaded {
+                let trusts = load_trusts(&c)?;
                 println!("{}: ok", c.path.display());
+                for t in trusts.iter() {
+                    let on = RuleId::ALL
+                        .iter()
+                        .filter(|r| crate::policy::rule_severity(t.rules(), **r).is_some())
+                        .count();
+                    println!(
+                        "  trust {}: {} school(s), {on} policy rule(s) on",
+                        t.id,
+                        t.file.schools.len()
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -278,6 +297,10 @@ fn load_config(arg: &ConfigArg, required: bool) -> Result<Option<Config>, Fatal>
         .map_err(|e| Fatal::Config(e.to_string()))
 }
 
+fn load_trusts(config: &Config) -> Result<Trusts, Fatal> {
+    Trusts::load(&config.mappings_dir, config.time_zone).map_err(|e| Fatal::Config(e.to_string()))
+}
+
 async fn open_store(config: &Config) -> Result<SqliteStore, Fatal> {
     SqliteStore::open(&config.sqlite_path)
         .await
@@ -323,6 +346,9 @@ impl Reporter for Output {
     fn rejection(&mut self, r: &Rejection) {
         self.line(r, ReportLine::Rejection(r));
     }
+    fn exception(&mut self, e: &ExceptionReport) {
+        self.line(e, ReportLine::Exception(e));
+    }
     fn conflict(&mut self, c: &Conflict) {
         self.line(c, ReportLine::Conflict(c));
     }
@@ -347,6 +373,7 @@ fn print_status(report: &StatusReport, format: Format) {
             .sum()
     };
     let (rejected, conflicts) = (count_of("rejection"), count_of("conflict"));
+    let open_exceptions: u64 = report.exceptions.iter().map(|e| e.count).sum();
     let _ = match format {
         Format::Json => (|| -> io::Result<()> {
             for r in &report.records {
@@ -358,9 +385,14 @@ fn print_status(report: &StatusReport, format: Format) {
                 let v = serde_json::json!({ "kind": i.issue, "rule": i.rule, "count": i.count });
                 writeln!(out, "{v}")?;
             }
+            for e in &report.exceptions {
+                let mut v = serde_json::to_value(e)?;
+                v["kind"] = "exceptions".into();
+                writeln!(out, "{v}")?;
+            }
             let v = serde_json::json!({
                 "kind": "summary", "records": records, "revisions": revisions,
-                "rejected": rejected, "conflicts": conflicts,
+                "rejected": rejected, "conflicts": conflicts, "exceptions": open_exceptions,
             });
             writeln!(out, "{v}")
         })(),
@@ -383,9 +415,19 @@ fn print_status(report: &StatusReport, format: Format) {
                     writeln!(out, "  {:<10} {:<24} {:>8}", i.issue, i.rule, i.count)?;
                 }
             }
+            if !report.exceptions.is_empty() {
+                writeln!(out, "\nopen policy exceptions by rule:")?;
+                for e in &report.exceptions {
+                    writeln!(
+                        out,
+                        "  {:<10} {:<8} {:<26} {:<8} {:>8}",
+                        e.trust, e.school, e.rule, e.severity, e.count
+                    )?;
+                }
+            }
             writeln!(
                 out,
-                "\n{records} records ({revisions} revisions), {rejected} rejections, {conflicts} conflicts"
+                "\n{records} records ({revisions} revisions), {rejected} rejections, {conflicts} conflicts, {open_exceptions} open exceptions"
             )
         })(),
     };

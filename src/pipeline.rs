@@ -7,14 +7,17 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use rayon::prelude::*;
 
 use crate::intake::{Item, expand_paths, parse_text, read_file};
-use crate::records::{ParsedRecord, parse_submission, record_id_hint};
-use crate::report::{Conflict, Rejection, Summary};
+use crate::mapping::Trusts;
+use crate::policy::{Exception, evaluate};
+use crate::records::{ParsedRecord, Record, parse_submission, record_id_hint};
+use crate::report::{Conflict, ExceptionReport, Rejection, Summary};
 use crate::store::{IngestOutcome, IntakeBatch, NewRecord, Store, StoreError};
 
 /// Records written per transaction at most.
@@ -25,23 +28,40 @@ const CHANNEL_DEPTH: usize = 256;
 /// Receives what a run finds, as it finds it.
 pub trait Reporter {
     fn rejection(&mut self, rejection: &Rejection);
+    fn exception(&mut self, exception: &ExceptionReport);
     fn conflict(&mut self, conflict: &Conflict);
+}
+
+/// An accepted record and the policy exceptions it raises.
+#[derive(Debug)]
+pub struct Checked {
+    pub parsed: ParsedRecord,
+    pub exceptions: Vec<Exception>,
 }
 
 /// One submission read from a file, validated.
 pub enum Validated {
     Accepted {
         line: Option<u64>,
-        records: Vec<ParsedRecord>,
+        records: Vec<Checked>,
     },
     Rejected(Vec<Rejection>),
 }
 
-/// Validates one item read from `file`.
-pub fn validate(file: &str, item: Item) -> Validated {
+/// The exceptions a record raises under its trust's policy (none for a trust with no
+/// `mappings/<trust>/` folder, or with no config at all).
+pub fn policy_exceptions(record: &Record, trusts: &Trusts) -> Vec<Exception> {
+    match trusts.get(record.trust().as_str()) {
+        Some(trust) => evaluate(record, trust.rules(), &trust.place(record.school().urn.as_str())),
+        None => Vec::new(),
+    }
+}
+
+/// Validates one item read from `file` and runs its trust's policy.
+pub fn validate(file: &str, item: Item, trusts: &Trusts) -> Validated {
     match item {
         // `parse_text` yields a value or an error, never text again.
-        Item::Text { line, bytes } => validate(file, parse_text(&bytes, line)),
+        Item::Text { line, bytes } => validate(file, parse_text(&bytes, line), trusts),
         Item::Error {
             line,
             record_id,
@@ -61,6 +81,13 @@ pub fn validate(file: &str, item: Item) -> Validated {
                             "record valid"
                         );
                     }
+                    let records = records
+                        .into_iter()
+                        .map(|parsed| Checked {
+                            exceptions: policy_exceptions(&parsed.record, trusts),
+                            parsed,
+                        })
+                        .collect();
                     Validated::Accepted { line, records }
                 }
                 Err(errors) => {
@@ -90,6 +117,7 @@ const CHUNK: usize = 512;
 /// order, until `each` breaks. Parsing and validation run on all cores, a chunk at a time.
 pub fn read_and_validate(
     paths: &[PathBuf],
+    trusts: &Trusts,
     each: &mut dyn FnMut(&str, Validated) -> ControlFlow<()>,
 ) {
     for path in expand_paths(paths) {
@@ -99,7 +127,7 @@ pub fn read_and_validate(
         let mut flush = |chunk: &mut Vec<Item>| -> ControlFlow<()> {
             let done: Vec<Validated> = std::mem::take(chunk)
                 .into_par_iter()
-                .map(|item| validate(&file, item))
+                .map(|item| validate(&file, item, trusts))
                 .collect();
             done.into_iter().try_for_each(|v| each(&file, v))
         };
@@ -119,11 +147,20 @@ pub fn read_and_validate(
 }
 
 /// `doorstep check`: validates, changes nothing.
-pub fn check(paths: &[PathBuf], reporter: &mut dyn Reporter) -> Summary {
+pub fn check(paths: &[PathBuf], trusts: &Trusts, reporter: &mut dyn Reporter) -> Summary {
     let mut summary = Summary::default();
-    read_and_validate(paths, &mut |_, v| {
+    read_and_validate(paths, trusts, &mut |_, v| {
         match v {
-            Validated::Accepted { records, .. } => summary.accepted += records.len() as u64,
+            Validated::Accepted { records, .. } => {
+                summary.accepted += records.len() as u64;
+                for c in &records {
+                    let (id, revision) = (c.parsed.record.id().as_str(), c.parsed.record.revision().0);
+                    for e in &c.exceptions {
+                        summary.exceptions += 1;
+                        reporter.exception(&ExceptionReport::new(id, revision, e));
+                    }
+                }
+            }
             Validated::Rejected(rejections) => {
                 summary.rejected += 1;
                 for r in &rejections {
@@ -146,16 +183,17 @@ enum Msg {
 pub async fn ingest<S: Store>(
     store: &S,
     paths: Vec<PathBuf>,
+    trusts: Arc<Trusts>,
     reporter: &mut dyn Reporter,
 ) -> Result<Summary, StoreError> {
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let reader = std::thread::spawn(move || {
-        read_and_validate(&paths, &mut |file, v| {
+        read_and_validate(&paths, &trusts, &mut |file, v| {
             let msg = match v {
                 Validated::Accepted { line, records } => Msg::Accepted(
                     records
                         .into_iter()
-                        .map(|p| NewRecord::from_parsed(p, file, line))
+                        .map(|c| NewRecord::from_parsed(c.parsed, c.exceptions, file, line))
                         .collect(),
                 ),
                 Validated::Rejected(r) => Msg::Rejected(r),
@@ -199,9 +237,15 @@ pub async fn ingest<S: Store>(
                 for r in &batch.rejections {
                     reporter.rejection(r);
                 }
-                for o in outcomes {
+                for (o, r) in outcomes.into_iter().zip(&batch.records) {
                     match o {
-                        IngestOutcome::Stored => summary.accepted += 1,
+                        IngestOutcome::Stored => {
+                            summary.accepted += 1;
+                            for e in &r.exceptions {
+                                summary.exceptions += 1;
+                                reporter.exception(&ExceptionReport::new(&r.id, r.revision, e));
+                            }
+                        }
                         IngestOutcome::Unchanged => summary.unchanged += 1,
                         IngestOutcome::Conflict(c) => {
                             summary.conflicts += 1;

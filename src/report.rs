@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::policy::{Exception, RuleId, Severity};
 use crate::records::{FieldError, Rule};
 
 /// A rejected record or an unreadable file (SPEC §6).
@@ -46,6 +47,38 @@ pub struct Conflict {
     pub message: String,
 }
 
+/// A policy exception raised on an accepted record (SPEC §2, §6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExceptionReport {
+    pub record_id: String,
+    pub revision: u32,
+    pub rule: RuleId,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl ExceptionReport {
+    pub fn new(record_id: &str, revision: u32, e: &Exception) -> Self {
+        Self {
+            record_id: record_id.to_owned(),
+            revision,
+            rule: e.rule,
+            severity: e.severity,
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ExceptionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exception record {} revision {}: {} [{}] {}",
+            self.record_id, self.revision, self.severity, self.rule, self.message
+        )
+    }
+}
+
 /// Counts for one run of `check` or `ingest`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -73,6 +106,7 @@ impl Summary {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReportLine<'a> {
     Rejection(&'a Rejection),
+    Exception(&'a ExceptionReport),
     Conflict(&'a Conflict),
     Summary(&'a Summary),
 }

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use doorstep::mapping::Trusts;
 use doorstep::pipeline::{self, Reporter};
-use doorstep::report::{Conflict, Rejection};
+use doorstep::report::{Conflict, ExceptionReport, Rejection};
 
 #[derive(Default)]
 struct Collect(Vec<Rejection>);
@@ -14,6 +15,7 @@ impl Reporter for Collect {
     fn rejection(&mut self, r: &Rejection) {
         self.0.push(r.clone());
     }
+    fn exception(&mut self, _: &ExceptionReport) {}
     fn conflict(&mut self, c: &Conflict) {
         panic!("check never meets conflicts: {c}");
     }
@@ -45,7 +47,7 @@ fn every_valid_fixture_is_accepted() {
     );
     for file in files {
         let mut seen = Collect::default();
-        let summary = pipeline::check(std::slice::from_ref(&file), &mut seen);
+        let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert!(seen.0.is_empty(), "{}: {:?}", file.display(), seen.0);
         assert!(summary.accepted >= 1, "{}", file.display());
     }
@@ -79,7 +81,7 @@ fn every_invalid_fixture_gives_its_exact_rejection() {
             .get(&name)
             .unwrap_or_else(|| panic!("{name} has no entry in expected.toml"));
         let mut seen = Collect::default();
-        let summary = pipeline::check(std::slice::from_ref(&file), &mut seen);
+        let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert_eq!(summary.accepted, 0, "{name}: nothing may be accepted");
         assert_eq!(summary.rejected, 1, "{name}: one rejected submission");
         assert_eq!(

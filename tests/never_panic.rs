@@ -6,8 +6,9 @@ mod common;
 use std::path::PathBuf;
 
 use doorstep::intake::{Item, parse_text};
+use doorstep::mapping::Trusts;
 use doorstep::pipeline::{self, Reporter, Validated};
-use doorstep::report::{Conflict, Rejection};
+use doorstep::report::{Conflict, ExceptionReport, Rejection};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -18,6 +19,7 @@ impl Reporter for Collect {
     fn rejection(&mut self, r: &Rejection) {
         self.0.push(r.clone());
     }
+    fn exception(&mut self, _: &ExceptionReport) {}
     fn conflict(&mut self, _: &Conflict) {}
 }
 
@@ -45,7 +47,7 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
     let tmp = tempfile::tempdir().unwrap();
     for file in files {
         let mut seen = Collect::default();
-        let summary = pipeline::check(std::slice::from_ref(&file), &mut seen);
+        let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert_eq!(summary.accepted, 0, "{}", file.display());
         assert!(!seen.0.is_empty(), "{}: no rejection", file.display());
         for r in &seen.0 {
@@ -61,7 +63,7 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
             .join(file.with_extension("jsonl").file_name().unwrap());
         std::fs::copy(&file, &as_lines).unwrap();
         let mut seen = Collect::default();
-        let summary = pipeline::check(std::slice::from_ref(&as_lines), &mut seen);
+        let summary = pipeline::check(std::slice::from_ref(&as_lines), &Trusts::default(), &mut seen);
         assert_eq!(summary.accepted, 0, "{}", as_lines.display());
     }
 }
@@ -136,7 +138,7 @@ fn mutate(v: &mut Value, path: &[usize], op: u8, new: Value) {
 }
 
 fn run_one(bytes: &[u8]) -> usize {
-    match pipeline::validate("prop.jsonl", parse_text(bytes, Some(1))) {
+    match pipeline::validate("prop.jsonl", parse_text(bytes, Some(1)), &Trusts::default()) {
         Validated::Accepted { records, .. } => records.len(),
         Validated::Rejected(r) => {
             assert!(!r.is_empty());

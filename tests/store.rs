@@ -14,7 +14,7 @@ fn record(revision: u32, summary: &str) -> NewRecord {
     v["revision"] = json!(revision);
     v["summary"] = json!(summary);
     let parsed = parse_submission(v).unwrap().remove(0);
-    NewRecord::from_parsed(parsed, "test.jsonl", Some(u64::from(revision)))
+    NewRecord::from_parsed(parsed, Vec::new(), "test.jsonl", Some(u64::from(revision)))
 }
 
 fn outcomes_of(outcomes: &[IngestOutcome]) -> Vec<&'static str> {

@@ -13,6 +13,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
+use crate::policy::Exception;
 use crate::records::{ContentHash, Kind, ParsedRecord};
 use crate::report::{Conflict, Rejection};
 
@@ -51,10 +52,17 @@ pub struct NewRecord {
     /// The file (or `request`) and line the record was read from.
     pub file: String,
     pub line: Option<u64>,
+    /// Policy exceptions this revision raises.
+    pub exceptions: Vec<Exception>,
 }
 
 impl NewRecord {
-    pub fn from_parsed(p: ParsedRecord, file: &str, line: Option<u64>) -> Self {
+    pub fn from_parsed(
+        p: ParsedRecord,
+        exceptions: Vec<Exception>,
+        file: &str,
+        line: Option<u64>,
+    ) -> Self {
         let r = &p.record;
         Self {
             kind: r.kind(),
@@ -72,6 +80,7 @@ impl NewRecord {
             canonical: p.canonical,
             file: file.to_owned(),
             line,
+            exceptions,
         }
     }
 }
@@ -112,10 +121,35 @@ pub struct RuleCount {
     pub count: u64,
 }
 
+/// Open policy exceptions of one rule at one school.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExceptionCount {
+    pub trust: String,
+    pub school: String,
+    pub rule: String,
+    pub severity: String,
+    pub count: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatusReport {
     pub records: Vec<RecordCount>,
     pub issues: Vec<RuleCount>,
+    /// Open exceptions (on current revisions), by trust, school and rule.
+    pub exceptions: Vec<ExceptionCount>,
+}
+
+/// An exception as stored: on which revision, and whether it still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredException {
+    pub revision: u32,
+    pub rule: String,
+    pub severity: String,
+    pub message: String,
+    /// `open`, `resolved` (a later revision no longer raises it) or `superseded` (a later
+    /// revision raises it again).
+    pub state: String,
+    pub closed_by_revision: Option<u32>,
 }
 
 /// The store, whichever database is behind it.
@@ -127,8 +161,17 @@ pub trait Store: Send + Sync {
         batch: &IntakeBatch,
     ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send;
 
-    /// Counts by trust, school, kind and state; rejections and conflicts by rule.
+    /// Counts by trust, school, kind and state; rejections and conflicts by rule; open
+    /// exceptions by trust, school and rule.
     fn status(&self) -> impl Future<Output = Result<StatusReport, StoreError>> + Send;
+
+    /// Every exception raised on a record, oldest revision first, with its state.
+    fn exceptions_of(
+        &self,
+        trust: &str,
+        kind: Kind,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<StoredException>, StoreError>> + Send;
 
     /// Every stored revision of a record, oldest first, as canonical JSON.
     fn revisions(

@@ -12,8 +12,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    IngestOutcome, IntakeBatch, NewRecord, RecordCount, RuleCount, StatusReport, Store, StoreError,
+    ExceptionCount, IngestOutcome, IntakeBatch, NewRecord, RecordCount, RuleCount, StatusReport,
+    Store, StoreError, StoredException,
 };
+use crate::policy::Exception;
 use crate::records::{Kind, Rule};
 use crate::report::Conflict;
 
@@ -229,7 +231,64 @@ impl Store for SqliteStore {
                 .map_err(&err)?;
         }
 
-        // 4. Conflicts and rejections, for `status`: ids, pointers and rules only.
+        // 4. Exceptions of the new revisions; then, for each record, earlier revisions'
+        //    open exceptions are closed: `superseded` if raised again, else `resolved`.
+        let raised: Vec<(usize, &Exception)> = stored
+            .iter()
+            .flat_map(|&i| batch.records[i].exceptions.iter().map(move |e| (i, e)))
+            .collect();
+        for chunk in raised.chunks(INSERT_ROWS) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO exceptions (trust, kind, id, revision, school_urn, rule, severity, \
+                 message, raised_at, state) ",
+            );
+            insert.push_values(chunk, |mut row, &(i, e)| {
+                let r = &batch.records[i];
+                row.push_bind(r.trust.as_str())
+                    .push_bind(r.kind.as_str())
+                    .push_bind(r.id.as_str())
+                    .push_bind(i64::from(r.revision))
+                    .push_bind(r.school_urn.as_str())
+                    .push_bind(e.rule.as_str())
+                    .push_bind(e.severity.as_str())
+                    .push_bind(e.message.as_str())
+                    .push_bind(now.as_str())
+                    .push_bind("open");
+            });
+            insert.build().persistent(false).execute(&mut *tx).await.map_err(&err)?;
+        }
+        let mut latest_stored: HashMap<(&str, &str, &str), (u32, String)> = HashMap::new();
+        for &i in &stored {
+            let r = &batch.records[i];
+            let rules: Vec<&str> = r.exceptions.iter().map(|e| e.rule.as_str()).collect();
+            latest_stored.insert(
+                (r.trust.as_str(), r.kind.as_str(), r.id.as_str()),
+                (r.revision, rules.join(",")),
+            );
+        }
+        let closing: Vec<_> = latest_stored
+            .iter()
+            .map(|((t, k, id), (rev, rules))| serde_json::json!([t, k, id, rev, rules]))
+            .collect();
+        if !closing.is_empty() {
+            sqlx::query(
+                "UPDATE exceptions SET \
+                   state = CASE WHEN instr(',' || k.rules || ',', ',' || exceptions.rule || ',') > 0 \
+                           THEN 'superseded' ELSE 'resolved' END, \
+                   closed_at = ?2, closed_by_revision = k.revision \
+                 FROM (SELECT value ->> 0 AS trust, value ->> 1 AS kind, value ->> 2 AS id, \
+                              value ->> 3 AS revision, value ->> 4 AS rules FROM json_each(?1)) AS k \
+                 WHERE exceptions.trust = k.trust AND exceptions.kind = k.kind AND exceptions.id = k.id \
+                   AND exceptions.state = 'open' AND exceptions.revision < k.revision",
+            )
+            .bind(serde_json::Value::Array(closing).to_string())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        }
+
+        // 5. Conflicts and rejections, for `status`: ids, pointers and rules only.
         let issues: Vec<_> = outcomes
             .iter()
             .filter_map(|o| match o {
@@ -312,7 +371,57 @@ impl Store for SqliteStore {
                 count: row.get::<i64, _>(2) as u64,
             })
             .collect();
-        Ok(StatusReport { records, issues })
+        let rows = sqlx::query(
+            "SELECT trust, school_urn, rule, severity, count(*) FROM exceptions WHERE state = 'open' \
+             GROUP BY trust, school_urn, rule, severity ORDER BY trust, school_urn, rule, severity",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&err)?;
+        let exceptions = rows
+            .iter()
+            .map(|row| ExceptionCount {
+                trust: row.get(0),
+                school: row.get(1),
+                rule: row.get(2),
+                severity: row.get(3),
+                count: row.get::<i64, _>(4) as u64,
+            })
+            .collect();
+        Ok(StatusReport {
+            records,
+            issues,
+            exceptions,
+        })
+    }
+
+    async fn exceptions_of(
+        &self,
+        trust: &str,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Vec<StoredException>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT revision, rule, severity, message, state, closed_by_revision FROM exceptions \
+             WHERE trust = ?1 AND kind = ?2 AND id = ?3 ORDER BY revision, rule",
+        )
+        .bind(trust)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db_err())?;
+        Ok(rows
+            .iter()
+            .map(|row| StoredException {
+                revision: row.get::<i64, _>(0) as u32,
+                rule: row.get(1),
+                severity: row.get(2),
+                message: row.get(3),
+                state: row.get(4),
+                closed_by_revision: row.get::<Option<i64>, _>(5).map(|r| r as u32),
+            })
+            .collect())
     }
 
     async fn revisions(

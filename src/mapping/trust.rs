@@ -1,0 +1,185 @@
+//! `mappings/<trust>/trust.toml` and the set of trusts a deployment serves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::toml_error_message;
+use crate::policy::{PolicyError, PolicyFile, RulesFile, SchoolPlace};
+use crate::records::{TrustId, Urn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchoolEntry {
+    pub urn: Urn,
+    pub name: String,
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    #[serde(default)]
+    pub longitude: Option<f64>,
+    /// Overrides the trust's time zone for this school.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustFile {
+    pub name: String,
+    /// IANA name; default: the deployment's `time_zone` (itself `Europe/London` by default).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub schools: Vec<SchoolEntry>,
+}
+
+/// One trust: its schools, each school's place, and its policy.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub id: String,
+    pub file: TrustFile,
+    pub policy: PolicyFile,
+    places: BTreeMap<String, SchoolPlace>,
+    default_place: SchoolPlace,
+}
+
+impl Trust {
+    /// Where a school is and which clock it keeps; a school missing from `trust.toml` gets
+    /// the trust's time zone and no location.
+    pub fn place(&self, urn: &str) -> SchoolPlace {
+        self.places.get(urn).copied().unwrap_or(self.default_place)
+    }
+
+    pub fn rules(&self) -> &RulesFile {
+        &self.policy.rules
+    }
+}
+
+/// Every trust under a `mappings/` folder, by its short name.
+#[derive(Debug, Clone, Default)]
+pub struct Trusts {
+    trusts: BTreeMap<String, Trust>,
+}
+
+impl Trusts {
+    /// Loads `mappings/*/trust.toml` and `policy.toml`. A missing `mappings/` folder is an
+    /// empty set; a folder without `trust.toml` is not a trust and is skipped.
+    pub fn load(dir: &Path, default_tz: chrono_tz::Tz) -> Result<Trusts, MappingError> {
+        let mut trusts = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(Trusts { trusts });
+        };
+        let mut folders: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("trust.toml").is_file())
+            .collect();
+        folders.sort();
+        for folder in folders {
+            let trust = load_trust(&folder, default_tz)?;
+            trusts.insert(trust.id.clone(), trust);
+        }
+        Ok(Trusts { trusts })
+    }
+
+    pub fn get(&self, trust: &str) -> Option<&Trust> {
+        self.trusts.get(trust)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Trust> {
+        self.trusts.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.trusts.is_empty()
+    }
+}
+
+fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, MappingError> {
+    let path = folder.join("trust.toml");
+    let invalid = |key: String, reason: &str| MappingError::Invalid {
+        path: path.clone(),
+        key,
+        reason: reason.to_owned(),
+    };
+    let id = folder
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if TrustId::try_from(id.clone()).is_err() {
+        return Err(invalid(
+            "(folder name)".into(),
+            "a trust's folder is its short name: 1-64 characters of a-z 0-9 -",
+        ));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| MappingError::Read {
+        path: path.clone(),
+        reason: e.kind().to_string(),
+    })?;
+    let file: TrustFile = toml::from_str(&text).map_err(|e| MappingError::Parse {
+        path: path.clone(),
+        message: toml_error_message(&text, &e),
+    })?;
+    let zone = |key: String, name: &Option<String>, fallback: chrono_tz::Tz| match name {
+        None => Ok(fallback),
+        Some(n) => n
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| invalid(key, "not an IANA time zone name")),
+    };
+    let trust_tz = zone("time_zone".into(), &file.time_zone, default_tz)?;
+    let mut places = BTreeMap::new();
+    for (i, s) in file.schools.iter().enumerate() {
+        let time_zone = zone(format!("schools[{i}].time_zone"), &s.time_zone, trust_tz)?;
+        let location = match (s.latitude, s.longitude) {
+            (Some(lat), Some(lon)) if sunrise::Coordinates::new(lat, lon).is_some() => {
+                Some((lat, lon))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    format!("schools[{i}].latitude"),
+                    "give both latitude (-90..90) and longitude (-180..180), or neither",
+                ));
+            }
+        };
+        if places
+            .insert(s.urn.to_string(), SchoolPlace { time_zone, location })
+            .is_some()
+        {
+            return Err(invalid(format!("schools[{i}].urn"), "this URN is listed twice"));
+        }
+    }
+    let policy_path = folder.join("policy.toml");
+    let policy = if policy_path.exists() {
+        PolicyFile::load(&policy_path)?
+    } else {
+        PolicyFile::default()
+    };
+    Ok(Trust {
+        id,
+        file,
+        policy,
+        places,
+        default_place: SchoolPlace {
+            time_zone: trust_tz,
+            location: None,
+        },
+    })
+}
