@@ -239,17 +239,21 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
             && let Some(sev) = c.active(RuleId::TransportCarSeat)
             && !t.car_seat_used
         {
-            let under_age = t.child_age.map(|a| a < c.under_age);
-            let under_height = t.child_height_cm.map(|h| h < c.under_height_cm);
-            let needs_seat = match (under_age, under_height) {
-                (None, None) => Some("child_age and child_height_cm are not recorded"),
-                (Some(true), _) => Some("the child is under the age limit"),
-                (_, Some(true)) => Some("the child is under the height limit"),
-                _ => None,
-            };
+            // The law's "under 12 years or 135 cm, whichever comes first": a seat is needed
+            // while the child is under both limits. What is not recorded counts as under.
+            let under_age = t.child_age.is_none_or(|a| a < c.under_age);
+            let under_height = t.child_height_cm.is_none_or(|h| h < c.under_height_cm);
+            let needs_seat = (under_age && under_height).then_some(
+                match (t.child_age, t.child_height_cm) {
+                    (None, None) => "child_age and child_height_cm are not recorded",
+                    (None, Some(_)) => "the child is under the height limit and child_age is not recorded",
+                    (Some(_), None) => "the child is under the age limit and child_height_cm is not recorded",
+                    (Some(_), Some(_)) => "the child is under both the age and the height limit",
+                },
+            );
             if let Some(why) = needs_seat {
                 raise(out, RuleId::TransportCarSeat, sev, format!(
-                    "no car seat used and {why} (a seat is needed under {} years or {} cm)",
+                    "no car seat used and {why} (a seat is needed until {} years or {} cm)",
                     c.under_age, c.under_height_cm
                 ));
             }
