@@ -34,7 +34,7 @@ impl<'de> Deserialize<'de> for LocalTime {
         let s = String::deserialize(d)?;
         NaiveTime::parse_from_str(&s, "%H:%M")
             .map(LocalTime)
-            .map_err(|_| serde::de::Error::custom("a local time is written \"HH:MM\", e.g. \"17:00\""))
+            .map_err(|_| serde::de::Error::custom("a local time is written HH:MM, e.g. 17:00"))
     }
 }
 

@@ -408,3 +408,334 @@ fn flag_rules(f: &SafeguardingFlag, r: &RulesFile, out: &mut Vec<Exception>) {
         raise(out, RuleId::ImmediateDanger999, sev, "category immediate_danger but emergency_services_called is false".into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::parse_submission;
+    use serde_json::{Value, json};
+
+    /// Merges `patch` into `base`: objects recursively, `null` removes a key.
+    fn merge(base: &mut Value, patch: &Value) {
+        match (base, patch) {
+            (Value::Object(b), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        b.remove(k);
+                    } else {
+                        merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (b, p) => *b = p.clone(),
+        }
+    }
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/fixtures/valid/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn record(base: &str, patch: Value) -> Record {
+        let mut v = fixture(base);
+        merge(&mut v, &patch);
+        let mut records = parse_submission(v).unwrap_or_else(|e| panic!("{e:?}"));
+        records.remove(0).record
+    }
+
+    fn policy(toml_text: &str) -> RulesFile {
+        PolicyFile::parse("test-policy.toml", toml_text).unwrap().rules
+    }
+
+    fn hull() -> SchoolPlace {
+        SchoolPlace {
+            time_zone: chrono_tz::Europe::London,
+            location: Some((53.7586, -0.3457)),
+        }
+    }
+
+    /// The rule ids `record` raises under `rules`.
+    fn raised(rules: &RulesFile, record: &Record) -> Vec<&'static str> {
+        evaluate(record, rules, &hull()).iter().map(|e| e.rule.as_str()).collect()
+    }
+
+    const THRIVE_VISIT: &str = "thrive-attendance-illness";
+    const CELT_VISIT: &str = "celt-attendance-caring";
+
+    #[test]
+    fn authorised_before_visit() {
+        let rules = policy(
+            "[rules.authorised-before-visit]\nroles = [\"headteacher\", \"head_of_school\"]\nemergency_exempt = true\n",
+        );
+        let none = Vec::<&str>::new();
+        let on = vec!["authorised-before-visit"];
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, json!({}))), none);
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, json!({"authorisation": null}))), on);
+        let emergency = json!({"authorisation": null, "purpose": "emergency", "emergency_reason": "x"});
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, emergency)), none);
+        let not_emergency = json!({"authorisation": null, "emergency_reason": "x"});
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, not_emergency)), on);
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, json!({"authorisation": {"role": "dsl"}}))), on);
+        // left_school_at is 09:30: authorised at 09:29 passes, at 09:30 does not.
+        let at = |t: &str| json!({"authorisation": {"at": format!("2026-03-02T{t}:00+00:00")}});
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, at("09:29"))), none);
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, at("09:30"))), on);
+        // Without left_school_at, arrival (09:44) is the bound.
+        let no_left = json!({"sign_out": {"left_school_at": null}, "authorisation": {"at": "2026-03-02T09:40:00+00:00"}});
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, no_left)), none);
+        // A cancelled visit never happened.
+        let cancelled = json!({"authorisation": null, "outcome": "cancelled", "visit": null, "cancellation": {"reason": "r"}});
+        assert_eq!(raised(&rules, &record(THRIVE_VISIT, cancelled)), none);
+        let strict = policy("[rules.authorised-before-visit]\nroles = [\"dsl\"]\n");
+        let emergency = json!({"authorisation": null, "purpose": "emergency", "emergency_reason": "x"});
+        assert_eq!(raised(&strict, &record(THRIVE_VISIT, emergency)), on);
+    }
+
+    #[test]
+    fn pair_required() {
+        let always = policy("[rules.pair-required]\nmode = \"always\"\n");
+        let lone = policy("[rules.pair-required]\nmode = \"unless_lone_approved\"\n");
+        let one = json!({"staff": [{"staff_id": "A", "name": "n", "role": "teacher", "lead": true}]});
+        let approved = json!({"staff": one["staff"], "authorisation": {"lone_visit_approved": true}});
+        assert_eq!(raised(&always, &record(THRIVE_VISIT, json!({}))), Vec::<&str>::new());
+        assert_eq!(raised(&always, &record(THRIVE_VISIT, one.clone())), ["pair-required"]);
+        assert_eq!(raised(&always, &record(THRIVE_VISIT, approved.clone())), ["pair-required"]);
+        assert_eq!(raised(&lone, &record(THRIVE_VISIT, one)), ["pair-required"]);
+        assert_eq!(raised(&lone, &record(THRIVE_VISIT, approved)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn buddy_and_sign_out() {
+        let rules = policy(
+            "[rules.buddy-assigned]\n[rules.signed-out]\nfields = [\"vehicle_registration\", \"address\", \"expected_return\"]\n",
+        );
+        assert_eq!(raised(&rules, &record(CELT_VISIT, json!({}))), Vec::<&str>::new());
+        assert_eq!(raised(&rules, &record(CELT_VISIT, json!({"buddy": null}))), ["buddy-assigned"]);
+        assert_eq!(
+            raised(&rules, &record(CELT_VISIT, json!({"buddy": {"code_word_agreed": false}}))),
+            ["buddy-assigned"]
+        );
+        let blank = json!({"sign_out": {"vehicle_registration": " ", "expected_return": null}});
+        let r = record(CELT_VISIT, blank);
+        let e = evaluate(&r, &rules, &hull());
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].message, "sign_out lacks vehicle_registration, expected_return");
+        let none = record(CELT_VISIT, json!({"sign_out": null}));
+        assert_eq!(
+            evaluate(&none, &rules, &hull())[0].message,
+            "sign_out lacks vehicle_registration, address, expected_return"
+        );
+    }
+
+    #[test]
+    fn after_dark_by_cut_off_keeps_local_time_across_clock_changes() {
+        let rules = policy("[rules.after-dark]\ncutoff = \"17:00\"\n");
+        let arrive = |t: &str| {
+            record(THRIVE_VISIT, json!({"visit": {"arrived_at": t, "departed_at": "2026-12-01T23:00:00+00:00", "returned_at": null}, "recorded_at": "2026-12-02T09:00:00+00:00"}))
+        };
+        assert_eq!(raised(&rules, &arrive("2026-03-02T17:00:00+00:00")), Vec::<&str>::new());
+        assert_eq!(raised(&rules, &arrive("2026-03-02T17:01:00+00:00")), ["after-dark"]);
+        // Summer: 16:30 UTC is 17:30 BST, after the local cut-off.
+        assert_eq!(raised(&rules, &arrive("2026-06-10T16:30:00+00:00")), ["after-dark"]);
+        assert_eq!(raised(&rules, &arrive("2026-06-10T15:59:00+00:00")), Vec::<&str>::new());
+        // The same instant written with another offset reads the same.
+        assert_eq!(raised(&rules, &arrive("2026-06-10T18:30:00+02:00")), ["after-dark"]);
+        // Days of the clock changes (29 March, 25 October 2026).
+        assert_eq!(raised(&rules, &arrive("2026-03-29T15:59:00+00:00")), Vec::<&str>::new());
+        assert_eq!(raised(&rules, &arrive("2026-03-29T16:01:00+00:00")), ["after-dark"]);
+        assert_eq!(raised(&rules, &arrive("2026-10-25T16:59:00+00:00")), Vec::<&str>::new());
+        assert_eq!(raised(&rules, &arrive("2026-10-25T17:01:00+00:00")), ["after-dark"]);
+        let e = evaluate(&arrive("2026-06-10T16:30:00+00:00"), &rules, &hull());
+        assert_eq!(e[0].severity, Severity::Warning, "after-dark defaults to a warning");
+    }
+
+    #[test]
+    fn after_dark_by_local_sunset() {
+        let rules = policy("[rules.after-dark]\nsunset = true\n");
+        for date in ["2026-01-15", "2026-03-29", "2026-06-21", "2026-10-25", "2026-12-21"] {
+            let day = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+            let sunset = sunrise::SolarDay::new(sunrise::Coordinates::new(53.7586, -0.3457).unwrap(), day)
+                .event_time(sunrise::SolarEvent::Sunset)
+                .unwrap();
+            // Hull's sunset is between 15:40 and 21:45 local time across the year.
+            let local_sunset = sunset.with_timezone(&chrono_tz::Europe::London).time();
+            assert!(local_sunset > NaiveTime::from_hms_opt(15, 30, 0).unwrap(), "{date}");
+            assert!(local_sunset < NaiveTime::from_hms_opt(21, 50, 0).unwrap(), "{date}");
+            let arrive = |t: chrono::DateTime<chrono::Utc>| {
+                record(THRIVE_VISIT, json!({
+                    "sign_out": null,
+                    "visit": {"arrived_at": t.to_rfc3339(), "departed_at": (t + Duration::minutes(5)).to_rfc3339(), "returned_at": null},
+                    "recorded_at": (t + Duration::hours(1)).to_rfc3339(),
+                }))
+            };
+            assert_eq!(raised(&rules, &arrive(sunset - Duration::minutes(1))), Vec::<&str>::new(), "{date}");
+            assert_eq!(raised(&rules, &arrive(sunset + Duration::minutes(1))), ["after-dark"], "{date}");
+        }
+        // A school with no location cannot be checked: said, at info level.
+        let r = record(THRIVE_VISIT, json!({}));
+        let e = evaluate(&r, &rules, &SchoolPlace::default());
+        assert_eq!((e[0].rule, e[0].severity), (RuleId::AfterDark, Severity::Info));
+    }
+
+    #[test]
+    fn returned_or_phoned_in_with_grace() {
+        let rules = policy("[rules.returned-or-phoned-in]\ngrace_minutes = 15\n");
+        // expected_return is 10:35.
+        let back = |v: Value| record(THRIVE_VISIT, json!({"visit": v}));
+        assert_eq!(raised(&rules, &back(json!({"returned_at": "2026-03-02T10:50:00+00:00"}))), Vec::<&str>::new());
+        assert_eq!(raised(&rules, &back(json!({"returned_at": "2026-03-02T10:51:00+00:00"}))), ["returned-or-phoned-in"]);
+        let phoned = json!({"returned_at": "2026-03-02T12:00:00+00:00", "phoned_in_at": "2026-03-02T10:40:00+00:00"});
+        assert_eq!(raised(&rules, &back(phoned)), Vec::<&str>::new(), "the earlier of the two counts");
+        assert_eq!(raised(&rules, &back(json!({"returned_at": null}))), ["returned-or-phoned-in"]);
+    }
+
+    #[test]
+    fn report_recorded_promptly() {
+        let rules = policy("[rules.report-recorded-promptly]\nwithin_hours = 24\n");
+        // departed_at is 10:10 on 2 March.
+        let at = |t: &str| record(THRIVE_VISIT, json!({"recorded_at": t}));
+        assert_eq!(raised(&rules, &at("2026-03-03T10:10:00+00:00")), Vec::<&str>::new());
+        assert_eq!(raised(&rules, &at("2026-03-03T10:11:00+00:00")), ["report-recorded-promptly"]);
+    }
+
+    fn incident(patch: Value) -> Record {
+        record("celt-incident-animal", patch)
+    }
+
+    #[test]
+    fn incident_shared_by_the_end_of_the_working_day() {
+        let rules = policy("[rules.incident-shared-same-day]\nworking_day_ends = \"18:00\"\n");
+        let case = |occurred: &str, shared: &str| {
+            incident(json!({
+                "occurred_at": occurred, "shared_with_headteacher_at": shared,
+                "reported_to_line_manager_at": occurred, "debrief_at": occurred,
+            }))
+        };
+        let none = Vec::<&str>::new();
+        let on = vec!["incident-shared-same-day"];
+        // Tuesday 12 May 2026, BST: 18:00 local is 17:00 UTC.
+        assert_eq!(raised(&rules, &case("2026-05-12T10:02:00+01:00", "2026-05-12T18:00:00+01:00")), none);
+        assert_eq!(raised(&rules, &case("2026-05-12T10:02:00+01:00", "2026-05-12T17:01:00+00:00")), on);
+        // After hours: by the end of the next working day.
+        assert_eq!(raised(&rules, &case("2026-05-12T19:00:00+01:00", "2026-05-13T17:59:00+01:00")), none);
+        assert_eq!(raised(&rules, &case("2026-05-12T19:00:00+01:00", "2026-05-13T18:01:00+01:00")), on);
+        // Friday evening and Saturday: Monday's end.
+        assert_eq!(raised(&rules, &case("2026-05-15T19:00:00+01:00", "2026-05-18T17:30:00+01:00")), none);
+        assert_eq!(raised(&rules, &case("2026-05-16T11:00:00+01:00", "2026-05-18T18:30:00+01:00")), on);
+        // Sunday 25 October 2026, clocks go back at 02:00 BST: the incident at 01:30 (either
+        // reading) falls due Monday 18:00 GMT.
+        assert_eq!(raised(&rules, &case("2026-10-25T01:30:00+01:00", "2026-10-26T18:00:00+00:00")), none);
+        assert_eq!(raised(&rules, &case("2026-10-25T01:30:00+00:00", "2026-10-26T18:01:00+00:00")), on);
+        // Friday 27 March (GMT) due 18:00 GMT; Monday 30 March (BST) due 17:00 UTC.
+        assert_eq!(raised(&rules, &case("2026-03-27T09:00:00+00:00", "2026-03-27T18:00:00+00:00")), none);
+        assert_eq!(raised(&rules, &case("2026-03-30T09:00:00+01:00", "2026-03-30T17:30:00+00:00")), on);
+        let missing = incident(json!({"shared_with_headteacher_at": null}));
+        assert_eq!(raised(&rules, &missing), on);
+    }
+
+    #[test]
+    fn incident_debriefed() {
+        let rules = policy("[rules.incident-debriefed]\n");
+        assert_eq!(raised(&rules, &incident(json!({}))), Vec::<&str>::new());
+        let both = incident(json!({"reported_to_line_manager_at": null, "debrief_at": null}));
+        let e = evaluate(&both, &rules, &hull());
+        assert_eq!(e[0].message, "reported_to_line_manager_at and debrief_at not recorded");
+        assert_eq!(raised(&rules, &incident(json!({"debrief_at": null}))), ["incident-debriefed"]);
+    }
+
+    fn flag(patch: Value) -> Record {
+        record("celt-flag-routine-home-conditions", patch)
+    }
+
+    #[test]
+    fn dsl_informed_and_999() {
+        let rules = policy(
+            "[rules.dsl-informed]\nimmediate_within_minutes = 30\n[rules.immediate-danger-999]\n",
+        );
+        let none = Vec::<&str>::new();
+        // raised_at 10:05.
+        let immediate = |reported: &str| flag(json!({"urgency": "immediate", "reported_to_dsl_at": reported}));
+        assert_eq!(raised(&rules, &immediate("2026-05-12T10:35:00+01:00")), none);
+        assert_eq!(raised(&rules, &immediate("2026-05-12T10:36:00+01:00")), ["dsl-informed"]);
+        assert_eq!(raised(&rules, &flag(json!({"reported_to_dsl_at": "2026-05-12T15:00:00+01:00"}))), none);
+        assert_eq!(raised(&rules, &flag(json!({"reported_to_dsl_at": null}))), ["dsl-informed"]);
+        let danger = |called: bool| {
+            flag(json!({"category": "immediate_danger", "urgency": "immediate", "emergency_services_called": called, "reported_to_dsl_at": "2026-05-12T10:06:00+01:00"}))
+        };
+        assert_eq!(raised(&rules, &danger(true)), none);
+        assert_eq!(raised(&rules, &danger(false)), ["immediate-danger-999"]);
+    }
+
+    #[test]
+    fn no_one_home_note() {
+        let rules = policy("[rules.no-one-home-note]\nseverity = \"warning\"\n");
+        let out = |patch: Value| record(THRIVE_VISIT, patch);
+        assert_eq!(raised(&rules, &out(json!({"outcome": "no_one_home", "note_left": true}))), Vec::<&str>::new());
+        assert_eq!(raised(&rules, &out(json!({"outcome": "no_one_home", "note_left": false}))), ["no-one-home-note"]);
+        assert_eq!(raised(&rules, &out(json!({"outcome": "no_one_home"}))), ["no-one-home-note"]);
+        assert_eq!(raised(&rules, &out(json!({"note_left": false}))), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn transport_rules_and_the_car_seat_limits() {
+        let rules = policy(
+            "[rules.transport-two-staff]\n[rules.transport-rear-seat]\n[rules.transport-car-seat]\nunder_age = 12\nunder_height_cm = 135\n",
+        );
+        let trip = |t: Value| record("celt-transport-car-seat", json!({"transport": t}));
+        let none = Vec::<&str>::new();
+        assert_eq!(raised(&rules, &trip(json!({}))), none);
+        assert_eq!(raised(&rules, &trip(json!({"staff_count": 1}))), ["transport-two-staff"]);
+        assert_eq!(raised(&rules, &trip(json!({"child_in_rear": false}))), ["transport-rear-seat"]);
+        let seat = |age: Value, height: Value| {
+            trip(json!({"car_seat_used": false, "child_age": age, "child_height_cm": height}))
+        };
+        assert_eq!(raised(&rules, &seat(json!(11), json!(134.9))), ["transport-car-seat"]);
+        assert_eq!(raised(&rules, &seat(json!(11), json!(135))), none, "135 cm reached");
+        assert_eq!(raised(&rules, &seat(json!(12), json!(120))), none, "12 years reached");
+        assert_eq!(raised(&rules, &seat(json!(11), Value::Null)), ["transport-car-seat"]);
+        assert_eq!(raised(&rules, &seat(Value::Null, Value::Null)), ["transport-car-seat"]);
+        assert_eq!(raised(&rules, &seat(Value::Null, json!(140))), none);
+    }
+
+    #[test]
+    fn disabled_rules_and_severity_overrides() {
+        let rules = policy("[rules.pair-required]\nmode = \"always\"\nenabled = false\n[rules.buddy-assigned]\nseverity = \"info\"\n");
+        let r = record(THRIVE_VISIT, json!({"staff": [{"staff_id": "A", "name": "n", "role": "teacher", "lead": true}], "buddy": null}));
+        let e = evaluate(&r, &rules, &hull());
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].rule, e[0].severity), (RuleId::BuddyAssigned, Severity::Info));
+    }
+
+    #[test]
+    fn messages_carry_no_personal_data() {
+        let mut all = String::new();
+        for text in [
+            include_str!("../../mappings/thrive/policy.toml"),
+            include_str!("../../mappings/celt/policy.toml"),
+        ] {
+            let rules = policy(text);
+            let r = record(CELT_VISIT, json!({"buddy": null, "sign_out": null, "visit": {"returned_at": null}, "authorisation": {"role": "headteacher"}, "outcome": "no_one_home", "staff": [{"staff_id": "A", "name": "Zebedee Canary", "role": "teacher", "lead": true}]}));
+            for e in evaluate(&r, &rules, &hull()) {
+                all.push_str(&e.message);
+            }
+        }
+        assert!(!all.is_empty());
+        for personal in ["Zebedee", "Canary", "Pascoe", "Chapel", "TR7", "07700", "Grace", "Tonkin"] {
+            assert!(!all.contains(personal), "{personal} in {all}");
+        }
+    }
+
+    #[test]
+    fn policy_file_errors_name_the_key() {
+        let err = |t: &str| PolicyFile::parse("p.toml", t).unwrap_err().to_string();
+        assert!(err("[rules.pair-requird]\nmode = \"always\"\n").contains("pair-requird"));
+        assert!(err("[rules.pair-required]\nmode = \"sometimes\"\n").contains("mode"));
+        assert!(err("[rules.after-dark]\n").contains("rules.after-dark.cutoff"));
+        assert!(err("[rules.after-dark]\ncutoff = \"5pm\"\n").contains("HH:MM"));
+        assert!(err("[rules.returned-or-phoned-in]\ngrace_minutes = -1\n").contains("grace_minutes"));
+        assert!(err("[rules.signed-out]\nfields = [\"car\"]\n").contains("fields"));
+        assert!(err("[rules.pair-required]\nmode = \"always\"\nseverity = \"fatal\"\n").contains("severity"));
+        assert!(err("[rules.authorised-before-visit]\nroles = []\n").contains("roles"));
+        assert!(err("rules = 1\n").starts_with("p.toml: line 1"));
+    }
+}
