@@ -11,8 +11,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
-use crate::pipeline::{self, Reporter};
 use crate::mapping::Trusts;
+use crate::pipeline::{self, Reporter};
 use crate::policy::RuleId;
 use crate::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
 use crate::store::{SqliteStore, StatusReport, Store};

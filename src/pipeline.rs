@@ -52,7 +52,11 @@ pub enum Validated {
 /// `mappings/<trust>/` folder, or with no config at all).
 pub fn policy_exceptions(record: &Record, trusts: &Trusts) -> Vec<Exception> {
     match trusts.get(record.trust().as_str()) {
-        Some(trust) => evaluate(record, trust.rules(), &trust.place(record.school().urn.as_str())),
+        Some(trust) => evaluate(
+            record,
+            trust.rules(),
+            &trust.place(record.school().urn.as_str()),
+        ),
         None => Vec::new(),
     }
 }
@@ -154,7 +158,8 @@ pub fn check(paths: &[PathBuf], trusts: &Trusts, reporter: &mut dyn Reporter) ->
             Validated::Accepted { records, .. } => {
                 summary.accepted += records.len() as u64;
                 for c in &records {
-                    let (id, revision) = (c.parsed.record.id().as_str(), c.parsed.record.revision().0);
+                    let (id, revision) =
+                        (c.parsed.record.id().as_str(), c.parsed.record.revision().0);
                     for e in &c.exceptions {
                         summary.exceptions += 1;
                         reporter.exception(&ExceptionReport::new(id, revision, e));

@@ -63,7 +63,11 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
             .join(file.with_extension("jsonl").file_name().unwrap());
         std::fs::copy(&file, &as_lines).unwrap();
         let mut seen = Collect::default();
-        let summary = pipeline::check(std::slice::from_ref(&as_lines), &Trusts::default(), &mut seen);
+        let summary = pipeline::check(
+            std::slice::from_ref(&as_lines),
+            &Trusts::default(),
+            &mut seen,
+        );
         assert_eq!(summary.accepted, 0, "{}", as_lines.display());
     }
 }

@@ -160,10 +160,19 @@ fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, Mapping
             }
         };
         if places
-            .insert(s.urn.to_string(), SchoolPlace { time_zone, location })
+            .insert(
+                s.urn.to_string(),
+                SchoolPlace {
+                    time_zone,
+                    location,
+                },
+            )
             .is_some()
         {
-            return Err(invalid(format!("schools[{i}].urn"), "this URN is listed twice"));
+            return Err(invalid(
+                format!("schools[{i}].urn"),
+                "this URN is listed twice",
+            ));
         }
     }
     let policy_path = folder.join("policy.toml");

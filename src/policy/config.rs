@@ -119,8 +119,12 @@ rule_config!(AfterDarkCfg {
 });
 rule_config!(ReturnedCfg { grace_minutes: i64 });
 rule_config!(PromptCfg { within_hours: i64 });
-rule_config!(SameDayCfg { working_day_ends: LocalTime });
-rule_config!(DslCfg { immediate_within_minutes: i64 });
+rule_config!(SameDayCfg {
+    working_day_ends: LocalTime
+});
+rule_config!(DslCfg {
+    immediate_within_minutes: i64
+});
 rule_config!(TwoStaffCfg {
     #[serde(default = "two")]
     min_staff: u8,
@@ -195,12 +199,20 @@ impl PolicyFile {
         if let Some(c) = &r.authorised_before_visit
             && c.roles.is_empty()
         {
-            return Err(invalid(RuleId::AuthorisedBeforeVisit, "roles", "name at least one role"));
+            return Err(invalid(
+                RuleId::AuthorisedBeforeVisit,
+                "roles",
+                "name at least one role",
+            ));
         }
         if let Some(c) = &r.signed_out
             && c.fields.is_empty()
         {
-            return Err(invalid(RuleId::SignedOut, "fields", "name at least one sign-out field"));
+            return Err(invalid(
+                RuleId::SignedOut,
+                "fields",
+                "name at least one sign-out field",
+            ));
         }
         if let Some(c) = &r.after_dark
             && (c.cutoff.is_some() == c.sunset)
@@ -212,9 +224,21 @@ impl PolicyFile {
             ));
         }
         for (rule, key, value) in [
-            (RuleId::ReturnedOrPhonedIn, "grace_minutes", r.returned_or_phoned_in.as_ref().map(|c| c.grace_minutes)),
-            (RuleId::ReportRecordedPromptly, "within_hours", r.report_recorded_promptly.as_ref().map(|c| c.within_hours)),
-            (RuleId::DslInformed, "immediate_within_minutes", r.dsl_informed.as_ref().map(|c| c.immediate_within_minutes)),
+            (
+                RuleId::ReturnedOrPhonedIn,
+                "grace_minutes",
+                r.returned_or_phoned_in.as_ref().map(|c| c.grace_minutes),
+            ),
+            (
+                RuleId::ReportRecordedPromptly,
+                "within_hours",
+                r.report_recorded_promptly.as_ref().map(|c| c.within_hours),
+            ),
+            (
+                RuleId::DslInformed,
+                "immediate_within_minutes",
+                r.dsl_informed.as_ref().map(|c| c.immediate_within_minutes),
+            ),
         ] {
             if value.is_some_and(|v| v < 0) {
                 return Err(invalid(rule, key, "must be 0 or more"));
@@ -223,7 +247,11 @@ impl PolicyFile {
         if let Some(c) = &r.transport_car_seat
             && !(c.under_height_cm.is_finite() && c.under_height_cm > 0.0)
         {
-            return Err(invalid(RuleId::TransportCarSeat, "under_height_cm", "must be a height in centimetres"));
+            return Err(invalid(
+                RuleId::TransportCarSeat,
+                "under_height_cm",
+                "must be a height in centimetres",
+            ));
         }
         Ok(())
     }

@@ -114,14 +114,24 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
         let approved = v.authorisation.as_ref().and_then(|a| a.lone_visit_approved) == Some(true);
         match c.mode {
             PairMode::UnlessLoneApproved if approved => {}
-            PairMode::UnlessLoneApproved => raise(out, RuleId::PairRequired, sev, format!(
-                "{} member of staff visited and authorisation.lone_visit_approved is not true",
-                v.staff.len()
-            )),
-            PairMode::Always => raise(out, RuleId::PairRequired, sev, format!(
-                "{} member of staff visited; this trust's policy requires visits in pairs",
-                v.staff.len()
-            )),
+            PairMode::UnlessLoneApproved => raise(
+                out,
+                RuleId::PairRequired,
+                sev,
+                format!(
+                    "{} member of staff visited and authorisation.lone_visit_approved is not true",
+                    v.staff.len()
+                ),
+            ),
+            PairMode::Always => raise(
+                out,
+                RuleId::PairRequired,
+                sev,
+                format!(
+                    "{} member of staff visited; this trust's policy requires visits in pairs",
+                    v.staff.len()
+                ),
+            ),
         }
     }
 
@@ -130,7 +140,12 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
         && happened
     {
         match &v.buddy {
-            None => raise(out, RuleId::BuddyAssigned, sev, "no buddy at school recorded".into()),
+            None => raise(
+                out,
+                RuleId::BuddyAssigned,
+                sev,
+                "no buddy at school recorded".into(),
+            ),
             Some(b) if !b.code_word_agreed => raise(
                 out,
                 RuleId::BuddyAssigned,
@@ -152,7 +167,12 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
             .map(|f| f.as_str())
             .collect();
         if !missing.is_empty() {
-            raise(out, RuleId::SignedOut, sev, format!("sign_out lacks {}", missing.join(", ")));
+            raise(
+                out,
+                RuleId::SignedOut,
+                sev,
+                format!("sign_out lacks {}", missing.join(", ")),
+            );
         }
     }
 
@@ -168,7 +188,10 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
         && let Some(sev) = c.active(RuleId::ReturnedOrPhonedIn)
         && happened
     {
-        let back = [visit.returned_at, visit.phoned_in_at].into_iter().flatten().min();
+        let back = [visit.returned_at, visit.phoned_in_at]
+            .into_iter()
+            .flatten()
+            .min();
         match (back, sign_out.expected_return) {
             (None, _) => raise(
                 out,
@@ -179,12 +202,17 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
             (Some(back), Some(expected))
                 if back.0 > expected.0 + Duration::minutes(c.grace_minutes) =>
             {
-                raise(out, RuleId::ReturnedOrPhonedIn, sev, format!(
-                    "back {} minutes after sign_out.expected_return {} (grace {} minutes)",
-                    minutes(back.0 - expected.0),
-                    local(expected.0, place.time_zone),
-                    c.grace_minutes
-                ))
+                raise(
+                    out,
+                    RuleId::ReturnedOrPhonedIn,
+                    sev,
+                    format!(
+                        "back {} minutes after sign_out.expected_return {} (grace {} minutes)",
+                        minutes(back.0 - expected.0),
+                        local(expected.0, place.time_zone),
+                        c.grace_minutes
+                    ),
+                )
             }
             _ => {}
         }
@@ -193,17 +221,24 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
     if let Some(c) = &r.report_recorded_promptly
         && let Some(sev) = c.active(RuleId::ReportRecordedPromptly)
     {
-        let from = visit.departed_at.or_else(|| (!happened).then_some(v.recorded_at));
+        let from = visit
+            .departed_at
+            .or_else(|| (!happened).then_some(v.recorded_at));
         if let Some(departed) = from
             && v.recorded_at.0 > departed.0 + Duration::hours(c.within_hours)
         {
             let late = v.recorded_at.0 - departed.0;
-            raise(out, RuleId::ReportRecordedPromptly, sev, format!(
-                "recorded_at is {}h{:02} after visit.departed_at; this trust's limit is {} hours",
-                late.num_hours(),
-                late.num_minutes() % 60,
-                c.within_hours
-            ));
+            raise(
+                out,
+                RuleId::ReportRecordedPromptly,
+                sev,
+                format!(
+                    "recorded_at is {}h{:02} after visit.departed_at; this trust's limit is {} hours",
+                    late.num_hours(),
+                    late.num_minutes() % 60,
+                    c.within_hours
+                ),
+            );
         }
     }
 
@@ -216,7 +251,12 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
             Some(false) => "note_left is false",
             _ => "note_left is not recorded",
         };
-        raise(out, RuleId::NoOneHomeNote, sev, format!("outcome no_one_home but {was}"));
+        raise(
+            out,
+            RuleId::NoOneHomeNote,
+            sev,
+            format!("outcome no_one_home but {was}"),
+        );
     }
 
     if let Some(t) = &v.transport {
@@ -224,16 +264,26 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
             && let Some(sev) = c.active(RuleId::TransportTwoStaff)
             && t.staff_count < c.min_staff
         {
-            raise(out, RuleId::TransportTwoStaff, sev, format!(
-                "transport.staff_count is {}; at least {} staff when a child is carried",
-                t.staff_count, c.min_staff
-            ));
+            raise(
+                out,
+                RuleId::TransportTwoStaff,
+                sev,
+                format!(
+                    "transport.staff_count is {}; at least {} staff when a child is carried",
+                    t.staff_count, c.min_staff
+                ),
+            );
         }
         if let Some(c) = &r.transport_rear_seat
             && let Some(sev) = c.active(RuleId::TransportRearSeat)
             && !t.child_in_rear
         {
-            raise(out, RuleId::TransportRearSeat, sev, "transport.child_in_rear is false".into());
+            raise(
+                out,
+                RuleId::TransportRearSeat,
+                sev,
+                "transport.child_in_rear is false".into(),
+            );
         }
         if let Some(c) = &r.transport_car_seat
             && let Some(sev) = c.active(RuleId::TransportCarSeat)
@@ -243,19 +293,27 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
             // while the child is under both limits. What is not recorded counts as under.
             let under_age = t.child_age.is_none_or(|a| a < c.under_age);
             let under_height = t.child_height_cm.is_none_or(|h| h < c.under_height_cm);
-            let needs_seat = (under_age && under_height).then_some(
-                match (t.child_age, t.child_height_cm) {
+            let needs_seat =
+                (under_age && under_height).then_some(match (t.child_age, t.child_height_cm) {
                     (None, None) => "child_age and child_height_cm are not recorded",
-                    (None, Some(_)) => "the child is under the height limit and child_age is not recorded",
-                    (Some(_), None) => "the child is under the age limit and child_height_cm is not recorded",
+                    (None, Some(_)) => {
+                        "the child is under the height limit and child_age is not recorded"
+                    }
+                    (Some(_), None) => {
+                        "the child is under the age limit and child_height_cm is not recorded"
+                    }
                     (Some(_), Some(_)) => "the child is under both the age and the height limit",
-                },
-            );
+                });
             if let Some(why) = needs_seat {
-                raise(out, RuleId::TransportCarSeat, sev, format!(
-                    "no car seat used and {why} (a seat is needed until {} years or {} cm)",
-                    c.under_age, c.under_height_cm
-                ));
+                raise(
+                    out,
+                    RuleId::TransportCarSeat,
+                    sev,
+                    format!(
+                        "no car seat used and {why} (a seat is needed until {} years or {} cm)",
+                        c.under_age, c.under_height_cm
+                    ),
+                );
             }
         }
     }
@@ -294,26 +352,45 @@ fn at_local(tz: Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Tz> {
     let naive = date.and_time(time);
     tz.from_local_datetime(&naive)
         .latest()
-        .or_else(|| tz.from_local_datetime(&(naive + Duration::hours(1))).earliest())
+        .or_else(|| {
+            tz.from_local_datetime(&(naive + Duration::hours(1)))
+                .earliest()
+        })
         .unwrap_or_else(|| tz.from_utc_datetime(&naive))
 }
 
-fn after_dark(c: &AfterDarkCfg, sev: Severity, arrived: Timestamp, place: &SchoolPlace, out: &mut Vec<Exception>) {
+fn after_dark(
+    c: &AfterDarkCfg,
+    sev: Severity,
+    arrived: Timestamp,
+    place: &SchoolPlace,
+    out: &mut Vec<Exception>,
+) {
     let tz = place.time_zone;
     let date = arrived.0.with_timezone(&tz).date_naive();
     if let Some(cutoff) = c.cutoff {
         let limit = at_local(tz, date, cutoff.0);
         if arrived.0 > limit {
-            raise(out, RuleId::AfterDark, sev, format!(
-                "arrived {} after this trust's cut-off {}",
-                local(arrived.0, tz),
-                cutoff.0.format("%H:%M")
-            ));
+            raise(
+                out,
+                RuleId::AfterDark,
+                sev,
+                format!(
+                    "arrived {} after this trust's cut-off {}",
+                    local(arrived.0, tz),
+                    cutoff.0.format("%H:%M")
+                ),
+            );
         }
         return;
     }
     let Some((lat, lon)) = place.location else {
-        raise(out, RuleId::AfterDark, Severity::Info, "cannot check: the school has no location in trust.toml".into());
+        raise(
+            out,
+            RuleId::AfterDark,
+            Severity::Info,
+            "cannot check: the school has no location in trust.toml".into(),
+        );
         return;
     };
     let sunset = sunrise::Coordinates::new(lat, lon)
@@ -323,11 +400,16 @@ fn after_dark(c: &AfterDarkCfg, sev: Severity, arrived: Timestamp, place: &Schoo
     if let Some(sunset) = sunset {
         let limit = sunset - Duration::minutes(c.sunset_margin_minutes);
         if arrived.0 > limit {
-            raise(out, RuleId::AfterDark, sev, format!(
-                "arrived {} after local sunset {}",
-                local(arrived.0, tz),
-                sunset.with_timezone(&tz).format("%H:%M %Z")
-            ));
+            raise(
+                out,
+                RuleId::AfterDark,
+                sev,
+                format!(
+                    "arrived {} after local sunset {}",
+                    local(arrived.0, tz),
+                    sunset.with_timezone(&tz).format("%H:%M %Z")
+                ),
+            );
         }
     }
 }
@@ -353,15 +435,25 @@ fn incident_rules(i: &Incident, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
     {
         let deadline = working_day_end(i.occurred_at.0, c.working_day_ends.0, place.time_zone);
         match i.shared_with_headteacher_at {
-            None => raise(out, RuleId::IncidentSharedSameDay, sev, format!(
-                "shared_with_headteacher_at is not recorded; due by {}",
-                deadline.format("%Y-%m-%d %H:%M %Z")
-            )),
-            Some(shared) if shared.0 > deadline => raise(out, RuleId::IncidentSharedSameDay, sev, format!(
-                "shared with the headteacher {}, after the end of the working day {}",
-                local(shared.0, place.time_zone),
-                deadline.format("%Y-%m-%d %H:%M %Z")
-            )),
+            None => raise(
+                out,
+                RuleId::IncidentSharedSameDay,
+                sev,
+                format!(
+                    "shared_with_headteacher_at is not recorded; due by {}",
+                    deadline.format("%Y-%m-%d %H:%M %Z")
+                ),
+            ),
+            Some(shared) if shared.0 > deadline => raise(
+                out,
+                RuleId::IncidentSharedSameDay,
+                sev,
+                format!(
+                    "shared with the headteacher {}, after the end of the working day {}",
+                    local(shared.0, place.time_zone),
+                    deadline.format("%Y-%m-%d %H:%M %Z")
+                ),
+            ),
             Some(_) => {}
         }
     }
@@ -369,14 +461,22 @@ fn incident_rules(i: &Incident, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
         && let Some(sev) = c.active(RuleId::IncidentDebriefed)
     {
         let missing: Vec<&str> = [
-            ("reported_to_line_manager_at", i.reported_to_line_manager_at.is_none()),
+            (
+                "reported_to_line_manager_at",
+                i.reported_to_line_manager_at.is_none(),
+            ),
             ("debrief_at", i.debrief_at.is_none()),
         ]
         .into_iter()
         .filter_map(|(f, m)| m.then_some(f))
         .collect();
         if !missing.is_empty() {
-            raise(out, RuleId::IncidentDebriefed, sev, format!("{} not recorded", missing.join(" and ")));
+            raise(
+                out,
+                RuleId::IncidentDebriefed,
+                sev,
+                format!("{} not recorded", missing.join(" and ")),
+            );
         }
     }
 }
@@ -386,16 +486,26 @@ fn flag_rules(f: &SafeguardingFlag, r: &RulesFile, out: &mut Vec<Exception>) {
         && let Some(sev) = c.active(RuleId::DslInformed)
     {
         match f.reported_to_dsl_at {
-            None => raise(out, RuleId::DslInformed, sev, "reported_to_dsl_at is not recorded".into()),
+            None => raise(
+                out,
+                RuleId::DslInformed,
+                sev,
+                "reported_to_dsl_at is not recorded".into(),
+            ),
             Some(at)
                 if f.urgency == Urgency::Immediate
                     && at.0 > f.raised_at.0 + Duration::minutes(c.immediate_within_minutes) =>
             {
-                raise(out, RuleId::DslInformed, sev, format!(
-                    "immediate flag reached the DSL {} minutes after raised_at; this trust's limit is {} minutes",
-                    minutes(at.0 - f.raised_at.0),
-                    c.immediate_within_minutes
-                ))
+                raise(
+                    out,
+                    RuleId::DslInformed,
+                    sev,
+                    format!(
+                        "immediate flag reached the DSL {} minutes after raised_at; this trust's limit is {} minutes",
+                        minutes(at.0 - f.raised_at.0),
+                        c.immediate_within_minutes
+                    ),
+                )
             }
             Some(_) => {}
         }
@@ -405,7 +515,12 @@ fn flag_rules(f: &SafeguardingFlag, r: &RulesFile, out: &mut Vec<Exception>) {
         && f.category == FlagCategory::ImmediateDanger
         && !f.emergency_services_called
     {
-        raise(out, RuleId::ImmediateDanger999, sev, "category immediate_danger but emergency_services_called is false".into());
+        raise(
+            out,
+            RuleId::ImmediateDanger999,
+            sev,
+            "category immediate_danger but emergency_services_called is false".into(),
+        );
     }
 }
 
@@ -444,7 +559,9 @@ mod tests {
     }
 
     fn policy(toml_text: &str) -> RulesFile {
-        PolicyFile::parse("test-policy.toml", toml_text).unwrap().rules
+        PolicyFile::parse("test-policy.toml", toml_text)
+            .unwrap()
+            .rules
     }
 
     fn hull() -> SchoolPlace {
@@ -456,7 +573,10 @@ mod tests {
 
     /// The rule ids `record` raises under `rules`.
     fn raised(rules: &RulesFile, record: &Record) -> Vec<&'static str> {
-        evaluate(record, rules, &hull()).iter().map(|e| e.rule.as_str()).collect()
+        evaluate(record, rules, &hull())
+            .iter()
+            .map(|e| e.rule.as_str())
+            .collect()
     }
 
     const THRIVE_VISIT: &str = "thrive-attendance-illness";
@@ -470,12 +590,25 @@ mod tests {
         let none = Vec::<&str>::new();
         let on = vec!["authorised-before-visit"];
         assert_eq!(raised(&rules, &record(THRIVE_VISIT, json!({}))), none);
-        assert_eq!(raised(&rules, &record(THRIVE_VISIT, json!({"authorisation": null}))), on);
-        let emergency = json!({"authorisation": null, "purpose": "emergency", "emergency_reason": "x"});
+        assert_eq!(
+            raised(
+                &rules,
+                &record(THRIVE_VISIT, json!({"authorisation": null}))
+            ),
+            on
+        );
+        let emergency =
+            json!({"authorisation": null, "purpose": "emergency", "emergency_reason": "x"});
         assert_eq!(raised(&rules, &record(THRIVE_VISIT, emergency)), none);
         let not_emergency = json!({"authorisation": null, "emergency_reason": "x"});
         assert_eq!(raised(&rules, &record(THRIVE_VISIT, not_emergency)), on);
-        assert_eq!(raised(&rules, &record(THRIVE_VISIT, json!({"authorisation": {"role": "dsl"}}))), on);
+        assert_eq!(
+            raised(
+                &rules,
+                &record(THRIVE_VISIT, json!({"authorisation": {"role": "dsl"}}))
+            ),
+            on
+        );
         // left_school_at is 09:30: authorised at 09:29 passes, at 09:30 does not.
         let at = |t: &str| json!({"authorisation": {"at": format!("2026-03-02T{t}:00+00:00")}});
         assert_eq!(raised(&rules, &record(THRIVE_VISIT, at("09:29"))), none);
@@ -487,7 +620,8 @@ mod tests {
         let cancelled = json!({"authorisation": null, "outcome": "cancelled", "visit": null, "cancellation": {"reason": "r"}});
         assert_eq!(raised(&rules, &record(THRIVE_VISIT, cancelled)), none);
         let strict = policy("[rules.authorised-before-visit]\nroles = [\"dsl\"]\n");
-        let emergency = json!({"authorisation": null, "purpose": "emergency", "emergency_reason": "x"});
+        let emergency =
+            json!({"authorisation": null, "purpose": "emergency", "emergency_reason": "x"});
         assert_eq!(raised(&strict, &record(THRIVE_VISIT, emergency)), on);
     }
 
@@ -495,13 +629,27 @@ mod tests {
     fn pair_required() {
         let always = policy("[rules.pair-required]\nmode = \"always\"\n");
         let lone = policy("[rules.pair-required]\nmode = \"unless_lone_approved\"\n");
-        let one = json!({"staff": [{"staff_id": "A", "name": "n", "role": "teacher", "lead": true}]});
-        let approved = json!({"staff": one["staff"], "authorisation": {"lone_visit_approved": true}});
-        assert_eq!(raised(&always, &record(THRIVE_VISIT, json!({}))), Vec::<&str>::new());
-        assert_eq!(raised(&always, &record(THRIVE_VISIT, one.clone())), ["pair-required"]);
-        assert_eq!(raised(&always, &record(THRIVE_VISIT, approved.clone())), ["pair-required"]);
+        let one =
+            json!({"staff": [{"staff_id": "A", "name": "n", "role": "teacher", "lead": true}]});
+        let approved =
+            json!({"staff": one["staff"], "authorisation": {"lone_visit_approved": true}});
+        assert_eq!(
+            raised(&always, &record(THRIVE_VISIT, json!({}))),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(&always, &record(THRIVE_VISIT, one.clone())),
+            ["pair-required"]
+        );
+        assert_eq!(
+            raised(&always, &record(THRIVE_VISIT, approved.clone())),
+            ["pair-required"]
+        );
         assert_eq!(raised(&lone, &record(THRIVE_VISIT, one)), ["pair-required"]);
-        assert_eq!(raised(&lone, &record(THRIVE_VISIT, approved)), Vec::<&str>::new());
+        assert_eq!(
+            raised(&lone, &record(THRIVE_VISIT, approved)),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
@@ -509,17 +657,29 @@ mod tests {
         let rules = policy(
             "[rules.buddy-assigned]\n[rules.signed-out]\nfields = [\"vehicle_registration\", \"address\", \"expected_return\"]\n",
         );
-        assert_eq!(raised(&rules, &record(CELT_VISIT, json!({}))), Vec::<&str>::new());
-        assert_eq!(raised(&rules, &record(CELT_VISIT, json!({"buddy": null}))), ["buddy-assigned"]);
         assert_eq!(
-            raised(&rules, &record(CELT_VISIT, json!({"buddy": {"code_word_agreed": false}}))),
+            raised(&rules, &record(CELT_VISIT, json!({}))),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(&rules, &record(CELT_VISIT, json!({"buddy": null}))),
+            ["buddy-assigned"]
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &record(CELT_VISIT, json!({"buddy": {"code_word_agreed": false}}))
+            ),
             ["buddy-assigned"]
         );
         let blank = json!({"sign_out": {"vehicle_registration": " ", "expected_return": null}});
         let r = record(CELT_VISIT, blank);
         let e = evaluate(&r, &rules, &hull());
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].message, "sign_out lacks vehicle_registration, expected_return");
+        assert_eq!(
+            e[0].message,
+            "sign_out lacks vehicle_registration, expected_return"
+        );
         let none = record(CELT_VISIT, json!({"sign_out": null}));
         assert_eq!(
             evaluate(&none, &rules, &hull())[0].message,
@@ -531,50 +691,111 @@ mod tests {
     fn after_dark_by_cut_off_keeps_local_time_across_clock_changes() {
         let rules = policy("[rules.after-dark]\ncutoff = \"17:00\"\n");
         let arrive = |t: &str| {
-            record(THRIVE_VISIT, json!({"visit": {"arrived_at": t, "departed_at": "2026-12-01T23:00:00+00:00", "returned_at": null}, "recorded_at": "2026-12-02T09:00:00+00:00"}))
+            record(
+                THRIVE_VISIT,
+                json!({"visit": {"arrived_at": t, "departed_at": "2026-12-01T23:00:00+00:00", "returned_at": null}, "recorded_at": "2026-12-02T09:00:00+00:00"}),
+            )
         };
-        assert_eq!(raised(&rules, &arrive("2026-03-02T17:00:00+00:00")), Vec::<&str>::new());
-        assert_eq!(raised(&rules, &arrive("2026-03-02T17:01:00+00:00")), ["after-dark"]);
+        assert_eq!(
+            raised(&rules, &arrive("2026-03-02T17:00:00+00:00")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(&rules, &arrive("2026-03-02T17:01:00+00:00")),
+            ["after-dark"]
+        );
         // Summer: 16:30 UTC is 17:30 BST, after the local cut-off.
-        assert_eq!(raised(&rules, &arrive("2026-06-10T16:30:00+00:00")), ["after-dark"]);
-        assert_eq!(raised(&rules, &arrive("2026-06-10T15:59:00+00:00")), Vec::<&str>::new());
+        assert_eq!(
+            raised(&rules, &arrive("2026-06-10T16:30:00+00:00")),
+            ["after-dark"]
+        );
+        assert_eq!(
+            raised(&rules, &arrive("2026-06-10T15:59:00+00:00")),
+            Vec::<&str>::new()
+        );
         // The same instant written with another offset reads the same.
-        assert_eq!(raised(&rules, &arrive("2026-06-10T18:30:00+02:00")), ["after-dark"]);
+        assert_eq!(
+            raised(&rules, &arrive("2026-06-10T18:30:00+02:00")),
+            ["after-dark"]
+        );
         // Days of the clock changes (29 March, 25 October 2026).
-        assert_eq!(raised(&rules, &arrive("2026-03-29T15:59:00+00:00")), Vec::<&str>::new());
-        assert_eq!(raised(&rules, &arrive("2026-03-29T16:01:00+00:00")), ["after-dark"]);
-        assert_eq!(raised(&rules, &arrive("2026-10-25T16:59:00+00:00")), Vec::<&str>::new());
-        assert_eq!(raised(&rules, &arrive("2026-10-25T17:01:00+00:00")), ["after-dark"]);
+        assert_eq!(
+            raised(&rules, &arrive("2026-03-29T15:59:00+00:00")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(&rules, &arrive("2026-03-29T16:01:00+00:00")),
+            ["after-dark"]
+        );
+        assert_eq!(
+            raised(&rules, &arrive("2026-10-25T16:59:00+00:00")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(&rules, &arrive("2026-10-25T17:01:00+00:00")),
+            ["after-dark"]
+        );
         let e = evaluate(&arrive("2026-06-10T16:30:00+00:00"), &rules, &hull());
-        assert_eq!(e[0].severity, Severity::Warning, "after-dark defaults to a warning");
+        assert_eq!(
+            e[0].severity,
+            Severity::Warning,
+            "after-dark defaults to a warning"
+        );
     }
 
     #[test]
     fn after_dark_by_local_sunset() {
         let rules = policy("[rules.after-dark]\nsunset = true\n");
-        for date in ["2026-01-15", "2026-03-29", "2026-06-21", "2026-10-25", "2026-12-21"] {
+        for date in [
+            "2026-01-15",
+            "2026-03-29",
+            "2026-06-21",
+            "2026-10-25",
+            "2026-12-21",
+        ] {
             let day = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
-            let sunset = sunrise::SolarDay::new(sunrise::Coordinates::new(53.7586, -0.3457).unwrap(), day)
-                .event_time(sunrise::SolarEvent::Sunset)
-                .unwrap();
+            let sunset =
+                sunrise::SolarDay::new(sunrise::Coordinates::new(53.7586, -0.3457).unwrap(), day)
+                    .event_time(sunrise::SolarEvent::Sunset)
+                    .unwrap();
             // Hull's sunset is between 15:40 and 21:45 local time across the year.
             let local_sunset = sunset.with_timezone(&chrono_tz::Europe::London).time();
-            assert!(local_sunset > NaiveTime::from_hms_opt(15, 30, 0).unwrap(), "{date}");
-            assert!(local_sunset < NaiveTime::from_hms_opt(21, 50, 0).unwrap(), "{date}");
+            assert!(
+                local_sunset > NaiveTime::from_hms_opt(15, 30, 0).unwrap(),
+                "{date}"
+            );
+            assert!(
+                local_sunset < NaiveTime::from_hms_opt(21, 50, 0).unwrap(),
+                "{date}"
+            );
             let arrive = |t: chrono::DateTime<chrono::Utc>| {
-                record(THRIVE_VISIT, json!({
-                    "sign_out": null,
-                    "visit": {"arrived_at": t.to_rfc3339(), "departed_at": (t + Duration::minutes(5)).to_rfc3339(), "returned_at": null},
-                    "recorded_at": (t + Duration::hours(1)).to_rfc3339(),
-                }))
+                record(
+                    THRIVE_VISIT,
+                    json!({
+                        "sign_out": null,
+                        "visit": {"arrived_at": t.to_rfc3339(), "departed_at": (t + Duration::minutes(5)).to_rfc3339(), "returned_at": null},
+                        "recorded_at": (t + Duration::hours(1)).to_rfc3339(),
+                    }),
+                )
             };
-            assert_eq!(raised(&rules, &arrive(sunset - Duration::minutes(1))), Vec::<&str>::new(), "{date}");
-            assert_eq!(raised(&rules, &arrive(sunset + Duration::minutes(1))), ["after-dark"], "{date}");
+            assert_eq!(
+                raised(&rules, &arrive(sunset - Duration::minutes(1))),
+                Vec::<&str>::new(),
+                "{date}"
+            );
+            assert_eq!(
+                raised(&rules, &arrive(sunset + Duration::minutes(1))),
+                ["after-dark"],
+                "{date}"
+            );
         }
         // A school with no location cannot be checked: said, at info level.
         let r = record(THRIVE_VISIT, json!({}));
         let e = evaluate(&r, &rules, &SchoolPlace::default());
-        assert_eq!((e[0].rule, e[0].severity), (RuleId::AfterDark, Severity::Info));
+        assert_eq!(
+            (e[0].rule, e[0].severity),
+            (RuleId::AfterDark, Severity::Info)
+        );
     }
 
     #[test]
@@ -582,11 +803,30 @@ mod tests {
         let rules = policy("[rules.returned-or-phoned-in]\ngrace_minutes = 15\n");
         // expected_return is 10:35.
         let back = |v: Value| record(THRIVE_VISIT, json!({"visit": v}));
-        assert_eq!(raised(&rules, &back(json!({"returned_at": "2026-03-02T10:50:00+00:00"}))), Vec::<&str>::new());
-        assert_eq!(raised(&rules, &back(json!({"returned_at": "2026-03-02T10:51:00+00:00"}))), ["returned-or-phoned-in"]);
+        assert_eq!(
+            raised(
+                &rules,
+                &back(json!({"returned_at": "2026-03-02T10:50:00+00:00"}))
+            ),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &back(json!({"returned_at": "2026-03-02T10:51:00+00:00"}))
+            ),
+            ["returned-or-phoned-in"]
+        );
         let phoned = json!({"returned_at": "2026-03-02T12:00:00+00:00", "phoned_in_at": "2026-03-02T10:40:00+00:00"});
-        assert_eq!(raised(&rules, &back(phoned)), Vec::<&str>::new(), "the earlier of the two counts");
-        assert_eq!(raised(&rules, &back(json!({"returned_at": null}))), ["returned-or-phoned-in"]);
+        assert_eq!(
+            raised(&rules, &back(phoned)),
+            Vec::<&str>::new(),
+            "the earlier of the two counts"
+        );
+        assert_eq!(
+            raised(&rules, &back(json!({"returned_at": null}))),
+            ["returned-or-phoned-in"]
+        );
     }
 
     #[test]
@@ -594,8 +834,14 @@ mod tests {
         let rules = policy("[rules.report-recorded-promptly]\nwithin_hours = 24\n");
         // departed_at is 10:10 on 2 March.
         let at = |t: &str| record(THRIVE_VISIT, json!({"recorded_at": t}));
-        assert_eq!(raised(&rules, &at("2026-03-03T10:10:00+00:00")), Vec::<&str>::new());
-        assert_eq!(raised(&rules, &at("2026-03-03T10:11:00+00:00")), ["report-recorded-promptly"]);
+        assert_eq!(
+            raised(&rules, &at("2026-03-03T10:10:00+00:00")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(&rules, &at("2026-03-03T10:11:00+00:00")),
+            ["report-recorded-promptly"]
+        );
     }
 
     fn incident(patch: Value) -> Record {
@@ -614,21 +860,81 @@ mod tests {
         let none = Vec::<&str>::new();
         let on = vec!["incident-shared-same-day"];
         // Tuesday 12 May 2026, BST: 18:00 local is 17:00 UTC.
-        assert_eq!(raised(&rules, &case("2026-05-12T10:02:00+01:00", "2026-05-12T18:00:00+01:00")), none);
-        assert_eq!(raised(&rules, &case("2026-05-12T10:02:00+01:00", "2026-05-12T17:01:00+00:00")), on);
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-05-12T10:02:00+01:00", "2026-05-12T18:00:00+01:00")
+            ),
+            none
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-05-12T10:02:00+01:00", "2026-05-12T17:01:00+00:00")
+            ),
+            on
+        );
         // After hours: by the end of the next working day.
-        assert_eq!(raised(&rules, &case("2026-05-12T19:00:00+01:00", "2026-05-13T17:59:00+01:00")), none);
-        assert_eq!(raised(&rules, &case("2026-05-12T19:00:00+01:00", "2026-05-13T18:01:00+01:00")), on);
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-05-12T19:00:00+01:00", "2026-05-13T17:59:00+01:00")
+            ),
+            none
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-05-12T19:00:00+01:00", "2026-05-13T18:01:00+01:00")
+            ),
+            on
+        );
         // Friday evening and Saturday: Monday's end.
-        assert_eq!(raised(&rules, &case("2026-05-15T19:00:00+01:00", "2026-05-18T17:30:00+01:00")), none);
-        assert_eq!(raised(&rules, &case("2026-05-16T11:00:00+01:00", "2026-05-18T18:30:00+01:00")), on);
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-05-15T19:00:00+01:00", "2026-05-18T17:30:00+01:00")
+            ),
+            none
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-05-16T11:00:00+01:00", "2026-05-18T18:30:00+01:00")
+            ),
+            on
+        );
         // Sunday 25 October 2026, clocks go back at 02:00 BST: the incident at 01:30 (either
         // reading) falls due Monday 18:00 GMT.
-        assert_eq!(raised(&rules, &case("2026-10-25T01:30:00+01:00", "2026-10-26T18:00:00+00:00")), none);
-        assert_eq!(raised(&rules, &case("2026-10-25T01:30:00+00:00", "2026-10-26T18:01:00+00:00")), on);
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-10-25T01:30:00+01:00", "2026-10-26T18:00:00+00:00")
+            ),
+            none
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-10-25T01:30:00+00:00", "2026-10-26T18:01:00+00:00")
+            ),
+            on
+        );
         // Friday 27 March (GMT) due 18:00 GMT; Monday 30 March (BST) due 17:00 UTC.
-        assert_eq!(raised(&rules, &case("2026-03-27T09:00:00+00:00", "2026-03-27T18:00:00+00:00")), none);
-        assert_eq!(raised(&rules, &case("2026-03-30T09:00:00+01:00", "2026-03-30T17:30:00+00:00")), on);
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-03-27T09:00:00+00:00", "2026-03-27T18:00:00+00:00")
+            ),
+            none
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &case("2026-03-30T09:00:00+01:00", "2026-03-30T17:30:00+00:00")
+            ),
+            on
+        );
         let missing = incident(json!({"shared_with_headteacher_at": null}));
         assert_eq!(raised(&rules, &missing), on);
     }
@@ -639,8 +945,14 @@ mod tests {
         assert_eq!(raised(&rules, &incident(json!({}))), Vec::<&str>::new());
         let both = incident(json!({"reported_to_line_manager_at": null, "debrief_at": null}));
         let e = evaluate(&both, &rules, &hull());
-        assert_eq!(e[0].message, "reported_to_line_manager_at and debrief_at not recorded");
-        assert_eq!(raised(&rules, &incident(json!({"debrief_at": null}))), ["incident-debriefed"]);
+        assert_eq!(
+            e[0].message,
+            "reported_to_line_manager_at and debrief_at not recorded"
+        );
+        assert_eq!(
+            raised(&rules, &incident(json!({"debrief_at": null}))),
+            ["incident-debriefed"]
+        );
     }
 
     fn flag(patch: Value) -> Record {
@@ -654,13 +966,31 @@ mod tests {
         );
         let none = Vec::<&str>::new();
         // raised_at 10:05.
-        let immediate = |reported: &str| flag(json!({"urgency": "immediate", "reported_to_dsl_at": reported}));
-        assert_eq!(raised(&rules, &immediate("2026-05-12T10:35:00+01:00")), none);
-        assert_eq!(raised(&rules, &immediate("2026-05-12T10:36:00+01:00")), ["dsl-informed"]);
-        assert_eq!(raised(&rules, &flag(json!({"reported_to_dsl_at": "2026-05-12T15:00:00+01:00"}))), none);
-        assert_eq!(raised(&rules, &flag(json!({"reported_to_dsl_at": null}))), ["dsl-informed"]);
+        let immediate =
+            |reported: &str| flag(json!({"urgency": "immediate", "reported_to_dsl_at": reported}));
+        assert_eq!(
+            raised(&rules, &immediate("2026-05-12T10:35:00+01:00")),
+            none
+        );
+        assert_eq!(
+            raised(&rules, &immediate("2026-05-12T10:36:00+01:00")),
+            ["dsl-informed"]
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &flag(json!({"reported_to_dsl_at": "2026-05-12T15:00:00+01:00"}))
+            ),
+            none
+        );
+        assert_eq!(
+            raised(&rules, &flag(json!({"reported_to_dsl_at": null}))),
+            ["dsl-informed"]
+        );
         let danger = |called: bool| {
-            flag(json!({"category": "immediate_danger", "urgency": "immediate", "emergency_services_called": called, "reported_to_dsl_at": "2026-05-12T10:06:00+01:00"}))
+            flag(
+                json!({"category": "immediate_danger", "urgency": "immediate", "emergency_services_called": called, "reported_to_dsl_at": "2026-05-12T10:06:00+01:00"}),
+            )
         };
         assert_eq!(raised(&rules, &danger(true)), none);
         assert_eq!(raised(&rules, &danger(false)), ["immediate-danger-999"]);
@@ -670,10 +1000,28 @@ mod tests {
     fn no_one_home_note() {
         let rules = policy("[rules.no-one-home-note]\nseverity = \"warning\"\n");
         let out = |patch: Value| record(THRIVE_VISIT, patch);
-        assert_eq!(raised(&rules, &out(json!({"outcome": "no_one_home", "note_left": true}))), Vec::<&str>::new());
-        assert_eq!(raised(&rules, &out(json!({"outcome": "no_one_home", "note_left": false}))), ["no-one-home-note"]);
-        assert_eq!(raised(&rules, &out(json!({"outcome": "no_one_home"}))), ["no-one-home-note"]);
-        assert_eq!(raised(&rules, &out(json!({"note_left": false}))), Vec::<&str>::new());
+        assert_eq!(
+            raised(
+                &rules,
+                &out(json!({"outcome": "no_one_home", "note_left": true}))
+            ),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            raised(
+                &rules,
+                &out(json!({"outcome": "no_one_home", "note_left": false}))
+            ),
+            ["no-one-home-note"]
+        );
+        assert_eq!(
+            raised(&rules, &out(json!({"outcome": "no_one_home"}))),
+            ["no-one-home-note"]
+        );
+        assert_eq!(
+            raised(&rules, &out(json!({"note_left": false}))),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
@@ -684,26 +1032,57 @@ mod tests {
         let trip = |t: Value| record("celt-transport-car-seat", json!({"transport": t}));
         let none = Vec::<&str>::new();
         assert_eq!(raised(&rules, &trip(json!({}))), none);
-        assert_eq!(raised(&rules, &trip(json!({"staff_count": 1}))), ["transport-two-staff"]);
-        assert_eq!(raised(&rules, &trip(json!({"child_in_rear": false}))), ["transport-rear-seat"]);
+        assert_eq!(
+            raised(&rules, &trip(json!({"staff_count": 1}))),
+            ["transport-two-staff"]
+        );
+        assert_eq!(
+            raised(&rules, &trip(json!({"child_in_rear": false}))),
+            ["transport-rear-seat"]
+        );
         let seat = |age: Value, height: Value| {
             trip(json!({"car_seat_used": false, "child_age": age, "child_height_cm": height}))
         };
-        assert_eq!(raised(&rules, &seat(json!(11), json!(134.9))), ["transport-car-seat"]);
-        assert_eq!(raised(&rules, &seat(json!(11), json!(135))), none, "135 cm reached");
-        assert_eq!(raised(&rules, &seat(json!(12), json!(120))), none, "12 years reached");
-        assert_eq!(raised(&rules, &seat(json!(11), Value::Null)), ["transport-car-seat"]);
-        assert_eq!(raised(&rules, &seat(Value::Null, Value::Null)), ["transport-car-seat"]);
+        assert_eq!(
+            raised(&rules, &seat(json!(11), json!(134.9))),
+            ["transport-car-seat"]
+        );
+        assert_eq!(
+            raised(&rules, &seat(json!(11), json!(135))),
+            none,
+            "135 cm reached"
+        );
+        assert_eq!(
+            raised(&rules, &seat(json!(12), json!(120))),
+            none,
+            "12 years reached"
+        );
+        assert_eq!(
+            raised(&rules, &seat(json!(11), Value::Null)),
+            ["transport-car-seat"]
+        );
+        assert_eq!(
+            raised(&rules, &seat(Value::Null, Value::Null)),
+            ["transport-car-seat"]
+        );
         assert_eq!(raised(&rules, &seat(Value::Null, json!(140))), none);
     }
 
     #[test]
     fn disabled_rules_and_severity_overrides() {
-        let rules = policy("[rules.pair-required]\nmode = \"always\"\nenabled = false\n[rules.buddy-assigned]\nseverity = \"info\"\n");
-        let r = record(THRIVE_VISIT, json!({"staff": [{"staff_id": "A", "name": "n", "role": "teacher", "lead": true}], "buddy": null}));
+        let rules = policy(
+            "[rules.pair-required]\nmode = \"always\"\nenabled = false\n[rules.buddy-assigned]\nseverity = \"info\"\n",
+        );
+        let r = record(
+            THRIVE_VISIT,
+            json!({"staff": [{"staff_id": "A", "name": "n", "role": "teacher", "lead": true}], "buddy": null}),
+        );
         let e = evaluate(&r, &rules, &hull());
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].rule, e[0].severity), (RuleId::BuddyAssigned, Severity::Info));
+        assert_eq!(
+            (e[0].rule, e[0].severity),
+            (RuleId::BuddyAssigned, Severity::Info)
+        );
     }
 
     #[test]
@@ -714,13 +1093,18 @@ mod tests {
             include_str!("../../mappings/celt/policy.toml"),
         ] {
             let rules = policy(text);
-            let r = record(CELT_VISIT, json!({"buddy": null, "sign_out": null, "visit": {"returned_at": null}, "authorisation": {"role": "headteacher"}, "outcome": "no_one_home", "staff": [{"staff_id": "A", "name": "Zebedee Canary", "role": "teacher", "lead": true}]}));
+            let r = record(
+                CELT_VISIT,
+                json!({"buddy": null, "sign_out": null, "visit": {"returned_at": null}, "authorisation": {"role": "headteacher"}, "outcome": "no_one_home", "staff": [{"staff_id": "A", "name": "Zebedee Canary", "role": "teacher", "lead": true}]}),
+            );
             for e in evaluate(&r, &rules, &hull()) {
                 all.push_str(&e.message);
             }
         }
         assert!(!all.is_empty());
-        for personal in ["Zebedee", "Canary", "Pascoe", "Chapel", "TR7", "07700", "Grace", "Tonkin"] {
+        for personal in [
+            "Zebedee", "Canary", "Pascoe", "Chapel", "TR7", "07700", "Grace", "Tonkin",
+        ] {
             assert!(!all.contains(personal), "{personal} in {all}");
         }
     }
@@ -732,9 +1116,14 @@ mod tests {
         assert!(err("[rules.pair-required]\nmode = \"sometimes\"\n").contains("mode"));
         assert!(err("[rules.after-dark]\n").contains("rules.after-dark.cutoff"));
         assert!(err("[rules.after-dark]\ncutoff = \"5pm\"\n").contains("HH:MM"));
-        assert!(err("[rules.returned-or-phoned-in]\ngrace_minutes = -1\n").contains("grace_minutes"));
+        assert!(
+            err("[rules.returned-or-phoned-in]\ngrace_minutes = -1\n").contains("grace_minutes")
+        );
         assert!(err("[rules.signed-out]\nfields = [\"car\"]\n").contains("fields"));
-        assert!(err("[rules.pair-required]\nmode = \"always\"\nseverity = \"fatal\"\n").contains("severity"));
+        assert!(
+            err("[rules.pair-required]\nmode = \"always\"\nseverity = \"fatal\"\n")
+                .contains("severity")
+        );
         assert!(err("[rules.authorised-before-visit]\nroles = []\n").contains("roles"));
         assert!(err("rules = 1\n").starts_with("p.toml: line 1"));
     }

@@ -255,7 +255,12 @@ impl Store for SqliteStore {
                     .push_bind(now.as_str())
                     .push_bind("open");
             });
-            insert.build().persistent(false).execute(&mut *tx).await.map_err(&err)?;
+            insert
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
         }
         let mut latest_stored: HashMap<(&str, &str, &str), (u32, String)> = HashMap::new();
         for &i in &stored {

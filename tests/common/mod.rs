@@ -15,12 +15,20 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// With the repository's shipped `mappings/` (both trusts' policies).
     pub fn new() -> Self {
+        Self::with_mappings(root().join("mappings").to_str().unwrap())
+    }
+
+    /// With `mappings` (relative to the deployment folder, or absolute).
+    pub fn with_mappings(mappings: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("drop")).unwrap();
         std::fs::write(
             dir.path().join("doorstep.toml"),
-            "[store]\nsqlite = \"var/doorstep.db\"\n[intake]\ndrop = \"drop\"\n",
+            format!(
+                "mappings = {mappings:?}\n[store]\nsqlite = \"var/doorstep.db\"\n[intake]\ndrop = \"drop\"\n"
+            ),
         )
         .unwrap();
         Self { dir }
