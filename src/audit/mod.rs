@@ -2,4 +2,5 @@
 //! checkpoints, and the auditor's export bundle and offline verifier.
 //!
 //! Owns: leaves, tree hashing, proofs, checkpoints, bundles. May not touch: delivery.
-//! Not built yet: the evidence-trail issue fills this in.
+
+pub mod tree;
