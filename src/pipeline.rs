@@ -16,7 +16,9 @@ use rayon::prelude::*;
 use crate::intake::{Item, expand_paths, parse_text, read_file};
 use crate::mapping::Trusts;
 use crate::policy::{Exception, evaluate};
-use crate::records::{ParsedRecord, Record, parse_submission, record_id_hint};
+use crate::records::{
+    ParsedRecord, Record, attribution_hint, parse_submission, record_id_hint,
+};
 use crate::report::{Conflict, ExceptionReport, Rejection, Summary};
 use crate::store::{IngestOutcome, IntakeBatch, NewRecord, Store, StoreError};
 
@@ -73,6 +75,7 @@ pub fn validate(file: &str, item: Item, trusts: &Trusts) -> Validated {
         } => Validated::Rejected(vec![Rejection::new(file, line, record_id, error)]),
         Item::Value { line, value } => {
             let record_id = record_id_hint(&value);
+            let (trust, school) = attribution_hint(&value);
             match parse_submission(value) {
                 Ok(records) => {
                     for r in &records {
@@ -105,7 +108,10 @@ pub fn validate(file: &str, item: Item, trusts: &Trusts) -> Validated {
                     Validated::Rejected(
                         errors
                             .into_iter()
-                            .map(|e| Rejection::new(file, line, record_id.clone(), e))
+                            .map(|e| {
+                                Rejection::new(file, line, record_id.clone(), e)
+                                    .attributed(trust.clone(), school.clone())
+                            })
                             .collect(),
                     )
                 }

@@ -21,6 +21,12 @@ pub struct Rejection {
     pub path: Option<String>,
     pub rule: Rule,
     pub message: String,
+    /// The trust and school the rejected record named, when well-formed: which evidence
+    /// trail the rejection goes to. Not part of the printed line.
+    #[serde(skip)]
+    pub trust: Option<String>,
+    #[serde(skip)]
+    pub school: Option<String>,
 }
 
 impl Rejection {
@@ -32,7 +38,16 @@ impl Rejection {
             path: e.pointer,
             rule: e.rule,
             message: e.message,
+            trust: None,
+            school: None,
         }
+    }
+
+    /// Names the trust and school the record claimed.
+    pub fn attributed(mut self, trust: Option<String>, school: Option<String>) -> Self {
+        self.trust = trust;
+        self.school = school;
+        self
     }
 }
 

@@ -4,3 +4,6 @@
 //! Owns: leaves, tree hashing, proofs, checkpoints, bundles. May not touch: delivery.
 
 pub mod tree;
+pub mod leaf;
+
+pub use leaf::{Event, EventType};

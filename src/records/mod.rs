@@ -22,7 +22,7 @@ pub use fields::{
     is_valid_record_id, upn_check_letter,
 };
 pub use kinds::*;
-pub use parse::{FieldError, ParsedRecord, parse_submission, record_id_hint};
+pub use parse::{FieldError, ParsedRecord, attribution_hint, parse_submission, record_id_hint};
 pub use schema::records_schema;
 pub use value::{DuplicateKey, escape_pointer_token, parse_json_value, value_from_map};
 

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::canonical::{ContentHash, canonical_json};
-use super::fields::{RULE_SEPARATOR, Timestamp, is_valid_record_id};
+use super::fields::{RULE_SEPARATOR, Timestamp, TrustId, Urn, is_valid_record_id};
 use super::kinds::{Incident, Outcome, Pupil, SafeguardingFlag, VisitReport, YearGroup};
 use super::value::escape_pointer_token;
 use super::{Kind, Record, Rule};
@@ -65,6 +65,21 @@ pub fn record_id_hint(value: &Value) -> Option<String> {
         .and_then(Value::as_str)
         .filter(|s| is_valid_record_id(s))
         .map(str::to_owned)
+}
+
+/// The trust and school URN a value names, if well-formed (to file a rejection under).
+pub fn attribution_hint(value: &Value) -> (Option<String>, Option<String>) {
+    let trust = value
+        .get("trust")
+        .and_then(Value::as_str)
+        .filter(|s| TrustId::try_from(s.to_string()).is_ok())
+        .map(str::to_owned);
+    let school = value
+        .pointer("/school/urn")
+        .and_then(Value::as_str)
+        .filter(|s| Urn::try_from(s.to_string()).is_ok())
+        .map(str::to_owned);
+    (trust, school)
 }
 
 /// Validates one submitted record. A visit report yields itself followed by its embedded

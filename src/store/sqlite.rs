@@ -1,7 +1,7 @@
 //! The SQLite store: one file, created readable by its owner only, WAL journal, full
 //! fsync at commit, migrations embedded in the binary.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{
     ExceptionCount, IngestOutcome, IntakeBatch, NewRecord, RecordCount, RuleCount, StatusReport,
     Store, StoreError, StoredException,
 };
+use crate::audit::{Event, EventType, tree};
 use crate::policy::Exception;
 use crate::records::{Kind, Rule};
 use crate::report::Conflict;
@@ -275,7 +276,7 @@ impl Store for SqliteStore {
             .iter()
             .map(|((t, k, id), (rev, rules))| serde_json::json!([t, k, id, rev, rules]))
             .collect();
-        if !closing.is_empty() {
+        let closed = if !closing.is_empty() {
             sqlx::query(
                 "UPDATE exceptions SET \
                    state = CASE WHEN instr(',' || k.rules || ',', ',' || exceptions.rule || ',') > 0 \
@@ -284,16 +285,24 @@ impl Store for SqliteStore {
                  FROM (SELECT value ->> 0 AS trust, value ->> 1 AS kind, value ->> 2 AS id, \
                               value ->> 3 AS revision, value ->> 4 AS rules FROM json_each(?1)) AS k \
                  WHERE exceptions.trust = k.trust AND exceptions.kind = k.kind AND exceptions.id = k.id \
-                   AND exceptions.state = 'open' AND exceptions.revision < k.revision",
+                   AND exceptions.state = 'open' AND exceptions.revision < k.revision \
+                 RETURNING exceptions.trust, exceptions.kind, exceptions.id, exceptions.school_urn, \
+                   exceptions.closed_by_revision, exceptions.rule, exceptions.state",
             )
             .bind(serde_json::Value::Array(closing).to_string())
             .bind(&now)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(&err)?;
-        }
+            .map_err(&err)?
+        } else {
+            Vec::new()
+        };
 
-        // 5. Conflicts and rejections, for `status`: ids, pointers and rules only.
+        // 5. The evidence trail, in the same transaction as what it records.
+        let events = trail_events(batch, &outcomes, &stored, &closed, &now);
+        append_events(&mut tx, &events).await.map_err(&err)?;
+
+        // 6. Conflicts and rejections, for `status`: ids, pointers and rules only.
         let issues: Vec<_> = outcomes
             .iter()
             .filter_map(|o| match o {
@@ -475,4 +484,174 @@ fn conflict(r: &NewRecord, latest: u32, same_revision_stored: bool) -> Conflict 
         rule: Rule::RevisionConflict,
         message,
     }
+}
+
+/// The evidence-trail events of one batch: what was stored (and the exceptions it raised),
+/// exceptions resolved, conflicts, and rejections that name a well-formed trust.
+fn trail_events(
+    batch: &IntakeBatch,
+    outcomes: &[IngestOutcome],
+    stored: &[usize],
+    closed: &[sqlx::sqlite::SqliteRow],
+    now: &str,
+) -> Vec<Event> {
+    let about = |event: EventType, r: &NewRecord| {
+        let mut e = Event::new(event, now, &r.trust);
+        e.school = Some(r.school_urn.clone());
+        e.kind = Some(r.kind.as_str().to_owned());
+        e.record_id = Some(r.id.clone());
+        e.revision = Some(r.revision);
+        e
+    };
+    let mut events = Vec::new();
+    for &i in stored {
+        let r = &batch.records[i];
+        let mut e = about(EventType::Received, r);
+        e.content_hash = Some(r.hash.to_hex());
+        events.push(e);
+        if !r.exceptions.is_empty() {
+            let mut e = about(EventType::ExceptionRaised, r);
+            e.rules = r.exceptions.iter().map(|x| x.rule.as_str().to_owned()).collect();
+            events.push(e);
+        }
+    }
+    // Resolved exceptions, one event per record revision that resolved them.
+    let mut resolved: BTreeMap<(String, String, String, String, i64), Vec<String>> = BTreeMap::new();
+    for row in closed.iter().filter(|r| r.get::<&str, _>(6) == "resolved") {
+        resolved
+            .entry((row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+            .or_default()
+            .push(row.get(5));
+    }
+    for ((trust, kind, id, school, revision), mut rules) in resolved {
+        rules.sort();
+        let mut e = Event::new(EventType::ExceptionResolved, now, &trust);
+        e.school = Some(school);
+        e.kind = Some(kind);
+        e.record_id = Some(id);
+        e.revision = u32::try_from(revision).ok();
+        e.rules = rules;
+        events.push(e);
+    }
+    for (o, r) in outcomes.iter().zip(&batch.records) {
+        if let IngestOutcome::Conflict(c) = o {
+            let mut e = about(EventType::Conflict, r);
+            e.rules = vec![c.rule.as_str().to_owned()];
+            e.content_hash = Some(r.hash.to_hex());
+            events.push(e);
+        }
+    }
+    for rej in &batch.rejections {
+        if let Some(trust) = &rej.trust {
+            let mut e = Event::new(EventType::Rejected, now, trust);
+            e.school.clone_from(&rej.school);
+            e.record_id.clone_from(&rej.record_id);
+            e.rules = vec![rej.rule.as_str().to_owned()];
+            events.push(e);
+        }
+    }
+    events
+}
+
+/// Appends events to their trusts' logs: leaves, the complete nodes they finish, new sizes.
+async fn append_events(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), sqlx::Error> {
+    let mut by_trust: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        by_trust.entry(e.trust.as_str()).or_default().push(e);
+    }
+    for (trust, events) in by_trust {
+        let size: i64 = sqlx::query_scalar("SELECT size FROM audit_logs WHERE trust = ?1")
+            .bind(trust)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or(0);
+        let size = u64::try_from(size).unwrap_or(0);
+        let frontier = fetch_nodes(conn, trust, &tree::root_nodes(size)).await?;
+        let leaves: Vec<(String, tree::Hash)> = events
+            .iter()
+            .map(|e| {
+                let leaf = e.leaf();
+                let hash = tree::leaf_hash(leaf.as_bytes());
+                (leaf, hash)
+            })
+            .collect();
+        let hashes: Vec<tree::Hash> = leaves.iter().map(|l| l.1).collect();
+        let (made, _) = tree::append(size, &frontier, &hashes);
+        let rows: Vec<(u64, &Event, &(String, tree::Hash))> = leaves
+            .iter()
+            .zip(&events)
+            .enumerate()
+            .map(|(i, (l, e))| (size + i as u64, *e, l))
+            .collect();
+        for chunk in rows.chunks(INSERT_ROWS) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_leaves (trust, idx, at, school_urn, leaf, hash) ",
+            );
+            insert.push_values(chunk, |mut row, (idx, e, (leaf, hash))| {
+                row.push_bind(trust)
+                    .push_bind(*idx as i64)
+                    .push_bind(e.at.as_str())
+                    .push_bind(e.school.as_deref())
+                    .push_bind(leaf.as_str())
+                    .push_bind(hash.to_vec());
+            });
+            insert.build().persistent(false).execute(&mut *conn).await?;
+        }
+        let inner: Vec<&(tree::NodeId, tree::Hash)> = made.iter().filter(|(id, _)| id.level > 0).collect();
+        for chunk in inner.chunks(INSERT_ROWS) {
+            let mut insert =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_nodes (trust, level, idx, hash) ");
+            insert.push_values(chunk, |mut row, (id, hash)| {
+                row.push_bind(trust)
+                    .push_bind(i64::from(id.level))
+                    .push_bind(id.index as i64)
+                    .push_bind(hash.to_vec());
+            });
+            insert.build().persistent(false).execute(&mut *conn).await?;
+        }
+        sqlx::query(
+            "INSERT INTO audit_logs (trust, size) VALUES (?1, ?2) \
+             ON CONFLICT (trust) DO UPDATE SET size = excluded.size",
+        )
+        .bind(trust)
+        .bind((size + events.len() as u64) as i64)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The hashes of complete nodes of a trust's tree (level 0 from the leaves).
+async fn fetch_nodes(
+    conn: &mut SqliteConnection,
+    trust: &str,
+    ids: &[tree::NodeId],
+) -> Result<HashMap<tree::NodeId, tree::Hash>, sqlx::Error> {
+    let mut out = HashMap::with_capacity(ids.len());
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let wanted: Vec<(u32, u64)> = ids.iter().map(|id| (id.level, id.index)).collect();
+    let rows = sqlx::query(
+        "SELECT 0, idx, hash FROM audit_leaves WHERE trust = ?1 AND idx IN \
+           (SELECT value ->> 1 FROM json_each(?2) WHERE value ->> 0 = 0) \
+         UNION ALL \
+         SELECT level, idx, hash FROM audit_nodes WHERE trust = ?1 AND (level, idx) IN \
+           (SELECT value ->> 0, value ->> 1 FROM json_each(?2) WHERE value ->> 0 > 0)",
+    )
+    .bind(trust)
+    .bind(json_param(&wanted))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let hash: Vec<u8> = row.get(2);
+        if let Ok(hash) = <tree::Hash>::try_from(hash.as_slice()) {
+            let id = tree::NodeId {
+                level: u32::try_from(row.get::<i64, _>(0)).unwrap_or(0),
+                index: u64::try_from(row.get::<i64, _>(1)).unwrap_or(0),
+            };
+            out.insert(id, hash);
+        }
+    }
+    Ok(out)
 }

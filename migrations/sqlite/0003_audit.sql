@@ -1,0 +1,37 @@
+-- The evidence trail: one append-only RFC 9162 Merkle log per trust.
+CREATE TABLE audit_logs (
+    trust TEXT    PRIMARY KEY,
+    size  INTEGER NOT NULL
+) STRICT;
+
+-- Leaves: the exact bytes of each event (compact canonical JSON) and its leaf hash.
+CREATE TABLE audit_leaves (
+    trust      TEXT    NOT NULL,
+    idx        INTEGER NOT NULL,
+    at         TEXT    NOT NULL,
+    school_urn TEXT,
+    leaf       TEXT    NOT NULL,
+    hash       BLOB    NOT NULL,
+    PRIMARY KEY (trust, idx)
+) STRICT;
+
+CREATE INDEX audit_leaves_school ON audit_leaves (trust, school_urn, at);
+
+-- Complete subtrees above the leaves: node (level, idx) covers leaves
+-- [idx * 2^level, (idx + 1) * 2^level). Level 0 lives in audit_leaves.
+CREATE TABLE audit_nodes (
+    trust TEXT    NOT NULL,
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB    NOT NULL,
+    PRIMARY KEY (trust, level, idx)
+) STRICT, WITHOUT ROWID;
+
+-- Signed checkpoints as issued.
+CREATE TABLE audit_checkpoints (
+    trust TEXT    NOT NULL,
+    size  INTEGER NOT NULL,
+    at    TEXT    NOT NULL,
+    note  TEXT    NOT NULL,
+    PRIMARY KEY (trust, size, at)
+) STRICT;
