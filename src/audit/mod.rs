@@ -7,3 +7,6 @@ pub mod tree;
 pub mod leaf;
 
 pub use leaf::{Event, EventType};
+pub mod note;
+
+pub use note::{Checkpoint, NoteError, NoteSigner, Verifier};
