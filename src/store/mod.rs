@@ -9,10 +9,13 @@
 
 mod sqlite;
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use serde::Serialize;
 
+use crate::audit::Event;
+use crate::audit::tree::{Hash, NodeId};
 use crate::policy::Exception;
 use crate::records::{ContentHash, Kind, ParsedRecord};
 use crate::report::{Conflict, Rejection};
@@ -152,6 +155,18 @@ pub struct StoredException {
     pub closed_by_revision: Option<u32>,
 }
 
+/// One stored revision as the export needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRevision {
+    pub kind: String,
+    pub id: String,
+    pub revision: u32,
+    pub school: String,
+    pub content_hash: String,
+    pub received_at: String,
+    pub canonical: String,
+}
+
 /// The store, whichever database is behind it.
 pub trait Store: Send + Sync {
     /// Writes a batch in one transaction and returns, in order, what happened to each
@@ -172,6 +187,51 @@ pub trait Store: Send + Sync {
         kind: Kind,
         id: &str,
     ) -> impl Future<Output = Result<Vec<StoredException>, StoreError>> + Send;
+
+    /// The size of every trust's evidence-trail log.
+    fn audit_sizes(&self) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
+    /// Hashes of complete nodes of a trust's log (see `audit::tree`).
+    fn audit_nodes(
+        &self,
+        trust: &str,
+        ids: &[NodeId],
+    ) -> impl Future<Output = Result<HashMap<NodeId, Hash>, StoreError>> + Send;
+
+    /// The leaves of one school's events in `[from, to)` (RFC 3339 UTC), below `size`.
+    fn audit_entries(
+        &self,
+        trust: &str,
+        school: &str,
+        from: &str,
+        to: &str,
+        size: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, String)>, StoreError>> + Send;
+
+    /// Appends events to their trusts' logs in one transaction.
+    fn audit_append(&self, events: &[Event]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keeps a signed checkpoint as issued.
+    fn audit_save_checkpoint(
+        &self,
+        trust: &str,
+        size: u64,
+        note: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stored revisions by (kind, id, revision): the canonical JSON and when it was received.
+    fn revisions_by_key(
+        &self,
+        trust: &str,
+        keys: &[(String, String, u32)],
+    ) -> impl Future<Output = Result<Vec<StoredRevision>, StoreError>> + Send;
+
+    /// Every exception raised on the given record revisions.
+    fn exceptions_by_key(
+        &self,
+        trust: &str,
+        keys: &[(String, String, u32)],
+    ) -> impl Future<Output = Result<Vec<(String, String, StoredException)>, StoreError>> + Send;
 
     /// Every stored revision of a record, oldest first, as canonical JSON.
     fn revisions(

@@ -13,7 +13,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{
     ExceptionCount, IngestOutcome, IntakeBatch, NewRecord, RecordCount, RuleCount, StatusReport,
-    Store, StoreError, StoredException,
+    Store, StoreError, StoredException, StoredRevision,
 };
 use crate::audit::{Event, EventType, tree};
 use crate::policy::Exception;
@@ -436,6 +436,146 @@ impl Store for SqliteStore {
                 closed_by_revision: row.get::<Option<i64>, _>(5).map(|r| r as u32),
             })
             .collect())
+    }
+
+    async fn audit_sizes(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT trust, size FROM audit_logs ORDER BY trust")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<i64, _>(1)).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn audit_nodes(
+        &self,
+        trust: &str,
+        ids: &[tree::NodeId],
+    ) -> Result<HashMap<tree::NodeId, tree::Hash>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(self.db_err())?;
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(20_000) {
+            out.extend(fetch_nodes(&mut conn, trust, chunk).await.map_err(self.db_err())?);
+        }
+        Ok(out)
+    }
+
+    async fn audit_entries(
+        &self,
+        trust: &str,
+        school: &str,
+        from: &str,
+        to: &str,
+        size: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, leaf FROM audit_leaves WHERE trust = ?1 AND school_urn = ?2 \
+             AND at >= ?3 AND at < ?4 AND idx < ?5 ORDER BY idx",
+        )
+        .bind(trust)
+        .bind(school)
+        .bind(from)
+        .bind(to)
+        .bind(size as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db_err())?;
+        Ok(rows
+            .iter()
+            .map(|r| (u64::try_from(r.get::<i64, _>(0)).unwrap_or(0), r.get(1)))
+            .collect())
+    }
+
+    async fn audit_append(&self, events: &[Event]) -> Result<(), StoreError> {
+        let err = self.db_err();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&err)?;
+        append_events(&mut tx, events).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn audit_save_checkpoint(&self, trust: &str, size: u64, note: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO audit_checkpoints (trust, size, at, note) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(trust)
+        .bind(size as i64)
+        .bind(Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true))
+        .bind(note)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    async fn revisions_by_key(
+        &self,
+        trust: &str,
+        keys: &[(String, String, u32)],
+    ) -> Result<Vec<StoredRevision>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(20_000) {
+            let rows = sqlx::query(
+                "SELECT r.kind, r.id, r.revision, r.school_urn, r.content_hash, r.received_at, r.content \
+                 FROM records AS r JOIN (SELECT value ->> 0 AS kind, value ->> 1 AS id, value ->> 2 AS revision \
+                   FROM json_each(?2)) AS k ON r.kind = k.kind AND r.id = k.id AND r.revision = k.revision \
+                 WHERE r.trust = ?1 ORDER BY r.kind, r.id, r.revision",
+            )
+            .bind(trust)
+            .bind(json_param(&chunk))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+            out.extend(rows.iter().map(|r| StoredRevision {
+                kind: r.get(0),
+                id: r.get(1),
+                revision: u32::try_from(r.get::<i64, _>(2)).unwrap_or(0),
+                school: r.get(3),
+                content_hash: r.get(4),
+                received_at: r.get(5),
+                canonical: r.get(6),
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn exceptions_by_key(
+        &self,
+        trust: &str,
+        keys: &[(String, String, u32)],
+    ) -> Result<Vec<(String, String, StoredException)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(20_000) {
+            let rows = sqlx::query(
+                "SELECT e.kind, e.id, e.revision, e.rule, e.severity, e.message, e.state, e.closed_by_revision \
+                 FROM exceptions AS e JOIN (SELECT value ->> 0 AS kind, value ->> 1 AS id, value ->> 2 AS revision \
+                   FROM json_each(?2)) AS k ON e.kind = k.kind AND e.id = k.id AND e.revision = k.revision \
+                 WHERE e.trust = ?1 ORDER BY e.kind, e.id, e.revision, e.rule",
+            )
+            .bind(trust)
+            .bind(json_param(&chunk))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+            out.extend(rows.iter().map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    StoredException {
+                        revision: u32::try_from(r.get::<i64, _>(2)).unwrap_or(0),
+                        rule: r.get(3),
+                        severity: r.get(4),
+                        message: r.get(5),
+                        state: r.get(6),
+                        closed_by_revision: r
+                            .get::<Option<i64>, _>(7)
+                            .and_then(|v| u32::try_from(v).ok()),
+                    },
+                )
+            }));
+        }
+        Ok(out)
     }
 
     async fn revisions(
