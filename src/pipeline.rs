@@ -16,9 +16,7 @@ use rayon::prelude::*;
 use crate::intake::{Item, expand_paths, parse_text, read_file};
 use crate::mapping::Trusts;
 use crate::policy::{Exception, evaluate};
-use crate::records::{
-    ParsedRecord, Record, attribution_hint, parse_submission, record_id_hint,
-};
+use crate::records::{ParsedRecord, Record, attribution_hint, parse_submission, record_id_hint};
 use crate::report::{Conflict, ExceptionReport, Rejection, Summary};
 use crate::store::{IngestOutcome, IntakeBatch, NewRecord, Store, StoreError};
 

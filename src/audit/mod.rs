@@ -3,10 +3,15 @@
 //!
 //! Owns: leaves, tree hashing, proofs, checkpoints, bundles. May not touch: delivery.
 
-pub mod tree;
 pub mod leaf;
+pub mod tree;
 
 pub use leaf::{Event, EventType};
 pub mod note;
 
 pub use note::{Checkpoint, NoteError, NoteSigner, Verifier};
+pub mod bundle;
+
+pub use bundle::{
+    ExportError, ExportRequest, ExportSummary, VerifyFailure, VerifyReport, export, verify,
+};

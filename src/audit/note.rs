@@ -40,7 +40,9 @@ fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['+', ' ', '\n', '\t']) && !name.chars().any(char::is_control)
+    !name.is_empty()
+        && !name.contains(['+', ' ', '\n', '\t'])
+        && !name.chars().any(char::is_control)
 }
 
 /// A signing key with its name.
@@ -61,7 +63,9 @@ impl NoteSigner {
     /// A fresh key from the operating system's randomness.
     pub fn generate(name: &str) -> Result<Self, NoteError> {
         if !valid_name(name) {
-            return Err(NoteError::Key("a key name has no spaces, '+' or control characters"));
+            return Err(NoteError::Key(
+                "a key name has no spaces, '+' or control characters",
+            ));
         }
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|_| NoteError::Key("no randomness available"))?;
@@ -82,10 +86,18 @@ impl NoteSigner {
         let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(NoteError::Key("expected PRIVATE+KEY+name+id+key"));
         };
-        let bytes = B64.decode(b64).map_err(|_| NoteError::Key("key is not base64"))?;
+        let bytes = B64
+            .decode(b64)
+            .map_err(|_| NoteError::Key("key is not base64"))?;
         let seed: [u8; 32] = match bytes.split_first() {
-            Some((&ED25519, seed)) => seed.try_into().map_err(|_| NoteError::Key("key has the wrong length"))?,
-            _ => return Err(NoteError::Key("only Ed25519 keys (type 0x01) are supported")),
+            Some((&ED25519, seed)) => seed
+                .try_into()
+                .map_err(|_| NoteError::Key("key has the wrong length"))?,
+            _ => {
+                return Err(NoteError::Key(
+                    "only Ed25519 keys (type 0x01) are supported",
+                ));
+            }
         };
         let signer = Self {
             name: name.to_owned(),
@@ -101,7 +113,12 @@ impl NoteSigner {
     pub fn to_text(&self) -> String {
         let mut bytes = vec![ED25519];
         bytes.extend_from_slice(&self.key.to_bytes());
-        format!("PRIVATE+KEY+{}+{}+{}", self.name, hex::encode(self.verifier().id), B64.encode(bytes))
+        format!(
+            "PRIVATE+KEY+{}+{}+{}",
+            self.name,
+            hex::encode(self.verifier().id),
+            B64.encode(bytes)
+        )
     }
 
     pub fn verifier(&self) -> Verifier {
@@ -129,12 +146,21 @@ impl Verifier {
         let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(NoteError::Key("expected name+id+key"));
         };
-        let bytes = B64.decode(b64).map_err(|_| NoteError::Key("key is not base64"))?;
+        let bytes = B64
+            .decode(b64)
+            .map_err(|_| NoteError::Key("key is not base64"))?;
         let public: [u8; 32] = match bytes.split_first() {
-            Some((&ED25519, k)) => k.try_into().map_err(|_| NoteError::Key("key has the wrong length"))?,
-            _ => return Err(NoteError::Key("only Ed25519 keys (type 0x01) are supported")),
+            Some((&ED25519, k)) => k
+                .try_into()
+                .map_err(|_| NoteError::Key("key has the wrong length"))?,
+            _ => {
+                return Err(NoteError::Key(
+                    "only Ed25519 keys (type 0x01) are supported",
+                ));
+            }
         };
-        let key = VerifyingKey::from_bytes(&public).map_err(|_| NoteError::Key("not an Ed25519 public key"))?;
+        let key = VerifyingKey::from_bytes(&public)
+            .map_err(|_| NoteError::Key("not an Ed25519 public key"))?;
         let want = key_id(name, &public);
         if hex::encode(want) != id {
             return Err(NoteError::Key("the key id does not match the key"));
@@ -149,26 +175,41 @@ impl Verifier {
     pub fn to_text(&self) -> String {
         let mut bytes = vec![ED25519];
         bytes.extend_from_slice(&self.key.to_bytes());
-        format!("{}+{}+{}", self.name, hex::encode(self.id), B64.encode(bytes))
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.id),
+            B64.encode(bytes)
+        )
     }
 
     /// Checks a signed note and returns its text (everything before the blank line).
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
-        let split = note.rfind("\n\n").ok_or(NoteError::Note("no blank line before the signatures"))?;
+        let split = note
+            .rfind("\n\n")
+            .ok_or(NoteError::Note("no blank line before the signatures"))?;
         let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
         if sigs.is_empty() || !note.ends_with('\n') {
             return Err(NoteError::Note("no signature lines"));
         }
         let mut found = false;
         for line in sigs.lines() {
-            let rest = line.strip_prefix(DASH).ok_or(NoteError::Note("a signature line starts with an em dash"))?;
-            let (name, b64) = rest.split_once(' ').ok_or(NoteError::Note("a signature line is '— name signature'"))?;
-            let bytes = B64.decode(b64).map_err(|_| NoteError::Note("a signature is not base64"))?;
+            let rest = line
+                .strip_prefix(DASH)
+                .ok_or(NoteError::Note("a signature line starts with an em dash"))?;
+            let (name, b64) = rest
+                .split_once(' ')
+                .ok_or(NoteError::Note("a signature line is '— name signature'"))?;
+            let bytes = B64
+                .decode(b64)
+                .map_err(|_| NoteError::Note("a signature is not base64"))?;
             if name != self.name || bytes.len() != 68 || bytes[..4] != self.id {
                 continue;
             }
             found = true;
-            let sig: [u8; 64] = bytes[4..].try_into().map_err(|_| NoteError::Note("bad signature length"))?;
+            let sig: [u8; 64] = bytes[4..]
+                .try_into()
+                .map_err(|_| NoteError::Note("bad signature length"))?;
             self.key
                 .verify_strict(text.as_bytes(), &Signature::from_bytes(&sig))
                 .map_err(|_| NoteError::BadSignature(self.to_short()))?;
@@ -194,22 +235,34 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn to_text(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let mut lines = text.split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or(NoteError::Checkpoint("no origin line"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or(NoteError::Checkpoint("no origin line"))?;
         let size = lines
             .next()
-            .and_then(|s| (!s.starts_with('+') && !(s.len() > 1 && s.starts_with('0'))).then_some(s))
+            .and_then(|s| {
+                (!s.starts_with('+') && !(s.len() > 1 && s.starts_with('0'))).then_some(s)
+            })
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or(NoteError::Checkpoint("the second line is not a tree size"))?;
         let root = lines
             .next()
             .and_then(|r| B64.decode(r).ok())
             .and_then(|r| <Hash>::try_from(r.as_slice()).ok())
-            .ok_or(NoteError::Checkpoint("the third line is not a base64 SHA-256 root hash"))?;
+            .ok_or(NoteError::Checkpoint(
+                "the third line is not a base64 SHA-256 root hash",
+            ))?;
         Ok(Self {
             origin: origin.to_owned(),
             size,
@@ -228,14 +281,26 @@ mod tests {
         let again = NoteSigner::parse(&signer.to_text()).unwrap();
         assert_eq!(again.verifier(), signer.verifier());
         let verifier = Verifier::parse(&signer.verifier().to_text()).unwrap();
-        let cp = Checkpoint { origin: "example.org/doorstep/celt".into(), size: 5, root: [7; 32] };
+        let cp = Checkpoint {
+            origin: "example.org/doorstep/celt".into(),
+            size: 5,
+            root: [7; 32],
+        };
         let note = signer.sign(&cp.to_text());
         assert!(note.contains("\n\n\u{2014} example.org/doorstep "));
         let text = verifier.open(&note).unwrap();
         assert_eq!(Checkpoint::parse(text).unwrap(), cp);
         let tampered = note.replace("\n5\n", "\n6\n");
-        assert_eq!(verifier.open(&tampered), Err(NoteError::BadSignature(format!("example.org/doorstep+{}", hex::encode(verifier.id)))));
-        let other = NoteSigner::generate("example.org/doorstep").unwrap().verifier();
+        assert_eq!(
+            verifier.open(&tampered),
+            Err(NoteError::BadSignature(format!(
+                "example.org/doorstep+{}",
+                hex::encode(verifier.id)
+            )))
+        );
+        let other = NoteSigner::generate("example.org/doorstep")
+            .unwrap()
+            .verifier();
         assert!(matches!(other.open(&note), Err(NoteError::NoSignature(_))));
     }
 
@@ -249,10 +314,15 @@ mod tests {
         h.update(b"PeterNeumann\n\x01");
         h.update(public);
         let want = h.finalize();
-        assert_eq!(key_id("PeterNeumann", &public), [want[0], want[1], want[2], want[3]]);
+        assert_eq!(
+            key_id("PeterNeumann", &public),
+            [want[0], want[1], want[2], want[3]]
+        );
         // A published vector (golang.org/x/mod/sumdb/note): this verifier key parses and its
         // id matches its key.
-        let v = Verifier::parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").unwrap();
+        let v =
+            Verifier::parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+                .unwrap();
         assert_eq!(hex::encode(v.id), "c74f20a3");
     }
 }

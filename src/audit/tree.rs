@@ -120,7 +120,10 @@ fn subproof(m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<(u64, u64)>)
 
 /// Every node a list of ranges needs, without repeats.
 pub fn nodes_for(ranges: &[(u64, u64)]) -> Vec<NodeId> {
-    let mut nodes: Vec<NodeId> = ranges.iter().flat_map(|&(lo, hi)| range_nodes(lo, hi)).collect();
+    let mut nodes: Vec<NodeId> = ranges
+        .iter()
+        .flat_map(|&(lo, hi)| range_nodes(lo, hi))
+        .collect();
     nodes.sort();
     nodes.dedup();
     nodes
@@ -132,8 +135,10 @@ pub fn assemble(ranges: &[(u64, u64)], nodes: &HashMap<NodeId, Hash>) -> Option<
     ranges
         .iter()
         .map(|&(lo, hi)| {
-            let hashes: Option<Vec<Hash>> =
-                range_nodes(lo, hi).iter().map(|id| nodes.get(id).copied()).collect();
+            let hashes: Option<Vec<Hash>> = range_nodes(lo, hi)
+                .iter()
+                .map(|id| nodes.get(id).copied())
+                .collect();
             fold_range(&hashes?)
         })
         .collect()
@@ -209,11 +214,14 @@ mod tests {
 
     #[test]
     fn range_decomposition() {
-        assert_eq!(range_nodes(0, 7), vec![
-            NodeId { level: 2, index: 0 },
-            NodeId { level: 1, index: 2 },
-            NodeId { level: 0, index: 6 },
-        ]);
+        assert_eq!(
+            range_nodes(0, 7),
+            vec![
+                NodeId { level: 2, index: 0 },
+                NodeId { level: 1, index: 2 },
+                NodeId { level: 0, index: 6 },
+            ]
+        );
         assert_eq!(range_nodes(4, 8), vec![NodeId { level: 2, index: 1 }]);
         assert_eq!(split(5), 4);
         assert_eq!(split(4), 2);
@@ -229,7 +237,11 @@ mod tests {
         for (n, leaf) in data.iter().enumerate() {
             reference.push(leaf.clone());
             let n = n as u64 + 1;
-            assert_eq!(root(&all, n), <[u8; 32]>::from(*reference.root().as_bytes()), "root {n}");
+            assert_eq!(
+                root(&all, n),
+                <[u8; 32]>::from(*reference.root().as_bytes()),
+                "root {n}"
+            );
             for m in 0..n {
                 let proof = assemble(&inclusion_ranges(m, n), &all).unwrap();
                 let want = reference.prove_inclusion(m as usize);

@@ -209,7 +209,8 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<(u64, String)>, StoreError>> + Send;
 
     /// Appends events to their trusts' logs in one transaction.
-    fn audit_append(&self, events: &[Event]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn audit_append(&self, events: &[Event])
+    -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Keeps a signed checkpoint as issued.
     fn audit_save_checkpoint(

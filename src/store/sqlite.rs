@@ -457,7 +457,11 @@ impl Store for SqliteStore {
         let mut conn = self.pool.acquire().await.map_err(self.db_err())?;
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(20_000) {
-            out.extend(fetch_nodes(&mut conn, trust, chunk).await.map_err(self.db_err())?);
+            out.extend(
+                fetch_nodes(&mut conn, trust, chunk)
+                    .await
+                    .map_err(self.db_err())?,
+            );
         }
         Ok(out)
     }
@@ -490,12 +494,21 @@ impl Store for SqliteStore {
 
     async fn audit_append(&self, events: &[Event]) -> Result<(), StoreError> {
         let err = self.db_err();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(&err)?;
         append_events(&mut tx, events).await.map_err(&err)?;
         tx.commit().await.map_err(&err)
     }
 
-    async fn audit_save_checkpoint(&self, trust: &str, size: u64, note: &str) -> Result<(), StoreError> {
+    async fn audit_save_checkpoint(
+        &self,
+        trust: &str,
+        size: u64,
+        note: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT OR IGNORE INTO audit_checkpoints (trust, size, at, note) VALUES (?1, ?2, ?3, ?4)",
         )
@@ -651,12 +664,17 @@ fn trail_events(
         events.push(e);
         if !r.exceptions.is_empty() {
             let mut e = about(EventType::ExceptionRaised, r);
-            e.rules = r.exceptions.iter().map(|x| x.rule.as_str().to_owned()).collect();
+            e.rules = r
+                .exceptions
+                .iter()
+                .map(|x| x.rule.as_str().to_owned())
+                .collect();
             events.push(e);
         }
     }
     // Resolved exceptions, one event per record revision that resolved them.
-    let mut resolved: BTreeMap<(String, String, String, String, i64), Vec<String>> = BTreeMap::new();
+    let mut resolved: BTreeMap<(String, String, String, String, i64), Vec<String>> =
+        BTreeMap::new();
     for row in closed.iter().filter(|r| r.get::<&str, _>(6) == "resolved") {
         resolved
             .entry((row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
@@ -737,10 +755,12 @@ async fn append_events(conn: &mut SqliteConnection, events: &[Event]) -> Result<
             });
             insert.build().persistent(false).execute(&mut *conn).await?;
         }
-        let inner: Vec<&(tree::NodeId, tree::Hash)> = made.iter().filter(|(id, _)| id.level > 0).collect();
+        let inner: Vec<&(tree::NodeId, tree::Hash)> =
+            made.iter().filter(|(id, _)| id.level > 0).collect();
         for chunk in inner.chunks(INSERT_ROWS) {
-            let mut insert =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_nodes (trust, level, idx, hash) ");
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_nodes (trust, level, idx, hash) ",
+            );
             insert.push_values(chunk, |mut row, (id, hash)| {
                 row.push_bind(trust)
                     .push_bind(i64::from(id.level))

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod audit;
+
 use crate::config::{self, Config};
 use crate::mapping::Trusts;
 use crate::pipeline::{self, Reporter};
@@ -78,6 +80,11 @@ enum Command {
         #[command(flatten)]
         _config: ConfigArg,
     },
+    /// The evidence trail: signed checkpoints, the auditor's bundle and its offline check.
+    Audit {
+        #[command(subcommand)]
+        action: audit::AuditAction,
+    },
     /// Print the JSON Schema (draft 2020-12) of the three record kinds.
     Schema {
         /// Accepted like every verb's; `schema` needs no config.
@@ -96,7 +103,7 @@ enum ConfigAction {
 }
 
 #[derive(Debug, Args)]
-struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// The deployment config [default: ./doorstep.toml]
     #[arg(long, env = config::ENV_VAR, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -119,7 +126,7 @@ enum Format {
 
 /// A failure that ends the command, with its exit code.
 #[derive(Debug, thiserror::Error)]
-enum Fatal {
+pub(crate) enum Fatal {
     /// Bad usage or config: exit 2.
     #[error("{0}")]
     Config(String),
@@ -164,7 +171,7 @@ fn init_logging() {
         .try_init();
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -261,6 +268,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 Err(e) => Err(Fatal::Run(format!("writing records: {e}"))),
             }
         }
+        Command::Audit { action } => audit::run(action),
         Command::Schema { .. } => {
             let schema = crate::records::records_schema();
             println!(
@@ -274,7 +282,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
 
 /// Finds and loads the config: `--config`, else `DOORSTEP_CONFIG` (both via clap), else
 /// `./doorstep.toml` if present. `required` makes a missing config an error.
-fn load_config(arg: &ConfigArg, required: bool) -> Result<Option<Config>, Fatal> {
+pub(crate) fn load_config(arg: &ConfigArg, required: bool) -> Result<Option<Config>, Fatal> {
     let path = match &arg.config {
         Some(p) => p.clone(),
         None => {
@@ -301,7 +309,7 @@ fn load_trusts(config: &Config) -> Result<Trusts, Fatal> {
     Trusts::load(&config.mappings_dir, config.time_zone).map_err(|e| Fatal::Config(e.to_string()))
 }
 
-async fn open_store(config: &Config) -> Result<SqliteStore, Fatal> {
+pub(crate) async fn open_store(config: &Config) -> Result<SqliteStore, Fatal> {
     SqliteStore::open(&config.sqlite_path)
         .await
         .map_err(|e| Fatal::Config(format!("{}: {e}", config.path.display())))

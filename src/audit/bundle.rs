@@ -1,0 +1,712 @@
+//! The auditor's bundle (SPEC §5): `audit export` writes it from the store; `audit verify`
+//! checks it offline with nothing but the folder (and optionally a key).
+//!
+//! Files: `manifest.json`, `checkpoint`, `log.pub`, `entries.jsonl`, `records.json`,
+//! `records.csv`, `deliveries.csv`, `exceptions.csv`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{NaiveDate, NaiveTime, SecondsFormat, TimeZone, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::note::{Checkpoint, NoteSigner, Verifier};
+use super::tree::{self, Hash};
+use super::{Event, EventType};
+use crate::records::{ContentHash, canonical_json};
+use crate::store::{Store, StoreError, StoredRevision};
+
+pub const FILES: [&str; 7] = [
+    "checkpoint",
+    "log.pub",
+    "entries.jsonl",
+    "records.json",
+    "records.csv",
+    "deliveries.csv",
+    "exceptions.csv",
+];
+
+/// What every pseudonym starts with.
+pub const PSEUDONYM_PREFIX: &str = "pseudonym:";
+
+/// Keys whose values are personal data, wherever they sit in a record.
+const PERSONAL_KEYS: &[&str] = &[
+    "given_name",
+    "family_name",
+    "date_of_birth",
+    "upn",
+    "mis_id",
+    "name",
+    "vehicle_registration",
+    "staff_mobiles",
+    "address",
+    "expected_to_see",
+    "summary",
+    "purpose_detail",
+    "emergency_reason",
+    "description",
+    "reason",
+    "unannounced_reason",
+    "owner",
+    "extensions",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("trust {0} has no evidence-trail log yet")]
+    NoLog(String),
+    #[error("the store lacks node {0:?} of trust {1}'s log")]
+    MissingNode(tree::NodeId, String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Period {
+    /// First and last day, inclusive, in the deployment's time zone.
+    pub from: String,
+    pub to: String,
+    /// The same period as UTC instants, `[from_utc, to_utc)`.
+    pub from_utc: String,
+    pub to_utc: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub trust: String,
+    pub school: String,
+    pub period: Period,
+    pub tree_size: u64,
+    pub entries: u64,
+    pub generator: String,
+    pub pseudonymised: bool,
+    /// SHA-256 (hex) of every other file of the bundle.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    index: u64,
+    leaf: String,
+    proof: Vec<String>,
+}
+
+/// What to export.
+pub struct ExportRequest {
+    pub trust: String,
+    pub school: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub time_zone: chrono_tz::Tz,
+    pub out: PathBuf,
+    pub pseudonymise: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub entries: u64,
+    pub records: u64,
+    pub tree_size: u64,
+}
+
+fn utc_start(day: NaiveDate, tz: chrono_tz::Tz) -> String {
+    let local = day.and_time(NaiveTime::MIN);
+    tz.from_local_datetime(&local)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|| Utc.from_utc_datetime(&local))
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A spreadsheet must not run a cell as a formula.
+pub fn safe_cell(s: &str) -> String {
+    match s.trim_start().chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+        _ => s.to_owned(),
+    }
+}
+
+/// Keyed pseudonyms, consistent within one export; the key is never written.
+struct Pseudonymiser {
+    key: [u8; 32],
+    cache: HashMap<String, String>,
+}
+
+impl Pseudonymiser {
+    fn new() -> Result<Self, ExportError> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|_| ExportError::Io {
+            path: PathBuf::from("(randomness)"),
+            reason: "no randomness available for the pseudonym key".into(),
+        })?;
+        Ok(Self {
+            key,
+            cache: HashMap::new(),
+        })
+    }
+
+    fn pseudonym(&mut self, value: &str) -> String {
+        if let Some(p) = self.cache.get(value) {
+            return p.clone();
+        }
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
+        mac.update(value.as_bytes());
+        let p = format!(
+            "{PSEUDONYM_PREFIX}{}",
+            &hex::encode(mac.finalize().into_bytes())[..16]
+        );
+        self.cache.insert(value.to_owned(), p.clone());
+        p
+    }
+
+    /// Replaces every string (and number) under a personal key.
+    fn scrub(&mut self, v: &mut Value, personal: bool) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m.iter_mut() {
+                    let p = personal || PERSONAL_KEYS.contains(&k.as_str());
+                    self.scrub(child, p);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| self.scrub(i, personal)),
+            Value::String(s) if personal => *s = self.pseudonym(s),
+            Value::Number(n) if personal => *v = Value::String(self.pseudonym(&n.to_string())),
+            _ => {}
+        }
+    }
+}
+
+fn write(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    hashes: &mut BTreeMap<String, String>,
+) -> Result<(), ExportError> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).map_err(|e| ExportError::Io {
+        path,
+        reason: e.kind().to_string(),
+    })?;
+    hashes.insert(name.to_owned(), hex::encode(Sha256::digest(bytes)));
+    Ok(())
+}
+
+fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(header);
+    for row in rows {
+        let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
+    }
+    w.into_inner().unwrap_or_default()
+}
+
+/// Writes the bundle of one school's events in a period, signed at the log's current size.
+pub async fn export<S: Store>(
+    store: &S,
+    signer: &NoteSigner,
+    req: &ExportRequest,
+) -> Result<ExportSummary, ExportError> {
+    let size = store
+        .audit_sizes()
+        .await?
+        .into_iter()
+        .find(|(t, _)| *t == req.trust)
+        .map(|(_, s)| s)
+        .filter(|&s| s > 0)
+        .ok_or_else(|| ExportError::NoLog(req.trust.clone()))?;
+    let checkpoint = checkpoint_at(store, signer, &req.trust, size).await?;
+    let note = signer.sign(&checkpoint.to_text());
+    store.audit_save_checkpoint(&req.trust, size, &note).await?;
+
+    let period = Period {
+        from: req.from.to_string(),
+        to: req.to.to_string(),
+        from_utc: utc_start(req.from, req.time_zone),
+        to_utc: utc_start(req.to.succ_opt().unwrap_or(req.to), req.time_zone),
+    };
+    let entries = store
+        .audit_entries(
+            &req.trust,
+            &req.school,
+            &period.from_utc,
+            &period.to_utc,
+            size,
+        )
+        .await?;
+
+    // Proofs: every node they need, fetched at once.
+    let ranges: Vec<Vec<(u64, u64)>> = entries
+        .iter()
+        .map(|(i, _)| tree::inclusion_ranges(*i, size))
+        .collect();
+    let all_ranges: Vec<(u64, u64)> = ranges.iter().flatten().copied().collect();
+    let nodes = store
+        .audit_nodes(&req.trust, &tree::nodes_for(&all_ranges))
+        .await?;
+    let mut lines = String::with_capacity(entries.len() * 600);
+    let mut keys: BTreeSet<(String, String, u32)> = BTreeSet::new();
+    for ((index, leaf), ranges) in entries.iter().zip(&ranges) {
+        let proof = tree::assemble(ranges, &nodes).ok_or_else(|| {
+            let missing = tree::nodes_for(ranges)
+                .into_iter()
+                .find(|id| !nodes.contains_key(id));
+            ExportError::MissingNode(
+                missing.unwrap_or(tree::NodeId {
+                    level: 0,
+                    index: *index,
+                }),
+                req.trust.clone(),
+            )
+        })?;
+        let entry = Entry {
+            index: *index,
+            leaf: B64.encode(leaf.as_bytes()),
+            proof: proof.iter().map(hex::encode).collect(),
+        };
+        lines.push_str(&serde_json::to_string(&entry).unwrap_or_default());
+        lines.push('\n');
+        if let Ok(event) = serde_json::from_str::<Value>(leaf)
+            && event["event"] == "received"
+            && let (Some(k), Some(id), Some(rev)) = (
+                event["kind"].as_str(),
+                event["record_id"].as_str(),
+                event["revision"]
+                    .as_u64()
+                    .and_then(|r| u32::try_from(r).ok()),
+            )
+        {
+            keys.insert((k.to_owned(), id.to_owned(), rev));
+        }
+    }
+    let keys: Vec<(String, String, u32)> = keys.into_iter().collect();
+    let revisions = store.revisions_by_key(&req.trust, &keys).await?;
+    let exceptions = store.exceptions_by_key(&req.trust, &keys).await?;
+
+    std::fs::create_dir_all(&req.out).map_err(|e| ExportError::Io {
+        path: req.out.clone(),
+        reason: e.kind().to_string(),
+    })?;
+    let mut hashes = BTreeMap::new();
+    let out = &req.out;
+    write(out, "checkpoint", note.as_bytes(), &mut hashes)?;
+    write(
+        out,
+        "log.pub",
+        format!("{}\n", signer.verifier().to_text()).as_bytes(),
+        &mut hashes,
+    )?;
+    write(out, "entries.jsonl", lines.as_bytes(), &mut hashes)?;
+    let (records_json, records_csv) = records_files(&revisions, req.pseudonymise)?;
+    write(out, "records.json", records_json.as_bytes(), &mut hashes)?;
+    write(out, "records.csv", &records_csv, &mut hashes)?;
+    write(
+        out,
+        "deliveries.csv",
+        &csv_bytes(
+            &[
+                "destination",
+                "kind",
+                "record_id",
+                "revision",
+                "state",
+                "attempts",
+                "target_id",
+                "at",
+                "last_error",
+            ],
+            Vec::new(),
+        ),
+        &mut hashes,
+    )?;
+    let exception_rows = exceptions
+        .into_iter()
+        .map(|(kind, id, e)| {
+            vec![
+                kind,
+                id,
+                e.revision.to_string(),
+                e.rule,
+                e.severity,
+                e.state,
+                e.closed_by_revision
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+                e.message,
+            ]
+        })
+        .collect();
+    write(
+        out,
+        "exceptions.csv",
+        &csv_bytes(
+            &[
+                "kind",
+                "record_id",
+                "revision",
+                "rule",
+                "severity",
+                "state",
+                "closed_by_revision",
+                "message",
+            ],
+            exception_rows,
+        ),
+        &mut hashes,
+    )?;
+    let manifest = Manifest {
+        trust: req.trust.clone(),
+        school: req.school.clone(),
+        period,
+        tree_size: size,
+        entries: entries.len() as u64,
+        generator: format!("doorstep {}", env!("CARGO_PKG_VERSION")),
+        pseudonymised: req.pseudonymise,
+        files: hashes,
+    };
+    let manifest_text = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";
+    std::fs::write(out.join("manifest.json"), manifest_text).map_err(|e| ExportError::Io {
+        path: out.join("manifest.json"),
+        reason: e.kind().to_string(),
+    })?;
+
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+    let mut exported = Event::new(EventType::Exported, &now, &req.trust);
+    exported.school = Some(req.school.clone());
+    exported.state = Some(
+        if req.pseudonymise {
+            "pseudonymised"
+        } else {
+            "plain"
+        }
+        .into(),
+    );
+    store.audit_append(&[exported]).await?;
+    Ok(ExportSummary {
+        entries: entries.len() as u64,
+        records: revisions.len() as u64,
+        tree_size: size,
+    })
+}
+
+/// The checkpoint of a trust's log at `size`: its root from O(log n) stored nodes.
+pub async fn checkpoint_at<S: Store>(
+    store: &S,
+    signer: &NoteSigner,
+    trust: &str,
+    size: u64,
+) -> Result<Checkpoint, ExportError> {
+    let ids = tree::root_nodes(size);
+    let nodes = store.audit_nodes(trust, &ids).await?;
+    let hashes: Option<Vec<Hash>> = ids.iter().map(|id| nodes.get(id).copied()).collect();
+    let root = hashes
+        .as_deref()
+        .and_then(tree::fold_range)
+        .ok_or_else(|| ExportError::MissingNode(ids[0], trust.to_owned()))?;
+    Ok(Checkpoint {
+        origin: origin(&signer.name, trust),
+        size,
+        root,
+    })
+}
+
+/// A trust's log is named `<key name>/<trust>`.
+pub fn origin(key_name: &str, trust: &str) -> String {
+    format!("{key_name}/{trust}")
+}
+
+fn records_files(
+    revisions: &[StoredRevision],
+    pseudonymise: bool,
+) -> Result<(String, Vec<u8>), ExportError> {
+    let mut ps = if pseudonymise {
+        Some(Pseudonymiser::new()?)
+    } else {
+        None
+    };
+    let mut texts = Vec::with_capacity(revisions.len());
+    let mut rows = Vec::with_capacity(revisions.len());
+    for r in revisions {
+        let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
+        let text = match ps.as_mut() {
+            Some(p) => {
+                p.scrub(&mut value, false);
+                canonical_json(&value)
+            }
+            None => r.canonical.clone(),
+        };
+        let first = |fields: &[&str]| {
+            fields
+                .iter()
+                .find_map(|f| value.get(*f).and_then(Value::as_str))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        rows.push(vec![
+            r.kind.clone(),
+            r.id.clone(),
+            r.revision.to_string(),
+            r.school.clone(),
+            r.received_at.clone(),
+            r.content_hash.clone(),
+            value
+                .pointer("/pupil/upn")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            first(&["purpose", "type", "category"]),
+            first(&["outcome", "severity", "urgency"]),
+        ]);
+        texts.push(text);
+    }
+    let json = format!("[{}]\n", texts.join(","));
+    let csv = csv_bytes(
+        &[
+            "kind",
+            "record_id",
+            "revision",
+            "school",
+            "received_at",
+            "content_hash",
+            "pupil_upn",
+            "type",
+            "outcome",
+        ],
+        rows,
+    );
+    Ok((json, csv))
+}
+
+/// The first thing in a bundle that does not verify: which entry or file, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct VerifyFailure {
+    pub what: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub records: u64,
+    pub tree_size: u64,
+    pub origin: String,
+}
+
+fn fail(what: impl Into<String>, reason: impl Into<String>) -> VerifyFailure {
+    VerifyFailure {
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, VerifyFailure> {
+    std::fs::read(dir.join(name)).map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
+}
+
+fn read_text(dir: &Path, name: &str) -> Result<String, VerifyFailure> {
+    String::from_utf8(read(dir, name)?).map_err(|_| fail(name, "not UTF-8"))
+}
+
+/// Checks a bundle offline: the checkpoint's signature, every inclusion proof, every record
+/// against the content hash its leaves carry, and every file against the manifest.
+pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailure> {
+    let manifest: Manifest = serde_json::from_slice(&read(dir, "manifest.json")?)
+        .map_err(|e| fail("manifest.json", format!("not a doorstep manifest: {e}")))?;
+    let key_text = match key {
+        Some(k) => k.to_owned(),
+        None => read_text(dir, "log.pub")?,
+    };
+    let key_source = if key.is_some() { "--key" } else { "log.pub" };
+    let verifier = Verifier::parse(&key_text).map_err(|e| fail(key_source, e.to_string()))?;
+    let note = read_text(dir, "checkpoint")?;
+    let text = verifier
+        .open(&note)
+        .map_err(|e| fail("checkpoint", e.to_string()))?;
+    let checkpoint = Checkpoint::parse(text).map_err(|e| fail("checkpoint", e.to_string()))?;
+    if checkpoint.origin != origin(&verifier.name, &manifest.trust) {
+        return Err(fail(
+            "checkpoint",
+            format!(
+                "origin {} is not the log of trust {}",
+                checkpoint.origin, manifest.trust
+            ),
+        ));
+    }
+    if checkpoint.size != manifest.tree_size {
+        return Err(fail(
+            "manifest.json",
+            "tree_size differs from the checkpoint's",
+        ));
+    }
+    let root = ct_merkle::RootHash::<Sha256>::new(checkpoint.root.into(), checkpoint.size);
+
+    // Entries: in order, each leaf proven in the signed tree, each about this trust, school
+    // and period.
+    let entries_text = read_text(dir, "entries.jsonl")?;
+    let mut received: HashMap<(String, String, u64), Vec<String>> = HashMap::new();
+    let mut previous: Option<u64> = None;
+    let mut count = 0u64;
+    for (n, line) in entries_text.lines().enumerate() {
+        let what = |index: Option<u64>| match index {
+            Some(i) => format!("entries.jsonl line {} (entry {i})", n + 1),
+            None => format!("entries.jsonl line {}", n + 1),
+        };
+        let entry: Entry = serde_json::from_str(line)
+            .map_err(|e| fail(what(None), format!("not an entry: {e}")))?;
+        let what = what(Some(entry.index));
+        if previous.is_some_and(|p| entry.index <= p) {
+            return Err(fail(what, "entries are not in increasing index order"));
+        }
+        previous = Some(entry.index);
+        let leaf = B64
+            .decode(&entry.leaf)
+            .map_err(|_| fail(&what, "leaf is not base64"))?;
+        let mut proof = Vec::with_capacity(entry.proof.len() * 32);
+        for h in &entry.proof {
+            let bytes = hex::decode(h)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| fail(&what, "a proof hash is not 64 hex digits"))?;
+            proof.extend_from_slice(&bytes);
+        }
+        let proof = ct_merkle::InclusionProof::<Sha256>::try_from_bytes(proof)
+            .map_err(|_| fail(&what, "malformed inclusion proof"))?;
+        root.verify_inclusion(&leaf, entry.index, &proof)
+            .map_err(|e| {
+                fail(
+                    &what,
+                    format!("inclusion proof does not verify against the checkpoint ({e})"),
+                )
+            })?;
+        let event: Value =
+            serde_json::from_slice(&leaf).map_err(|_| fail(&what, "leaf is not JSON"))?;
+        if event["trust"] != manifest.trust.as_str() || event["school"] != manifest.school.as_str()
+        {
+            return Err(fail(
+                &what,
+                "event is not of the manifest's trust and school",
+            ));
+        }
+        let at = event["at"].as_str().unwrap_or_default();
+        if at < manifest.period.from_utc.as_str() || at >= manifest.period.to_utc.as_str() {
+            return Err(fail(&what, "event lies outside the manifest's period"));
+        }
+        if event["event"] == "received"
+            && let (Some(kind), Some(id), Some(rev), Some(hash)) = (
+                event["kind"].as_str(),
+                event["record_id"].as_str(),
+                event["revision"].as_u64(),
+                event["content_hash"].as_str(),
+            )
+        {
+            received
+                .entry((kind.to_owned(), id.to_owned(), rev))
+                .or_default()
+                .push(hash.to_owned());
+        }
+        count += 1;
+    }
+    if count != manifest.entries {
+        return Err(fail(
+            "entries.jsonl",
+            format!("{count} entries; the manifest says {}", manifest.entries),
+        ));
+    }
+
+    // Records: each matches the content hash its leaves carry (unless pseudonymised).
+    let records: Vec<Value> = serde_json::from_slice(&read(dir, "records.json")?)
+        .map_err(|e| fail("records.json", format!("not a JSON array: {e}")))?;
+    let mut matched: BTreeSet<(String, String, u64)> = BTreeSet::new();
+    for (i, record) in records.iter().enumerate() {
+        let key = (
+            record["kind"].as_str().unwrap_or_default().to_owned(),
+            record["id"].as_str().unwrap_or_default().to_owned(),
+            record["revision"].as_u64().unwrap_or_default(),
+        );
+        let what = format!(
+            "records.json record {i} ({} {} revision {})",
+            key.0, key.1, key.2
+        );
+        let Some(hashes) = received.get(&key) else {
+            return Err(fail(what, "no entry of the bundle received this record"));
+        };
+        if manifest.pseudonymised {
+            if let Some(field) = plain_personal_field(record) {
+                return Err(fail(
+                    what,
+                    format!("the manifest says pseudonymised but {field} is not"),
+                ));
+            }
+        } else {
+            let hash = ContentHash::of_canonical(&canonical_json(record)).to_hex();
+            if !hashes.contains(&hash) {
+                return Err(fail(
+                    what,
+                    "its content hash differs from the one its entry carries",
+                ));
+            }
+        }
+        matched.insert(key);
+    }
+    if let Some((kind, id, rev)) = received.keys().find(|k| !matched.contains(*k)) {
+        return Err(fail(
+            "records.json",
+            format!("{kind} {id} revision {rev} has an entry but no record"),
+        ));
+    }
+
+    // Files: each as the manifest hashed it.
+    for name in FILES {
+        let want = manifest
+            .files
+            .get(name)
+            .ok_or_else(|| fail("manifest.json", format!("lists no hash for {name}")))?;
+        let got = hex::encode(Sha256::digest(read(dir, name)?));
+        if &got != want {
+            return Err(fail(name, "its SHA-256 differs from the manifest's"));
+        }
+    }
+    if let Some(extra) = manifest.files.keys().find(|k| !FILES.contains(&k.as_str())) {
+        return Err(fail(
+            "manifest.json",
+            format!("lists an unknown file {extra}"),
+        ));
+    }
+    Ok(VerifyReport {
+        entries: count,
+        records: records.len() as u64,
+        tree_size: checkpoint.size,
+        origin: checkpoint.origin,
+    })
+}
+
+/// The first personal field of a record that does not hold a pseudonym.
+fn plain_personal_field(v: &Value) -> Option<String> {
+    fn walk(v: &Value, path: &mut String, personal: bool) -> Option<String> {
+        match v {
+            Value::Object(m) => m.iter().find_map(|(k, c)| {
+                let len = path.len();
+                path.push('/');
+                path.push_str(k);
+                let found = walk(c, path, personal || PERSONAL_KEYS.contains(&k.as_str()));
+                path.truncate(len);
+                found
+            }),
+            Value::Array(items) => items.iter().find_map(|i| walk(i, path, personal)),
+            Value::String(s) if personal && !s.starts_with(PSEUDONYM_PREFIX) => Some(path.clone()),
+            Value::Number(_) if personal => Some(path.clone()),
+            _ => None,
+        }
+    }
+    walk(v, &mut String::new(), false)
+}

@@ -1,0 +1,321 @@
+//! `doorstep audit …`: keygen, checkpoint, consistency, export, verify — thin shells over
+//! `crate::audit`. `verify` needs no config and no database.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::Subcommand;
+
+use super::{ConfigArg, Fatal, load_config, open_store, runtime};
+use crate::audit::bundle::{self, checkpoint_at};
+use crate::audit::{Checkpoint, NoteSigner, Verifier, tree};
+use crate::config::{Config, SecretRef};
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Make an Ed25519 signing key: PATH (private, mode 0600) and PATH.pub (verifier key).
+    Keygen {
+        /// The key's name, which also names each trust's log (`NAME/<trust>`).
+        #[arg(long, default_value = "doorstep")]
+        name: String,
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        #[command(flatten)]
+        _config: ConfigArg,
+    },
+    /// Print the latest signed checkpoint of each trust's log (or one trust's).
+    Checkpoint {
+        #[arg(long)]
+        trust: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Prove that the log of checkpoint NEW extends the log of checkpoint OLD (RFC 9162).
+    Consistency {
+        old: PathBuf,
+        new: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Write the evidence bundle of one school and period to a new folder.
+    Export {
+        #[arg(long)]
+        trust: String,
+        #[arg(long)]
+        school: String,
+        /// First day (YYYY-MM-DD), in the deployment's time zone.
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last day, inclusive.
+        #[arg(long)]
+        to: NaiveDate,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace personal fields in records.* with keyed pseudonyms (consistent within
+        /// this export; the key is not kept). The leaves are unchanged and still verify.
+        #[arg(long)]
+        pseudonymise: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check a bundle offline: manifest hashes, the checkpoint signature, every inclusion
+    /// proof, every record's content hash. Exit 0 if all verifies, 1 naming the first failure.
+    Verify {
+        dir: PathBuf,
+        /// The verifier key (`name+id+base64`), or a file holding it; default: the bundle's
+        /// log.pub.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        _config: ConfigArg,
+    },
+}
+
+pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
+    match action {
+        AuditAction::Keygen { name, out, .. } => keygen(&name, &out),
+        AuditAction::Verify { dir, key, .. } => {
+            let key = key.map(|k| read_key_arg(&k)).transpose()?;
+            match bundle::verify(&dir, key.as_deref()) {
+                Ok(r) => {
+                    println!(
+                        "ok: {} entries and {} records verify against {} at size {}",
+                        r.entries, r.records, r.origin, r.tree_size
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(f) => {
+                    println!("FAIL {f}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditAction::Checkpoint { trust, config } => {
+            let config = required_config(&config)?;
+            let signer = load_signer(&config)?;
+            runtime()?.block_on(async {
+                let store = open_store(&config).await?;
+                let sizes = store
+                    .audit_sizes()
+                    .await
+                    .map_err(|e| Fatal::Run(e.to_string()))?;
+                let mut printed = 0;
+                for (t, size) in sizes {
+                    if trust.as_ref().is_some_and(|want| *want != t) || size == 0 {
+                        continue;
+                    }
+                    let cp = checkpoint_at(&store, &signer, &t, size)
+                        .await
+                        .map_err(|e| Fatal::Run(e.to_string()))?;
+                    let note = signer.sign(&cp.to_text());
+                    store
+                        .audit_save_checkpoint(&t, size, &note)
+                        .await
+                        .map_err(|e| Fatal::Run(e.to_string()))?;
+                    if printed > 0 {
+                        println!();
+                    }
+                    print!("{note}");
+                    printed += 1;
+                }
+                store.close().await;
+                if printed == 0 {
+                    return Err(Fatal::Run(
+                        "no evidence-trail log yet: ingest something first".into(),
+                    ));
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        AuditAction::Consistency { old, new, config } => {
+            let config = required_config(&config)?;
+            let verifier = load_signer(&config)?.verifier();
+            let open = |p: &Path| -> Result<Checkpoint, Fatal> {
+                let note = std::fs::read_to_string(p)
+                    .map_err(|e| Fatal::Config(format!("{}: {}", p.display(), e.kind())))?;
+                let text = verifier
+                    .open(&note)
+                    .map_err(|e| Fatal::Run(format!("{}: {e}", p.display())))?;
+                Checkpoint::parse(text).map_err(|e| Fatal::Run(format!("{}: {e}", p.display())))
+            };
+            let (a, b) = (open(&old)?, open(&new)?);
+            if a.origin != b.origin {
+                println!(
+                    "FAIL: the checkpoints are of different logs ({} and {})",
+                    a.origin, b.origin
+                );
+                return Ok(ExitCode::from(1));
+            }
+            if a.size > b.size || a.size == 0 {
+                println!(
+                    "FAIL: the old checkpoint's size {} is not between 1 and the new one's {}",
+                    a.size, b.size
+                );
+                return Ok(ExitCode::from(1));
+            }
+            let trust = a.origin.rsplit('/').next().unwrap_or_default().to_owned();
+            let proof = runtime()?.block_on(async {
+                let store = open_store(&config).await?;
+                let ranges = tree::consistency_ranges(a.size, b.size);
+                let nodes = store
+                    .audit_nodes(&trust, &tree::nodes_for(&ranges))
+                    .await
+                    .map_err(|e| Fatal::Run(e.to_string()));
+                store.close().await;
+                tree::assemble(&ranges, &nodes?)
+                    .ok_or_else(|| Fatal::Run(format!("the store lacks nodes of {trust}'s log")))
+            })?;
+            let old_root = ct_merkle::RootHash::<sha2::Sha256>::new(a.root.into(), a.size);
+            let new_root = ct_merkle::RootHash::<sha2::Sha256>::new(b.root.into(), b.size);
+            let bytes: Vec<u8> = proof.concat();
+            let verified = ct_merkle::ConsistencyProof::<sha2::Sha256>::try_from_bytes(bytes)
+                .ok()
+                .is_some_and(|p| new_root.verify_consistency(&old_root, &p).is_ok());
+            if verified {
+                println!(
+                    "consistent: {} size {} extends size {}",
+                    a.origin, b.size, a.size
+                );
+                for h in &proof {
+                    println!("{}", hex::encode(h));
+                }
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "FAIL: {} at size {} does not extend size {}",
+                    a.origin, b.size, a.size
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+        AuditAction::Export {
+            trust,
+            school,
+            from,
+            to,
+            out,
+            pseudonymise,
+            config,
+        } => {
+            let config = required_config(&config)?;
+            let signer = load_signer(&config)?;
+            if to < from {
+                return Err(Fatal::Config("--to is before --from".into()));
+            }
+            if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
+                return Err(Fatal::Config(format!(
+                    "{}: the folder exists and is not empty",
+                    out.display()
+                )));
+            }
+            let req = bundle::ExportRequest {
+                trust,
+                school,
+                from,
+                to,
+                time_zone: config.time_zone,
+                out: out.clone(),
+                pseudonymise,
+            };
+            runtime()?.block_on(async {
+                let store = open_store(&config).await?;
+                let result = bundle::export(&store, &signer, &req).await;
+                store.close().await;
+                let s = result.map_err(|e| Fatal::Run(e.to_string()))?;
+                println!(
+                    "exported {} entries and {} records of {} school {} (log size {}) to {}",
+                    s.entries,
+                    s.records,
+                    req.trust,
+                    req.school,
+                    s.tree_size,
+                    out.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+fn required_config(arg: &ConfigArg) -> Result<Config, Fatal> {
+    load_config(arg, true)?.ok_or_else(|| Fatal::Config("no config".into()))
+}
+
+/// `--key`: a verifier key, or a file holding one.
+fn read_key_arg(k: &str) -> Result<String, Fatal> {
+    if Verifier::parse(k).is_ok() {
+        return Ok(k.to_owned());
+    }
+    std::fs::read_to_string(k)
+        .map_err(|e| Fatal::Config(format!("--key {k}: not a verifier key, and {}", e.kind())))
+}
+
+/// The log signing key, from the file or environment variable the config names.
+fn load_signer(config: &Config) -> Result<NoteSigner, Fatal> {
+    let Some(secret) = &config.signing_key else {
+        return Err(Fatal::Config(format!(
+            "{}: no [audit] signing_key; make one with `doorstep audit keygen --out PATH` and set signing_key = {{ file = \"PATH\" }}",
+            config.path.display()
+        )));
+    };
+    let (text, source) = match secret {
+        SecretRef {
+            env: Some(name), ..
+        } => (
+            std::env::var(name).map_err(|_| {
+                Fatal::Config(format!(
+                    "signing key: environment variable {name} is not set"
+                ))
+            })?,
+            format!("environment variable {name}"),
+        ),
+        SecretRef {
+            file: Some(path), ..
+        } => (
+            std::fs::read_to_string(path).map_err(|e| {
+                Fatal::Config(format!("signing key {}: {}", path.display(), e.kind()))
+            })?,
+            path.display().to_string(),
+        ),
+        _ => return Err(Fatal::Config("signing key: give env or file".into())),
+    };
+    // Never the key's text in an error.
+    NoteSigner::parse(&text).map_err(|e| Fatal::Config(format!("signing key from {source}: {e}")))
+}
+
+fn keygen(name: &str, out: &Path) -> Result<ExitCode, Fatal> {
+    let signer = NoteSigner::generate(name).map_err(|e| Fatal::Config(e.to_string()))?;
+    let public = out.with_extension("pub");
+    let write_new = |path: &Path, text: &str, mode: u32| -> Result<(), Fatal> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| Fatal::Config(format!("{}: {}", path.display(), e.kind())))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Fatal::Run(format!("{}: {}", path.display(), e.kind())))
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Fatal::Config(format!("{}: {}", dir.display(), e.kind())))?;
+    }
+    write_new(out, &format!("{}\n", signer.to_text()), 0o600)?;
+    write_new(
+        &public,
+        &format!("{}\n", signer.verifier().to_text()),
+        0o644,
+    )?;
+    println!("{}", signer.verifier().to_text());
+    eprintln!(
+        "signing key written to {} (mode 0600), verifier key to {}",
+        out.display(),
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
