@@ -251,9 +251,7 @@ impl Checkpoint {
             .ok_or(NoteError::Checkpoint("no origin line"))?;
         let size = lines
             .next()
-            .and_then(|s| {
-                (!s.starts_with('+') && !(s.len() > 1 && s.starts_with('0'))).then_some(s)
-            })
+            .and_then(|s| (!(s.starts_with('+') || s.len() > 1 && s.starts_with('0'))).then_some(s))
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or(NoteError::Checkpoint("the second line is not a tree size"))?;
         let root = lines

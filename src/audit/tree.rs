@@ -159,8 +159,7 @@ pub fn append(
 ) -> (Vec<(NodeId, Hash)>, HashMap<NodeId, Hash>) {
     let mut edge: HashMap<NodeId, Hash> = frontier.clone();
     let mut made = Vec::with_capacity(leaves.len() * 2);
-    let mut n = size;
-    for leaf in leaves {
+    for (n, leaf) in (size..).zip(leaves) {
         let mut id = NodeId { level: 0, index: n };
         let mut hash = *leaf;
         made.push((id, hash));
@@ -181,7 +180,6 @@ pub fn append(
             made.push((id, hash));
         }
         edge.insert(id, hash);
-        n += 1;
     }
     (made, edge)
 }

@@ -47,10 +47,11 @@ impl Deployment {
     }
 
     /// `doorstep VERB --config <this deployment> ARGS…`, run from the deployment folder.
+    /// A verb may be two words (`audit export`).
     pub fn run(&self, verb: &str, args: &[&str]) -> assert_cmd::assert::Assert {
         let mut cmd = doorstep();
         cmd.current_dir(self.dir.path())
-            .arg(verb)
+            .args(verb.split_whitespace())
             .arg("--config")
             .arg(self.config());
         cmd.args(args).assert()
