@@ -251,12 +251,12 @@ fn flip_char(text: &str, n: usize, at: usize) -> String {
     let line = &mut lines[n - 1];
     let at = at.min(line.len() - 1);
     let c = line.as_bytes()[at];
-    let replacement = if c == b'A' {
-        'B'
-    } else if c.is_ascii_digit() {
-        if c == b'0' { '1' } else { '0' }
-    } else {
-        'A'
+    // Never a change of case only: hex digits decode the same in either case.
+    let replacement = match c {
+        b'0' => '1',
+        b'1'..=b'9' | b'a'..=b'f' => '0',
+        b'A' => 'B',
+        _ => 'A',
     };
     line.replace_range(at..at + 1, &replacement.to_string());
     lines.join("\n") + "\n"
