@@ -11,8 +11,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{NaiveDate, NaiveTime, SecondsFormat, TimeZone, Utc};
 use hmac::{Hmac, KeyInit, Mac};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::note::{Checkpoint, NoteSigner, Verifier};
@@ -551,71 +553,45 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
     let root = ct_merkle::RootHash::<Sha256>::new(checkpoint.root.into(), checkpoint.size);
 
     // Entries: in order, each leaf proven in the signed tree, each about this trust, school
-    // and period.
-    let entries_text = read_text(dir, "entries.jsonl")?;
+    // and period. Streamed a chunk at a time and checked on all cores.
+    let mut entries_file = HashingReader::open(dir, "entries.jsonl")?;
     let mut received: HashMap<(String, String, u64), Vec<String>> = HashMap::new();
     let mut previous: Option<u64> = None;
     let mut count = 0u64;
-    for (n, line) in entries_text.lines().enumerate() {
-        let what = |index: Option<u64>| match index {
-            Some(i) => format!("entries.jsonl line {} (entry {i})", n + 1),
-            None => format!("entries.jsonl line {}", n + 1),
-        };
-        let entry: Entry = serde_json::from_str(line)
-            .map_err(|e| fail(what(None), format!("not an entry: {e}")))?;
-        let what = what(Some(entry.index));
-        if previous.is_some_and(|p| entry.index <= p) {
-            return Err(fail(what, "entries are not in increasing index order"));
+    let mut line_no = 0usize;
+    loop {
+        let mut chunk: Vec<(usize, Vec<u8>)> = Vec::with_capacity(CHUNK);
+        while chunk.len() < CHUNK {
+            let mut line = Vec::new();
+            let n = entries_file
+                .read_until(b'\n', &mut line)
+                .map_err(|e| fail("entries.jsonl", format!("cannot read: {}", e.kind())))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            chunk.push((line_no, line));
         }
-        previous = Some(entry.index);
-        let leaf = B64
-            .decode(&entry.leaf)
-            .map_err(|_| fail(&what, "leaf is not base64"))?;
-        let mut proof = Vec::with_capacity(entry.proof.len() * 32);
-        for h in &entry.proof {
-            let bytes = hex::decode(h)
-                .ok()
-                .filter(|b| b.len() == 32)
-                .ok_or_else(|| fail(&what, "a proof hash is not 64 hex digits"))?;
-            proof.extend_from_slice(&bytes);
+        if chunk.is_empty() {
+            break;
         }
-        let proof = ct_merkle::InclusionProof::<Sha256>::try_from_bytes(proof)
-            .map_err(|_| fail(&what, "malformed inclusion proof"))?;
-        root.verify_inclusion(&leaf, entry.index, &proof)
-            .map_err(|e| {
-                fail(
-                    &what,
-                    format!("inclusion proof does not verify against the checkpoint ({e})"),
-                )
-            })?;
-        let event: Value =
-            serde_json::from_slice(&leaf).map_err(|_| fail(&what, "leaf is not JSON"))?;
-        if event["trust"] != manifest.trust.as_str() || event["school"] != manifest.school.as_str()
-        {
-            return Err(fail(
-                &what,
-                "event is not of the manifest's trust and school",
-            ));
+        let checked: Vec<Result<CheckedEntry, VerifyFailure>> = chunk
+            .par_iter()
+            .map(|(n, line)| check_entry(*n, line, &root, &manifest))
+            .collect();
+        for c in checked {
+            let c = c?;
+            if previous.is_some_and(|p| c.index <= p) {
+                return Err(fail(c.what, "entries are not in increasing index order"));
+            }
+            previous = Some(c.index);
+            if let Some((key, hash)) = c.received {
+                received.entry(key).or_default().push(hash);
+            }
+            count += 1;
         }
-        let at = event["at"].as_str().unwrap_or_default();
-        if at < manifest.period.from_utc.as_str() || at >= manifest.period.to_utc.as_str() {
-            return Err(fail(&what, "event lies outside the manifest's period"));
-        }
-        if event["event"] == "received"
-            && let (Some(kind), Some(id), Some(rev), Some(hash)) = (
-                event["kind"].as_str(),
-                event["record_id"].as_str(),
-                event["revision"].as_u64(),
-                event["content_hash"].as_str(),
-            )
-        {
-            received
-                .entry((kind.to_owned(), id.to_owned(), rev))
-                .or_default()
-                .push(hash.to_owned());
-        }
-        count += 1;
     }
+    let entries_hash = entries_file.finish();
     if count != manifest.entries {
         return Err(fail(
             "entries.jsonl",
@@ -623,41 +599,49 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
         ));
     }
 
-    // Records: each matches the content hash its leaves carry (unless pseudonymised).
-    let records: Vec<Value> = serde_json::from_slice(&read(dir, "records.json")?)
-        .map_err(|e| fail("records.json", format!("not a JSON array: {e}")))?;
+    // Records: each matches the content hash its leaves carry (unless pseudonymised); the
+    // array is streamed, its elements checked on all cores.
+    let mut records_file = HashingReader::open(dir, "records.json")?;
+    let mut records_seen = 0u64;
     let mut matched: BTreeSet<(String, String, u64)> = BTreeSet::new();
-    for (i, record) in records.iter().enumerate() {
-        let key = (
-            record["kind"].as_str().unwrap_or_default().to_owned(),
-            record["id"].as_str().unwrap_or_default().to_owned(),
-            record["revision"].as_u64().unwrap_or_default(),
-        );
-        let what = format!(
-            "records.json record {i} ({} {} revision {})",
-            key.0, key.1, key.2
-        );
-        let Some(hashes) = received.get(&key) else {
-            return Err(fail(what, "no entry of the bundle received this record"));
-        };
-        if manifest.pseudonymised {
-            if let Some(field) = plain_personal_field(record) {
-                return Err(fail(
-                    what,
-                    format!("the manifest says pseudonymised but {field} is not"),
-                ));
-            }
-        } else {
-            let hash = ContentHash::of_canonical(&canonical_json(record)).to_hex();
-            if !hashes.contains(&hash) {
-                return Err(fail(
-                    what,
-                    "its content hash differs from the one its entry carries",
-                ));
-            }
-        }
-        matched.insert(key);
+    let mut de = serde_json::Deserializer::from_reader(&mut records_file);
+    let mut first_failure: Option<VerifyFailure> = None;
+    let streamed = serde::Deserializer::deserialize_seq(
+        &mut de,
+        RecordStream {
+            each: &mut |chunk: Vec<Box<RawValue>>| {
+                let base = records_seen as usize;
+                let checked: Vec<Result<(String, String, u64), VerifyFailure>> = chunk
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, raw)| {
+                        check_record(base + i, raw.get(), &received, manifest.pseudonymised)
+                    })
+                    .collect();
+                records_seen += chunk.len() as u64;
+                for c in checked {
+                    match c {
+                        Ok(key) => {
+                            matched.insert(key);
+                        }
+                        Err(f) => {
+                            first_failure.get_or_insert(f);
+                            return false;
+                        }
+                    }
+                }
+                true
+            },
+        },
+    );
+    if let Some(f) = first_failure {
+        return Err(f);
     }
+    streamed
+        .and_then(|()| de.end())
+        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))?;
+    drop(de);
+    let records_hash = records_file.finish();
     if let Some((kind, id, rev)) = received.keys().find(|k| !matched.contains(*k)) {
         return Err(fail(
             "records.json",
@@ -671,7 +655,11 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
             .files
             .get(name)
             .ok_or_else(|| fail("manifest.json", format!("lists no hash for {name}")))?;
-        let got = hex::encode(Sha256::digest(read(dir, name)?));
+        let got = match name {
+            "entries.jsonl" => entries_hash.clone(),
+            "records.json" => records_hash.clone(),
+            _ => hex::encode(Sha256::digest(read(dir, name)?)),
+        };
         if &got != want {
             return Err(fail(name, "its SHA-256 differs from the manifest's"));
         }
@@ -684,7 +672,7 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
     }
     Ok(VerifyReport {
         entries: count,
-        records: records.len() as u64,
+        records: records_seen,
         tree_size: checkpoint.size,
         origin: checkpoint.origin,
     })
@@ -709,4 +697,183 @@ fn plain_personal_field(v: &Value) -> Option<String> {
         }
     }
     walk(v, &mut String::new(), false)
+}
+
+/// Entries and records checked together on the worker threads.
+const CHUNK: usize = 4096;
+
+/// A file read once, its SHA-256 taken on the way.
+struct HashingReader {
+    inner: std::io::BufReader<std::fs::File>,
+    hasher: Sha256,
+}
+
+impl HashingReader {
+    fn open(dir: &Path, name: &str) -> Result<Self, VerifyFailure> {
+        let f = std::fs::File::open(dir.join(name))
+            .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))?;
+        Ok(Self {
+            inner: std::io::BufReader::with_capacity(1 << 20, f),
+            hasher: Sha256::new(),
+        })
+    }
+
+    fn read_until(&mut self, byte: u8, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        let n = std::io::BufRead::read_until(&mut self.inner, byte, buf)?;
+        self.hasher.update(&buf[buf.len() - n..]);
+        Ok(n)
+    }
+
+    fn finish(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+impl std::io::Read for HashingReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.hasher.update(&out[..n]);
+        Ok(n)
+    }
+}
+
+struct CheckedEntry {
+    index: u64,
+    what: String,
+    received: Option<((String, String, u64), String)>,
+}
+
+fn check_entry(
+    n: usize,
+    line: &[u8],
+    root: &ct_merkle::RootHash<Sha256>,
+    manifest: &Manifest,
+) -> Result<CheckedEntry, VerifyFailure> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let entry: Entry = serde_json::from_slice(line).map_err(|e| {
+        fail(
+            format!("entries.jsonl line {n}"),
+            format!("not an entry: {e}"),
+        )
+    })?;
+    let what = format!("entries.jsonl line {n} (entry {})", entry.index);
+    let leaf = B64
+        .decode(&entry.leaf)
+        .map_err(|_| fail(&what, "leaf is not base64"))?;
+    let mut proof = Vec::with_capacity(entry.proof.len() * 32);
+    for h in &entry.proof {
+        let bytes = hex::decode(h)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| fail(&what, "a proof hash is not 64 hex digits"))?;
+        proof.extend_from_slice(&bytes);
+    }
+    let proof = ct_merkle::InclusionProof::<Sha256>::try_from_bytes(proof)
+        .map_err(|_| fail(&what, "malformed inclusion proof"))?;
+    root.verify_inclusion(&leaf, entry.index, &proof)
+        .map_err(|e| {
+            fail(
+                &what,
+                format!("inclusion proof does not verify against the checkpoint ({e})"),
+            )
+        })?;
+    let event: Value =
+        serde_json::from_slice(&leaf).map_err(|_| fail(&what, "leaf is not JSON"))?;
+    if event["trust"] != manifest.trust.as_str() || event["school"] != manifest.school.as_str() {
+        return Err(fail(
+            &what,
+            "event is not of the manifest's trust and school",
+        ));
+    }
+    let at = event["at"].as_str().unwrap_or_default();
+    if at < manifest.period.from_utc.as_str() || at >= manifest.period.to_utc.as_str() {
+        return Err(fail(&what, "event lies outside the manifest's period"));
+    }
+    let received = match (
+        event["event"].as_str(),
+        event["kind"].as_str(),
+        event["record_id"].as_str(),
+        event["revision"].as_u64(),
+        event["content_hash"].as_str(),
+    ) {
+        (Some("received"), Some(kind), Some(id), Some(rev), Some(hash)) => {
+            Some(((kind.to_owned(), id.to_owned(), rev), hash.to_owned()))
+        }
+        _ => None,
+    };
+    Ok(CheckedEntry {
+        index: entry.index,
+        what,
+        received,
+    })
+}
+
+fn check_record(
+    i: usize,
+    raw: &str,
+    received: &HashMap<(String, String, u64), Vec<String>>,
+    pseudonymised: bool,
+) -> Result<(String, String, u64), VerifyFailure> {
+    let record: Value = serde_json::from_str(raw)
+        .map_err(|e| fail(format!("records.json record {i}"), e.to_string()))?;
+    let key = (
+        record["kind"].as_str().unwrap_or_default().to_owned(),
+        record["id"].as_str().unwrap_or_default().to_owned(),
+        record["revision"].as_u64().unwrap_or_default(),
+    );
+    let what = format!(
+        "records.json record {i} ({} {} revision {})",
+        key.0, key.1, key.2
+    );
+    let Some(hashes) = received.get(&key) else {
+        return Err(fail(what, "no entry of the bundle received this record"));
+    };
+    if pseudonymised {
+        if let Some(field) = plain_personal_field(&record) {
+            return Err(fail(
+                what,
+                format!("the manifest says pseudonymised but {field} is not"),
+            ));
+        }
+    } else {
+        let hash = ContentHash::of_canonical(&canonical_json(&record)).to_hex();
+        if !hashes.contains(&hash) {
+            return Err(fail(
+                what,
+                "its content hash differs from the one its entry carries",
+            ));
+        }
+    }
+    Ok(key)
+}
+
+/// Visits a JSON array a chunk of raw elements at a time; `each` returns false to stop.
+struct RecordStream<'a> {
+    each: &'a mut dyn FnMut(Vec<Box<RawValue>>) -> bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordStream<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            chunk.push(raw);
+            if chunk.len() == CHUNK && !(self.each)(std::mem::take(&mut chunk)) {
+                return Err(serde::de::Error::custom(
+                    "stopped at a record that does not verify",
+                ));
+            }
+        }
+        if !chunk.is_empty() && !(self.each)(chunk) {
+            return Err(serde::de::Error::custom(
+                "stopped at a record that does not verify",
+            ));
+        }
+        Ok(())
+    }
 }

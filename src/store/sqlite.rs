@@ -531,9 +531,10 @@ impl Store for SqliteStore {
         for chunk in keys.chunks(20_000) {
             let rows = sqlx::query(
                 "SELECT r.kind, r.id, r.revision, r.school_urn, r.content_hash, r.received_at, r.content \
-                 FROM records AS r JOIN (SELECT value ->> 0 AS kind, value ->> 1 AS id, value ->> 2 AS revision \
-                   FROM json_each(?2)) AS k ON r.kind = k.kind AND r.id = k.id AND r.revision = k.revision \
-                 WHERE r.trust = ?1 ORDER BY r.kind, r.id, r.revision",
+                 FROM (SELECT value ->> 0 AS kind, value ->> 1 AS id, value ->> 2 AS revision \
+                   FROM json_each(?2)) AS k CROSS JOIN records AS r \
+                 WHERE r.trust = ?1 AND r.kind = k.kind AND r.id = k.id AND r.revision = k.revision \
+                 ORDER BY r.kind, r.id, r.revision",
             )
             .bind(trust)
             .bind(json_param(&chunk))
@@ -562,9 +563,10 @@ impl Store for SqliteStore {
         for chunk in keys.chunks(20_000) {
             let rows = sqlx::query(
                 "SELECT e.kind, e.id, e.revision, e.rule, e.severity, e.message, e.state, e.closed_by_revision \
-                 FROM exceptions AS e JOIN (SELECT value ->> 0 AS kind, value ->> 1 AS id, value ->> 2 AS revision \
-                   FROM json_each(?2)) AS k ON e.kind = k.kind AND e.id = k.id AND e.revision = k.revision \
-                 WHERE e.trust = ?1 ORDER BY e.kind, e.id, e.revision, e.rule",
+                 FROM (SELECT value ->> 0 AS kind, value ->> 1 AS id, value ->> 2 AS revision \
+                   FROM json_each(?2)) AS k CROSS JOIN exceptions AS e \
+                 WHERE e.trust = ?1 AND e.kind = k.kind AND e.id = k.id AND e.revision = k.revision \
+                 ORDER BY e.kind, e.id, e.revision, e.rule",
             )
             .bind(trust)
             .bind(json_param(&chunk))
