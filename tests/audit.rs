@@ -151,6 +151,21 @@ proptest! {
             let other = (m + 1) % n;
             prop_assert!(r.verify_inclusion(&leaves[other as usize], m, &proof).is_err());
         }
+        // The remembering verifier agrees: every leaf, in a scrambled order, then a forgery.
+        let mut proven = tree::ProvenNodes::new(root(&nodes, n), n);
+        for k in 0..n {
+            let i = (k * 7 + m) % n;
+            let p = tree::assemble(&tree::inclusion_ranges(i, n), &nodes).unwrap();
+            prop_assert!(proven.verify(i, &leaves[i as usize], &p).is_ok(), "leaf {} of {}", i, n);
+        }
+        let p = tree::assemble(&tree::inclusion_ranges(m, n), &nodes).unwrap();
+        prop_assert!(proven.verify(m, b"forged", &p).is_err());
+        if let Some(first) = p.first() {
+            let mut bad = p.clone();
+            bad[0] = [first[0] ^ 1; 32];
+            let mut fresh = tree::ProvenNodes::new(root(&nodes, n), n);
+            prop_assert!(fresh.verify(m, &leaves[m as usize], &bad).is_err());
+        }
         let old = 1 + old_seed % n;
         let old_root = ct_merkle::RootHash::<Sha256>::new(root(&nodes, old).into(), old);
         let cproof = tree::assemble(&tree::consistency_ranges(old, n), &nodes).unwrap().concat();
