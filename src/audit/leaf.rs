@@ -4,8 +4,6 @@
 
 use serde::Serialize;
 
-use crate::records::canonical_json;
-
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -24,30 +22,31 @@ pub enum EventType {
     Exported,
 }
 
-/// One event of a trust's log.
+/// One event of a trust's log. The fields are declared in the order RFC 8785 sorts their
+/// names, so plain compact serialisation is already canonical (a test checks it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
-    pub event: EventType,
     /// When it happened (RFC 3339, UTC).
     pub at: String,
-    pub trust: String,
+    /// SHA-256 (hex) of the record's RFC 8785 canonical content.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub school: Option<String>,
+    pub content_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    pub event: EventType,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub destination: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<String>,
-    /// SHA-256 (hex) of the record's RFC 8785 canonical content.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub content_hash: Option<String>,
+    pub school: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    pub trust: String,
 }
 
 impl Event {
@@ -67,10 +66,31 @@ impl Event {
         }
     }
 
-    /// The leaf: this event's canonical JSON bytes.
+    /// The leaf: this event's canonical JSON bytes. Every value is an ASCII id, rule, state,
+    /// time or small integer, for which compact JSON with sorted keys is RFC 8785.
     pub fn leaf(&self) -> String {
-        serde_json::to_value(self)
-            .map(|v| canonical_json(&v))
-            .unwrap_or_default()
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::canonical_json;
+        #[test]
+    fn a_leaf_is_canonical_json() {
+        let mut e = Event::new(EventType::ExceptionRaised, "2026-11-24T22:02:02.621799Z", "celt");
+        assert_eq!(canonical_json(&serde_json::from_str(&e.leaf()).unwrap()), e.leaf());
+        e.school = Some("136401".into());
+        e.kind = Some("visit_report".into());
+        e.record_id = Some("celt-visit-030".into());
+        e.revision = Some(2);
+        e.destination = Some("cpoms".into());
+        e.state = Some("delivered".into());
+        e.rules = vec!["pair-required".into(), "buddy-assigned".into()];
+        e.content_hash = Some("ab".repeat(32));
+        let leaf = e.leaf();
+        assert_eq!(canonical_json(&serde_json::from_str(&leaf).unwrap()), leaf);
+        assert!(leaf.starts_with(r#"{"at":"2026-11-24T22:02:02.621799Z","content_hash":"#));
     }
 }
