@@ -4,18 +4,16 @@ CREATE TABLE audit_logs (
     size  INTEGER NOT NULL
 ) STRICT;
 
--- Leaves: the exact bytes of each event (compact canonical JSON) and its leaf hash.
+-- Leaves: the exact bytes of each event (compact canonical JSON), nothing else: their hashes
+-- (level 0 of the tree) are recomputed from the text when a proof needs them, and an export
+-- reads school and time from the leaf as it scans one trust's leaves in order. Intake writes
+-- as little as it can.
 CREATE TABLE audit_leaves (
-    trust      TEXT    NOT NULL,
-    idx        INTEGER NOT NULL,
-    at         TEXT    NOT NULL,
-    school_urn TEXT,
-    leaf       TEXT    NOT NULL,
-    hash       BLOB    NOT NULL,
+    trust TEXT    NOT NULL,
+    idx   INTEGER NOT NULL,
+    leaf  TEXT    NOT NULL,
     PRIMARY KEY (trust, idx)
 ) STRICT;
-
-CREATE INDEX audit_leaves_school ON audit_leaves (trust, school_urn, at);
 
 -- Complete subtrees above the leaves: node (level, idx) covers leaves
 -- [idx * 2^level, (idx + 1) * 2^level). Level 0 lives in audit_leaves.

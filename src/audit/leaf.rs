@@ -77,10 +77,17 @@ impl Event {
 mod tests {
     use super::*;
     use crate::records::canonical_json;
-        #[test]
+    #[test]
     fn a_leaf_is_canonical_json() {
-        let mut e = Event::new(EventType::ExceptionRaised, "2026-11-24T22:02:02.621799Z", "celt");
-        assert_eq!(canonical_json(&serde_json::from_str(&e.leaf()).unwrap()), e.leaf());
+        let mut e = Event::new(
+            EventType::ExceptionRaised,
+            "2026-11-24T22:02:02.621799Z",
+            "celt",
+        );
+        assert_eq!(
+            canonical_json(&serde_json::from_str(&e.leaf()).unwrap()),
+            e.leaf()
+        );
         e.school = Some("136401".into());
         e.kind = Some("visit_report".into());
         e.record_id = Some("celt-visit-030".into());

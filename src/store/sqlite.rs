@@ -474,22 +474,41 @@ impl Store for SqliteStore {
         to: &str,
         size: u64,
     ) -> Result<Vec<(u64, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT idx, leaf FROM audit_leaves WHERE trust = ?1 AND school_urn = ?2 \
-             AND at >= ?3 AND at < ?4 AND idx < ?5 ORDER BY idx",
+        #[derive(serde::Deserialize)]
+        struct Where<'a> {
+            #[serde(borrow)]
+            at: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            school: Option<std::borrow::Cow<'a, str>>,
+        }
+        let mut rows = sqlx::query(
+            "SELECT idx, leaf FROM audit_leaves WHERE trust = ?1 AND idx < ?2 ORDER BY idx",
         )
         .bind(trust)
-        .bind(school)
-        .bind(from)
-        .bind(to)
         .bind(size as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.db_err())?;
-        Ok(rows
-            .iter()
-            .map(|r| (u64::try_from(r.get::<i64, _>(0)).unwrap_or(0), r.get(1)))
-            .collect())
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows)
+            .await
+            .map_err(self.db_err())?
+        {
+            let leaf: &str = row.get(1);
+            // Every leaf is written by `Event::leaf`; one that does not read is a corrupt store.
+            let w: Where = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
+                location: self.path.display().to_string(),
+                reason: format!(
+                    "audit leaf {trust}/{} is not an event: {e}",
+                    row.get::<i64, _>(0)
+                ),
+            })?;
+            if w.school.as_deref() == Some(school) && w.at.as_ref() >= from && w.at.as_ref() < to {
+                out.push((
+                    u64::try_from(row.get::<i64, _>(0)).unwrap_or(0),
+                    leaf.to_owned(),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     async fn audit_append(&self, events: &[Event]) -> Result<(), StoreError> {
@@ -745,15 +764,12 @@ async fn append_events(conn: &mut SqliteConnection, events: &[Event]) -> Result<
             .collect();
         for chunk in rows.chunks(INSERT_ROWS) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit_leaves (trust, idx, at, school_urn, leaf, hash) ",
+                "INSERT INTO audit_leaves (trust, idx, leaf) ",
             );
-            insert.push_values(chunk, |mut row, (idx, e, (leaf, hash))| {
+            insert.push_values(chunk, |mut row, (idx, _, (leaf, _))| {
                 row.push_bind(trust)
                     .push_bind(*idx as i64)
-                    .push_bind(e.at.as_str())
-                    .push_bind(e.school.as_deref())
-                    .push_bind(leaf.as_str())
-                    .push_bind(hash.to_vec());
+                    .push_bind(leaf.as_str());
             });
             insert.build().persistent(false).execute(&mut *conn).await?;
         }
@@ -795,7 +811,7 @@ async fn fetch_nodes(
     }
     let wanted: Vec<(u32, u64)> = ids.iter().map(|id| (id.level, id.index)).collect();
     let rows = sqlx::query(
-        "SELECT 0, idx, hash FROM audit_leaves WHERE trust = ?1 AND idx IN \
+        "SELECT 0, idx, leaf FROM audit_leaves WHERE trust = ?1 AND idx IN \
            (SELECT value ->> 1 FROM json_each(?2) WHERE value ->> 0 = 0) \
          UNION ALL \
          SELECT level, idx, hash FROM audit_nodes WHERE trust = ?1 AND (level, idx) IN \
@@ -806,8 +822,13 @@ async fn fetch_nodes(
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        let hash: Vec<u8> = row.get(2);
-        if let Ok(hash) = <tree::Hash>::try_from(hash.as_slice()) {
+        // Level 0 comes back as the leaf's text, to hash; higher levels as stored hashes.
+        let hash: Option<tree::Hash> = if row.get::<i64, _>(0) == 0 {
+            Some(tree::leaf_hash(row.get::<&str, _>(2).as_bytes()))
+        } else {
+            <tree::Hash>::try_from(row.get::<&[u8], _>(2)).ok()
+        };
+        if let Some(hash) = hash {
             let id = tree::NodeId {
                 level: u32::try_from(row.get::<i64, _>(0)).unwrap_or(0),
                 index: u64::try_from(row.get::<i64, _>(1)).unwrap_or(0),
