@@ -553,7 +553,7 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
 
     // Entries: in order, each leaf proven in the signed tree, each about this trust, school
     // and period. Streamed a chunk at a time and checked on all cores.
-    let mut entries_file = HashingReader::open(dir, "entries.jsonl")?;
+    let (mut entries_file, entries_hasher) = open_hashed(dir, "entries.jsonl")?;
     let mut received: HashMap<(String, String, u64), Vec<String>> = HashMap::new();
     let mut previous: Option<u64> = None;
     let mut count = 0u64;
@@ -562,8 +562,7 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
         let mut chunk: Vec<(usize, Vec<u8>)> = Vec::with_capacity(CHUNK);
         while chunk.len() < CHUNK {
             let mut line = Vec::new();
-            let n = entries_file
-                .read_until(b'\n', &mut line)
+            let n = std::io::BufRead::read_until(&mut entries_file, b'\n', &mut line)
                 .map_err(|e| fail("entries.jsonl", format!("cannot read: {}", e.kind())))?;
             if n == 0 {
                 break;
@@ -596,7 +595,8 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
             count += 1;
         }
     }
-    let entries_hash = entries_file.finish();
+    drop(entries_file);
+    let entries_hash = finish_hash(entries_hasher);
     if count != manifest.entries {
         return Err(fail(
             "entries.jsonl",
@@ -606,10 +606,10 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
 
     // Records: each matches the content hash its leaves carry (unless pseudonymised); the
     // array is streamed, its elements checked on all cores.
-    let mut records_file = HashingReader::open(dir, "records.json")?;
+    let (records_file, records_hasher) = open_hashed(dir, "records.json")?;
     let mut records_seen = 0u64;
     let mut matched: BTreeSet<(String, String, u64)> = BTreeSet::new();
-    let mut de = serde_json::Deserializer::from_reader(&mut records_file);
+    let mut de = serde_json::Deserializer::from_reader(records_file);
     let mut first_failure: Option<VerifyFailure> = None;
     let streamed = serde::Deserializer::deserialize_seq(
         &mut de,
@@ -646,7 +646,7 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
         .and_then(|()| de.end())
         .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))?;
     drop(de);
-    let records_hash = records_file.finish();
+    let records_hash = finish_hash(records_hasher);
     if let Some((kind, id, rev)) = received.keys().find(|k| !matched.contains(*k)) {
         return Err(fail(
             "records.json",
@@ -707,39 +707,42 @@ fn plain_personal_field(v: &Value) -> Option<String> {
 /// Entries and records checked together on the worker threads.
 const CHUNK: usize = 4096;
 
-/// A file read once, its SHA-256 taken on the way.
-struct HashingReader {
-    inner: std::io::BufReader<std::fs::File>,
-    hasher: Sha256,
+/// A file read once, its SHA-256 taken on the way in large blocks (the buffered reader on
+/// top serves serde_json's byte-at-a-time reads from memory).
+struct HashingFile {
+    file: std::fs::File,
+    hasher: std::rc::Rc<std::cell::RefCell<Sha256>>,
 }
 
-impl HashingReader {
-    fn open(dir: &Path, name: &str) -> Result<Self, VerifyFailure> {
-        let f = std::fs::File::open(dir.join(name))
-            .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))?;
-        Ok(Self {
-            inner: std::io::BufReader::with_capacity(1 << 20, f),
-            hasher: Sha256::new(),
-        })
-    }
-
-    fn read_until(&mut self, byte: u8, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        let n = std::io::BufRead::read_until(&mut self.inner, byte, buf)?;
-        self.hasher.update(&buf[buf.len() - n..]);
-        Ok(n)
-    }
-
-    fn finish(self) -> String {
-        hex::encode(self.hasher.finalize())
-    }
-}
-
-impl std::io::Read for HashingReader {
+impl std::io::Read for HashingFile {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(out)?;
-        self.hasher.update(&out[..n]);
+        let n = self.file.read(out)?;
+        self.hasher.borrow_mut().update(&out[..n]);
         Ok(n)
     }
+}
+
+type HashHandle = std::rc::Rc<std::cell::RefCell<Sha256>>;
+
+fn open_hashed(
+    dir: &Path,
+    name: &str,
+) -> Result<(std::io::BufReader<HashingFile>, HashHandle), VerifyFailure> {
+    let file = std::fs::File::open(dir.join(name))
+        .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))?;
+    let hasher = HashHandle::default();
+    let reader = std::io::BufReader::with_capacity(
+        1 << 20,
+        HashingFile {
+            file,
+            hasher: hasher.clone(),
+        },
+    );
+    Ok((reader, hasher))
+}
+
+fn finish_hash(hasher: HashHandle) -> String {
+    hex::encode(hasher.borrow().clone().finalize())
 }
 
 struct CheckedEntry {

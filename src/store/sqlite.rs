@@ -811,11 +811,13 @@ async fn fetch_nodes(
     }
     let wanted: Vec<(u32, u64)> = ids.iter().map(|id| (id.level, id.index)).collect();
     let rows = sqlx::query(
-        "SELECT 0, idx, leaf FROM audit_leaves WHERE trust = ?1 AND idx IN \
-           (SELECT value ->> 1 FROM json_each(?2) WHERE value ->> 0 = 0) \
+        // json_each drives (CROSS JOIN keeps it the outer loop): one primary-key lookup per
+        // wanted node, whatever the size of the log.
+        "SELECT 0, l.idx, l.leaf FROM json_each(?2) AS k CROSS JOIN audit_leaves AS l \
+           WHERE k.value ->> 0 = 0 AND l.trust = ?1 AND l.idx = k.value ->> 1 \
          UNION ALL \
-         SELECT level, idx, hash FROM audit_nodes WHERE trust = ?1 AND (level, idx) IN \
-           (SELECT value ->> 0, value ->> 1 FROM json_each(?2) WHERE value ->> 0 > 0)",
+         SELECT n.level, n.idx, n.hash FROM json_each(?2) AS k CROSS JOIN audit_nodes AS n \
+           WHERE k.value ->> 0 > 0 AND n.trust = ?1 AND n.level = k.value ->> 0 AND n.idx = k.value ->> 1",
     )
     .bind(trust)
     .bind(json_param(&wanted))
