@@ -203,6 +203,47 @@ fn write(
     Ok(())
 }
 
+/// A file written once, its SHA-256 taken on the way.
+struct HashingWriter {
+    name: &'static str,
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+}
+
+impl HashingWriter {
+    fn create(dir: &Path, name: &'static str) -> Result<Self, ExportError> {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).map_err(|e| ExportError::Io {
+            path: path.clone(),
+            reason: e.kind().to_string(),
+        })?;
+        Ok(Self {
+            name,
+            path,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ExportError> {
+        self.hasher.update(bytes);
+        std::io::Write::write_all(&mut self.out, bytes).map_err(|e| ExportError::Io {
+            path: self.path.clone(),
+            reason: e.kind().to_string(),
+        })
+    }
+
+    fn finish(mut self, hashes: &mut BTreeMap<String, String>) -> Result<(), ExportError> {
+        std::io::Write::flush(&mut self.out).map_err(|e| ExportError::Io {
+            path: self.path.clone(),
+            reason: e.kind().to_string(),
+        })?;
+        hashes.insert(self.name.to_owned(), hex::encode(self.hasher.finalize()));
+        Ok(())
+    }
+}
+
 fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(header);
@@ -255,50 +296,58 @@ pub async fn export<S: Store>(
     let nodes = store
         .audit_nodes(&req.trust, &tree::nodes_for(&all_ranges))
         .await?;
-    let mut lines = String::with_capacity(entries.len() * 600);
-    let mut keys: BTreeSet<(String, String, u32)> = BTreeSet::new();
-    for ((index, leaf), ranges) in entries.iter().zip(&ranges) {
-        let proof = tree::assemble(ranges, &nodes).ok_or_else(|| {
-            let missing = tree::nodes_for(ranges)
-                .into_iter()
-                .find(|id| !nodes.contains_key(id));
-            ExportError::MissingNode(
-                missing.unwrap_or(tree::NodeId {
-                    level: 0,
-                    index: *index,
-                }),
-                req.trust.clone(),
-            )
-        })?;
-        let entry = Entry {
-            index: *index,
-            leaf: B64.encode(leaf.as_bytes()),
-            proof: proof.iter().map(hex::encode).collect(),
-        };
-        lines.push_str(&serde_json::to_string(&entry).unwrap_or_default());
-        lines.push('\n');
-        if let Ok(event) = serde_json::from_str::<Value>(leaf)
-            && event["event"] == "received"
-            && let (Some(k), Some(id), Some(rev)) = (
-                event["kind"].as_str(),
-                event["record_id"].as_str(),
-                event["revision"]
-                    .as_u64()
-                    .and_then(|r| u32::try_from(r).ok()),
-            )
-        {
-            keys.insert((k.to_owned(), id.to_owned(), rev));
-        }
-    }
-    let keys: Vec<(String, String, u32)> = keys.into_iter().collect();
-    let revisions = store.revisions_by_key(&req.trust, &keys).await?;
-    let exceptions = store.exceptions_by_key(&req.trust, &keys).await?;
-
+    // Each entry's line and the record it received, built on all cores.
+    let built: Vec<Result<(String, Option<(String, String, u32)>), ExportError>> = entries
+        .par_iter()
+        .zip(ranges.par_iter())
+        .map(|((index, leaf), ranges)| {
+            let proof = tree::assemble(ranges, &nodes).ok_or_else(|| {
+                let missing = tree::nodes_for(ranges)
+                    .into_iter()
+                    .find(|id| !nodes.contains_key(id));
+                ExportError::MissingNode(
+                    missing.unwrap_or(tree::NodeId {
+                        level: 0,
+                        index: *index,
+                    }),
+                    req.trust.clone(),
+                )
+            })?;
+            let entry = Entry {
+                index: *index,
+                leaf: B64.encode(leaf.as_bytes()),
+                proof: proof.iter().map(hex::encode).collect(),
+            };
+            let mut line = serde_json::to_string(&entry).unwrap_or_default();
+            line.push('\n');
+            let key = serde_json::from_str::<Value>(leaf).ok().and_then(|event| {
+                (event["event"] == "received").then_some(())?;
+                Some((
+                    event["kind"].as_str()?.to_owned(),
+                    event["record_id"].as_str()?.to_owned(),
+                    u32::try_from(event["revision"].as_u64()?).ok()?,
+                ))
+            });
+            Ok((line, key))
+        })
+        .collect();
     std::fs::create_dir_all(&req.out).map_err(|e| ExportError::Io {
         path: req.out.clone(),
         reason: e.kind().to_string(),
     })?;
     let mut hashes = BTreeMap::new();
+    let mut entries_out = HashingWriter::create(&req.out, "entries.jsonl")?;
+    let mut keys: BTreeSet<(String, String, u32)> = BTreeSet::new();
+    for b in built {
+        let (line, key) = b?;
+        entries_out.write_all(line.as_bytes())?;
+        keys.extend(key);
+    }
+    entries_out.finish(&mut hashes)?;
+    let keys: Vec<(String, String, u32)> = keys.into_iter().collect();
+    let revisions = store.revisions_by_key(&req.trust, &keys).await?;
+    let exceptions = store.exceptions_by_key(&req.trust, &keys).await?;
+
     let out = &req.out;
     write(out, "checkpoint", note.as_bytes(), &mut hashes)?;
     write(
@@ -307,7 +356,6 @@ pub async fn export<S: Store>(
         format!("{}\n", signer.verifier().to_text()).as_bytes(),
         &mut hashes,
     )?;
-    write(out, "entries.jsonl", lines.as_bytes(), &mut hashes)?;
     let (records_json, records_csv) = records_files(&revisions, req.pseudonymise)?;
     write(out, "records.json", records_json.as_bytes(), &mut hashes)?;
     write(out, "records.csv", &records_csv, &mut hashes)?;
