@@ -203,6 +203,9 @@ fn write(
     Ok(())
 }
 
+/// (kind, record id, revision).
+type RevisionKey = (String, String, u32);
+
 /// A file written once, its SHA-256 taken on the way.
 struct HashingWriter {
     name: &'static str,
@@ -297,7 +300,7 @@ pub async fn export<S: Store>(
         .audit_nodes(&req.trust, &tree::nodes_for(&all_ranges))
         .await?;
     // Each entry's line and the record it received, built on all cores.
-    let built: Vec<Result<(String, Option<(String, String, u32)>), ExportError>> = entries
+    let built: Vec<Result<(String, Option<RevisionKey>), ExportError>> = entries
         .par_iter()
         .zip(ranges.par_iter())
         .map(|((index, leaf), ranges)| {
@@ -337,7 +340,7 @@ pub async fn export<S: Store>(
     })?;
     let mut hashes = BTreeMap::new();
     let mut entries_out = HashingWriter::create(&req.out, "entries.jsonl")?;
-    let mut keys: BTreeSet<(String, String, u32)> = BTreeSet::new();
+    let mut keys: BTreeSet<RevisionKey> = BTreeSet::new();
     for b in built {
         let (line, key) = b?;
         entries_out.write_all(line.as_bytes())?;
