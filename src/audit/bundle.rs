@@ -359,8 +359,9 @@ pub async fn export<S: Store>(
         format!("{}\n", signer.verifier().to_text()).as_bytes(),
         &mut hashes,
     )?;
-    let (records_json, records_csv) = records_files(&revisions, req.pseudonymise)?;
-    write(out, "records.json", records_json.as_bytes(), &mut hashes)?;
+    let mut records_json = HashingWriter::create(out, "records.json")?;
+    let records_csv = records_files(&revisions, req.pseudonymise, &mut records_json)?;
+    records_json.finish(&mut hashes)?;
     write(out, "records.csv", &records_csv, &mut hashes)?;
     write(
         out,
@@ -477,18 +478,21 @@ pub fn origin(key_name: &str, trust: &str) -> String {
     format!("{key_name}/{trust}")
 }
 
+/// Writes `records.json` (every revision as stored, or pseudonymised) and returns
+/// `records.csv`.
 fn records_files(
     revisions: &[StoredRevision],
     pseudonymise: bool,
-) -> Result<(String, Vec<u8>), ExportError> {
+    json: &mut HashingWriter,
+) -> Result<Vec<u8>, ExportError> {
     let mut ps = if pseudonymise {
         Some(Pseudonymiser::new()?)
     } else {
         None
     };
-    let mut texts = Vec::with_capacity(revisions.len());
     let mut rows = Vec::with_capacity(revisions.len());
-    for r in revisions {
+    json.write_all(b"[")?;
+    for (i, r) in revisions.iter().enumerate() {
         let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
         let text = match ps.as_mut() {
             Some(p) => {
@@ -519,9 +523,12 @@ fn records_files(
             first(&["purpose", "type", "category"]),
             first(&["outcome", "severity", "urgency"]),
         ]);
-        texts.push(text);
+        if i > 0 {
+            json.write_all(b",")?;
+        }
+        json.write_all(text.as_bytes())?;
     }
-    let json = format!("[{}]\n", texts.join(","));
+    json.write_all(b"]\n")?;
     let csv = csv_bytes(
         &[
             "kind",
@@ -536,7 +543,7 @@ fn records_files(
         ],
         rows,
     );
-    Ok((json, csv))
+    Ok(csv)
 }
 
 /// The first thing in a bundle that does not verify: which entry or file, and why.
