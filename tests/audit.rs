@@ -278,17 +278,17 @@ fn flip_char(text: &str, n: usize, at: usize) -> String {
 }
 
 fn failure(dir: &Path) -> VerifyFailure {
-    bundle::verify(dir, None).expect_err("the tampered bundle must not verify")
+    bundle::verify(dir, None, &bundle::Quiet).expect_err("the tampered bundle must not verify")
 }
 
 #[test]
 fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
     let e = exported(false);
-    let report = bundle::verify(&e.bundle, None).unwrap();
+    let report = bundle::verify(&e.bundle, None, &bundle::Quiet).unwrap();
     assert!(report.entries > 20, "{report:?}");
     assert!(report.records > 10);
     assert_eq!(
-        bundle::verify(&e.bundle, Some(&e.verifier)).unwrap(),
+        bundle::verify(&e.bundle, Some(&e.verifier), &bundle::Quiet).unwrap(),
         report
     );
     // The CLI agrees, with and without a key.
@@ -452,7 +452,7 @@ fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
 #[test]
 fn a_pseudonymised_bundle_hides_names_and_still_verifies() {
     let e = exported(true);
-    bundle::verify(&e.bundle, None).unwrap();
+    bundle::verify(&e.bundle, None, &bundle::Quiet).unwrap();
     let records = std::fs::read_to_string(e.bundle.join("records.json")).unwrap();
     for name in [
         "Mark Pascoe",

@@ -25,11 +25,11 @@ CREATE TABLE audit_nodes (
     PRIMARY KEY (trust, level, idx)
 ) STRICT, WITHOUT ROWID;
 
--- Signed checkpoints as issued.
+-- Signed checkpoints as issued: the first one signed at each size.
 CREATE TABLE audit_checkpoints (
     trust TEXT    NOT NULL,
     size  INTEGER NOT NULL,
     at    TEXT    NOT NULL,
     note  TEXT    NOT NULL,
-    PRIMARY KEY (trust, size, at)
+    PRIMARY KEY (trust, size)
 ) STRICT;

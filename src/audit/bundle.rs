@@ -103,6 +103,17 @@ struct Entry {
     proof: Vec<String>,
 }
 
+/// Told how far a long export or verification has gone (the CLI draws a bar in a terminal).
+pub trait Progress: Sync {
+    fn start(&self, _what: &'static str, _total: u64) {}
+    fn advance(&self, _n: u64) {}
+}
+
+/// No progress shown.
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
 /// What to export.
 pub struct ExportRequest {
     pub trust: String,
@@ -261,6 +272,7 @@ pub async fn export<S: Store>(
     store: &S,
     signer: &NoteSigner,
     req: &ExportRequest,
+    progress: &dyn Progress,
 ) -> Result<ExportSummary, ExportError> {
     let size = store
         .audit_sizes()
@@ -300,6 +312,7 @@ pub async fn export<S: Store>(
         .audit_nodes(&req.trust, &tree::nodes_for(&all_ranges))
         .await?;
     // Each entry's line and the record it received, built on all cores.
+    progress.start("entries", entries.len() as u64);
     let built: Vec<Result<(String, Option<RevisionKey>), ExportError>> = entries
         .par_iter()
         .zip(ranges.par_iter())
@@ -323,6 +336,7 @@ pub async fn export<S: Store>(
             };
             let mut line = serde_json::to_string(&entry).unwrap_or_default();
             line.push('\n');
+            progress.advance(1);
             let key = serde_json::from_str::<Value>(leaf).ok().and_then(|event| {
                 (event["event"] == "received").then_some(())?;
                 Some((
@@ -579,7 +593,11 @@ fn read_text(dir: &Path, name: &str) -> Result<String, VerifyFailure> {
 
 /// Checks a bundle offline: the checkpoint's signature, every inclusion proof, every record
 /// against the content hash its leaves carry, and every file against the manifest.
-pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailure> {
+pub fn verify(
+    dir: &Path,
+    key: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<VerifyReport, VerifyFailure> {
     let manifest: Manifest = serde_json::from_slice(&read(dir, "manifest.json")?)
         .map_err(|e| fail("manifest.json", format!("not a doorstep manifest: {e}")))?;
     let key_text = match key {
@@ -612,6 +630,7 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
     // Entries: in order, each leaf proven in the signed tree, each about this trust, school
     // and period. Streamed a chunk at a time and checked on all cores.
     let (mut entries_file, entries_hasher) = open_hashed(dir, "entries.jsonl")?;
+    progress.start("entries", manifest.entries);
     let mut received: HashMap<(String, String, u64), Vec<String>> = HashMap::new();
     let mut previous: Option<u64> = None;
     let mut count = 0u64;
@@ -641,6 +660,7 @@ pub fn verify(dir: &Path, key: Option<&str>) -> Result<VerifyReport, VerifyFailu
                     .collect::<Vec<_>>()
             })
             .collect();
+        progress.advance(checked.len() as u64);
         for c in checked {
             let c = c?;
             if previous.is_some_and(|p| c.index <= p) {

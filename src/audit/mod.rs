@@ -13,5 +13,6 @@ pub use note::{Checkpoint, NoteError, NoteSigner, Verifier};
 pub mod bundle;
 
 pub use bundle::{
-    ExportError, ExportRequest, ExportSummary, VerifyFailure, VerifyReport, export, verify,
+    ExportError, ExportRequest, ExportSummary, Progress, Quiet, VerifyFailure, VerifyReport,
+    export, verify,
 };

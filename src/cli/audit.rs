@@ -80,7 +80,10 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
         AuditAction::Keygen { name, out, .. } => keygen(&name, &out),
         AuditAction::Verify { dir, key, .. } => {
             let key = key.map(|k| read_key_arg(&k)).transpose()?;
-            match bundle::verify(&dir, key.as_deref()) {
+            let bar = Bar::new();
+            let result = bundle::verify(&dir, key.as_deref(), &bar);
+            bar.done();
+            match result {
                 Ok(r) => {
                     println!(
                         "ok: {} entries and {} records verify against {} at size {}",
@@ -223,7 +226,9 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             };
             runtime()?.block_on(async {
                 let store = open_store(&config).await?;
-                let result = bundle::export(&store, &signer, &req).await;
+                let bar = Bar::new();
+                let result = bundle::export(&store, &signer, &req, &bar).await;
+                bar.done();
                 store.close().await;
                 let s = result.map_err(|e| Fatal::Run(e.to_string()))?;
                 println!(
@@ -237,6 +242,46 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 );
                 Ok(ExitCode::SUCCESS)
             })
+        }
+    }
+}
+
+/// After an ingest, a fresh signed checkpoint of every trust's log (one per log size), when
+/// the deployment has a signing key. A failure here is reported, not fatal: the records are
+/// in. A key file not made yet is normal before `audit keygen`, and only logged.
+pub(crate) async fn sign_checkpoints(config: &Config, store: &crate::store::SqliteStore) {
+    if let Some(SecretRef {
+        file: Some(path), ..
+    }) = &config.signing_key
+        && !path.exists()
+    {
+        tracing::info!(key = %path.display(), "no signing key yet: no checkpoint signed");
+        return;
+    }
+    let signer = match load_signer(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("doorstep: no checkpoint signed: {e}");
+            return;
+        }
+    };
+    let sizes = match store.audit_sizes().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("doorstep: no checkpoint signed: {e}");
+            return;
+        }
+    };
+    for (trust, size) in sizes.into_iter().filter(|(_, n)| *n > 0) {
+        let signed = match checkpoint_at(store, &signer, &trust, size).await {
+            Ok(cp) => store
+                .audit_save_checkpoint(&trust, size, &signer.sign(&cp.to_text()))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = signed {
+            eprintln!("doorstep: no checkpoint signed for {trust}: {e}");
         }
     }
 }
@@ -318,4 +363,37 @@ fn keygen(name: &str, out: &Path) -> Result<ExitCode, Fatal> {
         public.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on standard error, drawn only in a terminal (indicatif hides it otherwise).
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {wide_bar} {pos}/{len} ({per_sec}, {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self(bar)
+    }
+
+    fn done(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl bundle::Progress for Bar {
+    fn start(&self, what: &'static str, total: u64) {
+        self.0.set_message(what);
+        self.0.set_length(total);
+        self.0.set_position(0);
+    }
+
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
 }

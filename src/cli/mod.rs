@@ -204,6 +204,9 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 let store = open_store(&config).await?;
                 let mut out = Output::new(common.format);
                 let result = pipeline::ingest(&store, paths, trusts, &mut out).await;
+                if result.is_ok() && config.signing_key.is_some() {
+                    audit::sign_checkpoints(&config, &store).await;
+                }
                 store.close().await;
                 let summary = result.map_err(|e| Fatal::Run(e.to_string()))?;
                 out.finish(&summary)
