@@ -85,14 +85,17 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             bar.done();
             match result {
                 Ok(r) => {
-                    println!(
+                    say!(
                         "ok: {} entries and {} records verify against {} at size {}",
-                        r.entries, r.records, r.origin, r.tree_size
+                        r.entries,
+                        r.records,
+                        r.origin,
+                        r.tree_size
                     );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(f) => {
-                    println!("FAIL {f}");
+                    say!("FAIL {f}");
                     Ok(ExitCode::from(1))
                 }
             }
@@ -120,9 +123,9 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                         .await
                         .map_err(|e| Fatal::Run(e.to_string()))?;
                     if printed > 0 {
-                        println!();
+                        say!();
                     }
-                    print!("{note}");
+                    say_raw!("{note}");
                     printed += 1;
                 }
                 store.close().await;
@@ -147,16 +150,18 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             };
             let (a, b) = (open(&old)?, open(&new)?);
             if a.origin != b.origin {
-                println!(
+                say!(
                     "FAIL: the checkpoints are of different logs ({} and {})",
-                    a.origin, b.origin
+                    a.origin,
+                    b.origin
                 );
                 return Ok(ExitCode::from(1));
             }
             if a.size > b.size || a.size == 0 {
-                println!(
+                say!(
                     "FAIL: the old checkpoint's size {} is not between 1 and the new one's {}",
-                    a.size, b.size
+                    a.size,
+                    b.size
                 );
                 return Ok(ExitCode::from(1));
             }
@@ -179,18 +184,22 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 .ok()
                 .is_some_and(|p| new_root.verify_consistency(&old_root, &p).is_ok());
             if verified {
-                println!(
+                say!(
                     "consistent: {} size {} extends size {}",
-                    a.origin, b.size, a.size
+                    a.origin,
+                    b.size,
+                    a.size
                 );
                 for h in &proof {
-                    println!("{}", hex::encode(h));
+                    say!("{}", hex::encode(h));
                 }
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!(
+                say!(
                     "FAIL: {} at size {} does not extend size {}",
-                    a.origin, b.size, a.size
+                    a.origin,
+                    b.size,
+                    a.size
                 );
                 Ok(ExitCode::from(1))
             }
@@ -231,7 +240,7 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 bar.done();
                 store.close().await;
                 let s = result.map_err(|e| Fatal::Run(e.to_string()))?;
-                println!(
+                say!(
                     "exported {} entries and {} records of {} school {} (log size {}) to {}",
                     s.entries,
                     s.records,
@@ -356,7 +365,7 @@ fn keygen(name: &str, out: &Path) -> Result<ExitCode, Fatal> {
         &format!("{}\n", signer.verifier().to_text()),
         0o644,
     )?;
-    println!("{}", signer.verifier().to_text());
+    say!("{}", signer.verifier().to_text());
     eprintln!(
         "signing key written to {} (mode 0600), verifier key to {}",
         out.display(),

@@ -10,6 +10,23 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `println!` that does not panic when standard output is closed (`doorstep … | head`).
+macro_rules! say {
+    () => {{
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), b"\n");
+    }};
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that does not panic when standard output is closed.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod audit;
 
 use crate::config::{self, Config};
@@ -229,13 +246,13 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             let loaded = load_config(&config, true)?;
             if let Some(c) = loaded {
                 let trusts = load_trusts(&c)?;
-                println!("{}: ok", c.path.display());
+                say!("{}: ok", c.path.display());
                 for t in trusts.iter() {
                     let on = RuleId::ALL
                         .iter()
                         .filter(|r| crate::policy::rule_severity(t.rules(), **r).is_some())
                         .count();
-                    println!(
+                    say!(
                         "  trust {}: {} school(s), {on} policy rule(s) on",
                         t.id,
                         t.file.schools.len()
@@ -274,7 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         Command::Audit { action } => audit::run(action),
         Command::Schema { .. } => {
             let schema = crate::records::records_schema();
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&schema).unwrap_or_default()
             );
