@@ -670,53 +670,57 @@ pub fn verify(
     }
 
     // Entries: in order, each leaf proven in the signed tree, each about this trust, school
-    // and period. Streamed a chunk at a time and checked on all cores.
-    let (mut entries_file, entries_hasher) = open_hashed(dir, "entries.jsonl")?;
+    // and period. The file is mapped, not read, and checked on all cores; its hash is taken
+    // alongside.
+    let entries_map = map_file(dir, "entries.jsonl")?;
+    let entries_bytes: &[u8] = entries_map.as_deref().unwrap_or_default();
     progress.start("entries", manifest.entries);
+    let lines: Vec<&[u8]> = if entries_bytes.is_empty() {
+        Vec::new()
+    } else {
+        entries_bytes
+            .strip_suffix(b"\n")
+            .unwrap_or(entries_bytes)
+            .split(|&b| b == b'\n')
+            .collect()
+    };
+    let (entries_hash, checked) = rayon::join(
+        || hex::encode(Sha256::digest(entries_bytes)),
+        || {
+            // Each worker remembers the nodes it has proven across its run of neighbours.
+            lines
+                .par_chunks(RUN)
+                .enumerate()
+                .flat_map_iter(|(c, run)| {
+                    let mut proven = tree::ProvenNodes::new(checkpoint.root, checkpoint.size);
+                    let checked: Vec<_> = run
+                        .iter()
+                        .enumerate()
+                        .map(|(k, line)| check_entry(c * RUN + k + 1, line, &mut proven, &manifest))
+                        .collect();
+                    progress.advance(run.len() as u64);
+                    checked
+                })
+                .collect::<Vec<Result<CheckedEntry, VerifyFailure>>>()
+        },
+    );
     let mut received: HashMap<(String, String, u64), Vec<String>> = HashMap::new();
     let mut previous: Option<u64> = None;
     let mut count = 0u64;
-    let mut line_no = 0usize;
-    loop {
-        let mut chunk: Vec<(usize, Vec<u8>)> = Vec::with_capacity(CHUNK);
-        while chunk.len() < CHUNK {
-            let mut line = Vec::new();
-            let n = std::io::BufRead::read_until(&mut entries_file, b'\n', &mut line)
-                .map_err(|e| fail("entries.jsonl", format!("cannot read: {}", e.kind())))?;
-            if n == 0 {
-                break;
-            }
-            line_no += 1;
-            chunk.push((line_no, line));
+    for c in checked {
+        let c = c?;
+        if previous.is_some_and(|p| c.index <= p) {
+            return Err(fail(
+                format!("entries.jsonl line {} (entry {})", c.line, c.index),
+                "entries are not in increasing index order",
+            ));
         }
-        if chunk.is_empty() {
-            break;
+        previous = Some(c.index);
+        if let Some((key, hash)) = c.received {
+            received.entry(key).or_default().push(hash);
         }
-        // Each worker remembers the nodes it has proven across its run of neighbouring leaves.
-        let checked: Vec<Result<CheckedEntry, VerifyFailure>> = chunk
-            .par_chunks(CHUNK / 8)
-            .flat_map_iter(|run| {
-                let mut proven = tree::ProvenNodes::new(checkpoint.root, checkpoint.size);
-                run.iter()
-                    .map(|(n, line)| check_entry(*n, line, &mut proven, &manifest))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        progress.advance(checked.len() as u64);
-        for c in checked {
-            let c = c?;
-            if previous.is_some_and(|p| c.index <= p) {
-                return Err(fail(c.what, "entries are not in increasing index order"));
-            }
-            previous = Some(c.index);
-            if let Some((key, hash)) = c.received {
-                received.entry(key).or_default().push(hash);
-            }
-            count += 1;
-        }
+        count += 1;
     }
-    drop(entries_file);
-    let entries_hash = finish_hash(entries_hasher);
     if count != manifest.entries {
         return Err(fail(
             "entries.jsonl",
@@ -724,49 +728,26 @@ pub fn verify(
         ));
     }
 
-    // Records: each matches the content hash its leaves carry (unless pseudonymised); the
-    // array is streamed, its elements checked on all cores.
-    let (records_file, records_hasher) = open_hashed(dir, "records.json")?;
-    let mut records_seen = 0u64;
-    let mut matched: BTreeSet<(String, String, u64)> = BTreeSet::new();
-    let mut de = serde_json::Deserializer::from_reader(records_file);
-    let mut first_failure: Option<VerifyFailure> = None;
-    let streamed = serde::Deserializer::deserialize_seq(
-        &mut de,
-        RecordStream {
-            each: &mut |chunk: Vec<Box<RawValue>>| {
-                let base = records_seen as usize;
-                let checked: Vec<Result<(String, String, u64), VerifyFailure>> = chunk
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, raw)| {
-                        check_record(base + i, raw.get(), &received, manifest.pseudonymised)
-                    })
-                    .collect();
-                records_seen += chunk.len() as u64;
-                for c in checked {
-                    match c {
-                        Ok(key) => {
-                            matched.insert(key);
-                        }
-                        Err(f) => {
-                            first_failure.get_or_insert(f);
-                            return false;
-                        }
-                    }
-                }
-                true
-            },
+    // Records: each matches the content hash its leaves carry (unless pseudonymised),
+    // checked on all cores.
+    let records_map = map_file(dir, "records.json")?;
+    let records_bytes: &[u8] = records_map.as_deref().unwrap_or_default();
+    let raws: Vec<&RawValue> = serde_json::from_slice(records_bytes)
+        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))?;
+    let (records_hash, checked) = rayon::join(
+        || hex::encode(Sha256::digest(records_bytes)),
+        || {
+            raws.par_iter()
+                .enumerate()
+                .map(|(i, raw)| check_record(i, raw.get(), &received, manifest.pseudonymised))
+                .collect::<Vec<_>>()
         },
     );
-    if let Some(f) = first_failure {
-        return Err(f);
+    let records_seen = raws.len() as u64;
+    let mut matched: BTreeSet<(String, String, u64)> = BTreeSet::new();
+    for c in checked {
+        matched.insert(c?);
     }
-    streamed
-        .and_then(|()| de.end())
-        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))?;
-    drop(de);
-    let records_hash = finish_hash(records_hasher);
     if let Some((kind, id, rev)) = received.keys().find(|k| !matched.contains(*k)) {
         return Err(fail(
             "records.json",
@@ -824,50 +805,27 @@ fn plain_personal_field(v: &Value) -> Option<String> {
     walk(v, &mut String::new(), false)
 }
 
-/// Entries and records checked together on the worker threads.
-const CHUNK: usize = 4096;
+/// Entries one worker checks in a row, remembering the nodes it has proven.
+const RUN: usize = 512;
 
-/// A file read once, its SHA-256 taken on the way in large blocks (the buffered reader on
-/// top serves serde_json's byte-at-a-time reads from memory).
-struct HashingFile {
-    file: std::fs::File,
-    hasher: std::rc::Rc<std::cell::RefCell<Sha256>>,
-}
-
-impl std::io::Read for HashingFile {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(out)?;
-        self.hasher.borrow_mut().update(&out[..n]);
-        Ok(n)
-    }
-}
-
-type HashHandle = std::rc::Rc<std::cell::RefCell<Sha256>>;
-
-fn open_hashed(
-    dir: &Path,
-    name: &str,
-) -> Result<(std::io::BufReader<HashingFile>, HashHandle), VerifyFailure> {
+/// A bundle file mapped into memory (`None` for an empty file, which cannot be mapped).
+fn map_file(dir: &Path, name: &str) -> Result<Option<memmap2::Mmap>, VerifyFailure> {
     let file = std::fs::File::open(dir.join(name))
         .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))?;
-    let hasher = HashHandle::default();
-    let reader = std::io::BufReader::with_capacity(
-        1 << 20,
-        HashingFile {
-            file,
-            hasher: hasher.clone(),
-        },
-    );
-    Ok((reader, hasher))
-}
-
-fn finish_hash(hasher: HashHandle) -> String {
-    hex::encode(hasher.borrow().clone().finalize())
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the map is read-only and lives while the bundle is checked; a bundle changed
+    // underneath by another process would at worst fail to verify.
+    unsafe { memmap2::Mmap::map(&file) }
+        .map(Some)
+        .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
 }
 
 struct CheckedEntry {
     index: u64,
-    what: String,
+    line: usize,
     received: Option<((String, String, u64), String)>,
 }
 
@@ -912,7 +870,13 @@ fn check_entry(
     if *event.at < *manifest.period.from_utc || *event.at >= *manifest.period.to_utc {
         return Err(fail(&what, "event lies outside the manifest's period"));
     }
-    let received = match (event.event.as_ref(), event.kind, event.record_id, event.revision, event.content_hash) {
+    let received = match (
+        event.event.as_ref(),
+        event.kind,
+        event.record_id,
+        event.revision,
+        event.content_hash,
+    ) {
         ("received", Some(kind), Some(id), Some(rev), Some(hash)) => {
             Some(((kind.into_owned(), id.into_owned(), rev), hash.into_owned()))
         }
@@ -920,7 +884,7 @@ fn check_entry(
     };
     Ok(CheckedEntry {
         index: entry.index,
-        what,
+        line: n,
         received,
     })
 }
@@ -956,7 +920,8 @@ fn check_record(
         let hash = if hashes.contains(&as_written) {
             as_written
         } else {
-            let record: Value = serde_json::from_str(raw).map_err(|e| fail(&what, e.to_string()))?;
+            let record: Value =
+                serde_json::from_str(raw).map_err(|e| fail(&what, e.to_string()))?;
             ContentHash::of_canonical(&canonical_json(&record)).to_hex()
         };
         if !hashes.contains(&hash) {
@@ -967,35 +932,4 @@ fn check_record(
         }
     }
     Ok(key)
-}
-
-/// Visits a JSON array a chunk of raw elements at a time; `each` returns false to stop.
-struct RecordStream<'a> {
-    each: &'a mut dyn FnMut(Vec<Box<RawValue>>) -> bool,
-}
-
-impl<'de> serde::de::Visitor<'de> for RecordStream<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of records")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut chunk = Vec::with_capacity(CHUNK);
-        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            chunk.push(raw);
-            if chunk.len() == CHUNK && !(self.each)(std::mem::take(&mut chunk)) {
-                return Err(serde::de::Error::custom(
-                    "stopped at a record that does not verify",
-                ));
-            }
-        }
-        if !chunk.is_empty() && !(self.each)(chunk) {
-            return Err(serde::de::Error::custom(
-                "stopped at a record that does not verify",
-            ));
-        }
-        Ok(())
-    }
 }
