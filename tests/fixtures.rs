@@ -1,25 +1,13 @@
 //! The shipped fixtures: every valid one is accepted; every invalid one is rejected with
 //! exactly the pointer and rule `fixtures/invalid/expected.toml` gives it, and nothing else.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use doorstep::mapping::Trusts;
-use doorstep::pipeline::{self, Reporter};
-use doorstep::report::{Conflict, ExceptionReport, Rejection};
-
-#[derive(Default)]
-struct Collect(Vec<Rejection>);
-
-impl Reporter for Collect {
-    fn rejection(&mut self, r: &Rejection) {
-        self.0.push(r.clone());
-    }
-    fn exception(&mut self, _: &ExceptionReport) {}
-    fn conflict(&mut self, c: &Conflict) {
-        panic!("check never meets conflicts: {c}");
-    }
-}
+use doorstep::pipeline;
 
 fn fixtures(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,9 +34,15 @@ fn every_valid_fixture_is_accepted() {
         files.len()
     );
     for file in files {
-        let mut seen = Collect::default();
+        let mut seen = common::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
-        assert!(seen.0.is_empty(), "{}: {:?}", file.display(), seen.0);
+        assert!(
+            seen.rejections.is_empty(),
+            "{}: {:?}",
+            file.display(),
+            seen.rejections
+        );
+        assert!(seen.conflicts.is_empty(), "check never meets conflicts");
         assert!(summary.accepted >= 1, "{}", file.display());
     }
 }
@@ -80,17 +74,17 @@ fn every_invalid_fixture_gives_its_exact_rejection() {
         let want = expected
             .get(&name)
             .unwrap_or_else(|| panic!("{name} has no entry in expected.toml"));
-        let mut seen = Collect::default();
+        let mut seen = common::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert_eq!(summary.accepted, 0, "{name}: nothing may be accepted");
         assert_eq!(summary.rejected, 1, "{name}: one rejected submission");
         assert_eq!(
-            seen.0.len(),
+            seen.rejections.len(),
             1,
             "{name}: exactly one rejection: {:?}",
-            seen.0
+            seen.rejections
         );
-        let got = &seen.0[0];
+        let got = &seen.rejections[0];
         assert_eq!(
             got.path.as_deref(),
             Some(want.path.as_str()),

@@ -7,21 +7,9 @@ use std::path::PathBuf;
 
 use doorstep::intake::{Item, parse_text};
 use doorstep::mapping::Trusts;
-use doorstep::pipeline::{self, Reporter, Validated};
-use doorstep::report::{Conflict, ExceptionReport, Rejection};
+use doorstep::pipeline::{self, Validated};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-
-#[derive(Default)]
-struct Collect(Vec<Rejection>);
-
-impl Reporter for Collect {
-    fn rejection(&mut self, r: &Rejection) {
-        self.0.push(r.clone());
-    }
-    fn exception(&mut self, _: &ExceptionReport) {}
-    fn conflict(&mut self, _: &Conflict) {}
-}
 
 fn suite_dir() -> PathBuf {
     common::root().join("../shared/testdata/JSONTestSuite/test_parsing")
@@ -46,11 +34,15 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
     assert!(files.len() > 300, "the whole suite is there");
     let tmp = tempfile::tempdir().unwrap();
     for file in files {
-        let mut seen = Collect::default();
+        let mut seen = common::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert_eq!(summary.accepted, 0, "{}", file.display());
-        assert!(!seen.0.is_empty(), "{}: no rejection", file.display());
-        for r in &seen.0 {
+        assert!(
+            !seen.rejections.is_empty(),
+            "{}: no rejection",
+            file.display()
+        );
+        for r in &seen.rejections {
             assert!(
                 !r.message.is_empty() && !r.rule.as_str().is_empty(),
                 "{}",
@@ -62,7 +54,7 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
             .path()
             .join(file.with_extension("jsonl").file_name().unwrap());
         std::fs::copy(&file, &as_lines).unwrap();
-        let mut seen = Collect::default();
+        let mut seen = common::Collect::default();
         let summary = pipeline::check(
             std::slice::from_ref(&as_lines),
             &Trusts::default(),

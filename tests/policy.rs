@@ -7,31 +7,14 @@ mod common;
 use std::collections::BTreeMap;
 
 use doorstep::mapping::Trusts;
-use doorstep::pipeline::{self, Reporter, policy_exceptions};
+use doorstep::pipeline::{self, policy_exceptions};
 use doorstep::records::{Kind, parse_submission};
-use doorstep::report::{Conflict, ExceptionReport, Rejection};
 use doorstep::store::{IntakeBatch, NewRecord, SqliteStore, Store};
 use proptest::prelude::*;
 use serde_json::json;
 
 fn shipped_trusts() -> Trusts {
     Trusts::load(&common::root().join("mappings"), chrono_tz::Europe::London).unwrap()
-}
-
-#[derive(Default)]
-struct Collect {
-    rejections: Vec<Rejection>,
-    exceptions: Vec<ExceptionReport>,
-}
-
-impl Reporter for Collect {
-    fn rejection(&mut self, r: &Rejection) {
-        self.rejections.push(r.clone());
-    }
-    fn exception(&mut self, e: &ExceptionReport) {
-        self.exceptions.push(e.clone());
-    }
-    fn conflict(&mut self, _: &Conflict) {}
 }
 
 #[derive(serde::Deserialize)]
@@ -55,7 +38,7 @@ fn each_trust_raises_exactly_the_expected_rules() {
     let mut seen_rules = std::collections::BTreeSet::new();
     for (file, want) in &expected {
         let path = dir.join(file);
-        let mut got = Collect::default();
+        let mut got = common::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&path), &trusts, &mut got);
         assert!(got.rejections.is_empty(), "{file}: {:?}", got.rejections);
         assert_eq!(summary.accepted, 1, "{file}");

@@ -95,8 +95,8 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An entry line as `export` writes it (`verify` reads it as [`EntryRef`]).
+#[derive(Debug, Serialize)]
 struct Entry {
     index: u64,
     leaf: String,

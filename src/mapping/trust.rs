@@ -105,10 +105,6 @@ impl Trusts {
     pub fn iter(&self) -> impl Iterator<Item = &Trust> {
         self.trusts.values()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.trusts.is_empty()
-    }
 }
 
 fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, MappingError> {

@@ -80,3 +80,23 @@ pub fn fixture(path: &str) -> PathBuf {
 pub fn read_fixture(path: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
 }
+
+/// Collects what a pipeline run reports.
+#[derive(Default)]
+pub struct Collect {
+    pub rejections: Vec<doorstep::report::Rejection>,
+    pub exceptions: Vec<doorstep::report::ExceptionReport>,
+    pub conflicts: Vec<doorstep::report::Conflict>,
+}
+
+impl doorstep::pipeline::Reporter for Collect {
+    fn rejection(&mut self, r: &doorstep::report::Rejection) {
+        self.rejections.push(r.clone());
+    }
+    fn exception(&mut self, e: &doorstep::report::ExceptionReport) {
+        self.exceptions.push(e.clone());
+    }
+    fn conflict(&mut self, c: &doorstep::report::Conflict) {
+        self.conflicts.push(c.clone());
+    }
+}
