@@ -4,6 +4,7 @@
 //!
 //! Owns: reading and checking the deployment config. May not touch: the store, records.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -42,6 +43,27 @@ pub struct SecretRef {
     pub file: Option<PathBuf>,
 }
 
+impl SecretRef {
+    /// The secret's value: the variable's value, or the file's contents without the final
+    /// line break (a relative file is taken from `base`). The error names the variable or
+    /// file, never the value.
+    pub fn resolve(&self, base: &Path) -> Result<String, String> {
+        match (&self.env, &self.file) {
+            (Some(name), _) => std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("environment variable `{name}` is not set")),
+            (None, Some(file)) => {
+                let path = base.join(file);
+                std::fs::read_to_string(&path)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                    .map_err(|e| format!("cannot read `{}`: {}", path.display(), e.kind()))
+            }
+            (None, None) => Err("neither `env` nor `file` is given".into()),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -58,6 +80,27 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    delivery: RawDelivery,
+    /// `[destinations.<trust>.<name>]`: the deployment's say over a mapping's destination.
+    #[serde(default)]
+    destinations: BTreeMap<String, BTreeMap<String, RawDestination>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    out: Option<PathBuf>,
+    max_wait_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    #[serde(default)]
+    paused: bool,
+    #[serde(default)]
+    url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +113,9 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawIntake {
     drop: Option<PathBuf>,
+    /// `false`: `sync` leaves ingested files in the drop folder (a read-only share; each
+    /// run re-reads them and finds them unchanged).
+    move_files: Option<bool>,
     archive: Option<PathBuf>,
     rejected: Option<PathBuf>,
 }
@@ -94,11 +140,18 @@ pub struct Config {
     pub drop_dir: PathBuf,
     pub archive_dir: PathBuf,
     pub rejected_dir: PathBuf,
+    /// Whether `sync` moves ingested files to the archive or rejected folder.
+    pub move_files: bool,
     pub connectors_dir: PathBuf,
     pub mappings_dir: PathBuf,
     pub time_zone: chrono_tz::Tz,
     pub listen: std::net::SocketAddr,
     pub signing_key: Option<SecretRef>,
+    /// Where CSV destinations write (`<out>/<trust>/…`).
+    pub out_dir: PathBuf,
+    /// How long `sync` keeps waiting for retries that fall due.
+    pub max_wait: std::time::Duration,
+    pub delivery: crate::delivery::Settings,
 }
 
 impl Config {
@@ -142,7 +195,34 @@ impl Config {
         if let Some(key) = &raw.audit.signing_key {
             check_secret(path, "audit.signing_key", key)?;
         }
+        let max_wait = raw.delivery.max_wait_seconds.unwrap_or(30.0);
+        if !(0.0..=86_400.0).contains(&max_wait) {
+            return Err(invalid(
+                "delivery.max_wait_seconds",
+                "from 0 to 86400".into(),
+            ));
+        }
+        let out_dir = at(raw.delivery.out.as_deref().unwrap_or(Path::new("out")));
+        let mut overrides = BTreeMap::new();
+        for (trust, dests) in raw.destinations {
+            for (name, d) in dests {
+                overrides.insert(
+                    (trust.clone(), name),
+                    crate::delivery::Override {
+                        paused: d.paused,
+                        url: d.url,
+                    },
+                );
+            }
+        }
         Ok(Config {
+            move_files: raw.intake.move_files.unwrap_or(true),
+            max_wait: std::time::Duration::from_secs_f64(max_wait),
+            delivery: crate::delivery::Settings {
+                out_dir: out_dir.clone(),
+                overrides,
+            },
+            out_dir,
             path: path.to_path_buf(),
             sqlite_path: at(&raw.store.sqlite),
             drop_dir: at(raw.intake.drop.as_deref().unwrap_or(Path::new("drop"))),
@@ -205,7 +285,7 @@ pub fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-fn check_secret(path: &Path, key: &str, s: &SecretRef) -> Result<(), ConfigError> {
+pub fn check_secret(path: &Path, key: &str, s: &SecretRef) -> Result<(), ConfigError> {
     let err = |reason: &str| ConfigError::Secret {
         path: path.to_path_buf(),
         key: key.into(),

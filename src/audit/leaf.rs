@@ -20,6 +20,14 @@ pub enum EventType {
     ExceptionResolved,
     /// An audit bundle was exported.
     Exported,
+    /// A record revision reached a destination.
+    Delivered,
+    /// An attempt failed and will be retried.
+    Failed,
+    /// A delivery gave up: the dead letters hold it with the response.
+    DeadLettered,
+    /// A dead letter was put back to be sent.
+    Replayed,
 }
 
 /// One event of a trust's log. The fields are declared in the order RFC 8785 sorts their

@@ -28,6 +28,7 @@ macro_rules! say_raw {
 }
 
 mod audit;
+mod deliver;
 
 use crate::config::{self, Config};
 use crate::mapping::Trusts;
@@ -78,6 +79,23 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Ingest the drop folder (each file then moved to the archive, or to the rejected
+    /// folder with its rejection report), route what is new, and deliver everything due;
+    /// exit 1 if anything is rejected, left undelivered or dead. The cron job.
+    Sync {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Deliveries that gave up: list them, show one with its saved response, replay them.
+    Deadletter {
+        #[command(subcommand)]
+        action: deliver::DeadletterAction,
+    },
+    /// A trust's mapping: run its test cases.
+    Mapping {
+        #[command(subcommand)]
+        action: MappingAction,
+    },
     /// Check the config file (and the files it points to).
     Config {
         #[command(subcommand)]
@@ -107,6 +125,18 @@ enum Command {
         /// Accepted like every verb's; `schema` needs no config.
         #[command(flatten)]
         _config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MappingAction {
+    /// Run the test cases in `<folder>/tests/`: each input record against the exact
+    /// bodies, rows and destinations it must produce. Exit 1 if any case fails.
+    Test {
+        /// The trust's mapping folder, e.g. mappings/thrive.
+        folder: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -235,8 +265,11 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             runtime()?.block_on(async {
                 let store = open_store(&config).await?;
                 let report = store.status().await.map_err(|e| Fatal::Run(e.to_string()));
+                let deliveries = crate::store::DeliveryStore::delivery_counts(&store)
+                    .await
+                    .map_err(|e| Fatal::Run(e.to_string()));
                 store.close().await;
-                print_status(&report?, common.format);
+                print_status(&report?, &deliveries?, common.format);
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -245,18 +278,36 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         } => {
             let loaded = load_config(&config, true)?;
             if let Some(c) = loaded {
-                let trusts = load_trusts(&c)?;
+                let trusts = Arc::new(load_trusts(&c)?);
+                let connectors = deliver::load_connectors(&c)?;
+                let problems: Vec<String> = trusts
+                    .iter()
+                    .flat_map(|t| crate::delivery::plan::check_trust(t, &connectors))
+                    .collect();
+                if !problems.is_empty() {
+                    return Err(Fatal::Config(problems.join("\n")));
+                }
+                let engine = deliver::engine(&c, trusts.clone())?;
                 say!("{}: ok", c.path.display());
+                say!("  {} connector(s)", connectors.iter().count());
                 for t in trusts.iter() {
                     let on = RuleId::ALL
                         .iter()
                         .filter(|r| crate::policy::rule_severity(t.rules(), **r).is_some())
                         .count();
+                    let (routes, dests) = t
+                        .mapping
+                        .as_deref()
+                        .map(|m| (m.routes.routes.len(), m.routes.destinations.len()))
+                        .unwrap_or_default();
                     say!(
-                        "  trust {}: {} school(s), {on} policy rule(s) on",
+                        "  trust {}: {} school(s), {on} policy rule(s) on, {routes} route(s) to {dests} destination(s)",
                         t.id,
                         t.file.schools.len()
                     );
+                }
+                for (t, d) in engine.paused() {
+                    say!("  destination {t}/{d} is paused: its deliveries wait");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -289,6 +340,11 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             }
         }
         Command::Audit { action } => audit::run(action),
+        Command::Sync { common } => deliver::sync(common),
+        Command::Deadletter { action } => deliver::deadletter(action),
+        Command::Mapping {
+            action: MappingAction::Test { folder, config },
+        } => deliver::mapping_test(&folder, &config),
         Command::Schema { .. } => {
             let schema = crate::records::records_schema();
             say!(
@@ -359,6 +415,22 @@ impl Output {
         };
     }
 
+    /// One line that is not an intake report: `human`, or `json` as one JSON line
+    /// (nothing for a JSON null).
+    fn raw_line(&mut self, human: &dyn std::fmt::Display, json: &impl serde::Serialize) {
+        let _ = match self.format {
+            Format::Human => writeln!(self.out, "{human}"),
+            Format::Json => match serde_json::to_value(json) {
+                Ok(serde_json::Value::Null) | Err(_) => Ok(()),
+                Ok(v) => writeln!(self.out, "{v}"),
+            },
+        };
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+
     fn finish(mut self, summary: &Summary) -> Result<ExitCode, Fatal> {
         self.line(summary, ReportLine::Summary(summary));
         let _ = self.out.flush();
@@ -382,7 +454,11 @@ impl Reporter for Output {
     }
 }
 
-fn print_status(report: &StatusReport, format: Format) {
+fn print_status(
+    report: &StatusReport,
+    deliveries: &[crate::store::deliveries::DeliveryCount],
+    format: Format,
+) {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let records: u64 = report
@@ -418,6 +494,11 @@ fn print_status(report: &StatusReport, format: Format) {
                 v["kind"] = "exceptions".into();
                 writeln!(out, "{v}")?;
             }
+            for d in deliveries {
+                let mut v = serde_json::to_value(d)?;
+                v["kind"] = "deliveries".into();
+                writeln!(out, "{v}")?;
+            }
             let v = serde_json::json!({
                 "kind": "summary", "records": records, "revisions": revisions,
                 "rejected": rejected, "conflicts": conflicts, "exceptions": open_exceptions,
@@ -450,6 +531,16 @@ fn print_status(report: &StatusReport, format: Format) {
                         out,
                         "  {:<10} {:<8} {:<26} {:<8} {:>8}",
                         e.trust, e.school, e.rule, e.severity, e.count
+                    )?;
+                }
+            }
+            if !deliveries.is_empty() {
+                writeln!(out, "\ndeliveries by destination:")?;
+                for d in deliveries {
+                    writeln!(
+                        out,
+                        "  {:<10} {:<22} {:<10} {:>8}",
+                        d.trust, d.destination, d.state, d.count
                     )?;
                 }
             }

@@ -54,8 +54,11 @@ pub struct TrustFile {
 #[derive(Debug, Clone)]
 pub struct Trust {
     pub id: String,
+    pub folder: PathBuf,
     pub file: TrustFile,
     pub policy: PolicyFile,
+    /// Routes, maps and codes; `None` when the trust has no `routes.toml`.
+    pub mapping: Option<std::sync::Arc<super::Mapping>>,
     places: BTreeMap<String, SchoolPlace>,
     default_place: SchoolPlace,
 }
@@ -98,6 +101,13 @@ impl Trusts {
         Ok(Trusts { trusts })
     }
 
+    /// A set of one trust (for mapping tests).
+    pub fn single(trust: Trust) -> Trusts {
+        Trusts {
+            trusts: BTreeMap::from([(trust.id.clone(), trust)]),
+        }
+    }
+
     pub fn get(&self, trust: &str) -> Option<&Trust> {
         self.trusts.get(trust)
     }
@@ -107,7 +117,7 @@ impl Trusts {
     }
 }
 
-fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, MappingError> {
+pub fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, MappingError> {
     let path = folder.join("trust.toml");
     let invalid = |key: String, reason: &str| MappingError::Invalid {
         path: path.clone(),
@@ -177,10 +187,13 @@ fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, Mapping
     } else {
         PolicyFile::default()
     };
+    let mapping = super::Mapping::load(folder)?.map(std::sync::Arc::new);
     Ok(Trust {
         id,
+        folder: folder.to_path_buf(),
         file,
         policy,
+        mapping,
         places,
         default_place: SchoolPlace {
             time_zone: trust_tz,

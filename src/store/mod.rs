@@ -7,6 +7,7 @@
 //! a batch is acknowledged only after its transaction commits.
 //! May not touch: parsing, policy, delivery decisions.
 
+pub mod deliveries;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use crate::policy::Exception;
 use crate::records::{ContentHash, Kind, ParsedRecord};
 use crate::report::{Conflict, Rejection};
 
+pub use deliveries::DeliveryStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

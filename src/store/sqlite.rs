@@ -27,7 +27,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     path: PathBuf,
 }
 
@@ -88,7 +88,7 @@ impl SqliteStore {
         &self.path
     }
 
-    fn db_err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    pub(super) fn db_err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         move |source| StoreError::Database {
             location: self.path.display().to_string(),
             source,
@@ -634,7 +634,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn json_param<T: serde::Serialize>(rows: &T) -> String {
+pub(super) fn json_param<T: serde::Serialize>(rows: &T) -> String {
     serde_json::to_string(rows).unwrap_or_else(|_| "[]".into())
 }
 
@@ -733,7 +733,10 @@ fn trail_events(
 }
 
 /// Appends events to their trusts' logs: leaves, the complete nodes they finish, new sizes.
-async fn append_events(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), sqlx::Error> {
+pub(super) async fn append_events(
+    conn: &mut SqliteConnection,
+    events: &[Event],
+) -> Result<(), sqlx::Error> {
     let mut by_trust: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
     for e in events {
         by_trust.entry(e.trust.as_str()).or_default().push(e);

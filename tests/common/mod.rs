@@ -14,6 +14,10 @@ pub struct Deployment {
     pub dir: tempfile::TempDir,
 }
 
+/// The shipped trusts' webhook destinations have no receiver in tests: paused.
+const PAUSED: &str = "[destinations.thrive.cpoms]\npaused = true\n\
+    [destinations.celt.cpoms]\npaused = true\n[destinations.celt.dsl_alerts]\npaused = true\n";
+
 impl Deployment {
     /// With the repository's shipped `mappings/` (both trusts' policies).
     pub fn new() -> Self {
@@ -27,7 +31,9 @@ impl Deployment {
         std::fs::write(
             dir.path().join("doorstep.toml"),
             format!(
-                "mappings = {mappings:?}\n[store]\nsqlite = \"var/doorstep.db\"\n[intake]\ndrop = \"drop\"\n"
+                "mappings = {mappings:?}\nconnectors = {:?}\n[store]\nsqlite = \"var/doorstep.db\"\n\
+                 [intake]\ndrop = \"drop\"\n{PAUSED}",
+                root().join("connectors").to_str().unwrap()
             ),
         )
         .unwrap();

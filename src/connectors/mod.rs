@@ -1,0 +1,391 @@
+//! Connectors (SPEC §3): one declarative file per target system under `connectors/`,
+//! describing its transport (`http_json`, `webhook`, `csv_file`), authentication, endpoints
+//! per record kind, limits, and how a response is classified (success / retry / permanent,
+//! including a 2xx whose body reports an error) and where the created record's id is found.
+//! Every key is documented in `docs/connectors.md`.
+//!
+//! Owns: reading connector files, and the transports themselves (`http`, `csv`): one
+//! request or one row at a time, classified. May not touch: routing, mapping, the store —
+//! what to send and what to record is the delivery engine's.
+
+pub mod csv;
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// A JSON API: POST to create, optionally PUT/PATCH to update.
+    HttpJson,
+    /// JSON signed per Standard Webhooks.
+    Webhook,
+    /// Rows appended to CSV files under the deployment's `out` folder.
+    CsvFile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthScheme {
+    #[default]
+    None,
+    /// HTTP Basic from the destination's `username` and `password`.
+    Basic,
+    /// `Authorization: Bearer` with the destination's `token`.
+    Bearer,
+    /// OAuth2 client credentials at the destination's `token_url`.
+    Oauth2ClientCredentials,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connector {
+    #[serde(skip)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub transport: Transport,
+    #[serde(default)]
+    pub auth: AuthScheme,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub request: RequestRules,
+    /// By record kind, or `default` for every kind without its own.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+    #[serde(default)]
+    pub response: ResponseRules,
+    #[serde(default)]
+    pub csv: CsvRules,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests in flight at once to one destination.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Requests a second to one destination; unlimited when absent.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+    /// Whole-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: f64,
+    /// Attempts before a retryable failure goes dead.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay and the cap of the exponential backoff (jittered).
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min_seconds: f64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_seconds: f64,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+fn default_timeout() -> f64 {
+    30.0
+}
+fn default_attempts() -> u32 {
+    10
+}
+fn default_backoff_min() -> f64 {
+    1.0
+}
+fn default_backoff_max() -> f64 {
+    600.0
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            concurrency: default_concurrency(),
+            rate_per_second: None,
+            timeout_seconds: default_timeout(),
+            max_attempts: default_attempts(),
+            backoff_min_seconds: default_backoff_min(),
+            backoff_max_seconds: default_backoff_max(),
+        }
+    }
+}
+
+impl Limits {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRules {
+    /// The header carrying the idempotency key, for systems that accept one
+    /// (webhooks carry it as `webhook-id` in any case).
+    #[serde(default)]
+    pub idempotency_header: Option<String>,
+    /// Fixed, non-secret headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    #[serde(default = "default_post")]
+    pub method: String,
+    /// Appended to the destination's `url`; a template (`{{ vars.school_id }}`).
+    #[serde(default)]
+    pub path: String,
+    /// How a later revision updates what an earlier one created (`{{ target_id }}` is the
+    /// stored id); absent: a later revision is sent like the first.
+    #[serde(default)]
+    pub update_method: Option<String>,
+    #[serde(default)]
+    pub update_path: Option<String>,
+}
+
+fn default_post() -> String {
+    "POST".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseRules {
+    /// Statuses retried (with 5xx always): default 408, 425, 429.
+    #[serde(default = "default_retry_status")]
+    pub retry_status: Vec<u16>,
+    /// JSON pointers into a 2xx body: a non-empty value at any of them means the target
+    /// refused the record (for systems that answer 200 with an error inside).
+    #[serde(default)]
+    pub error_pointers: Vec<String>,
+    /// Where the created record's id is: a JSON pointer into the body, or a header.
+    #[serde(default)]
+    pub target_id: Option<TargetId>,
+}
+
+fn default_retry_status() -> Vec<u16> {
+    vec![408, 425, 429]
+}
+
+impl Default for ResponseRules {
+    fn default() -> Self {
+        ResponseRules {
+            retry_status: default_retry_status(),
+            error_pointers: Vec::new(),
+            target_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetId {
+    #[serde(default)]
+    pub pointer: Option<String>,
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvRules {
+    /// The default file for a row, a template (`{{ school.urn }}`, `{{ date }}`, the
+    /// record's local date, `{{ destination }}`); a destination's `file` overrides it.
+    #[serde(default = "default_csv_file")]
+    pub file: String,
+    /// Start a new file with a UTF-8 byte order mark (for spreadsheets that need one).
+    #[serde(default)]
+    pub utf8_bom: bool,
+}
+
+fn default_csv_file() -> String {
+    "{{ destination }}/{{ school.urn }}/{{ date }}.csv".into()
+}
+
+impl Default for CsvRules {
+    fn default() -> Self {
+        CsvRules {
+            file: default_csv_file(),
+            utf8_bom: false,
+        }
+    }
+}
+
+impl Connector {
+    pub fn parse(path: &Path, name: &str, text: &str) -> Result<Connector, ConnectorError> {
+        let mut c: Connector = toml::from_str(text).map_err(|e| ConnectorError::Parse {
+            path: path.to_path_buf(),
+            message: crate::config::toml_error_message(text, &e),
+        })?;
+        c.name = name.to_owned();
+        let invalid = |key: &str, reason: &str| ConnectorError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let l = &c.limits;
+        if !(1..=1024).contains(&l.concurrency) {
+            return Err(invalid("limits.concurrency", "from 1 to 1024"));
+        }
+        if l.rate_per_second == Some(0) {
+            return Err(invalid(
+                "limits.rate_per_second",
+                "at least 1 (leave it out for no limit)",
+            ));
+        }
+        if !(l.timeout_seconds > 0.0 && l.timeout_seconds <= 600.0) {
+            return Err(invalid("limits.timeout_seconds", "above 0 and at most 600"));
+        }
+        if l.max_attempts == 0 {
+            return Err(invalid("limits.max_attempts", "at least 1"));
+        }
+        if !(l.backoff_min_seconds > 0.0 && l.backoff_max_seconds >= l.backoff_min_seconds) {
+            return Err(invalid(
+                "limits.backoff_min_seconds",
+                "above 0 and at most backoff_max_seconds",
+            ));
+        }
+        for (kind, e) in &c.endpoints {
+            if kind != "default" && !crate::mapping::routes::KINDS.contains(&kind.as_str()) {
+                return Err(invalid(
+                    &format!("endpoints.{kind}"),
+                    "a record kind or `default`",
+                ));
+            }
+            for m in std::iter::once(&e.method).chain(e.update_method.as_ref()) {
+                if reqwest::Method::from_bytes(m.as_bytes()).is_err() {
+                    return Err(invalid(
+                        &format!("endpoints.{kind}.method"),
+                        "an HTTP method",
+                    ));
+                }
+            }
+            if e.update_method.is_some() != e.update_path.is_some() {
+                return Err(invalid(
+                    &format!("endpoints.{kind}"),
+                    "give update_method and update_path together",
+                ));
+            }
+        }
+        if c.transport == Transport::HttpJson && c.endpoints.is_empty() {
+            return Err(invalid(
+                "endpoints",
+                "an http_json connector needs at least one endpoint",
+            ));
+        }
+        if c.transport == Transport::CsvFile && c.auth != AuthScheme::None {
+            return Err(invalid(
+                "auth",
+                "a csv_file connector has no authentication",
+            ));
+        }
+        for (i, p) in c.response.error_pointers.iter().enumerate() {
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err(invalid(
+                    &format!("response.error_pointers[{i}]"),
+                    "a JSON pointer (starts with /)",
+                ));
+            }
+        }
+        if let Some(t) = &c.response.target_id
+            && t.pointer.is_some() == t.header.is_some()
+        {
+            return Err(invalid(
+                "response.target_id",
+                "give exactly one of pointer or header",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The endpoint for a record kind.
+    pub fn endpoint(&self, kind: &str) -> Option<&Endpoint> {
+        self.endpoints
+            .get(kind)
+            .or_else(|| self.endpoints.get("default"))
+    }
+}
+
+/// Every connector of a deployment, by file name.
+#[derive(Debug, Clone, Default)]
+pub struct Connectors {
+    by_name: BTreeMap<String, std::sync::Arc<Connector>>,
+}
+
+impl Connectors {
+    /// Loads `*.toml` from the folder; a missing folder is an empty set.
+    pub fn load(dir: &Path) -> Result<Connectors, ConnectorError> {
+        let mut by_name = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(Connectors { by_name });
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        for path in files {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let text = std::fs::read_to_string(&path).map_err(|e| ConnectorError::Read {
+                path: path.clone(),
+                reason: e.kind().to_string(),
+            })?;
+            let c = Connector::parse(&path, &name, &text)?;
+            by_name.insert(name, std::sync::Arc::new(c));
+        }
+        Ok(Connectors { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&std::sync::Arc<Connector>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &std::sync::Arc<Connector>> {
+        self.by_name.values()
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    Delivered {
+        target_id: Option<String>,
+        status: Option<u16>,
+    },
+    /// Worth trying again: 5xx, 429, timeouts, connection errors.
+    Retry {
+        reason: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        response: Option<String>,
+    },
+    /// Will not succeed as it stands: goes to the dead letters with the response.
+    Permanent {
+        reason: String,
+        status: Option<u16>,
+        response: Option<String>,
+    },
+}

@@ -1,0 +1,594 @@
+//! Delivery (SPEC §4): one tracked delivery per destination per record revision. Routing
+//! turns stored revisions into deliveries; the engine sends what is due, each destination
+//! on its own (its own concurrency, rate limit and backoff, so one failing destination or
+//! record holds up no other), most urgent first, revisions of one record in order, and
+//! records every outcome with its evidence-trail event.
+//!
+//! Owns: routing into deliveries, sending through the connectors, retries and dead letters.
+//! May not touch: intake or validation; how a body is built (the mapping's).
+
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use chrono::{SecondsFormat, Utc};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+
+use crate::connectors::csv::CsvSink;
+use crate::connectors::http::{Credentials, HttpSink, Request, webhook_key};
+use crate::connectors::{Attempt, Connector, Connectors, Transport};
+use crate::mapping::{RaisedException, Rendered, Trusts};
+use crate::store::StoreError;
+use crate::store::deliveries::{Claimed, DeliveryStore, Finished, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("trust `{trust}`, destination `{destination}`: {reason}")]
+    Destination {
+        trust: String,
+        destination: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the deployment says about one destination beyond the mapping.
+#[derive(Debug, Clone, Default)]
+pub struct Override {
+    /// Deliveries wait (nothing is sent) until the destination is un-paused.
+    pub paused: bool,
+    /// Replaces the mapping's `url` (staging against production, a test receiver).
+    pub url: Option<String>,
+}
+
+/// Engine settings from `doorstep.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Where CSV destinations write: `<out>/<trust>/…`.
+    pub out_dir: PathBuf,
+    /// By (trust, destination).
+    pub overrides: BTreeMap<(String, String), Override>,
+}
+
+enum Sink {
+    Http(HttpSink),
+    Csv(CsvSink),
+}
+
+/// One destination ready to send.
+struct Dest {
+    trust: String,
+    name: String,
+    connector: Arc<Connector>,
+    sink: Sink,
+    url: Option<String>,
+    vars: BTreeMap<String, String>,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    paused: bool,
+}
+
+/// The delivery engine of one deployment.
+pub struct Engine {
+    trusts: Arc<Trusts>,
+    connectors: Arc<Connectors>,
+    dests: Vec<Arc<Dest>>,
+}
+
+/// How many claimed deliveries a destination keeps ahead of its senders, per slot.
+const AHEAD: usize = 2;
+/// Outcomes committed together.
+const FINISH_BATCH: usize = 512;
+
+impl Engine {
+    /// Resolves every destination of every trust: its connector, secrets and sink. A secret
+    /// that cannot be read fails here, naming the destination and key, never the value.
+    pub fn new(
+        trusts: Arc<Trusts>,
+        connectors: Arc<Connectors>,
+        settings: &Settings,
+    ) -> Result<Engine, DeliveryError> {
+        let mut dests = Vec::new();
+        for trust in trusts.iter() {
+            let Some(mapping) = trust.mapping.as_deref() else {
+                continue;
+            };
+            for (name, d) in &mapping.routes.destinations {
+                let fail = |reason: String| DeliveryError::Destination {
+                    trust: trust.id.clone(),
+                    destination: name.clone(),
+                    reason,
+                };
+                let ov = settings
+                    .overrides
+                    .get(&(trust.id.clone(), name.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                let connector = connectors.get(&d.connector).cloned().ok_or_else(|| {
+                    fail(format!(
+                        "no connector `{}` in the connectors folder",
+                        d.connector
+                    ))
+                })?;
+                let url = ov.url.clone().or_else(|| d.url.clone());
+                let sink = if connector.transport == Transport::CsvFile {
+                    Sink::Csv(CsvSink::new(
+                        settings.out_dir.join(&trust.id),
+                        connector.csv.utf8_bom,
+                    ))
+                } else if ov.paused {
+                    // Nothing is sent; secrets are not needed until it is un-paused.
+                    Sink::Http(
+                        HttpSink::new(connector.clone(), Credentials::default()).map_err(fail)?,
+                    )
+                } else {
+                    let base = &trust.folder;
+                    let secret = |key: &str,
+                                  s: &Option<crate::config::SecretRef>|
+                     -> Result<Option<String>, DeliveryError> {
+                        s.as_ref()
+                            .map(|s| s.resolve(base).map_err(|r| fail(format!("{key}: {r}"))))
+                            .transpose()
+                    };
+                    let mut c = Credentials {
+                        username: secret("username", &d.username)?,
+                        password: secret("password", &d.password)?,
+                        token: secret("token", &d.token)?,
+                        client_id: secret("client_id", &d.client_id)?,
+                        client_secret: secret("client_secret", &d.client_secret)?,
+                        token_url: d.token_url.clone(),
+                        scopes: d.scopes.clone(),
+                        webhook_keys: Vec::new(),
+                    };
+                    for (i, s) in d.secrets.iter().enumerate() {
+                        let v = s
+                            .resolve(base)
+                            .map_err(|r| fail(format!("secrets[{i}]: {r}")))?;
+                        c.webhook_keys
+                            .push(webhook_key(&v).map_err(|r| fail(format!("secrets[{i}]: {r}")))?);
+                    }
+                    check_auth(&connector, &c, url.as_deref()).map_err(fail)?;
+                    Sink::Http(HttpSink::new(connector.clone(), c).map_err(fail)?)
+                };
+                let limiter = connector
+                    .limits
+                    .rate_per_second
+                    .and_then(NonZeroU32::new)
+                    .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+                dests.push(Arc::new(Dest {
+                    trust: trust.id.clone(),
+                    name: name.clone(),
+                    connector,
+                    sink,
+                    url,
+                    vars: d.vars.clone(),
+                    limiter,
+                    paused: ov.paused,
+                }));
+            }
+        }
+        Ok(Engine {
+            trusts,
+            connectors,
+            dests,
+        })
+    }
+
+    /// (trust, destination) of every paused destination.
+    pub fn paused(&self) -> Vec<(String, String)> {
+        self.dests
+            .iter()
+            .filter(|d| d.paused)
+            .map(|d| (d.trust.clone(), d.name.clone()))
+            .collect()
+    }
+
+    /// Routes every stored revision not yet routed; returns how many deliveries it made.
+    pub async fn route<S: DeliveryStore>(&self, store: &S) -> Result<usize, StoreError> {
+        let mut made = 0;
+        loop {
+            let batch = store.unrouted(1000).await?;
+            if batch.is_empty() {
+                return Ok(made);
+            }
+            let mut deliveries = Vec::new();
+            let mut keys = Vec::with_capacity(batch.len());
+            for r in &batch {
+                deliveries.extend(plan::route_revision(&self.trusts, r));
+                keys.push((r.trust.clone(), r.kind.clone(), r.id.clone(), r.revision));
+            }
+            made += deliveries.len();
+            store.add_deliveries(&keys, &deliveries).await?;
+        }
+    }
+
+    /// Sends everything due, and keeps going while retries fall due before `deadline`.
+    /// Returns when nothing more is due before it.
+    pub async fn run<S: DeliveryStore + 'static>(
+        &self,
+        store: Arc<S>,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        store.release_in_flight().await?;
+        let wake = Arc::new(Notify::new());
+        let (tx, mut rx) = mpsc::channel::<Finished>(4096);
+        let writer = {
+            let store = store.clone();
+            let wake = wake.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(FINISH_BATCH);
+                while rx.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+                    store.finish(&batch).await?;
+                    for f in &batch {
+                        log_outcome(f);
+                    }
+                    batch.clear();
+                    wake.notify_waiters();
+                }
+                Ok::<(), StoreError>(())
+            })
+        };
+        let mut drivers = JoinSet::new();
+        for d in self.dests.iter().filter(|d| !d.paused) {
+            let driver = Driver {
+                dest: d.clone(),
+                trusts: self.trusts.clone(),
+                connectors: self.connectors.clone(),
+                store: store.clone(),
+                tx: tx.clone(),
+                wake: wake.clone(),
+                deadline,
+            };
+            drivers.spawn(driver.drive());
+        }
+        drop(tx);
+        let mut first_error = None;
+        while let Some(r) = drivers.join_next().await {
+            if let Ok(Err(e)) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Ok(Err(e)) = writer.await {
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn check_auth(c: &Connector, cred: &Credentials, url: Option<&str>) -> Result<(), String> {
+    use crate::connectors::AuthScheme;
+    if url.is_none_or(str::is_empty) {
+        return Err("no `url` (in routes.toml or the deployment's [destinations])".into());
+    }
+    let missing = |k: &str| {
+        Err(format!(
+            "connector `{}` authenticates with {k}, which the destination does not give",
+            c.name
+        ))
+    };
+    match c.auth {
+        AuthScheme::None => {}
+        AuthScheme::Basic if cred.username.is_none() => return missing("`username`"),
+        AuthScheme::Bearer if cred.token.is_none() => return missing("`token`"),
+        AuthScheme::Oauth2ClientCredentials
+            if cred.client_id.is_none() || cred.token_url.is_none() =>
+        {
+            return missing("`client_id`, `client_secret` and `token_url`");
+        }
+        _ => {}
+    }
+    if c.transport == Transport::Webhook && cred.webhook_keys.is_empty() {
+        return Err("a webhook destination needs at least one signing secret in `secrets`".into());
+    }
+    Ok(())
+}
+
+fn log_outcome(f: &Finished) {
+    let c = &f.claimed;
+    match &f.outcome {
+        Outcome::Delivered { status, .. } => tracing::info!(
+            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+            revision = c.revision, status, "delivered"
+        ),
+        Outcome::Retry { error, next_at, .. } => tracing::warn!(
+            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+            revision = c.revision, error = %error, next_at = %next_at, "delivery failed; will retry"
+        ),
+        Outcome::Dead { error, .. } => tracing::error!(
+            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+            revision = c.revision, error = %error, "delivery dead-lettered"
+        ),
+    }
+}
+
+struct Driver<S> {
+    dest: Arc<Dest>,
+    trusts: Arc<Trusts>,
+    connectors: Arc<Connectors>,
+    store: Arc<S>,
+    tx: mpsc::Sender<Finished>,
+    wake: Arc<Notify>,
+    deadline: Instant,
+}
+
+impl<S: DeliveryStore + 'static> Driver<S> {
+    /// One destination's loop: keep its slots busy with the most urgent due deliveries.
+    async fn drive(self) -> Result<(), StoreError> {
+        let slots = self.dest.connector.limits.concurrency;
+        let mut queue: VecDeque<Claimed> = VecDeque::new();
+        let mut sending: JoinSet<()> = JoinSet::new();
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            while sending.try_join_next().is_some() {}
+            if queue.len() < slots {
+                let got = self
+                    .store
+                    .claim(
+                        &self.dest.trust,
+                        &self.dest.name,
+                        slots * AHEAD - queue.len(),
+                    )
+                    .await?;
+                queue.extend(got);
+            }
+            while sending.len() < slots {
+                let Some(c) = queue.pop_front() else { break };
+                let (dest, trusts, connectors, tx) = (
+                    self.dest.clone(),
+                    self.trusts.clone(),
+                    self.connectors.clone(),
+                    self.tx.clone(),
+                );
+                sending.spawn(async move {
+                    let finished = attempt(&dest, &trusts, &connectors, c).await;
+                    let _ = tx.send(finished).await;
+                });
+            }
+            if !queue.is_empty() || !sending.is_empty() {
+                tokio::select! {
+                    _ = sending.join_next(), if !sending.is_empty() => {}
+                    _ = &mut notified => {}
+                }
+                continue;
+            }
+            // Nothing claimed and nothing in flight: wait for the next retry, if it falls
+            // before the deadline, or for another destination's outcome (a revision waiting
+            // on its predecessor), else stop.
+            let next = self
+                .store
+                .next_due(&self.dest.trust, &self.dest.name)
+                .await?;
+            let Some(next) = next else { return Ok(()) };
+            let wait = chrono::DateTime::parse_from_rfc3339(&next)
+                .map(|t| {
+                    (t.with_timezone(&Utc) - Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            let until = Instant::now() + wait;
+            if until > self.deadline {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                _ = &mut notified => {}
+            }
+        }
+    }
+}
+
+/// Makes one attempt and decides what it comes to.
+async fn attempt(
+    dest: &Arc<Dest>,
+    trusts: &Trusts,
+    connectors: &Connectors,
+    c: Claimed,
+) -> Finished {
+    let result = match prepare(dest, trusts, connectors, &c) {
+        Err(reason) => Attempt::Permanent {
+            reason,
+            status: None,
+            response: None,
+        },
+        Ok(out) => send(dest, &c, out).await,
+    };
+    let limits = &dest.connector.limits;
+    let outcome = match result {
+        Attempt::Delivered { target_id, status } => Outcome::Delivered { target_id, status },
+        Attempt::Permanent {
+            reason,
+            status,
+            response,
+        } => Outcome::Dead {
+            error: reason,
+            status,
+            response,
+        },
+        Attempt::Retry {
+            reason,
+            status,
+            response,
+            ..
+        } if c.attempts + 1 >= limits.max_attempts => Outcome::Dead {
+            error: format!("gave up after {} attempts: {reason}", c.attempts + 1),
+            status,
+            response,
+        },
+        Attempt::Retry {
+            reason,
+            status,
+            retry_after,
+            ..
+        } => {
+            let delay = retry_after.unwrap_or_else(|| backoff(limits, c.attempts));
+            let next =
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            Outcome::Retry {
+                next_at: next.to_rfc3339_opts(SecondsFormat::Micros, true),
+                error: reason,
+                status,
+            }
+        }
+    };
+    Finished {
+        claimed: c,
+        at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        outcome,
+    }
+}
+
+/// The delay before retry number `attempts + 1`: exponential from the connector's minimum,
+/// doubling to its maximum, with jitter.
+fn backoff(limits: &crate::connectors::Limits, attempts: u32) -> Duration {
+    let min = Duration::from_secs_f64(limits.backoff_min_seconds);
+    let max = Duration::from_secs_f64(limits.backoff_max_seconds);
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempts as usize)
+        .unwrap_or(max)
+}
+
+/// What to send: the rendered body or row, or why it cannot be built (permanent: the record
+/// or the mapping must change, and the dead letter is replayed after the fix).
+fn prepare(
+    dest: &Dest,
+    trusts: &Trusts,
+    connectors: &Connectors,
+    c: &Claimed,
+) -> Result<plan::Outgoing, String> {
+    let trust = trusts
+        .get(&c.trust)
+        .ok_or_else(|| format!("trust `{}` is no longer in the mappings folder", c.trust))?;
+    let record: Value =
+        serde_json::from_str(&c.canonical).map_err(|e| format!("stored record: {e}"))?;
+    let raised: Vec<RaisedException> = c
+        .exceptions
+        .iter()
+        .map(|(rule, severity)| RaisedException {
+            rule: rule.clone(),
+            severity: *severity,
+        })
+        .collect();
+    let route = String::new();
+    plan::render(
+        trust, connectors, &dest.name, &route, &c.map, &record, &raised,
+    )
+    .map_err(|e| format!("mapping: {e}"))
+}
+
+async fn send(dest: &Arc<Dest>, c: &Claimed, out: plan::Outgoing) -> Attempt {
+    if let Some(l) = &dest.limiter {
+        l.until_ready().await;
+    }
+    match (&dest.sink, out.rendered) {
+        (Sink::Csv(_), Rendered::Row { header, cells }) => {
+            let file = out.file.unwrap_or_default();
+            // CSV writes are blocking and one at a time per destination.
+            let key = c.idempotency_key.clone();
+            let dest = dest.clone();
+            tokio::task::spawn_blocking(move || match &dest.sink {
+                Sink::Csv(sink) => sink.append(&file, &header, &cells, &key),
+                Sink::Http(_) => unreachable!("matched a CSV sink"),
+            })
+            .await
+            .unwrap_or_else(|e| Attempt::Retry {
+                reason: format!("CSV writer stopped: {e}"),
+                status: None,
+                retry_after: None,
+                response: None,
+            })
+        }
+        (Sink::Http(sink), Rendered::Body(body)) => {
+            let Some(endpoint) = dest.connector.endpoint(&c.kind) else {
+                return Attempt::Permanent {
+                    reason: format!(
+                        "connector `{}` has no endpoint for {}",
+                        dest.connector.name, c.kind
+                    ),
+                    status: None,
+                    response: None,
+                };
+            };
+            let (method, path) = match (
+                &c.prior_target,
+                &endpoint.update_method,
+                &endpoint.update_path,
+            ) {
+                (Some(_), Some(m), Some(p)) => (m.as_str(), p.as_str()),
+                _ => (endpoint.method.as_str(), endpoint.path.as_str()),
+            };
+            let path = match expand_path(path, &dest.vars, c.prior_target.as_deref()) {
+                Ok(p) => p,
+                Err(reason) => {
+                    return Attempt::Permanent {
+                        reason,
+                        status: None,
+                        response: None,
+                    };
+                }
+            };
+            let url = format!(
+                "{}{}",
+                dest.url
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_end_matches('/'),
+                path
+            );
+            let method =
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+            sink.send(&Request {
+                method,
+                url,
+                body: &body,
+                idempotency_key: &c.idempotency_key,
+            })
+            .await
+        }
+        _ => Attempt::Permanent {
+            reason: "the map's output does not fit the connector".into(),
+            status: None,
+            response: None,
+        },
+    }
+}
+
+/// An endpoint path with `{{ vars.NAME }}` and `{{ target_id }}` filled in.
+fn expand_path(
+    path: &str,
+    vars: &BTreeMap<String, String>,
+    target_id: Option<&str>,
+) -> Result<String, String> {
+    if !path.contains("{{") {
+        return Ok(path.to_owned());
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let ctx: HashMap<&str, minijinja::Value> = HashMap::from([
+        (
+            "vars",
+            minijinja::Value::from(minijinja::value::Serde(vars)),
+        ),
+        (
+            "target_id",
+            minijinja::Value::from(target_id.unwrap_or_default()),
+        ),
+    ]);
+    env.render_str(path, ctx)
+        .map_err(|e| format!("endpoint path: {}", e.detail().unwrap_or("template failed")))
+}

@@ -1,0 +1,295 @@
+//! Planning: from a stored revision to its deliveries (routing), and from a delivery to
+//! what is sent (rendering through the route's map). The same functions serve `sync` and
+//! `mapping test`, so a passing mapping test is what a sync sends.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::connectors::{Connectors, Transport};
+use crate::mapping::{self, RaisedException, RenderError, Rendered, Trust, Trusts};
+use crate::store::deliveries::{NewDelivery, Unrouted};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Render(#[from] RenderError),
+    #[error(
+        "destination `{destination}` names connector `{connector}`, which is not in the connectors folder"
+    )]
+    UnknownConnector {
+        destination: String,
+        connector: String,
+    },
+    #[error("destination `{destination}`: no such destination in routes.toml")]
+    UnknownDestination { destination: String },
+    #[error(
+        "map `{map}` builds {built} but destination `{destination}` ({connector}) takes {takes}"
+    )]
+    Shape {
+        map: String,
+        destination: String,
+        connector: String,
+        built: &'static str,
+        takes: &'static str,
+    },
+    #[error("trust `{trust}` has no routes.toml")]
+    NoMapping { trust: String },
+}
+
+/// What one destination gets for one record revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub destination: String,
+    pub connector: String,
+    pub route: String,
+    pub map: String,
+    pub rendered: Rendered,
+    /// CSV: the file (under the destination's folder) the row goes to.
+    pub file: Option<String>,
+}
+
+/// The delivery order: immediate flags first, then same-day flags and incidents, then the rest.
+pub fn priority(kind: &str, urgency: Option<&str>) -> u8 {
+    match (kind, urgency) {
+        (_, Some("immediate")) => 0,
+        (_, Some("same_day")) | ("incident", _) => 1,
+        _ => 2,
+    }
+}
+
+/// The idempotency key of (trust, destination, record, revision): the same on every attempt
+/// and after any restart, and the same key never names two deliveries.
+pub fn idempotency_key(
+    trust: &str,
+    destination: &str,
+    kind: &str,
+    id: &str,
+    revision: u32,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [trust, destination, kind, id, &revision.to_string()] {
+        h.update(part.as_bytes());
+        h.update([0x1f]);
+    }
+    format!("ds_{}", &hex::encode(h.finalize())[..32])
+}
+
+fn raised(exceptions: &[(String, crate::policy::Severity)]) -> Vec<RaisedException> {
+    exceptions
+        .iter()
+        .map(|(rule, severity)| RaisedException {
+            rule: rule.clone(),
+            severity: *severity,
+        })
+        .collect()
+}
+
+/// The deliveries of one stored revision, or why one of its routes could not be decided
+/// (then the route's destination gets a dead delivery naming the error).
+pub fn route_revision(trusts: &Trusts, r: &Unrouted) -> Vec<NewDelivery> {
+    let Some(trust) = trusts.get(&r.trust) else {
+        return Vec::new();
+    };
+    let Some(mapping) = trust.mapping.as_deref() else {
+        return Vec::new();
+    };
+    let record: Value = match serde_json::from_str(&r.canonical) {
+        Ok(v) => v,
+        Err(_) => return Vec::new(),
+    };
+    let severities: Vec<_> = r.exceptions.iter().map(|e| e.1).collect();
+    let input = mapping::route_input(&record, &severities);
+    let tz = trust.place(&r.school).time_zone;
+    let ctx = mapping::context(&record, &raised(&r.exceptions), "", &mapping.codes, tz);
+    let new = |dest: &str, route: &str, map: &str, dead: Option<String>| NewDelivery {
+        trust: r.trust.clone(),
+        destination: dest.to_owned(),
+        kind: r.kind.clone(),
+        record_id: r.id.clone(),
+        revision: r.revision,
+        school: r.school.clone(),
+        route: route.to_owned(),
+        map: map.to_owned(),
+        priority: priority(&r.kind, r.urgency.as_deref()),
+        idempotency_key: idempotency_key(&r.trust, dest, &r.kind, &r.id, r.revision),
+        dead,
+    };
+    let mut out = Vec::new();
+    for route in &mapping.routes.routes {
+        if out.iter().any(|d: &NewDelivery| d.destination == route.to) {
+            continue;
+        }
+        match mapping.route_one(route, &input, &ctx) {
+            Ok(true) => out.push(new(&route.to, &route.name, &route.map, None)),
+            Ok(false) => {}
+            Err(e) => out.push(new(
+                &route.to,
+                &route.name,
+                &route.map,
+                Some(format!("routing: {e}")),
+            )),
+        }
+    }
+    out
+}
+
+/// Everything a record revision sends (used by `mapping test`).
+pub fn plan_record(
+    trust: &Trust,
+    connectors: &Connectors,
+    record: &Value,
+    exceptions: &[RaisedException],
+) -> Result<Vec<Outgoing>, PlanError> {
+    let mapping = trust
+        .mapping
+        .as_deref()
+        .ok_or_else(|| PlanError::NoMapping {
+            trust: trust.id.clone(),
+        })?;
+    let severities: Vec<_> = exceptions.iter().map(|e| e.severity).collect();
+    let input = mapping::route_input(record, &severities);
+    let school = input.school.to_owned();
+    let tz = trust.place(&school).time_zone;
+    let ctx = mapping::context(record, exceptions, "", &mapping.codes, tz);
+    let planned = mapping.route(&input, &ctx)?;
+    planned
+        .iter()
+        .map(|p| {
+            render(
+                trust,
+                connectors,
+                &p.destination,
+                &p.route,
+                &p.map,
+                record,
+                exceptions,
+            )
+        })
+        .collect()
+}
+
+/// What one delivery sends: the map's body or row, and for CSV the file.
+pub fn render(
+    trust: &Trust,
+    connectors: &Connectors,
+    destination: &str,
+    route: &str,
+    map: &str,
+    record: &Value,
+    exceptions: &[RaisedException],
+) -> Result<Outgoing, PlanError> {
+    let mapping = trust
+        .mapping
+        .as_deref()
+        .ok_or_else(|| PlanError::NoMapping {
+            trust: trust.id.clone(),
+        })?;
+    let dest = mapping
+        .routes
+        .destinations
+        .get(destination)
+        .ok_or_else(|| PlanError::UnknownDestination {
+            destination: destination.to_owned(),
+        })?;
+    let connector = connectors
+        .get(&dest.connector)
+        .ok_or_else(|| PlanError::UnknownConnector {
+            destination: destination.to_owned(),
+            connector: dest.connector.clone(),
+        })?;
+    let school = record
+        .pointer("/school/urn")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let tz = trust.place(school).time_zone;
+    let ctx = mapping::context(record, exceptions, destination, &mapping.codes, tz);
+    let rendered = mapping.render(map, &ctx, tz)?;
+    let csv = connector.transport == Transport::CsvFile;
+    let built = match rendered {
+        Rendered::Body(_) => "a JSON body",
+        Rendered::Row { .. } => "a CSV row",
+    };
+    if csv != matches!(rendered, Rendered::Row { .. }) {
+        return Err(PlanError::Shape {
+            map: map.to_owned(),
+            destination: destination.to_owned(),
+            connector: dest.connector.clone(),
+            built,
+            takes: if csv { "a CSV row" } else { "a JSON body" },
+        });
+    }
+    let file = if csv {
+        Some(mapping.file_name(destination, &connector.csv.file, &ctx)?)
+    } else {
+        None
+    };
+    Ok(Outgoing {
+        destination: destination.to_owned(),
+        connector: dest.connector.clone(),
+        route: route.to_owned(),
+        map: map.to_owned(),
+        rendered,
+        file,
+    })
+}
+
+/// What `config check` finds wrong with a trust's routes against the connectors: a missing
+/// connector, or a map that builds a body for a CSV destination (or a row for an HTTP one).
+pub fn check_trust(trust: &Trust, connectors: &Connectors) -> Vec<String> {
+    let Some(mapping) = trust.mapping.as_deref() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let routes_file = trust.folder.join("routes.toml");
+    for (name, d) in &mapping.routes.destinations {
+        if connectors.get(&d.connector).is_none() {
+            problems.push(format!(
+                "{}: destinations.{name}: no connector `{}` in the connectors folder",
+                routes_file.display(),
+                d.connector
+            ));
+        }
+    }
+    for r in &mapping.routes.routes {
+        let (Some(d), Some(m)) = (
+            mapping.routes.destinations.get(&r.to),
+            mapping.maps.get(&r.map),
+        ) else {
+            continue;
+        };
+        let Some(c) = connectors.get(&d.connector) else {
+            continue;
+        };
+        let row = matches!(m.shape, mapping::fieldmap::Shape::Columns(_));
+        if row != (c.transport == Transport::CsvFile) {
+            problems.push(format!(
+                "{}: route `{}`: map `{}` builds {} but destination `{}` ({}) takes {}",
+                routes_file.display(),
+                r.name,
+                r.map,
+                if row { "a CSV row" } else { "a JSON body" },
+                r.to,
+                d.connector,
+                if row { "a JSON body" } else { "a CSV row" }
+            ));
+        }
+        if c.transport == Transport::HttpJson {
+            for kind in r
+                .kinds
+                .clone()
+                .unwrap_or_else(|| mapping::routes::KINDS.map(String::from).to_vec())
+            {
+                if c.endpoint(&kind).is_none() {
+                    problems.push(format!(
+                        "{}: route `{}` sends {kind} to `{}`, but connector `{}` has no endpoint for it",
+                        routes_file.display(),
+                        r.name,
+                        r.to,
+                        d.connector
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
