@@ -82,8 +82,10 @@ pub struct Engine {
     dests: Vec<Arc<Dest>>,
 }
 
-/// How many claimed deliveries a destination keeps ahead of its senders, per slot.
-const AHEAD: usize = 2;
+/// How many claimed deliveries a destination keeps ahead of its senders, per slot: enough
+/// to keep sending while the next chunk is claimed, few enough that an urgent flag claimed
+/// next waits only for this queue to drain.
+const AHEAD: usize = 4;
 /// Outcomes committed together.
 const FINISH_BATCH: usize = 512;
 
@@ -320,25 +322,31 @@ struct Driver<S> {
 
 impl<S: DeliveryStore + 'static> Driver<S> {
     /// One destination's loop: keep its slots busy with the most urgent due deliveries.
+    /// Claiming runs beside the sending (the next chunk is claimed while the current one is
+    /// sent), so the store's commits are not on the senders' path.
     async fn drive(self) -> Result<(), StoreError> {
         let slots = self.dest.connector.limits.concurrency;
+        let ahead = slots * AHEAD;
         let mut queue: VecDeque<Claimed> = VecDeque::new();
         let mut sending: JoinSet<()> = JoinSet::new();
+        let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<Claimed>, StoreError>>> = None;
+        // The last claim found nothing due: wait for an outcome or a moment before the next.
+        let mut dry = false;
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             while sending.try_join_next().is_some() {}
-            if queue.len() < slots {
-                let got = self
-                    .store
-                    .claim(
-                        &self.dest.trust,
-                        &self.dest.name,
-                        slots * AHEAD - queue.len(),
-                    )
-                    .await?;
-                queue.extend(got);
+            if claiming.is_none() && !dry && queue.len() <= ahead / 2 {
+                let (store, trust, name) = (
+                    self.store.clone(),
+                    self.dest.trust.clone(),
+                    self.dest.name.clone(),
+                );
+                let limit = ahead - queue.len();
+                claiming = Some(tokio::spawn(async move {
+                    store.claim(&trust, &name, limit).await
+                }));
             }
             while sending.len() < slots {
                 let Some(c) = queue.pop_front() else { break };
@@ -353,35 +361,44 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                     let _ = tx.send(finished).await;
                 });
             }
-            if !queue.is_empty() || !sending.is_empty() {
+            if queue.is_empty() && sending.is_empty() && claiming.is_none() {
+                // Nothing claimed and nothing in flight: wait for the next retry, if it
+                // falls before the deadline, or for an outcome elsewhere (a revision waiting
+                // on its predecessor), else stop.
+                let Some(next) = self
+                    .store
+                    .next_due(&self.dest.trust, &self.dest.name)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                let wait = chrono::DateTime::parse_from_rfc3339(&next)
+                    .map(|t| {
+                        (t.with_timezone(&Utc) - Utc::now())
+                            .to_std()
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                if Instant::now() + wait > self.deadline {
+                    return Ok(());
+                }
                 tokio::select! {
-                    _ = sending.join_next(), if !sending.is_empty() => {}
+                    _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
                     _ = &mut notified => {}
                 }
+                dry = false;
                 continue;
             }
-            // Nothing claimed and nothing in flight: wait for the next retry, if it falls
-            // before the deadline, or for another destination's outcome (a revision waiting
-            // on its predecessor), else stop.
-            let next = self
-                .store
-                .next_due(&self.dest.trust, &self.dest.name)
-                .await?;
-            let Some(next) = next else { return Ok(()) };
-            let wait = chrono::DateTime::parse_from_rfc3339(&next)
-                .map(|t| {
-                    (t.with_timezone(&Utc) - Utc::now())
-                        .to_std()
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default();
-            let until = Instant::now() + wait;
-            if until > self.deadline {
-                return Ok(());
-            }
             tokio::select! {
-                _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
-                _ = &mut notified => {}
+                got = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    let got = got.map_err(|e| StoreError::Io { location: "claim".into(), reason: e.to_string() })??;
+                    dry = got.is_empty();
+                    queue.extend(got);
+                }
+                _ = sending.join_next(), if !sending.is_empty() => {}
+                _ = &mut notified => { dry = false; }
+                _ = tokio::time::sleep(Duration::from_millis(100)), if dry => { dry = false; }
             }
         }
     }

@@ -182,6 +182,13 @@ impl FieldMap {
         })
     }
 
+    fn has_templates(&self) -> bool {
+        match &self.shape {
+            Shape::Body(s) => s.has_templates(),
+            Shape::Columns(c) => c.iter().any(|(_, s)| s.has_templates()),
+        }
+    }
+
     /// Value maps this map names that exist neither here nor in `codes`.
     pub fn missing_value_maps(&self, codes: &ValueMaps) -> Vec<String> {
         let mut names = Vec::new();
@@ -197,7 +204,12 @@ impl FieldMap {
         let r = Renderer {
             map: self,
             input,
-            context: minijinja::Value::from(minijinja::value::Serde(input.context)),
+            // Converted only for maps that have templates.
+            context: if self.has_templates() {
+                minijinja::Value::from(minijinja::value::Serde(input.context))
+            } else {
+                minijinja::Value::UNDEFINED
+            },
         };
         match &self.shape {
             Shape::Body(spec) => Ok(Rendered::Body(
@@ -444,6 +456,15 @@ impl Loader<'_> {
 }
 
 impl Spec {
+    fn has_templates(&self) -> bool {
+        match self {
+            Spec::Template { .. } => true,
+            Spec::Object(members) => members.iter().any(|(_, s)| s.has_templates()),
+            Spec::Array(items) => items.iter().any(Spec::has_templates),
+            Spec::Field { .. } | Spec::Const(_) => false,
+        }
+    }
+
     fn value_maps(&self, out: &mut Vec<String>) {
         match self {
             Spec::Field { map: Some(m), .. } => out.push(m.clone()),

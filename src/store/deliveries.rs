@@ -164,7 +164,8 @@ pub trait DeliveryStore: Store {
     /// Records outcomes and their trail events in one transaction.
     fn finish(&self, done: &[Finished]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// When the destination's next delivery falls due (RFC 3339), if any is waiting.
+    /// When the destination's next delivery falls due (RFC 3339), if any is waiting; now,
+    /// while any is in flight.
     fn next_due(
         &self,
         trust: &str,
@@ -496,12 +497,15 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn next_due(&self, trust: &str, destination: &str) -> Result<Option<String>, StoreError> {
+        // An `in_flight` delivery is due now: its outcome may not be committed yet, and a
+        // retry may follow it.
         sqlx::query_scalar(
-            "SELECT MIN(next_at) FROM deliveries WHERE trust = ?1 AND destination = ?2 \
-             AND state IN ('pending', 'retrying')",
+            "SELECT MIN(CASE WHEN state = 'in_flight' THEN ?3 ELSE next_at END) FROM deliveries \
+             WHERE trust = ?1 AND destination = ?2 AND state IN ('pending', 'retrying', 'in_flight')",
         )
         .bind(trust)
         .bind(destination)
+        .bind(now())
         .fetch_one(&self.pool)
         .await
         .map_err(self.db_err())
