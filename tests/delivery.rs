@@ -954,7 +954,10 @@ async fn a_poisoned_record_does_not_hold_up_the_others() {
         .filter(|r| body_of(r)["record_id"] == "poison")
         .count();
     // Retried within the run too, while the others went through.
-    assert!(poison >= 2, "the poisoned record was not retried in the run");
+    assert!(
+        poison >= 2,
+        "the poisoned record was not retried in the run"
+    );
     let fine: BTreeSet<String> = got
         .iter()
         .map(body_of)

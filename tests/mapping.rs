@@ -132,7 +132,7 @@ fn a_changed_body_value_fails_with_a_json_diff_naming_the_case() {
     let trust = dir.path().join("mappings/celt");
     edit_once(
         &trust.join("tests/23-policy-errors-to-dsl.toml"),
-        r#""alert": "policy exception on a visit_report","#,
+        r#""alert": "policy exception: visit report","#,
         r#""alert": "policy exception","#,
     );
     let assert = mapping_test(&trust).code(1);
@@ -148,7 +148,7 @@ fn a_changed_body_value_fails_with_a_json_diff_naming_the_case() {
         "{stdout}"
     );
     assert!(
-        lines.contains(&r#"+  "alert": "policy exception on a visit_report","#),
+        lines.contains(&r#"+  "alert": "policy exception: visit report","#),
         "{stdout}"
     );
     assert_eq!(summary(&stdout).1, 1, "{stdout}");

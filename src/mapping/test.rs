@@ -116,6 +116,16 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
     // Everything the mapping produces, as (record id, destination, output).
     let mut produced: Vec<(String, Outgoing)> = Vec::new();
     for checked in &records {
+        let of = checked.parsed.record.trust().as_str();
+        if of != trust.id {
+            result.failures.push(format!(
+                "record {} belongs to trust `{of}`: a case in {}'s tests must be {}'s",
+                checked.parsed.record.id(),
+                trust.id,
+                trust.id
+            ));
+            continue;
+        }
         let raised: Vec<super::RaisedException> = checked
             .exceptions
             .iter()

@@ -393,11 +393,11 @@ fn after_dark(
         );
         return;
     };
-    let sunset = sunrise::Coordinates::new(lat, lon)
-        .map(|coords| sunrise::SolarDay::new(coords, date))
-        .and_then(|day| day.event_time(sunrise::SolarEvent::Sunset));
+    let day =
+        sunrise::Coordinates::new(lat, lon).map(|coords| sunrise::SolarDay::new(coords, date));
+    let event = |e| day.as_ref().and_then(|d| d.event_time(e));
     // No sunset (polar day) cannot happen in England; nothing to compare with then.
-    if let Some(sunset) = sunset {
+    if let Some(sunset) = event(sunrise::SolarEvent::Sunset) {
         let limit = sunset - Duration::minutes(c.sunset_margin_minutes);
         if arrived.0 > limit {
             raise(
@@ -408,6 +408,23 @@ fn after_dark(
                     "arrived {} after local sunset {}",
                     local(arrived.0, tz),
                     sunset.with_timezone(&tz).format("%H:%M %Z")
+                ),
+            );
+            return;
+        }
+    }
+    // Before sunrise is dark too (a visit in the small hours, or on a winter morning).
+    if let Some(sunrise) = event(sunrise::SolarEvent::Sunrise) {
+        let limit = sunrise + Duration::minutes(c.sunset_margin_minutes);
+        if arrived.0 < limit {
+            raise(
+                out,
+                RuleId::AfterDark,
+                sev,
+                format!(
+                    "arrived {} before local sunrise {}",
+                    local(arrived.0, tz),
+                    sunrise.with_timezone(&tz).format("%H:%M %Z")
                 ),
             );
         }
@@ -786,6 +803,21 @@ mod tests {
             assert_eq!(
                 raised(&rules, &arrive(sunset + Duration::minutes(1))),
                 ["after-dark"],
+                "{date}"
+            );
+            // Before sunrise is dark too.
+            let sunrise =
+                sunrise::SolarDay::new(sunrise::Coordinates::new(53.7586, -0.3457).unwrap(), day)
+                    .event_time(sunrise::SolarEvent::Sunrise)
+                    .unwrap();
+            assert_eq!(
+                raised(&rules, &arrive(sunrise - Duration::minutes(1))),
+                ["after-dark"],
+                "{date}"
+            );
+            assert_eq!(
+                raised(&rules, &arrive(sunrise + Duration::minutes(1))),
+                Vec::<&str>::new(),
                 "{date}"
             );
         }
