@@ -310,7 +310,7 @@ fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Vec<u8> {
 }
 
 /// Writes the bundle of one school's events in a period, signed at the log's current size.
-pub async fn export<S: Store>(
+pub async fn export<S: crate::store::DeliveryStore>(
     store: &S,
     signer: &NoteSigner,
     req: &ExportRequest,
@@ -406,6 +406,7 @@ pub async fn export<S: Store>(
     let keys: Vec<(String, String, u32)> = keys.into_iter().collect();
     let revisions = store.revisions_by_key(&req.trust, &keys).await?;
     let exceptions = store.exceptions_by_key(&req.trust, &keys).await?;
+    let attempts = store.attempts_by_key(&req.trust, &keys).await?;
 
     let out = &req.out;
     write(out, "checkpoint", note.as_bytes(), &mut hashes)?;
@@ -419,6 +420,27 @@ pub async fn export<S: Store>(
     let records_csv = records_files(&revisions, req.pseudonymise, &mut records_json)?;
     records_json.finish(&mut hashes)?;
     write(out, "records.csv", &records_csv, &mut hashes)?;
+    let delivery_rows = attempts
+        .into_iter()
+        .map(|d| {
+            let a = d.attempt.as_ref();
+            vec![
+                d.destination,
+                d.kind,
+                d.record_id,
+                d.revision.to_string(),
+                a.map(|a| a.attempt.to_string()).unwrap_or_default(),
+                a.map(|a| a.at.clone()).unwrap_or_default(),
+                a.map(|a| a.outcome.clone()).unwrap_or_default(),
+                a.and_then(|a| a.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                a.and_then(|a| a.error.clone()).unwrap_or_default(),
+                d.state,
+                d.target_id.unwrap_or_default(),
+            ]
+        })
+        .collect();
     write(
         out,
         "deliveries.csv",
@@ -428,13 +450,15 @@ pub async fn export<S: Store>(
                 "kind",
                 "record_id",
                 "revision",
-                "state",
-                "attempts",
-                "target_id",
+                "attempt",
                 "at",
-                "last_error",
+                "outcome",
+                "status",
+                "error",
+                "state",
+                "target_id",
             ],
-            Vec::new(),
+            delivery_rows,
         ),
         &mut hashes,
     )?;

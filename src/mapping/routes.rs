@@ -87,7 +87,7 @@ pub struct Route {
     /// A flag's urgency.
     #[serde(default)]
     pub urgency: Option<Vec<String>>,
-    /// School URNs; all of the trust's when absent.
+    /// School URNs; every school when absent (also one missing from trust.toml).
     #[serde(default)]
     pub schools: Option<Vec<String>>,
     /// Only revisions with a policy exception of at least this severity.

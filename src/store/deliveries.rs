@@ -135,7 +135,27 @@ pub struct DeliveryCount {
     pub count: u64,
 }
 
+/// One row of an audit bundle's `deliveries.csv`: an attempt (or, for a delivery never
+/// attempted, none) with the delivery's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptExport {
+    pub destination: String,
+    pub kind: String,
+    pub record_id: String,
+    pub revision: u32,
+    pub attempt: Option<AttemptRow>,
+    pub state: String,
+    pub target_id: Option<String>,
+}
+
 pub trait DeliveryStore: Store {
+    /// Every delivery of the given record revisions with every attempt, in order.
+    fn attempts_by_key(
+        &self,
+        trust: &str,
+        keys: &[(String, String, u32)],
+    ) -> impl Future<Output = Result<Vec<AttemptExport>, StoreError>> + Send;
+
     /// Stored revisions not yet routed, oldest first.
     fn unrouted(
         &self,
@@ -256,6 +276,45 @@ fn event_for(c: &Claimed, event: EventType, state: &str, at: &str) -> Event {
 }
 
 impl DeliveryStore for SqliteStore {
+    async fn attempts_by_key(
+        &self,
+        trust: &str,
+        keys: &[(String, String, u32)],
+    ) -> Result<Vec<AttemptExport>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(5000) {
+            let rows = sqlx::query(
+                "SELECT d.destination, d.kind, d.record_id, d.revision, d.state, d.target_id, \
+                   a.attempt, a.at, a.outcome, a.status, a.error \
+                 FROM deliveries d LEFT JOIN delivery_attempts a ON a.delivery = d.seq \
+                 WHERE d.trust = ?1 AND (d.kind, d.record_id, d.revision) IN \
+                   (SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) j) \
+                 ORDER BY d.kind, d.record_id, d.revision, d.destination, a.seq",
+            )
+            .bind(trust)
+            .bind(json_param(&chunk))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+            out.extend(rows.iter().map(|r| AttemptExport {
+                destination: r.get(0),
+                kind: r.get(1),
+                record_id: r.get(2),
+                revision: r.get::<i64, _>(3) as u32,
+                state: r.get(4),
+                target_id: r.get(5),
+                attempt: r.get::<Option<i64>, _>(6).map(|n| AttemptRow {
+                    attempt: n as u32,
+                    at: r.get(7),
+                    outcome: r.get(8),
+                    status: r.get::<Option<i64>, _>(9).map(|s| s as u16),
+                    error: r.get(10),
+                }),
+            }));
+        }
+        Ok(out)
+    }
+
     async fn unrouted(&self, limit: usize) -> Result<Vec<Unrouted>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT r.trust, r.kind, r.id, r.revision, r.school_urn, r.urgency, r.content, {EXCEPTIONS_OF} AS ex \
