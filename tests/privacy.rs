@@ -107,6 +107,53 @@ fn no_personal_data_in_logs_or_output() {
             );
         }
     }
+    // The cron job: intake, routing and delivery (CSV logs in the deployment's `out/`; the
+    // webhooks are paused), with every log line on.
+    for format in ["human", "json"] {
+        // `sync` moves the file away (to rejected/, with its report): drop it again.
+        std::fs::copy(d.path("canary.jsonl"), d.path("drop/canary.jsonl")).unwrap();
+        let out = common::doorstep()
+            .current_dir(d.dir.path())
+            .env("DOORSTEP_LOG", "trace")
+            .arg("sync")
+            .arg("--config")
+            .arg(d.config())
+            .args(["--format", format])
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !stderr.contains(CANARY),
+            "sync {format}: a log line carries personal data:\n{stderr}"
+        );
+        assert!(
+            !stdout.contains(CANARY),
+            "sync {format}: output carries personal data:\n{stdout}"
+        );
+    }
+    let logs: Vec<_> = walk(&d.path("out"));
+    assert!(
+        logs.iter().any(|f| std::fs::read_to_string(f)
+            .unwrap()
+            .contains("thr-visit-022")),
+        "sync delivered the visit to its contact log: the checks above saw a real delivery"
+    );
     let status = d.run("status", &[]).code(0).get_output().stdout.clone();
     assert!(!String::from_utf8_lossy(&status).contains(CANARY));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
