@@ -219,6 +219,8 @@ fn exported(pseudonymise: bool) -> Exported {
         serde_json::json!({"staff_id": "PEN-050", "name": "Tom Rowe", "code_word_agreed": true});
     std::fs::write(d.path("rev2.json"), v.to_string()).unwrap();
     d.run("ingest", &["rev2.json"]).code(0);
+    // Deliver them: CSV logs written, the paused webhooks' deliveries held.
+    d.run("sync", &[]).code(0);
     let mut args = vec![
         "--trust",
         "celt",
@@ -447,6 +449,52 @@ fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
         },
         "records.json record",
     );
+}
+
+#[test]
+fn a_bundle_carries_every_delivery_attempt_and_its_events() {
+    use base64::Engine as _;
+    let e = exported(false);
+    let csv = std::fs::read_to_string(e.bundle.join("deliveries.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("destination,kind,record_id,revision,attempt,at,outcome,status,error,state,target_id")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let delivered = rows
+        .iter()
+        .filter(|r| {
+            r[0] == "contact_log" && r[4] == "1" && r[6] == "delivered" && r[9] == "delivered"
+        })
+        .count();
+    assert!(
+        delivered > 0,
+        "attempts to the contact log, delivered: {csv}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == "cpoms" && r[4].is_empty() && r[9] == "pending"),
+        "a delivery never attempted (paused destination) is listed with its state: {csv}"
+    );
+    let entries = std::fs::read_to_string(e.bundle.join("entries.jsonl")).unwrap();
+    let delivered_events = entries
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            let leaf = base64::engine::general_purpose::STANDARD
+                .decode(v["leaf"].as_str().unwrap())
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&leaf).unwrap()
+        })
+        .filter(|ev| ev["event"] == "delivered" && ev["state"] == "delivered")
+        .count();
+    let delivered_attempts = rows.iter().filter(|r| r[6] == "delivered").count();
+    assert_eq!(
+        delivered_events, delivered_attempts,
+        "one `delivered` trail event per delivered attempt of the school's records"
+    );
+    bundle::verify(&e.bundle, None, &bundle::Quiet).unwrap();
 }
 
 #[test]
