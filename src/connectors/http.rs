@@ -116,12 +116,12 @@ impl HttpSink {
             Ok(b) => b,
             Err(e) => return permanent(format!("cannot serialise the body: {e}"), None, None),
         };
-        let first = self.send_once(req, &body, false).await;
+        let first = self.send_once(req, &body, None).await;
         match first {
             Ok(a) => a,
-            Err(Unauthorized) => match self.send_once(req, &body, true).await {
+            Err(Unauthorized(refused)) => match self.send_once(req, &body, Some(&refused)).await {
                 Ok(a) => a,
-                Err(Unauthorized) => permanent(
+                Err(Unauthorized(_)) => permanent(
                     "401 Unauthorized again after a new token".into(),
                     Some(401),
                     None,
@@ -134,7 +134,7 @@ impl HttpSink {
         &self,
         req: &Request<'_>,
         body: &[u8],
-        fresh_token: bool,
+        refused_token: Option<&str>,
     ) -> Result<Attempt, Unauthorized> {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -184,6 +184,7 @@ impl HttpSink {
             .headers(headers)
             .body(body.to_vec());
         let c = &self.credentials;
+        let mut used_token = None;
         match self.connector.auth {
             AuthScheme::None => {}
             AuthScheme::Basic => {
@@ -193,8 +194,11 @@ impl HttpSink {
             AuthScheme::Bearer => {
                 builder = builder.bearer_auth(c.token.clone().unwrap_or_default())
             }
-            AuthScheme::Oauth2ClientCredentials => match self.oauth_token(fresh_token).await {
-                Ok(t) => builder = builder.bearer_auth(t),
+            AuthScheme::Oauth2ClientCredentials => match self.oauth_token(refused_token).await {
+                Ok(t) => {
+                    builder = builder.bearer_auth(&t);
+                    used_token = Some(t);
+                }
                 Err(a) => return Ok(a),
             },
         }
@@ -204,10 +208,10 @@ impl HttpSink {
         };
         let status = response.status().as_u16();
         if status == 401
-            && self.connector.auth == AuthScheme::Oauth2ClientCredentials
-            && !fresh_token
+            && refused_token.is_none()
+            && let Some(t) = used_token
         {
-            return Err(Unauthorized);
+            return Err(Unauthorized(t));
         }
         let retry_after = response
             .headers()
@@ -295,14 +299,16 @@ impl HttpSink {
         )
     }
 
-    /// A token from the cache, or a new one from the token endpoint.
-    async fn oauth_token(&self, fresh: bool) -> Result<String, Attempt> {
+    /// A token from the cache, or a new one from the token endpoint. After a 401, the token
+    /// refused is given: a new one is fetched unless another request already replaced it
+    /// (so a burst of 401s costs one token request).
+    async fn oauth_token(&self, refused: Option<&str>) -> Result<String, Attempt> {
         use oauth2::basic::BasicClient;
         use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
         let mut cached = self.token.lock().await;
-        if !fresh
-            && let Some((t, until)) = cached.as_ref()
+        if let Some((t, until)) = cached.as_ref()
             && Instant::now() + TOKEN_MARGIN < *until
+            && refused.is_none_or(|r| r != t)
         {
             return Ok(t.clone());
         }
@@ -372,7 +378,8 @@ impl HttpSink {
     }
 }
 
-struct Unauthorized;
+/// A 401 with this OAuth2 token.
+struct Unauthorized(String);
 
 fn permanent(reason: String, status: Option<u16>, response: Option<String>) -> Attempt {
     Attempt::Permanent {
