@@ -1157,3 +1157,56 @@ value = { field = "summary" }
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 12. Urgency decides the order.
+
+/// SPEC §8: an urgent safeguarding flag is not stuck behind routine records. With one slot
+/// and six routine visits dropped before it, the immediate flag is the first request sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immediate_flag_goes_before_routine_visits() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(created("T"))
+        .mount(&server)
+        .await;
+    let mut d = Deploy::new();
+    d.config(5.0, &[("api", &server.uri())]);
+    d.connector(
+        "api",
+        &api_connector("bearer", 1, 5.0, 3)
+            .replace("[endpoints.visit_report]", "[endpoints.default]"),
+    );
+    d.routes(
+        "[destinations.api]\nconnector = \"api\"\ntoken = { env = \"TEST_API_TOKEN\" }\n\n\
+         [[route]]\nname = \"all\"\nto = \"api\"\nmap = \"any\"\n",
+    );
+    d.map(
+        "any",
+        "[body]\nkind = { field = \"kind\" }\nrecord_id = { field = \"id\" }\n",
+    );
+    d.env("TEST_API_TOKEN", "tok-123");
+    let mut records: Vec<Value> = (1..=6)
+        .map(|i| visit(&format!("routine-{i}"), 1, "Seen."))
+        .collect();
+    let mut flag: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(ROOT).join("fixtures/valid/thrive-flag-disclosure.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    flag["id"] = "urgent-flag".into();
+    flag["urgency"] = "immediate".into();
+    records.push(flag);
+    d.drop_records("day.json", &records);
+    let run = d.sync().await;
+    assert_eq!(run.code, 0, "{}\n{}", run.summary(), run.stderr);
+    assert_eq!(run.count("delivered"), 7, "{}", run.summary());
+    let got = server.received_requests().await.unwrap();
+    let order: Vec<String> = got
+        .iter()
+        .map(|r| body_of(r)["record_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order[0], "urgent-flag", "sent in this order: {order:?}");
+}
