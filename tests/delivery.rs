@@ -1210,3 +1210,68 @@ async fn an_immediate_flag_goes_before_routine_visits() {
         .collect();
     assert_eq!(order[0], "urgent-flag", "sent in this order: {order:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 13. Batching.
+
+/// SPEC §4 "batch size where the system batches": with `batch_size = 3` and the list at
+/// `/marks`, seven records go as three requests (3, 3, 1 items), each item the map's own,
+/// and every record is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batching_endpoint_takes_several_records_a_request() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&server)
+        .await;
+    let mut d = Deploy::new();
+    d.config(5.0, &[("api", &server.uri())]);
+    d.connector(
+        "api",
+        &api_connector("bearer", 1, 5.0, 3).replace(
+            "path = \"/api/visits\"",
+            "path = \"/api/marks\"\nbatch_size = 3\nbatch_pointer = \"/marks\"",
+        ),
+    );
+    d.routes(&api_routes(r#"token = { env = "TEST_API_TOKEN" }"#));
+    d.map(
+        "visit_json",
+        "[body]\nsource = \"doorstep\"\n[[body.marks]]\nrecord_id = { field = \"id\" }\nupn = { field = \"pupil.upn\" }\n",
+    );
+    d.env("TEST_API_TOKEN", "tok-123");
+    let records: Vec<Value> = (1..=7)
+        .map(|i| visit(&format!("mark-{i}"), 1, "Seen."))
+        .collect();
+    d.drop_records("day.json", &records);
+    let run = d.sync().await;
+    assert_eq!(run.code, 0, "{}\n{}", run.summary(), run.stderr);
+    assert_eq!(run.count("delivered"), 7, "{}", run.summary());
+    let got = server.received_requests().await.unwrap();
+    let sizes: Vec<usize> = got
+        .iter()
+        .map(|r| body_of(r)["marks"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [3, 3, 1]);
+    let ids: Vec<String> = got
+        .iter()
+        .flat_map(|r| {
+            let b = body_of(r);
+            assert_eq!(b["source"], "doorstep");
+            b["marks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["record_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=7).map(|i| format!("mark-{i}")).collect::<Vec<_>>()
+    );
+    let keys: std::collections::BTreeSet<_> = got
+        .iter()
+        .map(|r| header_of(r, "idempotency-key").unwrap())
+        .collect();
+    assert_eq!(keys.len(), 3, "one key per batch");
+}

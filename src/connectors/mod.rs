@@ -161,6 +161,16 @@ pub struct Endpoint {
     pub update_method: Option<String>,
     #[serde(default)]
     pub update_path: Option<String>,
+    /// Records a create request carries at most (for systems that take a list); with
+    /// `batch_pointer`, the JSON pointer of the list in the map's body.
+    #[serde(default = "one")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub batch_pointer: Option<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_post() -> String {
@@ -278,6 +288,28 @@ impl Connector {
                         "an HTTP method",
                     ));
                 }
+            }
+            if !(1..=1000).contains(&e.batch_size) {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.batch_size"),
+                    "from 1 to 1000",
+                ));
+            }
+            if (e.batch_size > 1) != e.batch_pointer.is_some()
+                || e.batch_pointer
+                    .as_ref()
+                    .is_some_and(|p| !p.starts_with('/'))
+            {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.batch_pointer"),
+                    "a batch (batch_size above 1) needs batch_pointer, the JSON pointer (/…) of the list in the body",
+                ));
+            }
+            if e.batch_size > 1 && c.transport != Transport::HttpJson {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.batch_size"),
+                    "only http_json connectors batch",
+                ));
             }
             if e.update_method.is_some() != e.update_path.is_some() {
                 return Err(invalid(

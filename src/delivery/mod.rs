@@ -75,6 +75,18 @@ struct Dest {
     paused: bool,
 }
 
+impl Dest {
+    /// How many deliveries like this one go in one request: the endpoint's batch size for
+    /// a create; 1 for an update (it names one target record) or an endpoint that does not
+    /// batch.
+    fn batch_size(&self, c: &Claimed) -> usize {
+        match self.connector.endpoint(&c.kind) {
+            Some(e) if e.batch_pointer.is_some() && c.prior_target.is_none() => e.batch_size.max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// The delivery engine of one deployment.
 pub struct Engine {
     trusts: Arc<Trusts>,
@@ -326,7 +338,16 @@ impl<S: DeliveryStore + 'static> Driver<S> {
     /// sent), so the store's commits are not on the senders' path.
     async fn drive(self) -> Result<(), StoreError> {
         let slots = self.dest.connector.limits.concurrency;
-        let ahead = slots * AHEAD;
+        // Room for full batches, where the connector batches.
+        let batch = self
+            .dest
+            .connector
+            .endpoints
+            .values()
+            .map(|e| e.batch_size)
+            .max()
+            .unwrap_or(1);
+        let ahead = slots * AHEAD * batch;
         let mut queue: VecDeque<Claimed> = VecDeque::new();
         let mut sending: JoinSet<()> = JoinSet::new();
         let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<Claimed>, StoreError>>> = None;
@@ -356,6 +377,24 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                     self.connectors.clone(),
                     self.tx.clone(),
                 );
+                let size = self.dest.batch_size(&c);
+                if size > 1 {
+                    // The next deliveries of the same kind that are creates too.
+                    let mut batch = vec![c];
+                    while batch.len() < size
+                        && let Some(i) = queue
+                            .iter()
+                            .position(|q| q.kind == batch[0].kind && self.dest.batch_size(q) > 1)
+                    {
+                        batch.extend(queue.remove(i));
+                    }
+                    sending.spawn(async move {
+                        for finished in attempt_batch(&dest, &trusts, &connectors, batch).await {
+                            let _ = tx.send(finished).await;
+                        }
+                    });
+                    continue;
+                }
                 sending.spawn(async move {
                     let finished = attempt(&dest, &trusts, &connectors, c).await;
                     let _ = tx.send(finished).await;
@@ -419,7 +458,142 @@ async fn attempt(
         },
         Ok(out) => send(dest, &c, out).await,
     };
+    conclude(&dest.connector.limits, c, result)
+}
+
+/// Sends several deliveries of one kind as one request, for endpoints that batch: each
+/// body's items at the endpoint's `batch_pointer` are gathered into the first body's array
+/// there. Every delivery of the batch gets the request's outcome; one whose body cannot be
+/// built goes dead on its own.
+async fn attempt_batch(
+    dest: &Arc<Dest>,
+    trusts: &Trusts,
+    connectors: &Connectors,
+    batch: Vec<Claimed>,
+) -> Vec<Finished> {
     let limits = &dest.connector.limits;
+    let mut done = Vec::with_capacity(batch.len());
+    let mut members: Vec<(Claimed, Value)> = Vec::with_capacity(batch.len());
+    for c in batch {
+        match prepare(dest, trusts, connectors, &c) {
+            Ok(plan::Outgoing {
+                rendered: Rendered::Body(body),
+                ..
+            }) => members.push((c, body)),
+            Ok(_) => {
+                let a = Attempt::Permanent {
+                    reason: "the map's output does not fit the connector".into(),
+                    status: None,
+                    response: None,
+                };
+                done.push(conclude(limits, c, a));
+            }
+            Err(reason) => {
+                let a = Attempt::Permanent {
+                    reason,
+                    status: None,
+                    response: None,
+                };
+                done.push(conclude(limits, c, a));
+            }
+        }
+    }
+    let Some((first, _)) = members.first() else {
+        return done;
+    };
+    let pointer = dest
+        .connector
+        .endpoint(&first.kind)
+        .and_then(|e| e.batch_pointer.clone())
+        .unwrap_or_default();
+    let merged = match merge_bodies(members.iter().map(|(_, b)| b), &pointer) {
+        Ok(m) => m,
+        Err(reason) => {
+            for (c, _) in members {
+                let a = Attempt::Permanent {
+                    reason: reason.clone(),
+                    status: None,
+                    response: None,
+                };
+                done.push(conclude(limits, c, a));
+            }
+            return done;
+        }
+    };
+    // The batch's key: the same for the same members, whatever the attempt.
+    let key = plan::idempotency_key(
+        &first.trust,
+        &first.destination,
+        "batch",
+        &members
+            .iter()
+            .map(|(c, _)| c.idempotency_key.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        1,
+    );
+    let mut lead = first.clone();
+    lead.idempotency_key = key;
+    let out = plan::Outgoing {
+        destination: lead.destination.clone(),
+        connector: dest.connector.name.clone(),
+        route: String::new(),
+        map: lead.map.clone(),
+        rendered: Rendered::Body(merged),
+        file: None,
+    };
+    let result = send(dest, &lead, out).await;
+    for (c, _) in members {
+        let a = match &result {
+            // One created id names the batch, not each record: none is kept.
+            Attempt::Delivered { status, .. } => Attempt::Delivered {
+                target_id: None,
+                status: *status,
+            },
+            other => other.clone(),
+        };
+        done.push(conclude(limits, c, a));
+    }
+    done
+}
+
+/// One body holding every body's items at `pointer` (an array there, or a single value).
+fn merge_bodies<'a>(
+    mut bodies: impl Iterator<Item = &'a Value>,
+    pointer: &str,
+) -> Result<Value, String> {
+    let mut merged = bodies.next().cloned().unwrap_or(Value::Null);
+    let mut items: Vec<Value> = Vec::new();
+    let take = |b: &Value, items: &mut Vec<Value>| -> Result<(), String> {
+        match b.pointer(pointer) {
+            Some(Value::Array(a)) => items.extend(a.iter().cloned()),
+            Some(v) => items.push(v.clone()),
+            None => {
+                return Err(format!(
+                    "the map's body has nothing at the batch pointer {pointer}"
+                ));
+            }
+        }
+        Ok(())
+    };
+    take(&merged, &mut items)?;
+    for b in bodies {
+        take(b, &mut items)?;
+    }
+    match merged.pointer_mut(pointer) {
+        Some(slot) => *slot = Value::Array(items),
+        None => {
+            return Err(format!(
+                "the map's body has nothing at the batch pointer {pointer}"
+            ));
+        }
+    }
+    Ok(merged)
+}
+
+/// What an attempt's result comes to: delivered, dead, or retried after a backoff (or the
+/// target's `Retry-After`) until the connector's attempts run out.
+fn conclude(limits: &crate::connectors::Limits, c: Claimed, result: Attempt) -> Finished {
     let outcome = match result {
         Attempt::Delivered { target_id, status } => Outcome::Delivered { target_id, status },
         Attempt::Permanent {
