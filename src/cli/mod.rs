@@ -74,7 +74,7 @@ enum Command {
         common: Common,
     },
     /// Counts of stored records by trust, school, kind and state; rejections and
-    /// conflicts by rule.
+    /// conflicts by rule; open policy exceptions; deliveries by destination and state.
     Status {
         #[command(flatten)]
         common: Common,
