@@ -114,7 +114,8 @@ pub(crate) fn sync(common: Common) -> Result<ExitCode, Fatal> {
                 .map_err(|e| Fatal::Run(e.to_string()))?
         };
         let rejected_files = std::mem::take(&mut sorting.rejected_files);
-        for f in files.iter().filter(|_| config.move_files) {
+        // Only real files move (a missing drop folder is reported above, not moved).
+        for f in files.iter().filter(|f| config.move_files && f.is_file()) {
             let key = f.display().to_string();
             let moved = match rejected_files.get(&key) {
                 Some(rejections) => file_away(f, &config.rejected_dir, Some(rejections)),
