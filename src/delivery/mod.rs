@@ -358,6 +358,10 @@ impl<S: DeliveryStore + 'static> Driver<S> {
             tokio::pin!(notified);
             notified.as_mut().enable();
             while sending.try_join_next().is_some() {}
+            if self.tx.is_closed() {
+                // The outcome writer stopped (its store error ends the run): send no more.
+                return Ok(());
+            }
             if claiming.is_none() && !dry && queue.len() <= ahead / 2 {
                 let (store, trust, name) = (
                     self.store.clone(),
