@@ -1275,3 +1275,139 @@ async fn a_batching_endpoint_takes_several_records_a_request() {
         .collect();
     assert_eq!(keys.len(), 3, "one key per batch");
 }
+
+// ---------------------------------------------------------------------------------------
+// 14. Updates, 200-with-an-error, rate limits.
+
+/// SPEC §4 "a new revision updates the target record where the system allows" and "a stored
+/// target id is never created twice": revision 1 is created (POST) and its id kept; revision 2
+/// goes to `PUT {target_id}`, never to a second create.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_revision_updates_the_created_record() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(created("/api/visits/77"))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .mount(&server)
+        .await;
+    let d = api_deploy(&server, 4, 5.0, 3);
+    d.connector(
+        "api",
+        &api_connector("bearer", 4, 5.0, 3).replace(
+            "path = \"/api/visits\"",
+            "path = \"/api/visits\"\nupdate_method = \"PUT\"\nupdate_path = \"{{ target_id }}\"",
+        ),
+    );
+    d.drop_records("v1.json", &[visit("upd", 1, "first")]);
+    assert_eq!(d.sync().await.code, 0);
+    d.drop_records("v2.json", &[visit("upd", 2, "second")]);
+    let run = d.sync().await;
+    assert_eq!(run.code, 0, "{}\n{}", run.summary(), run.stderr);
+    let got = server.received_requests().await.unwrap();
+    let calls: Vec<(String, String, u64)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.method.to_string(),
+                r.url.path().to_owned(),
+                body_of(r)["revision"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("POST".to_owned(), "/api/visits".to_owned(), 1),
+            ("PUT".to_owned(), "/api/visits/77".to_owned(), 2)
+        ]
+    );
+}
+
+/// TARGETS.md (Xporter): "a 200 is not success until the body says so". With
+/// `error_pointers = ["/ExceptionType"]`, a 200 carrying an exception is a dead letter with
+/// the body saved; a 200 with an empty one is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_whose_body_reports_an_error_is_not_success() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"record_id": "refused"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"ExceptionType": "InvalidMark", "ExceptionMessage": "no such pupil"}),
+        ))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"ExceptionType": null, "id": "ok"})),
+        )
+        .mount(&server)
+        .await;
+    let d = api_deploy(&server, 2, 5.0, 3);
+    d.connector(
+        "api",
+        &api_connector("bearer", 2, 5.0, 3).replace(
+            "[response]",
+            "[response]\nerror_pointers = [\"/ExceptionType\"]",
+        ),
+    );
+    d.drop_records(
+        "v.json",
+        &[visit("refused", 1, "x"), visit("accepted", 1, "y")],
+    );
+    let run = d.sync().await;
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        (run.count("delivered"), run.count("dead")),
+        (1, 1),
+        "{}",
+        run.summary()
+    );
+    let dead = d.run("deadletter list", &[]).await;
+    assert_eq!(dead.lines.len(), 1, "{:?}", dead.lines);
+    assert_eq!(dead.lines[0]["record_id"], "refused");
+    let error = dead.lines[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("/ExceptionType"), "{error}");
+    let id = dead.lines[0]["id"].as_i64().unwrap();
+    let shown = d.show(id).await;
+    assert!(
+        shown["response"]
+            .as_str()
+            .unwrap()
+            .contains("no such pupil"),
+        "{shown}"
+    );
+}
+
+/// SPEC §4 "per destination: … rate limit": at 4 requests a second, 10 records take about
+/// 1.5 s after the first burst of 4 (GCRA), however many slots there are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_spaces_the_requests() {
+    let server = MockServer::start().await;
+    let (script, times) = Script::new(|_, _| created("T"));
+    Mock::given(method("POST"))
+        .respond_with(script)
+        .mount(&server)
+        .await;
+    let d = api_deploy(&server, 8, 5.0, 3);
+    d.connector(
+        "api",
+        &api_connector("bearer", 8, 5.0, 3).replace("[limits]", "[limits]\nrate_per_second = 4"),
+    );
+    let records: Vec<Value> = (1..=10)
+        .map(|i| visit(&format!("rl-{i}"), 1, "Seen."))
+        .collect();
+    d.drop_records("v.json", &records);
+    let run = d.sync().await;
+    assert_eq!(run.code, 0, "{}", run.summary());
+    let t = times.lock().unwrap().clone();
+    assert_eq!(t.len(), 10);
+    let span = t[9].duration_since(t[0]);
+    assert!(
+        span >= Duration::from_millis(1300),
+        "10 requests at 4/s spread over at least 1.5 s (less a little): {span:?}"
+    );
+}
