@@ -143,31 +143,7 @@ impl Engine {
                         HttpSink::new(connector.clone(), Credentials::default()).map_err(fail)?,
                     )
                 } else {
-                    let base = &trust.folder;
-                    let secret = |key: &str,
-                                  s: &Option<crate::config::SecretRef>|
-                     -> Result<Option<String>, DeliveryError> {
-                        s.as_ref()
-                            .map(|s| s.resolve(base).map_err(|r| fail(format!("{key}: {r}"))))
-                            .transpose()
-                    };
-                    let mut c = Credentials {
-                        username: secret("username", &d.username)?,
-                        password: secret("password", &d.password)?,
-                        token: secret("token", &d.token)?,
-                        client_id: secret("client_id", &d.client_id)?,
-                        client_secret: secret("client_secret", &d.client_secret)?,
-                        token_url: d.token_url.clone(),
-                        scopes: d.scopes.clone(),
-                        webhook_keys: Vec::new(),
-                    };
-                    for (i, s) in d.secrets.iter().enumerate() {
-                        let v = s
-                            .resolve(base)
-                            .map_err(|r| fail(format!("secrets[{i}]: {r}")))?;
-                        c.webhook_keys
-                            .push(webhook_key(&v).map_err(|r| fail(format!("secrets[{i}]: {r}")))?);
-                    }
+                    let c = credentials(&trust.folder, d).map_err(fail)?;
                     check_auth(&connector, &c, url.as_deref()).map_err(fail)?;
                     Sink::Http(HttpSink::new(connector.clone(), c).map_err(fail)?)
                 };
@@ -187,6 +163,18 @@ impl Engine {
                     paused: ov.paused,
                 }));
             }
+        }
+        // An override naming no destination is a typo that would pause or redirect nothing.
+        if let Some((trust, name)) = settings
+            .overrides
+            .keys()
+            .find(|(t, n)| !dests.iter().any(|d| d.trust == *t && d.name == *n))
+        {
+            return Err(DeliveryError::Destination {
+                trust: trust.clone(),
+                destination: name.clone(),
+                reason: "the config's [destinations] names a destination no routes.toml has".into(),
+            });
         }
         Ok(Engine {
             trusts,
@@ -274,6 +262,35 @@ impl Engine {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A destination's credentials, read from its secret references (relative files from the
+/// trust's folder). The error names the key, never a value.
+fn credentials(
+    base: &std::path::Path,
+    d: &crate::mapping::Destination,
+) -> Result<Credentials, String> {
+    let secret = |key: &str, s: &Option<crate::config::SecretRef>| {
+        s.as_ref()
+            .map(|s| s.resolve(base).map_err(|r| format!("{key}: {r}")))
+            .transpose()
+    };
+    let mut c = Credentials {
+        username: secret("username", &d.username)?,
+        password: secret("password", &d.password)?,
+        token: secret("token", &d.token)?,
+        client_id: secret("client_id", &d.client_id)?,
+        client_secret: secret("client_secret", &d.client_secret)?,
+        token_url: d.token_url.clone(),
+        scopes: d.scopes.clone(),
+        webhook_keys: Vec::new(),
+    };
+    for (i, s) in d.secrets.iter().enumerate() {
+        let v = s.resolve(base).map_err(|r| format!("secrets[{i}]: {r}"))?;
+        c.webhook_keys
+            .push(webhook_key(&v).map_err(|r| format!("secrets[{i}]: {r}"))?);
+    }
+    Ok(c)
 }
 
 fn check_auth(c: &Connector, cred: &Credentials, url: Option<&str>) -> Result<(), String> {
