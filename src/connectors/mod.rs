@@ -274,6 +274,12 @@ impl Connector {
                 "above 0 and at most backoff_max_seconds",
             ));
         }
+        if l.backoff_max_seconds > 86_400.0 {
+            return Err(invalid(
+                "limits.backoff_max_seconds",
+                "at most 86400 (a day)",
+            ));
+        }
         for (kind, e) in &c.endpoints {
             if kind != "default" && !crate::mapping::routes::KINDS.contains(&kind.as_str()) {
                 return Err(invalid(
@@ -420,4 +426,48 @@ pub enum Attempt {
         status: Option<u16>,
         response: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Connector, String> {
+        Connector::parse(Path::new("c.toml"), "c", text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_and_endpoints_are_checked() {
+        let ok = "transport = \"http_json\"\n[endpoints.default]\npath = \"/x\"\n";
+        assert!(parse(ok).is_ok());
+        for (extra, key) in [
+            ("[limits]\nconcurrency = 0\n", "limits.concurrency"),
+            (
+                "[limits]\nbackoff_max_seconds = 1e300\n",
+                "limits.backoff_max_seconds",
+            ),
+            (
+                "[limits]\ntimeout_seconds = nan\n",
+                "limits.timeout_seconds",
+            ),
+            ("[limits]\nrate_per_second = 0\n", "limits.rate_per_second"),
+        ] {
+            let e = parse(&format!(
+                "transport = \"http_json\"\n{extra}[endpoints.default]\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
+        let e =
+            parse("transport = \"http_json\"\n[endpoints.default]\nbatch_size = 5\n").unwrap_err();
+        assert!(e.contains("batch_pointer"), "{e}");
+        let e = parse("transport = \"http_json\"\n[endpoints.visits]\n").unwrap_err();
+        assert!(e.contains("endpoints.visits"), "{e}");
+        let e = parse("transport = \"http_json\"\n").unwrap_err();
+        assert!(e.contains("endpoints"), "{e}");
+        let e = parse("transport = \"csv_file\"\nauth = \"basic\"\n").unwrap_err();
+        assert!(e.contains("auth"), "{e}");
+        let e = parse("transport = \"webhook\"\nsecret = \"x\"\n").unwrap_err();
+        assert!(e.contains("secret") && !e.contains("\"x\""), "{e}");
+    }
 }

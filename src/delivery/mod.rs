@@ -98,6 +98,8 @@ pub struct Engine {
 /// to keep sending while the next chunk is claimed, few enough that an urgent flag claimed
 /// next waits only for this queue to drain.
 const AHEAD: usize = 4;
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 /// Outcomes committed together.
 const FINISH_BATCH: usize = 512;
 
@@ -642,9 +644,12 @@ fn conclude(limits: &crate::connectors::Limits, c: Claimed, result: Attempt) -> 
             retry_after,
             ..
         } => {
-            let delay = retry_after.unwrap_or_else(|| backoff(limits, c.attempts));
+            // A target's Retry-After is honoured up to a day (a bigger one is not believed).
+            let delay = retry_after
+                .map(|d| d.min(MAX_RETRY_AFTER))
+                .unwrap_or_else(|| backoff(limits, c.attempts));
             let next =
-                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(1));
             Outcome::Retry {
                 next_at: next.to_rfc3339_opts(SecondsFormat::Micros, true),
                 error: reason,
