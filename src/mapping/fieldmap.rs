@@ -603,13 +603,19 @@ impl Renderer<'_> {
 }
 
 /// An RFC 3339 date-time in the school's time zone, or a plain date, by a strftime format.
+/// `None` when it is neither, or when the format asks a date for a time (`%H` of a date).
 pub fn format_time(s: &str, fmt: &str, tz: chrono_tz::Tz) -> Option<String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&tz).format(fmt).to_string());
-    }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .map(|d| d.format(fmt).to_string())
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let written = if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        write!(out, "{}", t.with_timezone(&tz).format(fmt))
+    } else {
+        let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+        // chrono reports a time item it cannot fill as a formatting error; `to_string`
+        // would panic on it.
+        write!(out, "{}", d.format(fmt))
+    };
+    written.ok().map(|()| out)
 }
 
 fn lookup<'v>(root: &'v Value, path: &[String]) -> Option<&'v Value> {
@@ -679,4 +685,24 @@ fn zone_of(state: &minijinja::State) -> chrono_tz::Tz {
         .lookup("time_zone")
         .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
         .unwrap_or(chrono_tz::Europe::London)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_local_and_a_date_never_panics_on_a_time_format() {
+        let tz = chrono_tz::Europe::London;
+        assert_eq!(
+            format_time("2026-06-17T23:20:00Z", "%Y-%m-%d %H:%M", tz).as_deref(),
+            Some("2026-06-18 00:20")
+        );
+        assert_eq!(
+            format_time("2026-03-02", "%d/%m/%Y", tz).as_deref(),
+            Some("02/03/2026")
+        );
+        assert_eq!(format_time("2026-03-02", "%H:%M", tz), None);
+        assert_eq!(format_time("yesterday", "%d", tz), None);
+    }
 }
