@@ -701,11 +701,9 @@ fn prepare(
             severity: *severity,
         })
         .collect();
-    let route = String::new();
-    plan::render(
-        trust, connectors, &dest.name, &route, &c.map, &record, &raised,
-    )
-    .map_err(|e| format!("mapping: {e}"))
+    // A delivery keeps its map, not its route: the route name is not needed to render.
+    plan::render(trust, connectors, &dest.name, "", &c.map, &record, &raised)
+        .map_err(|e| format!("mapping: {e}"))
 }
 
 async fn send(dest: &Arc<Dest>, c: &Claimed, out: plan::Outgoing) -> Attempt {

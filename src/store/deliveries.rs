@@ -476,7 +476,7 @@ impl DeliveryStore for SqliteStore {
         for f in done {
             let c = &f.claimed;
             let attempt = c.attempts + 1;
-            let (state, outcome, status, error) = match &f.outcome {
+            let (outcome, status, error) = match &f.outcome {
                 Outcome::Delivered { target_id, status } => {
                     sqlx::query(
                         "UPDATE deliveries SET state = 'delivered', attempts = ?2, target_id = COALESCE(?3, target_id), \
@@ -492,7 +492,7 @@ impl DeliveryStore for SqliteStore {
                     .await
                     .map_err(&err)?;
                     events.push(event_for(c, EventType::Delivered, "delivered", &f.at));
-                    ("delivered", "delivered", *status, None)
+                    ("delivered", *status, None)
                 }
                 Outcome::Retry {
                     next_at,
@@ -513,7 +513,7 @@ impl DeliveryStore for SqliteStore {
                     .await
                     .map_err(&err)?;
                     events.push(event_for(c, EventType::Failed, "retrying", &f.at));
-                    ("retrying", "failed", *status, Some(error.as_str()))
+                    ("failed", *status, Some(error.as_str()))
                 }
                 Outcome::Dead {
                     error,
@@ -534,10 +534,9 @@ impl DeliveryStore for SqliteStore {
                     .await
                     .map_err(&err)?;
                     events.push(event_for(c, EventType::DeadLettered, "dead", &f.at));
-                    ("dead", "dead", *status, Some(error.as_str()))
+                    ("dead", *status, Some(error.as_str()))
                 }
             };
-            let _ = state;
             sqlx::query(
                 "INSERT INTO delivery_attempts (delivery, attempt, at, outcome, status, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
