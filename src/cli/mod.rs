@@ -270,7 +270,14 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                     .await
                     .map_err(|e| Fatal::Run(e.to_string()));
                 store.close().await;
-                print_status(&report?, &deliveries?, common.format);
+                let paused = |t: &str, d: &str| {
+                    config
+                        .delivery
+                        .overrides
+                        .get(&(t.to_owned(), d.to_owned()))
+                        .is_some_and(|o| o.paused)
+                };
+                print_status(&report?, &deliveries?, &paused, common.format);
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -458,6 +465,7 @@ impl Reporter for Output {
 fn print_status(
     report: &StatusReport,
     deliveries: &[crate::store::deliveries::DeliveryCount],
+    paused: &dyn Fn(&str, &str) -> bool,
     format: Format,
 ) {
     let stdout = io::stdout();
@@ -498,6 +506,7 @@ fn print_status(
             for d in deliveries {
                 let mut v = serde_json::to_value(d)?;
                 v["kind"] = "deliveries".into();
+                v["paused"] = paused(&d.trust, &d.destination).into();
                 writeln!(out, "{v}")?;
             }
             let v = serde_json::json!({
@@ -538,9 +547,14 @@ fn print_status(
             if !deliveries.is_empty() {
                 writeln!(out, "\ndeliveries by destination:")?;
                 for d in deliveries {
+                    let note = if paused(&d.trust, &d.destination) {
+                        "  (paused)"
+                    } else {
+                        ""
+                    };
                     writeln!(
                         out,
-                        "  {:<10} {:<22} {:<10} {:>8}",
+                        "  {:<10} {:<22} {:<10} {:>8}{note}",
                         d.trust, d.destination, d.state, d.count
                     )?;
                 }
