@@ -220,3 +220,60 @@ fn valid_name(n: &str) -> bool {
         && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Option<RoutesFile>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.toml");
+        std::fs::write(&path, text).unwrap();
+        load_routes(&path).map_err(|e| e.to_string())
+    }
+
+    const LOG: &str =
+        "[destinations.attendance_log]\nconnector = \"csv_log\"\nholds = \"attendance\"\n";
+
+    #[test]
+    fn safeguarding_records_reach_an_attendance_log_only_when_a_route_says_so() {
+        // No `kinds`: every kind, flags and disclosures among them: refused.
+        let e = load(&format!(
+            "{LOG}[[route]]\nname = \"all\"\nto = \"attendance_log\"\nmap = \"m\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("allow_safeguarding") && e.contains("route[0] (all).kinds"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{LOG}[[route]]\nname = \"flags\"\nkinds = [\"safeguarding_flag\"]\nto = \"attendance_log\"\nmap = \"m\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("allow_safeguarding"), "{e}");
+        // Visits only, or said explicitly: taken.
+        assert!(load(&format!(
+            "{LOG}[[route]]\nname = \"visits\"\nkinds = [\"visit_report\"]\nto = \"attendance_log\"\nmap = \"m\"\n"
+        ))
+        .is_ok());
+        assert!(load(&format!(
+            "{LOG}[[route]]\nname = \"all\"\nallow_safeguarding = true\nto = \"attendance_log\"\nmap = \"m\"\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn routes_name_known_destinations_and_kinds_and_secrets_are_references() {
+        let e = load("[[route]]\nname = \"r\"\nto = \"nowhere\"\nmap = \"m\"\n").unwrap_err();
+        assert!(e.contains("no destination `nowhere`"), "{e}");
+        let e = load(&format!(
+            "{LOG}[[route]]\nname = \"r\"\nkinds = [\"visit\"]\nto = \"attendance_log\"\nmap = \"m\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("`visit` is not a record kind"), "{e}");
+        let e =
+            load("[destinations.hook]\nconnector = \"webhook\"\nsecrets = [\"whsec_inline\"]\n")
+                .unwrap_err();
+        assert!(e.contains("secrets") && !e.contains("whsec_inline"), "{e}");
+    }
+}
