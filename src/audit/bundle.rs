@@ -866,33 +866,34 @@ fn check_entry(
             format!("not an entry: {e}"),
         )
     })?;
-    let what = format!("entries.jsonl line {n} (entry {})", entry.index);
+    // Named only when something fails: this runs for every entry.
+    let what = || format!("entries.jsonl line {n} (entry {})", entry.index);
     let leaf = B64
         .decode(entry.leaf.as_bytes())
-        .map_err(|_| fail(&what, "leaf is not base64"))?;
+        .map_err(|_| fail(what(), "leaf is not base64"))?;
     let mut proof: Vec<Hash> = Vec::with_capacity(entry.proof.len());
     for h in &entry.proof {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(h.as_bytes(), &mut hash)
-            .map_err(|_| fail(&what, "a proof hash is not 64 hex digits"))?;
+            .map_err(|_| fail(what(), "a proof hash is not 64 hex digits"))?;
         proof.push(hash);
     }
     proven.verify(entry.index, &leaf, &proof).map_err(|e| {
         fail(
-            &what,
+            what(),
             format!("inclusion proof does not verify against the checkpoint ({e})"),
         )
     })?;
     let event: LeafRef =
-        serde_json::from_slice(&leaf).map_err(|_| fail(&what, "leaf is not an event"))?;
+        serde_json::from_slice(&leaf).map_err(|_| fail(what(), "leaf is not an event"))?;
     if event.trust != manifest.trust || event.school.as_deref() != Some(manifest.school.as_str()) {
         return Err(fail(
-            &what,
+            what(),
             "event is not of the manifest's trust and school",
         ));
     }
     if *event.at < *manifest.period.from_utc || *event.at >= *manifest.period.to_utc {
-        return Err(fail(&what, "event lies outside the manifest's period"));
+        return Err(fail(what(), "event lies outside the manifest's period"));
     }
     let received = match (
         event.event.as_ref(),
