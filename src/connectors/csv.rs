@@ -57,10 +57,6 @@ impl CsvSink {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Appends one row to `file` (relative to the destination's folder), unless the row of
     /// this `key` is already there. Blocking: call it off the async threads.
     pub fn append(&self, file: &str, header: &[String], cells: &[String], key: &str) -> Attempt {

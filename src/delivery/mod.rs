@@ -36,8 +36,6 @@ pub enum DeliveryError {
         destination: String,
         reason: String,
     },
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// What the deployment says about one destination beyond the mapping.
@@ -60,7 +58,7 @@ pub struct Settings {
 
 enum Sink {
     Http(HttpSink),
-    Csv(CsvSink),
+    Csv(Arc<CsvSink>),
 }
 
 /// One destination ready to send.
@@ -135,10 +133,10 @@ impl Engine {
                 })?;
                 let url = ov.url.clone().or_else(|| d.url.clone());
                 let sink = if connector.transport == Transport::CsvFile {
-                    Sink::Csv(CsvSink::new(
+                    Sink::Csv(Arc::new(CsvSink::new(
                         settings.out_dir.join(&trust.id),
                         connector.csv.utf8_bom,
-                    ))
+                    )))
                 } else if ov.paused {
                     // Nothing is sent; secrets are not needed until it is un-paused.
                     Sink::Http(
@@ -452,7 +450,12 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                 continue;
             }
             tokio::select! {
-                got = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                got = async {
+                    match claiming.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if claiming.is_some() => {
                     claiming = None;
                     let got = got.map_err(|e| StoreError::Io { location: "claim".into(), reason: e.to_string() })??;
                     dry = got.is_empty();
@@ -560,7 +563,6 @@ async fn attempt_batch(
     let out = plan::Outgoing {
         destination: lead.destination.clone(),
         connector: dest.connector.name.clone(),
-        route: String::new(),
         map: lead.map.clone(),
         rendered: Rendered::Body(merged),
         file: None,
@@ -701,8 +703,7 @@ fn prepare(
             severity: *severity,
         })
         .collect();
-    // A delivery keeps its map, not its route: the route name is not needed to render.
-    plan::render(trust, connectors, &dest.name, "", &c.map, &record, &raised)
+    plan::render(trust, connectors, &dest.name, &c.map, &record, &raised)
         .map_err(|e| format!("mapping: {e}"))
 }
 
@@ -711,22 +712,19 @@ async fn send(dest: &Arc<Dest>, c: &Claimed, out: plan::Outgoing) -> Attempt {
         l.until_ready().await;
     }
     match (&dest.sink, out.rendered) {
-        (Sink::Csv(_), Rendered::Row { header, cells }) => {
+        (Sink::Csv(sink), Rendered::Row { header, cells }) => {
             let file = out.file.unwrap_or_default();
             // CSV writes are blocking and one at a time per destination.
             let key = c.idempotency_key.clone();
-            let dest = dest.clone();
-            tokio::task::spawn_blocking(move || match &dest.sink {
-                Sink::Csv(sink) => sink.append(&file, &header, &cells, &key),
-                Sink::Http(_) => unreachable!("matched a CSV sink"),
-            })
-            .await
-            .unwrap_or_else(|e| Attempt::Retry {
-                reason: format!("CSV writer stopped: {e}"),
-                status: None,
-                retry_after: None,
-                response: None,
-            })
+            let sink = sink.clone();
+            tokio::task::spawn_blocking(move || sink.append(&file, &header, &cells, &key))
+                .await
+                .unwrap_or_else(|e| Attempt::Retry {
+                    reason: format!("CSV writer stopped: {e}"),
+                    status: None,
+                    retry_after: None,
+                    response: None,
+                })
         }
         (Sink::Http(sink), Rendered::Body(body)) => {
             let Some(endpoint) = dest.connector.endpoint(&c.kind) else {

@@ -41,7 +41,6 @@ pub enum PlanError {
 pub struct Outgoing {
     pub destination: String,
     pub connector: String,
-    pub route: String,
     pub map: String,
     pub rendered: Rendered,
     /// CSV: the file (under the destination's folder) the row goes to.
@@ -133,6 +132,15 @@ pub fn route_revision(trusts: &Trusts, r: &Unrouted) -> Vec<NewDelivery> {
     out
 }
 
+fn mapping_of(trust: &Trust) -> Result<&mapping::Mapping, PlanError> {
+    trust
+        .mapping
+        .as_deref()
+        .ok_or_else(|| PlanError::NoMapping {
+            trust: trust.id.clone(),
+        })
+}
+
 /// Everything a record revision sends (used by `mapping test`).
 pub fn plan_record(
     trust: &Trust,
@@ -140,12 +148,7 @@ pub fn plan_record(
     record: &Value,
     exceptions: &[RaisedException],
 ) -> Result<Vec<Outgoing>, PlanError> {
-    let mapping = trust
-        .mapping
-        .as_deref()
-        .ok_or_else(|| PlanError::NoMapping {
-            trust: trust.id.clone(),
-        })?;
+    let mapping = mapping_of(trust)?;
     let severities: Vec<_> = exceptions.iter().map(|e| e.severity).collect();
     let input = mapping::route_input(record, &severities);
     let school = input.school.to_owned();
@@ -159,7 +162,6 @@ pub fn plan_record(
                 trust,
                 connectors,
                 &p.destination,
-                &p.route,
                 &p.map,
                 record,
                 exceptions,
@@ -173,17 +175,11 @@ pub fn render(
     trust: &Trust,
     connectors: &Connectors,
     destination: &str,
-    route: &str,
     map: &str,
     record: &Value,
     exceptions: &[RaisedException],
 ) -> Result<Outgoing, PlanError> {
-    let mapping = trust
-        .mapping
-        .as_deref()
-        .ok_or_else(|| PlanError::NoMapping {
-            trust: trust.id.clone(),
-        })?;
+    let mapping = mapping_of(trust)?;
     let dest = mapping
         .routes
         .destinations
@@ -226,7 +222,6 @@ pub fn render(
     Ok(Outgoing {
         destination: destination.to_owned(),
         connector: dest.connector.clone(),
-        route: route.to_owned(),
         map: map.to_owned(),
         rendered,
         file,

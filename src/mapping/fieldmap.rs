@@ -99,14 +99,7 @@ impl FieldMap {
         name: &str,
         env: &mut Environment<'static>,
     ) -> Result<FieldMap, MappingError> {
-        let text = std::fs::read_to_string(path).map_err(|e| MappingError::Read {
-            path: path.to_path_buf(),
-            reason: e.kind().to_string(),
-        })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| MappingError::Parse {
-            path: path.to_path_buf(),
-            message: crate::config::toml_error_message(&text, &e),
-        })?;
+        let table: toml::Table = super::trust::read_toml(path)?;
         let invalid = |key: &str, reason: String| MappingError::Invalid {
             path: path.to_path_buf(),
             key: key.to_owned(),
@@ -239,14 +232,7 @@ pub fn load_codes(path: &Path) -> Result<ValueMaps, MappingError> {
     if !path.is_file() {
         return Ok(ValueMaps::new());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| MappingError::Read {
-        path: path.to_path_buf(),
-        reason: e.kind().to_string(),
-    })?;
-    let value: toml::Value = toml::from_str(&text).map_err(|e| MappingError::Parse {
-        path: path.to_path_buf(),
-        message: crate::config::toml_error_message(&text, &e),
-    })?;
+    let value: toml::Value = super::trust::read_toml(path)?;
     let invalid = |key: &str, reason: String| MappingError::Invalid {
         path: path.to_path_buf(),
         key: key.to_owned(),

@@ -138,14 +138,7 @@ pub fn load_routes(path: &Path) -> Result<Option<RoutesFile>, MappingError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| MappingError::Read {
-        path: path.to_path_buf(),
-        reason: e.kind().to_string(),
-    })?;
-    let file: RoutesFile = toml::from_str(&text).map_err(|e| MappingError::Parse {
-        path: path.to_path_buf(),
-        message: crate::config::toml_error_message(&text, &e),
-    })?;
+    let file: RoutesFile = super::trust::read_toml(path)?;
     let invalid = |key: String, reason: String| MappingError::Invalid {
         path: PathBuf::from(path),
         key,

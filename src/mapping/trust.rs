@@ -117,6 +117,19 @@ impl Trusts {
     }
 }
 
+/// Reads and parses one TOML file of a mapping; errors name the file (and for a parse error
+/// the line and key, never a value).
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, MappingError> {
+    let text = std::fs::read_to_string(path).map_err(|e| MappingError::Read {
+        path: path.to_path_buf(),
+        reason: e.kind().to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| MappingError::Parse {
+        path: path.to_path_buf(),
+        message: toml_error_message(&text, &e),
+    })
+}
+
 pub fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, MappingError> {
     let path = folder.join("trust.toml");
     let invalid = |key: String, reason: &str| MappingError::Invalid {
@@ -135,14 +148,7 @@ pub fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, Map
             "a trust's folder is its short name: 1-64 characters of a-z 0-9 -",
         ));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| MappingError::Read {
-        path: path.clone(),
-        reason: e.kind().to_string(),
-    })?;
-    let file: TrustFile = toml::from_str(&text).map_err(|e| MappingError::Parse {
-        path: path.clone(),
-        message: toml_error_message(&text, &e),
-    })?;
+    let file: TrustFile = read_toml(&path)?;
     let zone = |key: String, name: &Option<String>, fallback: chrono_tz::Tz| match name {
         None => Ok(fallback),
         Some(n) => n

@@ -396,38 +396,29 @@ fn after_dark(
     let day =
         sunrise::Coordinates::new(lat, lon).map(|coords| sunrise::SolarDay::new(coords, date));
     let event = |e| day.as_ref().and_then(|d| d.event_time(e));
-    // No sunset (polar day) cannot happen in England; nothing to compare with then.
-    if let Some(sunset) = event(sunrise::SolarEvent::Sunset) {
-        let limit = sunset - Duration::minutes(c.sunset_margin_minutes);
-        if arrived.0 > limit {
-            raise(
-                out,
-                RuleId::AfterDark,
-                sev,
-                format!(
-                    "arrived {} after local sunset {}",
-                    local(arrived.0, tz),
-                    sunset.with_timezone(&tz).format("%H:%M %Z")
-                ),
-            );
-            return;
-        }
-    }
-    // Before sunrise is dark too (a visit in the small hours, or on a winter morning).
-    if let Some(sunrise) = event(sunrise::SolarEvent::Sunrise) {
-        let limit = sunrise + Duration::minutes(c.sunset_margin_minutes);
-        if arrived.0 < limit {
-            raise(
-                out,
-                RuleId::AfterDark,
-                sev,
-                format!(
-                    "arrived {} before local sunrise {}",
-                    local(arrived.0, tz),
-                    sunrise.with_timezone(&tz).format("%H:%M %Z")
-                ),
-            );
-        }
+    let margin = Duration::minutes(c.sunset_margin_minutes);
+    // After sunset, or before sunrise (a visit in the small hours, or on a winter morning).
+    // No sunset or sunrise (polar day or night) cannot happen in England; nothing to
+    // compare with then.
+    let dark = event(sunrise::SolarEvent::Sunset)
+        .filter(|sunset| arrived.0 > *sunset - margin)
+        .map(|sunset| ("after local sunset", sunset))
+        .or_else(|| {
+            event(sunrise::SolarEvent::Sunrise)
+                .filter(|sunrise| arrived.0 < *sunrise + margin)
+                .map(|sunrise| ("before local sunrise", sunrise))
+        });
+    if let Some((when, sun)) = dark {
+        raise(
+            out,
+            RuleId::AfterDark,
+            sev,
+            format!(
+                "arrived {} {when} {}",
+                local(arrived.0, tz),
+                sun.with_timezone(&tz).format("%H:%M %Z")
+            ),
+        );
     }
 }
 
