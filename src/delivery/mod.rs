@@ -57,7 +57,7 @@ pub struct Settings {
 }
 
 enum Sink {
-    Http(HttpSink),
+    Http(Arc<HttpSink>),
     Csv(Arc<CsvSink>),
 }
 
@@ -139,13 +139,13 @@ impl Engine {
                     )))
                 } else if ov.paused {
                     // Nothing is sent; secrets are not needed until it is un-paused.
-                    Sink::Http(
+                    Sink::Http(Arc::new(
                         HttpSink::new(connector.clone(), Credentials::default()).map_err(fail)?,
-                    )
+                    ))
                 } else {
                     let c = credentials(&trust.folder, d).map_err(fail)?;
                     check_auth(&connector, &c, url.as_deref()).map_err(fail)?;
-                    Sink::Http(HttpSink::new(connector.clone(), c).map_err(fail)?)
+                    Sink::Http(Arc::new(HttpSink::new(connector.clone(), c).map_err(fail)?))
                 };
                 let limiter = connector
                     .limits
