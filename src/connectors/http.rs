@@ -3,6 +3,7 @@
 //! One request per call, classified into [`Attempt`]; retrying and recording are the
 //! delivery engine's. TLS is verified (rustls); redirects are not followed.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
@@ -12,7 +13,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::{Attempt, AuthScheme, Connector, Transport};
+use super::{Attempt, AuthScheme, Connector, TargetId, Transport};
 
 /// How much of a response is kept with a dead letter.
 const KEEP_RESPONSE: usize = 64 * 1024;
@@ -80,6 +81,21 @@ pub struct Request<'a> {
     pub url: String,
     pub body: &'a Value,
     pub idempotency_key: &'a str,
+    /// The destination's `vars` for the record's school (token bodies, header templates).
+    pub vars: &'a BTreeMap<String, String>,
+    /// Where the created id is, for this endpoint.
+    pub target_id: Option<&'a TargetId>,
+}
+
+/// A response as it came, before it is classified.
+struct Raw {
+    status: u16,
+    /// The status the body stands for: the response's own, or an exception's in a 2xx.
+    effective: u16,
+    exception: Option<String>,
+    retry_after: Option<Duration>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
 }
 
 /// One destination's HTTP client, with its connector, credentials and token cache.
@@ -87,7 +103,9 @@ pub struct HttpSink {
     client: reqwest::Client,
     connector: std::sync::Arc<Connector>,
     credentials: Credentials,
-    token: Mutex<Option<(String, Instant)>>,
+    /// Tokens by scope (OAuth2: one; a token exchange: one per distinct body), with when
+    /// they expire.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl HttpSink {
@@ -106,70 +124,123 @@ impl HttpSink {
             client,
             connector,
             credentials,
-            token: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Sends one request; with OAuth2, a 401 fetches a new token and tries once more.
+    /// Sends one record (or batch); with a token, a 401 fetches a new token and tries once
+    /// more.
     pub async fn send(&self, req: &Request<'_>) -> Attempt {
         let body = match serde_json::to_vec(req.body) {
             Ok(b) => b,
             Err(e) => return permanent(format!("cannot serialise the body: {e}"), None, None),
         };
-        let first = self.send_once(req, &body, None).await;
+        match self
+            .exchange(
+                req.method.clone(),
+                &req.url,
+                Some(&body),
+                Some(req.idempotency_key),
+                req.vars,
+            )
+            .await
+        {
+            Ok(raw) => self.classify(raw, req.target_id),
+            Err(a) => a,
+        }
+    }
+
+    /// Reads one JSON document (a look-up's page, `config check --online`): the body of a
+    /// 2xx, or what the failure comes to.
+    pub async fn get(&self, url: &str, vars: &BTreeMap<String, String>) -> Result<Value, Attempt> {
+        let raw = self
+            .exchange(reqwest::Method::GET, url, None, None, vars)
+            .await?;
+        if (200..300).contains(&raw.effective) {
+            return serde_json::from_slice(&raw.body).map_err(|_| {
+                permanent(
+                    format!("{} whose body is not JSON", raw.status),
+                    Some(raw.status),
+                    kept(&raw.body),
+                )
+            });
+        }
+        Err(self.classify(raw, None))
+    }
+
+    /// One request with the connector's headers and authentication; a 401 (or an exception
+    /// standing for one) with a token fetches a new token and tries once more.
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&[u8]>,
+        idempotency_key: Option<&str>,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Raw, Attempt> {
+        let first = self
+            .exchange_once(method.clone(), url, body, idempotency_key, vars, None)
+            .await?;
         match first {
-            Ok(a) => a,
-            Err(Unauthorized(refused)) => match self.send_once(req, &body, Some(&refused)).await {
-                Ok(a) => a,
-                Err(Unauthorized(_)) => permanent(
+            Ok(raw) => Ok(raw),
+            Err(Unauthorized(refused)) => match self
+                .exchange_once(method, url, body, idempotency_key, vars, Some(&refused))
+                .await?
+            {
+                Ok(raw) => Ok(raw),
+                Err(Unauthorized(_)) => Err(permanent(
                     "401 Unauthorized again after a new token".into(),
                     Some(401),
                     None,
-                ),
+                )),
             },
         }
     }
 
-    async fn send_once(
+    async fn exchange_once(
         &self,
-        req: &Request<'_>,
-        body: &[u8],
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&[u8]>,
+        idempotency_key: Option<&str>,
+        vars: &BTreeMap<String, String>,
         refused_token: Option<&str>,
-    ) -> Result<Attempt, Unauthorized> {
+    ) -> Result<Result<Raw, Unauthorized>, Attempt> {
         let mut headers = HeaderMap::new();
+        if body.is_some() {
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         headers.insert(
-            reqwest::header::CONTENT_TYPE,
+            reqwest::header::ACCEPT,
             HeaderValue::from_static("application/json"),
         );
         for (k, v) in &self.connector.request.headers {
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::try_from(k.as_str()),
-                HeaderValue::try_from(v.as_str()),
-            ) {
+            let v = fill_header(v, vars);
+            if v.is_empty() {
+                continue;
+            }
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v)) {
                 headers.insert(k, v);
             }
         }
-        if let Some(h) = &self.connector.request.idempotency_header
-            && let (Ok(k), Ok(v)) = (
-                HeaderName::try_from(h.as_str()),
-                HeaderValue::try_from(req.idempotency_key),
-            )
+        if let (Some(h), Some(key)) = (&self.connector.request.idempotency_header, idempotency_key)
+            && let (Ok(k), Ok(v)) = (HeaderName::try_from(h.as_str()), HeaderValue::try_from(key))
         {
             headers.insert(k, v);
         }
-        if self.connector.transport == Transport::Webhook {
+        if let (Transport::Webhook, Some(key), Some(body)) =
+            (self.connector.transport, idempotency_key, body)
+        {
             let ts = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default();
-            let sig = webhook_signature(
-                &self.credentials.webhook_keys,
-                req.idempotency_key,
-                ts,
-                body,
-            );
+            let sig = webhook_signature(&self.credentials.webhook_keys, key, ts, body);
             for (k, v) in [
-                ("webhook-id", req.idempotency_key.to_owned()),
+                ("webhook-id", key.to_owned()),
                 ("webhook-timestamp", ts.to_string()),
                 ("webhook-signature", sig),
             ] {
@@ -178,11 +249,10 @@ impl HttpSink {
                 }
             }
         }
-        let mut builder = self
-            .client
-            .request(req.method.clone(), &req.url)
-            .headers(headers)
-            .body(body.to_vec());
+        let mut builder = self.client.request(method, url).headers(headers);
+        if let Some(body) = body {
+            builder = builder.body(body.to_vec());
+        }
         let c = &self.credentials;
         let mut used_token = None;
         match self.connector.auth {
@@ -194,109 +264,149 @@ impl HttpSink {
             AuthScheme::Bearer => {
                 builder = builder.bearer_auth(c.token.clone().unwrap_or_default())
             }
-            AuthScheme::Oauth2ClientCredentials => match self.oauth_token(refused_token).await {
-                Ok(t) => {
-                    builder = builder.bearer_auth(&t);
-                    used_token = Some(t);
-                }
-                Err(a) => return Ok(a),
-            },
+            AuthScheme::Oauth2ClientCredentials => {
+                let t = self.oauth_token(refused_token).await?;
+                builder = builder.bearer_auth(&t);
+                used_token = Some(t);
+            }
+            AuthScheme::TokenExchange => {
+                let t = self.exchanged_token(vars, refused_token).await?;
+                let scheme = self
+                    .connector
+                    .token
+                    .as_ref()
+                    .map(|t| t.scheme.as_str())
+                    .unwrap_or("Bearer");
+                builder = builder.header(reqwest::header::AUTHORIZATION, format!("{scheme} {t}"));
+                used_token = Some(t);
+            }
         }
-        let response = match builder.send().await {
-            Ok(r) => r,
-            Err(e) => return Ok(transport_error(&e)),
-        };
+        let response = builder.send().await.map_err(|e| transport_error(&e))?;
         let status = response.status().as_u16();
-        if status == 401
-            && refused_token.is_none()
-            && let Some(t) = used_token
-        {
-            return Err(Unauthorized(t));
-        }
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let target_header = self
-            .connector
-            .response
-            .target_id
-            .as_ref()
-            .and_then(|t| t.header.as_ref())
-            .and_then(|h| response.headers().get(h.as_str()))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return Ok(transport_error(&e)),
-        };
-        Ok(self.classify(status, &text, retry_after, target_header))
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+        let (effective, exception) = self.effective_status(status, &body);
+        if effective == 401
+            && refused_token.is_none()
+            && let Some(t) = used_token
+        {
+            return Ok(Err(Unauthorized(t)));
+        }
+        Ok(Ok(Raw {
+            status,
+            effective,
+            exception,
+            retry_after,
+            headers,
+            body,
+        }))
     }
 
-    fn classify(
-        &self,
-        status: u16,
-        body: &[u8],
-        retry_after: Option<Duration>,
-        target_header: Option<String>,
-    ) -> Attempt {
+    /// A 2xx whose body names an exception (`[response] exception_pointer`) stands for the
+    /// status the connector gives that exception.
+    fn effective_status(&self, status: u16, body: &[u8]) -> (u16, Option<String>) {
         let rules = &self.connector.response;
-        let kept = || {
-            let s = String::from_utf8_lossy(&body[..body.len().min(KEEP_RESPONSE)]).into_owned();
-            (!s.is_empty()).then_some(s)
+        let Some(pointer) = rules.exception_pointer.as_deref() else {
+            return (status, None);
         };
-        if (200..300).contains(&status) {
-            let json: Option<Value> = serde_json::from_slice(body).ok();
+        if !(200..300).contains(&status) {
+            return (status, None);
+        }
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            return (status, None);
+        };
+        match json.pointer(pointer) {
+            Some(v) if present(v) => {
+                let name = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let stands_for = rules
+                    .exception_status
+                    .get(&name)
+                    .copied()
+                    .unwrap_or(rules.exception_default_status);
+                (stands_for, Some(name))
+            }
+            _ => (status, None),
+        }
+    }
+
+    fn classify(&self, raw: Raw, target: Option<&TargetId>) -> Attempt {
+        let rules = &self.connector.response;
+        let Raw {
+            status,
+            effective,
+            exception,
+            retry_after,
+            headers,
+            body,
+        } = raw;
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        let with_message = |mut reason: String| {
+            if let Some(m) = rules
+                .message_pointers
+                .iter()
+                .find_map(|p| json.as_ref().and_then(|j| j.pointer(p)).filter(|v| present(v)))
+            {
+                let m = match m {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                reason.push_str(TARGET_SAYS);
+                reason.push_str(&m.chars().take(1000).collect::<String>());
+            }
+            reason
+        };
+        let what = match &exception {
+            Some(name) => format!("{status} with exception {name} (stands for {effective})"),
+            None => format!("{status} {}", reason_phrase(status)),
+        };
+        if (200..300).contains(&effective) {
             for p in &rules.error_pointers {
-                let reported = json
-                    .as_ref()
-                    .and_then(|j| j.pointer(p))
-                    .is_some_and(|v| match v {
-                        Value::Null | Value::Bool(false) => false,
-                        Value::String(s) => !s.is_empty(),
-                        Value::Array(a) => !a.is_empty(),
-                        Value::Object(o) => !o.is_empty(),
-                        Value::Number(_) | Value::Bool(true) => true,
-                    });
-                if reported {
+                if json.as_ref().and_then(|j| j.pointer(p)).is_some_and(present) {
                     return permanent(
                         format!("{status} whose body reports an error at {p}"),
                         Some(status),
-                        kept(),
+                        kept(&body),
                     );
                 }
             }
-            let target_id = match rules.target_id.as_ref() {
-                Some(t) if t.pointer.is_some() => json
-                    .as_ref()
-                    .and_then(|j| j.pointer(t.pointer.as_deref().unwrap_or_default()))
-                    .and_then(|v| match v {
-                        Value::String(s) => Some(s.clone()),
-                        Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    }),
-                Some(_) => target_header,
-                None => None,
+            let target_id = match target {
+                Some(TargetId {
+                    pointer: Some(p), ..
+                }) => json.as_ref().and_then(|j| j.pointer(p)).and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }),
+                Some(TargetId {
+                    header: Some(h), ..
+                }) => headers
+                    .get(h.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                _ => None,
             };
             return Attempt::Delivered {
                 target_id,
                 status: Some(status),
             };
         }
-        if status >= 500 || rules.retry_status.contains(&status) {
+        if effective >= 500 || rules.retry_status.contains(&effective) {
             return Attempt::Retry {
-                reason: format!("{status} {}", reason_phrase(status)),
+                reason: with_message(what),
                 status: Some(status),
                 retry_after,
-                response: kept(),
+                response: kept(&body),
             };
         }
-        permanent(
-            format!("{status} {}", reason_phrase(status)),
-            Some(status),
-            kept(),
-        )
+        permanent(with_message(what), Some(status), kept(&body))
     }
 
     /// A token from the cache, or a new one from the token endpoint. After a 401, the token
@@ -305,12 +415,9 @@ impl HttpSink {
     async fn oauth_token(&self, refused: Option<&str>) -> Result<String, Attempt> {
         use oauth2::basic::BasicClient;
         use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
-        let mut cached = self.token.lock().await;
-        if let Some((t, until)) = cached.as_ref()
-            && Instant::now() + TOKEN_MARGIN < *until
-            && refused.is_none_or(|r| r != t)
-        {
-            return Ok(t.clone());
+        let mut tokens = self.tokens.lock().await;
+        if let Some(t) = cached(&tokens, "", refused) {
+            return Ok(t);
         }
         let c = &self.credentials;
         let url = TokenUrl::new(c.token_url.clone().unwrap_or_default()).map_err(|_| {
@@ -351,7 +458,7 @@ impl HttpSink {
             Ok(token) => {
                 let life = token.expires_in().unwrap_or(TOKEN_DEFAULT_LIFE);
                 let secret = token.access_token().secret().clone();
-                *cached = Some((secret.clone(), Instant::now() + life));
+                tokens.insert(String::new(), (secret.clone(), Instant::now() + life));
                 Ok(secret)
             }
             Err(oauth2::RequestTokenError::ServerResponse(e)) => Err(permanent(
@@ -376,9 +483,191 @@ impl HttpSink {
             }),
         }
     }
+
+    /// A token for the connector's `[token]` body filled in for these `vars` (one per
+    /// school where the body names the school), cached until shortly before it expires.
+    async fn exchanged_token(
+        &self,
+        vars: &BTreeMap<String, String>,
+        refused: Option<&str>,
+    ) -> Result<String, Attempt> {
+        let Some(spec) = self.connector.token.as_ref() else {
+            return Err(permanent("no [token] in the connector".into(), None, None));
+        };
+        let body = self.token_body(spec, vars)?;
+        let scope = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(body.to_string().as_bytes()))
+        };
+        let mut tokens = self.tokens.lock().await;
+        if let Some(t) = cached(&tokens, &scope, refused) {
+            return Ok(t);
+        }
+        let url = self.credentials.token_url.clone().unwrap_or_default();
+        let response = self
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Attempt::Retry {
+                reason: format!("token service: {}", error_kind(&e)),
+                status: None,
+                retry_after: None,
+                response: None,
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+        if status >= 500 || status == 429 || status == 408 {
+            return Err(Attempt::Retry {
+                reason: format!("token service: {status} {}", reason_phrase(status)),
+                status: Some(status),
+                retry_after,
+                response: None,
+            });
+        }
+        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let token = json
+            .as_ref()
+            .and_then(|j| j.pointer(&spec.token_pointer))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && (200..300).contains(&status));
+        let Some(token) = token else {
+            // The answer is not kept: it may echo the credentials.
+            return Err(permanent(
+                format!(
+                    "the token service refused the credentials ({status} {}, no token at {})",
+                    reason_phrase(status),
+                    spec.token_pointer
+                ),
+                Some(status),
+                None,
+            ));
+        };
+        let life = spec
+            .expires_pointer
+            .as_deref()
+            .and_then(|p| json.as_ref().and_then(|j| j.pointer(p)))
+            .and_then(token_life)
+            .unwrap_or(TOKEN_DEFAULT_LIFE);
+        tokens.insert(scope, (token.to_owned(), Instant::now() + life));
+        Ok(token.to_owned())
+    }
+
+    /// The `[token]` body for these `vars`, with the destination's secrets.
+    fn token_body(
+        &self,
+        spec: &super::TokenExchange,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Value, Attempt> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let c = &self.credentials;
+        let ctx = minijinja::context! {
+            vars => minijinja::Value::from(minijinja::value::Serde(vars)),
+            username => c.username.clone().unwrap_or_default(),
+            password => c.password.clone().unwrap_or_default(),
+            client_id => c.client_id.clone().unwrap_or_default(),
+            client_secret => c.client_secret.clone().unwrap_or_default(),
+        };
+        let mut out = serde_json::Map::new();
+        for (k, template) in &spec.body {
+            let v = env.render_str(template, &ctx).map_err(|e| {
+                permanent(
+                    format!(
+                        "[token] body.{k}: {}",
+                        e.detail().unwrap_or("template failed")
+                    ),
+                    None,
+                    None,
+                )
+            })?;
+            out.insert(k.clone(), Value::String(v));
+        }
+        Ok(Value::Object(out))
+    }
 }
 
-/// A 401 with this OAuth2 token.
+/// Separates our reason from the target's own message in a dead letter's reason. Logs
+/// keep only what comes before it (the target's words may quote the record).
+pub const TARGET_SAYS: &str = " — the target says: ";
+
+/// A reason without the target's message, for logs.
+pub fn loggable(reason: &str) -> &str {
+    reason.split(TARGET_SAYS).next().unwrap_or(reason)
+}
+
+/// A cached token for `scope` still good for a while, unless it is the one refused.
+fn cached(
+    tokens: &HashMap<String, (String, Instant)>,
+    scope: &str,
+    refused: Option<&str>,
+) -> Option<String> {
+    tokens
+        .get(scope)
+        .filter(|(t, until)| {
+            Instant::now() + TOKEN_MARGIN < *until && refused.is_none_or(|r| r != t)
+        })
+        .map(|(t, _)| t.clone())
+}
+
+/// A token's life from its answer: seconds, or an expiry date-time (RFC 3339, or without an
+/// offset taken as UTC).
+fn token_life(v: &Value) -> Option<Duration> {
+    if let Some(secs) = v.as_f64() {
+        return (secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs));
+    }
+    let s = v.as_str()?;
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc())
+        })
+        .ok()?;
+    (at - chrono::Utc::now()).to_std().ok()
+}
+
+/// A header value with `{{ vars.X }}` filled in; empty when a var is not given (the
+/// header is then left out).
+fn fill_header(template: &str, vars: &BTreeMap<String, String>) -> String {
+    if !template.contains("{{") {
+        return template.to_owned();
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    env.render_str(
+        template,
+        minijinja::context! { vars => minijinja::Value::from(minijinja::value::Serde(vars)) },
+    )
+    .unwrap_or_default()
+}
+
+/// A value that says something: not null, false, "" or empty.
+fn present(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Number(_) | Value::Bool(true) => true,
+    }
+}
+
+/// What of a response is kept with a dead letter.
+fn kept(body: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(&body[..body.len().min(KEEP_RESPONSE)]).into_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// A 401 with this token.
 struct Unauthorized(String);
 
 fn permanent(reason: String, status: Option<u16>, response: Option<String>) -> Attempt {

@@ -53,6 +53,10 @@ pub enum AuthScheme {
     Bearer,
     /// OAuth2 client credentials at the destination's `token_url`.
     Oauth2ClientCredentials,
+    /// A token from the destination's `token_url` for a JSON body of the connector's
+    /// `[token]` (Groupcall's Idaas tokens): one token per distinct body, so per school
+    /// where the body names the school.
+    TokenExchange,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +80,85 @@ pub struct Connector {
     pub response: ResponseRules,
     #[serde(default)]
     pub csv: CsvRules,
+    /// Look-ups an endpoint may use (`lookups = ["student"]`): the target's id for a value
+    /// of the record, read from the target and cached in the store.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, Lookup>,
+    /// With `auth = "token_exchange"`: how a token is asked for.
+    #[serde(default)]
+    pub token: Option<TokenExchange>,
+    /// What `config check --online` reads to prove the destination answers.
+    #[serde(default)]
+    pub check: Option<OnlineCheck>,
+}
+
+/// A look-up: the target's id for one of the record's values ("the pupil with this UPN",
+/// "the code with this letter").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lookup {
+    /// The value looked up, a template over the record (`{{ pupil.upn }}`); a look-up whose
+    /// key comes out empty is not made (the map sees no value).
+    pub key: String,
+    /// Appended to the destination's `url`; a template of `vars` and `key`
+    /// (`/students?upn={{ key | urlencode }}`).
+    pub path: String,
+    /// The path lists every entry (no key in it): every page is read once and every entry
+    /// cached, so a run costs one listing, not one request per key.
+    #[serde(default)]
+    pub all: bool,
+    /// JSON pointer of the list of results in a page ("" when the page is the list).
+    #[serde(default)]
+    pub items: String,
+    /// JSON pointer, in one result, of the value compared with the key. Without it (a path
+    /// that filters by the key), the first result is the match.
+    #[serde(default, rename = "match")]
+    pub match_pointer: Option<String>,
+    /// JSON pointer, in the matching result, of the id kept.
+    pub value: String,
+    /// JSON pointer, in a page, of the next page's URL (absolute on the same host, or a path).
+    #[serde(default)]
+    pub next: Option<String>,
+    /// How long a found id is kept.
+    #[serde(default = "default_ttl_hours")]
+    pub ttl_hours: f64,
+    /// How long "not found" is kept (so a missing pupil costs one look-up a while, not one
+    /// per record).
+    #[serde(default = "default_not_found_minutes")]
+    pub not_found_minutes: f64,
+}
+
+fn default_ttl_hours() -> f64 {
+    24.0
+}
+fn default_not_found_minutes() -> f64 {
+    10.0
+}
+
+/// A token asked for with a JSON body (`auth = "token_exchange"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchange {
+    /// The body POSTed to the destination's `token_url`: each value a template of `vars`
+    /// and the destination's secrets (`{{ password }}`, `{{ username }}`, `{{ client_id }}`).
+    pub body: BTreeMap<String, String>,
+    /// JSON pointer of the token in the answer.
+    pub token_pointer: String,
+    /// JSON pointer of its expiry: seconds from now, or a date-time (RFC 3339; without an
+    /// offset, UTC).
+    #[serde(default)]
+    pub expires_pointer: Option<String>,
+    /// `Authorization: <scheme> <token>`.
+    pub scheme: String,
+}
+
+/// `config check --online`: a read that needs the credentials and changes nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineCheck {
+    /// Appended to the destination's `url`; a template of `vars` (per school when the
+    /// destination lists schools).
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +250,16 @@ pub struct Endpoint {
     pub batch_size: usize,
     #[serde(default)]
     pub batch_pointer: Option<String>,
+    /// JSON pointers into each body that must agree for bodies to share a request (one
+    /// date per request: `["/Marks/0/Date"]`). Bodies for different paths never share one.
+    #[serde(default)]
+    pub batch_by: Vec<String>,
+    /// The connector's look-ups this endpoint's maps use (`{{ lookup.student }}`).
+    #[serde(default)]
+    pub lookups: Vec<String>,
+    /// Where this endpoint's created id is, when it differs from `[response] target_id`.
+    #[serde(default)]
+    pub target_id: Option<TargetId>,
 }
 
 fn one() -> usize {
@@ -190,6 +283,24 @@ pub struct ResponseRules {
     /// Where the created record's id is: a JSON pointer into the body, or a header.
     #[serde(default)]
     pub target_id: Option<TargetId>,
+    /// JSON pointers of the target's own explanation in an error body; the first found is
+    /// kept in the dead letter's reason (never logged: it may quote the record).
+    #[serde(default)]
+    pub message_pointers: Vec<String>,
+    /// JSON pointer of an exception's type in a 2xx body (Xporter's `ExceptionType`): a
+    /// body with one is not a success but is classified as the status it stands for.
+    #[serde(default)]
+    pub exception_pointer: Option<String>,
+    /// The status each exception type stands for.
+    #[serde(default)]
+    pub exception_status: BTreeMap<String, u16>,
+    /// The status an exception type not listed stands for.
+    #[serde(default = "default_exception_status")]
+    pub exception_default_status: u16,
+}
+
+fn default_exception_status() -> u16 {
+    500
 }
 
 fn default_retry_status() -> Vec<u16> {
@@ -202,6 +313,10 @@ impl Default for ResponseRules {
             retry_status: default_retry_status(),
             error_pointers: Vec::new(),
             target_id: None,
+            message_pointers: Vec::new(),
+            exception_pointer: None,
+            exception_status: BTreeMap::new(),
+            exception_default_status: default_exception_status(),
         }
     }
 }
@@ -281,10 +396,32 @@ impl Connector {
             ));
         }
         for (kind, e) in &c.endpoints {
-            if kind != "default" && !crate::mapping::routes::KINDS.contains(&kind.as_str()) {
+            if kind.is_empty() || !kind.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
                 return Err(invalid(
                     &format!("endpoints.{kind}"),
-                    "a record kind or `default`",
+                    "a record kind, `default`, or a name of letters, digits and _ that a destination picks with `endpoint`",
+                ));
+            }
+            for l in &e.lookups {
+                if !c.lookups.contains_key(l) {
+                    return Err(invalid(
+                        &format!("endpoints.{kind}.lookups"),
+                        &format!("no [lookups.{l}] in this connector"),
+                    ));
+                }
+            }
+            if let Some(p) = e.batch_by.iter().find(|p| !p.starts_with('/')) {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.batch_by"),
+                    &format!("`{p}` is not a JSON pointer (starts with /)"),
+                ));
+            }
+            if let Some(t) = &e.target_id
+                && t.pointer.is_some() == t.header.is_some()
+            {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.target_id"),
+                    "give exactly one of pointer or header",
                 ));
             }
             for m in std::iter::once(&e.method).chain(e.update_method.as_ref()) {
@@ -344,6 +481,47 @@ impl Connector {
                 ));
             }
         }
+        for (name, l) in &c.lookups {
+            let pointers = [Some(&l.items), l.match_pointer.as_ref(), Some(&l.value), l.next.as_ref()];
+            if pointers.into_iter().flatten().any(|p| !p.is_empty() && !p.starts_with('/')) || l.value.is_empty() {
+                return Err(invalid(
+                    &format!("lookups.{name}"),
+                    "items, match, value and next are JSON pointers (/…); value is required",
+                ));
+            }
+            if !(l.ttl_hours > 0.0 && l.ttl_hours <= 24.0 * 366.0)
+                || !(l.not_found_minutes >= 0.0 && l.not_found_minutes <= 24.0 * 60.0)
+            {
+                return Err(invalid(
+                    &format!("lookups.{name}"),
+                    "ttl_hours above 0 and at most a year; not_found_minutes at most a day",
+                ));
+            }
+            if l.all && l.match_pointer.is_none() {
+                return Err(invalid(
+                    &format!("lookups.{name}.match"),
+                    "a listing (`all = true`) needs `match`, the pointer compared with the key",
+                ));
+            }
+        }
+        if (c.auth == AuthScheme::TokenExchange) != c.token.is_some() {
+            return Err(invalid(
+                "token",
+                "give a [token] table exactly when auth = \"token_exchange\"",
+            ));
+        }
+        if let Some(p) = c
+            .response
+            .message_pointers
+            .iter()
+            .chain(&c.response.exception_pointer)
+            .find(|p| !p.starts_with('/'))
+        {
+            return Err(invalid(
+                "response",
+                &format!("`{p}` is not a JSON pointer (starts with /)"),
+            ));
+        }
         if let Some(t) = &c.response.target_id
             && t.pointer.is_some() == t.header.is_some()
         {
@@ -355,11 +533,22 @@ impl Connector {
         Ok(c)
     }
 
-    /// The endpoint for a record kind.
-    pub fn endpoint(&self, kind: &str) -> Option<&Endpoint> {
-        self.endpoints
-            .get(kind)
-            .or_else(|| self.endpoints.get("default"))
+    /// The endpoint for a record kind, or the one a destination names.
+    pub fn endpoint(&self, named: Option<&str>, kind: &str) -> Option<&Endpoint> {
+        match named {
+            Some(n) => self.endpoints.get(n),
+            None => self
+                .endpoints
+                .get(kind)
+                .or_else(|| self.endpoints.get("default")),
+        }
+    }
+
+    /// Where an endpoint's created id is found.
+    pub fn target_id<'a>(&'a self, endpoint: Option<&'a Endpoint>) -> Option<&'a TargetId> {
+        endpoint
+            .and_then(|e| e.target_id.as_ref())
+            .or(self.response.target_id.as_ref())
     }
 }
 
@@ -461,8 +650,14 @@ mod tests {
         let e =
             parse("transport = \"http_json\"\n[endpoints.default]\nbatch_size = 5\n").unwrap_err();
         assert!(e.contains("batch_pointer"), "{e}");
-        let e = parse("transport = \"http_json\"\n[endpoints.visits]\n").unwrap_err();
-        assert!(e.contains("endpoints.visits"), "{e}");
+        let e = parse("transport = \"http_json\"\n[endpoints.\"visit-s\"]\n").unwrap_err();
+        assert!(e.contains("endpoints.visit-s"), "{e}");
+        let e = parse("transport = \"http_json\"\n[endpoints.default]\nlookups = [\"pupil\"]\n")
+            .unwrap_err();
+        assert!(e.contains("lookups.pupil"), "{e}");
+        let e = parse("transport = \"http_json\"\nauth = \"token_exchange\"\n[endpoints.default]\n")
+            .unwrap_err();
+        assert!(e.contains("token"), "{e}");
         let e = parse("transport = \"http_json\"\n").unwrap_err();
         assert!(e.contains("endpoints"), "{e}");
         let e = parse("transport = \"csv_file\"\nauth = \"basic\"\n").unwrap_err();

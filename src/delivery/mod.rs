@@ -7,6 +7,7 @@
 //! Owns: routing into deliveries, sending through the connectors, retries and dead letters.
 //! May not touch: intake or validation; how a body is built (the mapping's).
 
+pub mod lookup;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -68,17 +69,24 @@ struct Dest {
     connector: Arc<Connector>,
     sink: Sink,
     url: Option<String>,
-    vars: BTreeMap<String, String>,
+    /// The endpoint every record goes to, instead of the one for its kind.
+    endpoint: Option<String>,
+    config: crate::mapping::Destination,
     limiter: Option<governor::DefaultDirectRateLimiter>,
+    lookups: lookup::Lookups,
     paused: bool,
 }
 
 impl Dest {
+    fn endpoint(&self, kind: &str) -> Option<&crate::connectors::Endpoint> {
+        self.connector.endpoint(self.endpoint.as_deref(), kind)
+    }
+
     /// How many deliveries like this one go in one request: the endpoint's batch size for
     /// a create; 1 for an update (it names one target record) or an endpoint that does not
     /// batch.
     fn batch_size(&self, c: &Claimed) -> usize {
-        match self.connector.endpoint(&c.kind) {
+        match self.endpoint(&c.kind) {
             Some(e) if e.batch_pointer.is_some() && c.prior_target.is_none() => e.batch_size.max(1),
             _ => 1,
         }
@@ -158,8 +166,10 @@ impl Engine {
                     connector,
                     sink,
                     url,
-                    vars: d.vars.clone(),
+                    endpoint: d.endpoint.clone(),
+                    config: d.clone(),
                     limiter,
+                    lookups: lookup::Lookups::default(),
                     paused: ov.paused,
                 }));
             }
@@ -181,6 +191,11 @@ impl Engine {
             connectors,
             dests,
         })
+    }
+
+    /// Requests made for look-ups in this engine's runs.
+    pub fn lookup_requests(&self) -> u64 {
+        self.dests.iter().map(|d| d.lookups.requests()).sum()
     }
 
     /// (trust, destination) of every paused destination.
@@ -392,12 +407,13 @@ impl<S: DeliveryStore + 'static> Driver<S> {
             }
             while sending.len() < slots {
                 let Some(c) = queue.pop_front() else { break };
-                let (dest, trusts, connectors, tx) = (
-                    self.dest.clone(),
-                    self.trusts.clone(),
-                    self.connectors.clone(),
-                    self.tx.clone(),
-                );
+                let env = Env {
+                    dest: self.dest.clone(),
+                    trusts: self.trusts.clone(),
+                    connectors: self.connectors.clone(),
+                    store: self.store.clone(),
+                };
+                let tx = self.tx.clone();
                 let size = self.dest.batch_size(&c);
                 if size > 1 {
                     // The next deliveries of the same kind that are creates too.
@@ -410,14 +426,14 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                         batch.extend(queue.remove(i));
                     }
                     sending.spawn(async move {
-                        for finished in attempt_batch(&dest, &trusts, &connectors, batch).await {
+                        for finished in attempt_batch(&env, batch).await {
                             let _ = tx.send(finished).await;
                         }
                     });
                     continue;
                 }
                 sending.spawn(async move {
-                    let finished = attempt(&dest, &trusts, &connectors, c).await;
+                    let finished = attempt(&env, c).await;
                     let _ = tx.send(finished).await;
                 });
             }
@@ -469,81 +485,116 @@ impl<S: DeliveryStore + 'static> Driver<S> {
     }
 }
 
-/// Makes one attempt and decides what it comes to.
-async fn attempt(
-    dest: &Arc<Dest>,
-    trusts: &Trusts,
-    connectors: &Connectors,
-    c: Claimed,
-) -> Finished {
-    let result = match prepare(dest, trusts, connectors, &c) {
-        Err(reason) => Attempt::Permanent {
-            reason,
-            status: None,
-            response: None,
-        },
-        Ok(out) => send(dest, &c, out).await,
-    };
-    conclude(&dest.connector.limits, c, result)
+/// What the senders of one destination share.
+struct Env<S> {
+    dest: Arc<Dest>,
+    trusts: Arc<Trusts>,
+    connectors: Arc<Connectors>,
+    store: Arc<S>,
 }
 
-/// Sends several deliveries of one kind as one request, for endpoints that batch: each
-/// body's items at the endpoint's `batch_pointer` are gathered into the first body's array
-/// there. Every delivery of the batch gets the request's outcome; one whose body cannot be
-/// built goes dead on its own.
-async fn attempt_batch(
-    dest: &Arc<Dest>,
-    trusts: &Trusts,
-    connectors: &Connectors,
-    batch: Vec<Claimed>,
-) -> Vec<Finished> {
-    let limits = &dest.connector.limits;
-    let mut done = Vec::with_capacity(batch.len());
-    let mut members: Vec<(Claimed, Value)> = Vec::with_capacity(batch.len());
-    for c in batch {
-        match prepare(dest, trusts, connectors, &c) {
-            Ok(plan::Outgoing {
-                rendered: Rendered::Body(body),
-                ..
-            }) => members.push((c, body)),
-            Ok(_) => {
-                let a = Attempt::Permanent {
-                    reason: "the map's output does not fit the connector".into(),
-                    status: None,
-                    response: None,
-                };
-                done.push(conclude(limits, c, a));
-            }
-            Err(reason) => {
-                let a = Attempt::Permanent {
-                    reason,
-                    status: None,
-                    response: None,
-                };
-                done.push(conclude(limits, c, a));
-            }
+impl<S> Clone for Env<S> {
+    fn clone(&self) -> Self {
+        Env {
+            dest: self.dest.clone(),
+            trusts: self.trusts.clone(),
+            connectors: self.connectors.clone(),
+            store: self.store.clone(),
         }
     }
-    let Some((first, _)) = members.first() else {
-        return done;
+}
+
+/// A delivery ready to go: what to send, and the school's `vars` for its URL.
+struct Prepared {
+    out: plan::Outgoing,
+    vars: BTreeMap<String, String>,
+}
+
+/// Makes one attempt and decides what it comes to.
+async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finished {
+    let result = match prepare(env, &c).await {
+        Err(a) => a,
+        Ok(p) => send(&env.dest, &c, p).await,
+    };
+    conclude(&env.dest.connector.limits, c, result)
+}
+
+/// Sends several deliveries of one kind as few requests as the endpoint allows: bodies
+/// for the same URL that agree at the endpoint's `batch_by` pointers share a request, their
+/// items at `batch_pointer` gathered into the first body's array there. Every delivery of a
+/// request gets its outcome; one whose body cannot be built goes dead on its own.
+async fn attempt_batch<S: DeliveryStore>(env: &Env<S>, batch: Vec<Claimed>) -> Vec<Finished> {
+    let dest = &env.dest;
+    let limits = &dest.connector.limits;
+    let mut done = Vec::with_capacity(batch.len());
+    // Members by (URL, batch_by values), in claim order.
+    let mut groups: Vec<(String, Vec<(Claimed, Value, BTreeMap<String, String>)>)> = Vec::new();
+    for c in batch {
+        match prepare(env, &c).await {
+            Ok(Prepared {
+                out:
+                    plan::Outgoing {
+                        rendered: Rendered::Body(body),
+                        ..
+                    },
+                vars,
+            }) => {
+                let by = dest
+                    .endpoint(&c.kind)
+                    .map(|e| e.batch_by.clone())
+                    .unwrap_or_default();
+                let group = match target_of(dest, &c, &vars) {
+                    Ok((_, url, _)) => {
+                        let values: Vec<String> = by
+                            .iter()
+                            .map(|p| body.pointer(p).map(Value::to_string).unwrap_or_default())
+                            .collect();
+                        format!("{url}\u{1f}{}", values.join("\u{1f}"))
+                    }
+                    Err(reason) => {
+                        done.push(conclude(limits, c, permanent(reason)));
+                        continue;
+                    }
+                };
+                match groups.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, members)) => members.push((c, body, vars)),
+                    None => groups.push((group, vec![(c, body, vars)])),
+                }
+            }
+            Ok(_) => done.push(conclude(
+                limits,
+                c,
+                permanent("the map's output does not fit the connector".into()),
+            )),
+            Err(a) => done.push(conclude(limits, c, a)),
+        }
+    }
+    for (_, members) in groups {
+        done.extend(send_batch(dest, members).await);
+    }
+    done
+}
+
+/// One request for the bodies of one batch group.
+async fn send_batch(
+    dest: &Arc<Dest>,
+    members: Vec<(Claimed, Value, BTreeMap<String, String>)>,
+) -> Vec<Finished> {
+    let limits = &dest.connector.limits;
+    let Some((first, _, vars)) = members.first() else {
+        return Vec::new();
     };
     let pointer = dest
-        .connector
         .endpoint(&first.kind)
         .and_then(|e| e.batch_pointer.clone())
         .unwrap_or_default();
-    let merged = match merge_bodies(members.iter().map(|(_, b)| b), &pointer) {
+    let merged = match merge_bodies(members.iter().map(|(_, b, _)| b), &pointer) {
         Ok(m) => m,
         Err(reason) => {
-            for (c, _) in members {
-                let a = Attempt::Permanent {
-                    reason: reason.clone(),
-                    status: None,
-                    response: None,
-                };
-                done.push(conclude(limits, c, a));
-            }
-            return done;
+            return members
+                .into_iter()
+                .map(|(c, _, _)| conclude(limits, c, permanent(reason.clone())))
+                .collect();
         }
     };
     // The batch's key: the same for the same members, whatever the attempt.
@@ -553,33 +604,46 @@ async fn attempt_batch(
         "batch",
         &members
             .iter()
-            .map(|(c, _)| c.idempotency_key.as_str())
+            .map(|(c, _, _)| c.idempotency_key.as_str())
             .collect::<Vec<_>>()
             .join(","),
         1,
     );
     let mut lead = first.clone();
     lead.idempotency_key = key;
-    let out = plan::Outgoing {
-        destination: lead.destination.clone(),
-        connector: dest.connector.name.clone(),
-        map: lead.map.clone(),
-        rendered: Rendered::Body(merged),
-        file: None,
+    let prepared = Prepared {
+        out: plan::Outgoing {
+            destination: lead.destination.clone(),
+            connector: dest.connector.name.clone(),
+            map: lead.map.clone(),
+            rendered: Rendered::Body(merged),
+            file: None,
+        },
+        vars: vars.clone(),
     };
-    let result = send(dest, &lead, out).await;
-    for (c, _) in members {
-        let a = match &result {
-            // One created id names the batch, not each record: none is kept.
-            Attempt::Delivered { status, .. } => Attempt::Delivered {
-                target_id: None,
-                status: *status,
-            },
-            other => other.clone(),
-        };
-        done.push(conclude(limits, c, a));
+    let result = send(dest, &lead, prepared).await;
+    members
+        .into_iter()
+        .map(|(c, _, _)| {
+            let a = match &result {
+                // One created id names the batch, not each record: none is kept.
+                Attempt::Delivered { status, .. } => Attempt::Delivered {
+                    target_id: None,
+                    status: *status,
+                },
+                other => other.clone(),
+            };
+            conclude(limits, c, a)
+        })
+        .collect()
+}
+
+fn permanent(reason: String) -> Attempt {
+    Attempt::Permanent {
+        reason,
+        status: None,
+        response: None,
     }
-    done
 }
 
 /// One body holding every body's items at `pointer` (an array there, or a single value).
@@ -682,19 +746,20 @@ fn backoff(limits: &crate::connectors::Limits, attempts: u32) -> Duration {
         .unwrap_or(max)
 }
 
-/// What to send: the rendered body or row, or why it cannot be built (permanent: the record
-/// or the mapping must change, and the dead letter is replayed after the fix).
-fn prepare(
-    dest: &Dest,
-    trusts: &Trusts,
-    connectors: &Connectors,
-    c: &Claimed,
-) -> Result<plan::Outgoing, String> {
-    let trust = trusts
-        .get(&c.trust)
-        .ok_or_else(|| format!("trust `{}` is no longer in the mappings folder", c.trust))?;
-    let record: Value =
-        serde_json::from_str(&c.canonical).map_err(|e| format!("stored record: {e}"))?;
+/// What to send: the record's look-ups made, then its body or row rendered; or what the
+/// attempt comes to without sending (a map that cannot be built, a pupil the target does
+/// not have: permanent, replayed after the fix; a look-up the target failed to answer:
+/// retried).
+async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared, Attempt> {
+    let dest = &env.dest;
+    let trust = env.trusts.get(&c.trust).ok_or_else(|| {
+        permanent(format!(
+            "trust `{}` is no longer in the mappings folder",
+            c.trust
+        ))
+    })?;
+    let record: Value = serde_json::from_str(&c.canonical)
+        .map_err(|e| permanent(format!("stored record: {e}")))?;
     let raised: Vec<RaisedException> = c
         .exceptions
         .iter()
@@ -703,17 +768,141 @@ fn prepare(
             severity: *severity,
         })
         .collect();
-    plan::render(trust, connectors, &dest.name, &c.map, &record, &raised)
-        .map_err(|e| format!("mapping: {e}"))
+    let mut extras = plan::Extras {
+        vars: dest.config.vars_for(&c.school),
+        lookups: BTreeMap::new(),
+    };
+    let needs = plan::lookup_needs(trust, &env.connectors, &dest.name, &record, &raised)
+        .map_err(|e| permanent(format!("mapping: {e}")))?;
+    for need in needs {
+        let (Some(spec), Sink::Http(sink)) = (dest.connector.lookups.get(&need.name), &dest.sink)
+        else {
+            continue;
+        };
+        let scope = crate::store::lookups::LookupScope {
+            trust: c.trust.clone(),
+            destination: dest.name.clone(),
+            school: c.school.clone(),
+            name: need.name.clone(),
+        };
+        let target = lookup::Target {
+            sink,
+            base_url: dest.url.as_deref().unwrap_or_default(),
+            spec,
+            vars: &extras.vars,
+        };
+        match dest
+            .lookups
+            .resolve(env.store.as_ref(), &target, &scope, &need.key)
+            .await
+        {
+            Ok(crate::store::lookups::Cached::Found(v)) => {
+                extras.lookups.insert(need.name, v);
+            }
+            // Named by the record, never by the value looked up (a UPN, a name).
+            Ok(crate::store::lookups::Cached::NotFound) => {
+                return Err(permanent(format!(
+                    "look-up `{}`: the target has no match for {} {} of school {} \
+                     (replay once the target has it)",
+                    need.name, c.kind, c.record_id, c.school
+                )));
+            }
+            Err(Attempt::Retry {
+                reason,
+                status,
+                retry_after,
+                response,
+            }) => {
+                return Err(Attempt::Retry {
+                    reason: format!("look-up `{}`: {reason}", need.name),
+                    status,
+                    retry_after,
+                    response,
+                });
+            }
+            Err(Attempt::Permanent {
+                reason,
+                status,
+                response,
+            }) => {
+                return Err(Attempt::Permanent {
+                    reason: format!("look-up `{}`: {reason}", need.name),
+                    status,
+                    response,
+                });
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let out = plan::render(
+        trust,
+        &env.connectors,
+        &dest.name,
+        &c.map,
+        &record,
+        &raised,
+        &extras,
+    )
+    .map_err(|e| permanent(format!("mapping: {e}")))?;
+    Ok(Prepared {
+        out,
+        vars: extras.vars,
+    })
 }
 
-async fn send(dest: &Arc<Dest>, c: &Claimed, out: plan::Outgoing) -> Attempt {
+/// The method, full URL and target-id rule of a delivery: the endpoint's create, or its
+/// update of the target's record when an earlier revision created one.
+fn target_of<'a>(
+    dest: &'a Dest,
+    c: &Claimed,
+    vars: &BTreeMap<String, String>,
+) -> Result<(reqwest::Method, String, Option<&'a crate::connectors::TargetId>), String> {
+    let endpoint = dest.endpoint(&c.kind).ok_or_else(|| {
+        format!(
+            "connector `{}` has no endpoint for {}",
+            dest.connector.name, c.kind
+        )
+    })?;
+    let (method, path) = match (
+        &c.prior_target,
+        &endpoint.update_method,
+        &endpoint.update_path,
+    ) {
+        (Some(_), Some(m), Some(p)) => (m.as_str(), p.as_str()),
+        _ => (endpoint.method.as_str(), endpoint.path.as_str()),
+    };
+    let base = expand_path(
+        dest.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+        vars,
+        None,
+    )?;
+    let path = expand_path(path, vars, c.prior_target.as_deref())?;
+    let url = if path.starts_with("https://") || path.starts_with("http://") {
+        // A target id that is a whole URL (a `Location`): only on the destination's host.
+        let same = |a: &str, b: &str| {
+            reqwest::Url::parse(a)
+                .ok()
+                .zip(reqwest::Url::parse(b).ok())
+                .is_some_and(|(a, b)| a.origin() == b.origin())
+        };
+        if !same(&path, &base) {
+            return Err("the target id is a URL on another host than the destination's".into());
+        }
+        path
+    } else {
+        format!("{base}{path}")
+    };
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    Ok((method, url, dest.connector.target_id(Some(endpoint))))
+}
+
+async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
     if let Some(l) = &dest.limiter {
         l.until_ready().await;
     }
-    match (&dest.sink, out.rendered) {
+    match (&dest.sink, p.out.rendered) {
         (Sink::Csv(sink), Rendered::Row { header, cells }) => {
-            let file = out.file.unwrap_or_default();
+            let file = p.out.file.unwrap_or_default();
             // CSV writes are blocking and one at a time per destination.
             let key = c.idempotency_key.clone();
             let sink = sink.clone();
@@ -727,57 +916,21 @@ async fn send(dest: &Arc<Dest>, c: &Claimed, out: plan::Outgoing) -> Attempt {
                 })
         }
         (Sink::Http(sink), Rendered::Body(body)) => {
-            let Some(endpoint) = dest.connector.endpoint(&c.kind) else {
-                return Attempt::Permanent {
-                    reason: format!(
-                        "connector `{}` has no endpoint for {}",
-                        dest.connector.name, c.kind
-                    ),
-                    status: None,
-                    response: None,
-                };
+            let (method, url, target_id) = match target_of(dest, c, &p.vars) {
+                Ok(t) => t,
+                Err(reason) => return permanent(reason),
             };
-            let (method, path) = match (
-                &c.prior_target,
-                &endpoint.update_method,
-                &endpoint.update_path,
-            ) {
-                (Some(_), Some(m), Some(p)) => (m.as_str(), p.as_str()),
-                _ => (endpoint.method.as_str(), endpoint.path.as_str()),
-            };
-            let path = match expand_path(path, &dest.vars, c.prior_target.as_deref()) {
-                Ok(p) => p,
-                Err(reason) => {
-                    return Attempt::Permanent {
-                        reason,
-                        status: None,
-                        response: None,
-                    };
-                }
-            };
-            let url = format!(
-                "{}{}",
-                dest.url
-                    .as_deref()
-                    .unwrap_or_default()
-                    .trim_end_matches('/'),
-                path
-            );
-            let method =
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
             sink.send(&Request {
                 method,
                 url,
                 body: &body,
                 idempotency_key: &c.idempotency_key,
+                vars: &p.vars,
+                target_id,
             })
             .await
         }
-        _ => Attempt::Permanent {
-            reason: "the map's output does not fit the connector".into(),
-            status: None,
-            response: None,
-        },
+        _ => permanent("the map's output does not fit the connector".into()),
     }
 }
 
@@ -802,6 +955,10 @@ fn expand_path(
             minijinja::Value::from(target_id.unwrap_or_default()),
         ),
     ]);
-    env.render_str(path, ctx)
-        .map_err(|e| format!("endpoint path: {}", e.detail().unwrap_or("template failed")))
+    env.render_str(path, ctx).map_err(|e| {
+        format!(
+            "`{path}`: {} (a school's values are in the destination's `schools`)",
+            e.detail().unwrap_or("template failed")
+        )
+    })
 }

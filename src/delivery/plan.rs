@@ -2,6 +2,8 @@
 //! what is sent (rendering through the route's map). The same functions serve `sync` and
 //! `mapping test`, so a passing mapping test is what a sync sends.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -34,6 +36,27 @@ pub enum PlanError {
     },
     #[error("trust `{trust}` has no routes.toml")]
     NoMapping { trust: String },
+    #[error("destination `{destination}`: look-up `{lookup}`: {reason}")]
+    Lookup {
+        destination: String,
+        lookup: String,
+        reason: String,
+    },
+}
+
+/// What a delivery's map sees beside the record: the destination's `vars` for the
+/// record's school (`{{ vars.X }}`) and the look-ups made for it (`{{ lookup.X }}`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extras {
+    pub vars: BTreeMap<String, String>,
+    pub lookups: BTreeMap<String, String>,
+}
+
+/// A look-up one delivery needs before its map can be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupNeed {
+    pub name: String,
+    pub key: String,
 }
 
 /// What one destination gets for one record revision.
@@ -158,6 +181,17 @@ pub fn plan_record(
     planned
         .iter()
         .map(|p| {
+            // A mapping test reaches no target: a look-up's value stands in as
+            // `<name key>`, so the expected body shows what would be looked up.
+            let mut extras = Extras {
+                vars: destination_vars(trust, &p.destination, &school),
+                lookups: BTreeMap::new(),
+            };
+            for need in lookup_needs(trust, connectors, &p.destination, record, exceptions)? {
+                extras
+                    .lookups
+                    .insert(need.name.clone(), format!("<{} {}>", need.name, need.key));
+            }
             render(
                 trust,
                 connectors,
@@ -165,21 +199,87 @@ pub fn plan_record(
                 &p.map,
                 record,
                 exceptions,
+                &extras,
             )
         })
         .collect()
 }
 
-/// What one delivery sends: the map's body or row, and for CSV the file.
-pub fn render(
+/// A destination's `vars` for a school (empty for an unknown destination).
+pub fn destination_vars(trust: &Trust, destination: &str, school: &str) -> BTreeMap<String, String> {
+    trust
+        .mapping
+        .as_deref()
+        .and_then(|m| m.routes.destinations.get(destination))
+        .map(|d| d.vars_for(school))
+        .unwrap_or_default()
+}
+
+/// The look-ups a record's delivery to `destination` needs: each of its endpoint's
+/// `lookups` whose key, rendered over the record, is not empty.
+pub fn lookup_needs(
     trust: &Trust,
     connectors: &Connectors,
     destination: &str,
-    map: &str,
     record: &Value,
     exceptions: &[RaisedException],
-) -> Result<Outgoing, PlanError> {
+) -> Result<Vec<LookupNeed>, PlanError> {
     let mapping = mapping_of(trust)?;
+    let (dest, connector) = destination_of(mapping, connectors, destination)?;
+    let kind = record.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let Some(endpoint) = connector.endpoint(dest.endpoint.as_deref(), kind) else {
+        return Ok(Vec::new());
+    };
+    if endpoint.lookups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let school = school_of(record);
+    let ctx = full_context(
+        trust,
+        mapping,
+        destination,
+        record,
+        exceptions,
+        &Extras {
+            vars: dest.vars_for(school),
+            lookups: BTreeMap::new(),
+        },
+    );
+    let mut needs = Vec::new();
+    for name in &endpoint.lookups {
+        let Some(l) = connector.lookups.get(name) else {
+            continue;
+        };
+        let key = mapping
+            .render_template(&l.key, &ctx)
+            .map_err(|reason| PlanError::Lookup {
+                destination: destination.to_owned(),
+                lookup: name.clone(),
+                reason: format!("key: {reason}"),
+            })?;
+        let key = key.trim();
+        if !key.is_empty() {
+            needs.push(LookupNeed {
+                name: name.clone(),
+                key: key.to_owned(),
+            });
+        }
+    }
+    Ok(needs)
+}
+
+fn school_of(record: &Value) -> &str {
+    record
+        .pointer("/school/urn")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn destination_of<'a>(
+    mapping: &'a mapping::Mapping,
+    connectors: &'a Connectors,
+    destination: &str,
+) -> Result<(&'a mapping::Destination, &'a std::sync::Arc<crate::connectors::Connector>), PlanError> {
     let dest = mapping
         .routes
         .destinations
@@ -193,12 +293,41 @@ pub fn render(
             destination: destination.to_owned(),
             connector: dest.connector.clone(),
         })?;
-    let school = record
-        .pointer("/school/urn")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let tz = trust.place(school).time_zone;
-    let ctx = mapping::context(record, exceptions, destination, &mapping.codes, tz);
+    Ok((dest, connector))
+}
+
+/// The record's context (see [`mapping::context`]) with `vars` and `lookup` beside it.
+fn full_context(
+    trust: &Trust,
+    mapping: &mapping::Mapping,
+    destination: &str,
+    record: &Value,
+    exceptions: &[RaisedException],
+    extras: &Extras,
+) -> Value {
+    let tz = trust.place(school_of(record)).time_zone;
+    let mut ctx = mapping::context(record, exceptions, destination, &mapping.codes, tz);
+    if let Value::Object(m) = &mut ctx {
+        m.insert("vars".into(), serde_json::json!(extras.vars));
+        m.insert("lookup".into(), serde_json::json!(extras.lookups));
+    }
+    ctx
+}
+
+/// What one delivery sends: the map's body or row, and for CSV the file.
+pub fn render(
+    trust: &Trust,
+    connectors: &Connectors,
+    destination: &str,
+    map: &str,
+    record: &Value,
+    exceptions: &[RaisedException],
+    extras: &Extras,
+) -> Result<Outgoing, PlanError> {
+    let mapping = mapping_of(trust)?;
+    let (dest, connector) = destination_of(mapping, connectors, destination)?;
+    let tz = trust.place(school_of(record)).time_zone;
+    let ctx = full_context(trust, mapping, destination, record, exceptions, extras);
     let rendered = mapping.render(map, &ctx, tz)?;
     let csv = connector.transport == Transport::CsvFile;
     let built = match rendered {
@@ -274,7 +403,7 @@ pub fn check_trust(trust: &Trust, connectors: &Connectors) -> Vec<String> {
                 .clone()
                 .unwrap_or_else(|| mapping::routes::KINDS.map(String::from).to_vec())
             {
-                if c.endpoint(&kind).is_none() {
+                if c.endpoint(d.endpoint.as_deref(), &kind).is_none() {
                     problems.push(format!(
                         "{}: route `{}` sends {kind} to `{}`, but connector `{}` has no endpoint for it",
                         routes_file.display(),

@@ -6,7 +6,8 @@
 //! - a string: a `minijinja` text template over the record (`"Visit {{ id }}"`);
 //! - `{ field = "visit.arrived_at" }`: the record's own value at that path, typed, with
 //!   optional `format` (strftime, in the school's time zone), `map` (a value map),
-//!   `default`, `required`, `omit_empty`;
+//!   `default`, `required`, `omit_empty`, `max_chars` (a longer text is cut to fit, ending
+//!   with [`CUT_MARKER`]);
 //! - `{ template = "...", omit_empty = true }`: a template whose empty result is left out;
 //! - `{ const = ... }`: a constant; numbers and booleans are constants as they stand;
 //! - a table or an array: built from its members.
@@ -27,6 +28,9 @@ use super::MappingError;
 /// `[values]` or of the trust's `codes.toml`.
 pub type ValueMaps = BTreeMap<String, BTreeMap<String, Value>>;
 
+/// Ends a text cut to a target's limit (`max_chars`), so a reader knows there is more.
+pub const CUT_MARKER: &str = "… [truncated]";
+
 #[derive(Debug, Clone)]
 pub enum Spec {
     Template {
@@ -40,6 +44,7 @@ pub enum Spec {
         default: Option<Value>,
         required: bool,
         omit_empty: bool,
+        max_chars: Option<usize>,
     },
     Const(Value),
     Object(Vec<(String, Spec)>),
@@ -334,6 +339,7 @@ impl Loader<'_> {
                 let mut default = None;
                 let mut required = false;
                 let mut omit_empty = false;
+                let mut max_chars = None;
                 for (k, v) in t {
                     let key = format!("{at}.{k}");
                     match k.as_str() {
@@ -378,10 +384,23 @@ impl Loader<'_> {
                                 .as_bool()
                                 .ok_or_else(|| invalid(&key, "true or false".into()))?
                         }
+                        "max_chars" => {
+                            let min = CUT_MARKER.chars().count() as i64 + 1;
+                            max_chars = Some(
+                                v.as_integer()
+                                    .filter(|n| (min..=1_000_000).contains(n))
+                                    .ok_or_else(|| {
+                                        invalid(
+                                            &key,
+                                            format!("a number of characters from {min} to 1000000"),
+                                        )
+                                    })? as usize,
+                            )
+                        }
                         _ => {
                             return Err(invalid(
                                 &key,
-                                "unknown key (field, format, map, default, required, omit_empty)"
+                                "unknown key (field, format, map, default, required, omit_empty, max_chars)"
                                     .into(),
                             ));
                         }
@@ -394,6 +413,7 @@ impl Loader<'_> {
                     default,
                     required,
                     omit_empty,
+                    max_chars,
                 })
             }
             toml::Value::Table(t) if t.contains_key("template") => {
@@ -461,6 +481,18 @@ impl Spec {
     }
 }
 
+/// `text` in at most `max` characters: cut, ending with [`CUT_MARKER`], when longer.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let keep = max.saturating_sub(CUT_MARKER.chars().count());
+    let mut out: String = text.chars().take(keep).collect();
+    out.truncate(out.trim_end().len());
+    out.push_str(CUT_MARKER);
+    out
+}
+
 struct Renderer<'a> {
     map: &'a FieldMap,
     input: &'a RenderInput<'a>,
@@ -503,6 +535,7 @@ impl Renderer<'_> {
                 default,
                 required,
                 omit_empty,
+                max_chars,
             } => {
                 let found = lookup(self.input.context, field)
                     .filter(|v| !v.is_null())
@@ -525,6 +558,9 @@ impl Renderer<'_> {
                 }
                 if *omit_empty && (v == Value::String(String::new()) || v.is_null()) {
                     return Ok(None);
+                }
+                if let (Some(max), Value::String(text)) = (max_chars, &v) {
+                    v = Value::String(cut(text, *max));
                 }
                 Ok(Some(v))
             }

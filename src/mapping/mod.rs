@@ -175,6 +175,13 @@ impl Mapping {
         })
     }
 
+    /// A template of a connector's (a look-up's key) rendered over a record's context.
+    pub fn render_template(&self, template: &str, context: &Value) -> Result<String, String> {
+        self.env
+            .render_str(template, minijinja::value::Serde(context))
+            .map_err(|e| e.detail().unwrap_or("template failed").to_owned())
+    }
+
     /// A CSV destination's file name for a record, from its `file` template (or `default`).
     pub fn file_name(
         &self,

@@ -65,9 +65,27 @@ pub struct Destination {
     pub file: Option<String>,
     #[serde(default)]
     pub holds: Option<Holds>,
-    /// Values endpoint paths may use (`{{ vars.school_id }}`).
+    /// Values endpoint paths, look-ups, tokens and maps may use (`{{ vars.school_id }}`).
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// Per school (by URN), values over `vars`: each school's id in the target system.
+    #[serde(default)]
+    pub schools: BTreeMap<String, BTreeMap<String, String>>,
+    /// The connector endpoint every record here goes to, instead of the one for its kind
+    /// (a visit report as an attendance mark rather than a note).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+impl Destination {
+    /// `vars` with the school's own values over them.
+    pub fn vars_for(&self, school: &str) -> BTreeMap<String, String> {
+        let mut v = self.vars.clone();
+        if let Some(s) = self.schools.get(school) {
+            v.extend(s.iter().map(|(k, x)| (k.clone(), x.clone())));
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

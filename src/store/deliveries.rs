@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::sqlite::{append_events, json_param};
-use super::{SqliteStore, Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::audit::{Event, EventType};
 use crate::policy::Severity;
 
@@ -148,7 +148,7 @@ pub struct AttemptExport {
     pub target_id: Option<String>,
 }
 
-pub trait DeliveryStore: Store {
+pub trait DeliveryStore: super::lookups::LookupStore {
     /// Every delivery of the given record revisions with every attempt, in order.
     fn attempts_by_key(
         &self,

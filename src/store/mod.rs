@@ -8,6 +8,7 @@
 //! May not touch: parsing, policy, delivery decisions.
 
 pub mod deliveries;
+pub mod lookups;
 mod sqlite;
 
 use std::collections::HashMap;

@@ -1,0 +1,330 @@
+//! Look-ups at delivery time (connectors' `[lookups]`): the target's id for one of the
+//! record's values — the pupil with this UPN, the code with this letter — read from the
+//! target once and cached: in memory for the run (one request however many deliveries
+//! ask at once) and in the store until it expires (so the next run asks nothing).
+//!
+//! Owns: reading look-ups from a target and caching them. May not touch: rendering (the
+//! values go to the map through `plan::Extras`), delivery outcomes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::Value;
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::connectors::http::HttpSink;
+use crate::connectors::{Attempt, Lookup};
+use crate::store::lookups::{Cached, LookupScope, LookupStore, WHOLE_LISTING};
+
+/// Pages of one listing read at most (a guard against a `next` that never ends).
+const MAX_PAGES: usize = 1000;
+
+/// One listing read whole: key → id.
+type Listing = Arc<HashMap<String, String>>;
+
+/// One destination's look-ups in memory, with the count of requests made.
+#[derive(Default)]
+pub struct Lookups {
+    answers: Mutex<HashMap<(String, String, String), Arc<OnceCell<(Cached, Instant)>>>>,
+    listings: Mutex<HashMap<(String, String), Arc<OnceCell<(Listing, Instant)>>>>,
+    requests: AtomicU64,
+}
+
+/// Where and how to read one look-up.
+pub struct Target<'a> {
+    pub sink: &'a HttpSink,
+    /// The destination's base URL (a template of `vars`).
+    pub base_url: &'a str,
+    pub spec: &'a Lookup,
+    pub vars: &'a BTreeMap<String, String>,
+}
+
+impl Lookups {
+    /// Requests made to targets for look-ups.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The target's id for `key`, or that it has none; a failure to read is what the
+    /// delivery's attempt comes to (a 5xx is retried, a 401 is not).
+    pub async fn resolve<S: LookupStore>(
+        &self,
+        store: &S,
+        target: &Target<'_>,
+        scope: &LookupScope,
+        key: &str,
+    ) -> Result<Cached, Attempt> {
+        if target.spec.all {
+            self.from_listing(store, target, scope, key).await
+        } else {
+            self.by_query(store, target, scope, key).await
+        }
+    }
+
+    async fn by_query<S: LookupStore>(
+        &self,
+        store: &S,
+        target: &Target<'_>,
+        scope: &LookupScope,
+        key: &str,
+    ) -> Result<Cached, Attempt> {
+        let cell = {
+            let mut answers = self.answers.lock().await;
+            let slot = answers
+                .entry((scope.school.clone(), scope.name.clone(), key.to_owned()))
+                .or_default();
+            if slot.get().is_some_and(|(_, until)| *until <= Instant::now()) {
+                *slot = Arc::default();
+            }
+            slot.clone()
+        };
+        let (answer, _) = cell
+            .get_or_try_init(|| async {
+                let spec = target.spec;
+                if let Some(c) = store.lookup_get(scope, key).await.map_err(store_failed)? {
+                    return Ok((c.clone(), Instant::now() + life(spec, &c)));
+                }
+                let url = page_url(target, Some(key))?;
+                let mut answer = Cached::NotFound;
+                let pages = self.read_pages(target, url, |item| {
+                    let matches = match &spec.match_pointer {
+                        Some(p) => text_at(item, p).is_some_and(|v| v == key),
+                        None => true,
+                    };
+                    if matches
+                        && let Some(v) = text_at(item, &spec.value)
+                        && answer == Cached::NotFound
+                    {
+                        answer = Cached::Found(v);
+                    }
+                });
+                match pages.await {
+                    Ok(()) => {}
+                    // A filtered read answering 404 has found nothing.
+                    Err(Attempt::Permanent {
+                        status: Some(404), ..
+                    }) => {}
+                    Err(a) => return Err(a),
+                }
+                let until = Utc::now()
+                    + chrono::Duration::from_std(life(spec, &answer))
+                        .unwrap_or(chrono::Duration::hours(1));
+                store
+                    .lookup_put(
+                        scope,
+                        &[(key.to_owned(), answer.clone())],
+                        &until.to_rfc3339_opts(SecondsFormat::Micros, true),
+                    )
+                    .await
+                    .map_err(store_failed)?;
+                let life = life(spec, &answer);
+                Ok((answer, Instant::now() + life))
+            })
+            .await?;
+        Ok(answer.clone())
+    }
+
+    async fn from_listing<S: LookupStore>(
+        &self,
+        store: &S,
+        target: &Target<'_>,
+        scope: &LookupScope,
+        key: &str,
+    ) -> Result<Cached, Attempt> {
+        let spec = target.spec;
+        let cell = {
+            let mut listings = self.listings.lock().await;
+            let slot = listings
+                .entry((scope.school.clone(), scope.name.clone()))
+                .or_default();
+            let stale = slot.get().is_some_and(|(listing, read)| {
+                // A key missing from a listing read a while ago may have been added since.
+                !listing.contains_key(key) && read.elapsed() > not_found_life(spec)
+                    || read.elapsed() > found_life(spec)
+            });
+            if stale {
+                *slot = Arc::default();
+            }
+            slot.clone()
+        };
+        if let Some((listing, _)) = cell.get() {
+            return Ok(answer_in(listing, key));
+        }
+        // Not read in this run: the store may hold it from an earlier one.
+        if let Some(c) = store.lookup_get(scope, key).await.map_err(store_failed)? {
+            return Ok(c);
+        }
+        if store
+            .lookup_get(scope, WHOLE_LISTING)
+            .await
+            .map_err(store_failed)?
+            .is_some()
+        {
+            return Ok(Cached::NotFound);
+        }
+        let (listing, _) = cell
+            .get_or_try_init(|| async {
+                let url = page_url(target, None)?;
+                let mut all = HashMap::new();
+                let match_pointer = spec.match_pointer.as_deref().unwrap_or_default();
+                self.read_pages(target, url, |item| {
+                    if let (Some(k), Some(v)) =
+                        (text_at(item, match_pointer), text_at(item, &spec.value))
+                    {
+                        all.entry(k).or_insert(v);
+                    }
+                })
+                .await?;
+                let stamp = |d: Duration| {
+                    (Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1)))
+                        .to_rfc3339_opts(SecondsFormat::Micros, true)
+                };
+                let entries: Vec<(String, Cached)> = all
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Cached::Found(v.clone())))
+                    .collect();
+                store
+                    .lookup_put(scope, &entries, &stamp(found_life(spec)))
+                    .await
+                    .map_err(store_failed)?;
+                // The mark that the listing was read whole lasts as long as "not found".
+                store
+                    .lookup_put(
+                        scope,
+                        &[(WHOLE_LISTING.to_owned(), Cached::NotFound)],
+                        &stamp(not_found_life(spec)),
+                    )
+                    .await
+                    .map_err(store_failed)?;
+                Ok::<_, Attempt>((Arc::new(all), Instant::now()))
+            })
+            .await?;
+        Ok(answer_in(listing, key))
+    }
+
+    /// Reads a page and every `next` page after it, giving each result to `each`.
+    async fn read_pages(
+        &self,
+        target: &Target<'_>,
+        first: reqwest::Url,
+        mut each: impl FnMut(&Value),
+    ) -> Result<(), Attempt> {
+        let spec = target.spec;
+        let mut url = Some(first);
+        let mut pages = 0;
+        while let Some(u) = url.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(permanent(format!(
+                    "a look-up read more than {MAX_PAGES} pages"
+                )));
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let page = target.sink.get(u.as_str(), target.vars).await?;
+            let items = if spec.items.is_empty() {
+                Some(&page)
+            } else {
+                page.pointer(&spec.items)
+            };
+            match items {
+                Some(Value::Array(items)) => items.iter().for_each(&mut each),
+                Some(Value::Null) | None => {}
+                Some(item) => each(item),
+            }
+            if let Some(next) = spec
+                .next
+                .as_deref()
+                .and_then(|p| page.pointer(p))
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
+                url = Some(same_origin(&u, next)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first page's URL: the destination's URL and the look-up's path, filled in.
+fn page_url(target: &Target<'_>, key: Option<&str>) -> Result<reqwest::Url, Attempt> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let ctx = minijinja::context! {
+        vars => minijinja::Value::from(minijinja::value::Serde(target.vars)),
+        key => key.unwrap_or_default(),
+    };
+    let text = format!(
+        "{}{}",
+        target.base_url.trim_end_matches('/'),
+        target.spec.path
+    );
+    let url = env
+        .render_str(&text, ctx)
+        .map_err(|e| permanent(format!("look-up path: {}", e.detail().unwrap_or("template failed"))))?;
+    reqwest::Url::parse(&url).map_err(|_| permanent("look-up URL is not a URL".into()))
+}
+
+/// A `next` link: a path on the same host, or a URL on it; never another host (the
+/// credentials would go with it).
+fn same_origin(current: &reqwest::Url, next: &str) -> Result<reqwest::Url, Attempt> {
+    let url = current
+        .join(next)
+        .map_err(|_| permanent("a look-up's next page is not a URL".into()))?;
+    if url.origin() != current.origin() {
+        return Err(permanent(
+            "a look-up's next page is on another host; not followed".into(),
+        ));
+    }
+    Ok(url)
+}
+
+fn answer_in(listing: &HashMap<String, String>, key: &str) -> Cached {
+    listing
+        .get(key)
+        .map_or(Cached::NotFound, |v| Cached::Found(v.clone()))
+}
+
+/// A string or number at `pointer` in `item`, as text.
+fn text_at(item: &Value, pointer: &str) -> Option<String> {
+    match item.pointer(pointer)? {
+        Value::String(s) if !s.is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn found_life(spec: &Lookup) -> Duration {
+    Duration::from_secs_f64(spec.ttl_hours * 3600.0)
+}
+
+fn not_found_life(spec: &Lookup) -> Duration {
+    Duration::from_secs_f64(spec.not_found_minutes * 60.0)
+}
+
+fn life(spec: &Lookup, c: &Cached) -> Duration {
+    match c {
+        Cached::Found(_) => found_life(spec),
+        Cached::NotFound => not_found_life(spec),
+    }
+}
+
+fn permanent(reason: String) -> Attempt {
+    Attempt::Permanent {
+        reason,
+        status: None,
+        response: None,
+    }
+}
+
+/// The store failing is worth another try.
+fn store_failed(e: crate::store::StoreError) -> Attempt {
+    Attempt::Retry {
+        reason: format!("look-up cache: {e}"),
+        status: None,
+        retry_after: None,
+        response: None,
+    }
+}
