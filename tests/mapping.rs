@@ -179,11 +179,11 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
     let config = dir.join("doorstep.toml");
     std::fs::write(
         &config,
-        "mappings = \"mappings\"\nconnectors = \"connectors\"\n\
-         [store]\nsqlite = \"var/doorstep.db\"\n\
-         [destinations.thrive.cpoms]\npaused = true\n\
-         [destinations.celt.cpoms]\npaused = true\n\
-         [destinations.celt.dsl_alerts]\npaused = true\n",
+        format!(
+            "mappings = \"mappings\"\nconnectors = \"connectors\"\n\
+             [store]\nsqlite = \"var/doorstep.db\"\n{}",
+            common::PAUSED
+        ),
     )
     .unwrap();
     config

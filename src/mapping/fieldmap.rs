@@ -36,6 +36,7 @@ pub enum Spec {
     Template {
         name: String,
         omit_empty: bool,
+        max_chars: Option<usize>,
     },
     Field {
         path: Vec<String>,
@@ -308,7 +309,13 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn template(&mut self, at: &str, source: &str, omit_empty: bool) -> Result<Spec, MappingError> {
+    fn template(
+        &mut self,
+        at: &str,
+        source: &str,
+        omit_empty: bool,
+        max_chars: Option<usize>,
+    ) -> Result<Spec, MappingError> {
         let name = format!("{}:{at}", self.map);
         self.env
             .add_template_owned(name.clone(), source.to_owned())
@@ -318,13 +325,17 @@ impl Loader<'_> {
                     format!("template: {}", e.detail().unwrap_or("syntax error")),
                 )
             })?;
-        Ok(Spec::Template { name, omit_empty })
+        Ok(Spec::Template {
+            name,
+            omit_empty,
+            max_chars,
+        })
     }
 
     fn spec(&mut self, at: &str, value: &toml::Value) -> Result<Spec, MappingError> {
         let invalid = self.invalid;
         match value {
-            toml::Value::String(s) => self.template(at, s, false),
+            toml::Value::String(s) => self.template(at, s, false, None),
             toml::Value::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, v) in items.iter().enumerate() {
@@ -384,19 +395,7 @@ impl Loader<'_> {
                                 .as_bool()
                                 .ok_or_else(|| invalid(&key, "true or false".into()))?
                         }
-                        "max_chars" => {
-                            let min = CUT_MARKER.chars().count() as i64 + 1;
-                            max_chars = Some(
-                                v.as_integer()
-                                    .filter(|n| (min..=1_000_000).contains(n))
-                                    .ok_or_else(|| {
-                                        invalid(
-                                            &key,
-                                            format!("a number of characters from {min} to 1000000"),
-                                        )
-                                    })? as usize,
-                            )
-                        }
+                        "max_chars" => max_chars = Some(parse_max_chars(v).map_err(|r| invalid(&key, r))?),
                         _ => {
                             return Err(invalid(
                                 &key,
@@ -421,6 +420,7 @@ impl Loader<'_> {
                     .as_str()
                     .ok_or_else(|| invalid(at, "`template` is a string".into()))?;
                 let mut omit_empty = false;
+                let mut max_chars = None;
                 for (k, v) in t {
                     match k.as_str() {
                         "template" => {}
@@ -429,15 +429,20 @@ impl Loader<'_> {
                                 invalid(&format!("{at}.{k}"), "true or false".into())
                             })?
                         }
+                        "max_chars" => {
+                            max_chars = Some(
+                                parse_max_chars(v).map_err(|r| invalid(&format!("{at}.{k}"), r))?,
+                            )
+                        }
                         _ => {
                             return Err(invalid(
                                 &format!("{at}.{k}"),
-                                "unknown key (template, omit_empty)".into(),
+                                "unknown key (template, omit_empty, max_chars)".into(),
                             ));
                         }
                     }
                 }
-                self.template(at, source, omit_empty)
+                self.template(at, source, omit_empty, max_chars)
             }
             toml::Value::Table(t) if t.contains_key("const") => {
                 if t.len() != 1 {
@@ -481,6 +486,15 @@ impl Spec {
     }
 }
 
+/// A `max_chars` value: room for the marker and a word at least.
+fn parse_max_chars(v: &toml::Value) -> Result<usize, String> {
+    let min = CUT_MARKER.chars().count() as i64 + 1;
+    v.as_integer()
+        .filter(|n| (min..=1_000_000).contains(n))
+        .map(|n| n as usize)
+        .ok_or_else(|| format!("a number of characters from {min} to 1000000"))
+}
+
 /// `text` in at most `max` characters: cut, ending with [`CUT_MARKER`], when longer.
 pub fn cut(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
@@ -517,7 +531,11 @@ impl Renderer<'_> {
     fn value(&self, spec: &Spec, path: &str) -> Result<Option<Value>, RenderError> {
         match spec {
             Spec::Const(v) => Ok(Some(v.clone())),
-            Spec::Template { name, omit_empty } => {
+            Spec::Template {
+                name,
+                omit_empty,
+                max_chars,
+            } => {
                 let t = self
                     .input
                     .templates
@@ -526,6 +544,10 @@ impl Renderer<'_> {
                 let text = t
                     .render(&self.context)
                     .map_err(|e| self.error(path, template_error(&e)))?;
+                let text = match max_chars {
+                    Some(max) => cut(&text, *max),
+                    None => text,
+                };
                 Ok((!(text.is_empty() && *omit_empty)).then_some(Value::String(text)))
             }
             Spec::Field {

@@ -173,9 +173,21 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
         compare(i, want, &got, connectors, &mut result.failures);
     }
     for (id, o) in unmatched.into_iter().flatten() {
+        // What it sent, so the case can be completed after checking it by eye.
+        let sent = match &o.rendered {
+            Rendered::Body(b) => serde_json::to_string_pretty(b).unwrap_or_default(),
+            Rendered::Row { header, cells } => format!(
+                "file {}\nheader {header:?}\nrow {cells:?}",
+                o.file.as_deref().unwrap_or_default()
+            ),
+        };
         result.failures.push(format!(
-            "record {id} also went to `{}`, which no expectation names",
-            o.destination
+            "record {id} also went to `{}`, which no expectation names; it sent:\n{}",
+            o.destination,
+            sent.lines()
+                .map(|l| format!("        {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         ));
     }
     result

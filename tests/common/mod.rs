@@ -15,8 +15,11 @@ pub struct Deployment {
 }
 
 /// The shipped trusts' webhook destinations have no receiver in tests: paused.
-const PAUSED: &str = "[destinations.thrive.cpoms]\npaused = true\n\
-    [destinations.celt.cpoms]\npaused = true\n[destinations.celt.dsl_alerts]\npaused = true\n";
+pub const PAUSED: &str = "[destinations.thrive.cpoms]\npaused = true\n\
+    [destinations.thrive.arbor_notes]\npaused = true\n\
+    [destinations.thrive.arbor_register]\npaused = true\n\
+    [destinations.celt.cpoms]\npaused = true\n[destinations.celt.dsl_alerts]\npaused = true\n\
+    [destinations.celt.wonde]\npaused = true\n[destinations.celt.xporter]\npaused = true\n";
 
 impl Deployment {
     /// With the repository's shipped `mappings/` (both trusts' policies).
