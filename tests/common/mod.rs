@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a throwaway deployment and the binary.
 #![allow(dead_code)]
 
+pub mod live;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
