@@ -58,6 +58,39 @@ pub(crate) fn engine(config: &Config, trusts: Arc<Trusts>) -> Result<Engine, Fat
         .map_err(|e| Fatal::Config(format!("{}: {e}", config.path.display())))
 }
 
+/// `config check --online`: a line per destination (and school); exit 1 if any failed.
+pub(crate) fn check_online(config: &Config, engine: &Engine) -> Result<ExitCode, Fatal> {
+    use crate::delivery::online::Reach;
+    let reached = runtime()?.block_on(engine.check_online(&config.delivery.out_dir));
+    let mut failed = 0;
+    for r in &reached {
+        let school = r
+            .school
+            .as_deref()
+            .map(|s| format!(" school {s}"))
+            .unwrap_or_default();
+        let (word, text) = match &r.outcome {
+            Reach::Ok(t) => ("ok", t),
+            Reach::Skipped(t) => ("not reached", t),
+            Reach::Failed(t) => {
+                failed += 1;
+                ("FAILED", t)
+            }
+        };
+        say!(
+            "  online {}/{}{school}: {word}: {text}",
+            r.trust,
+            r.destination
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        say!("  {failed} destination(s) could not be reached");
+        ExitCode::from(1)
+    })
+}
+
 /// Remembers which files had rejections while passing every report on.
 struct Sorting<'a> {
     inner: &'a mut Output,

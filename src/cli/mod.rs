@@ -146,6 +146,10 @@ enum ConfigAction {
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also reach every destination (paused ones too): fetch its token and make one
+        /// read, per school; a line each. Exit 1 if any cannot be reached.
+        #[arg(long)]
+        online: bool,
     },
 }
 
@@ -282,7 +286,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             })
         }
         Command::Config {
-            action: ConfigAction::Check { config },
+            action: ConfigAction::Check { config, online },
         } => {
             let loaded = load_config(&config, true)?;
             if let Some(c) = loaded {
@@ -316,6 +320,9 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 }
                 for (t, d) in engine.paused() {
                     say!("  destination {t}/{d} is paused: its deliveries wait");
+                }
+                if online {
+                    return deliver::check_online(&c, &engine);
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -349,11 +349,11 @@ impl HttpSink {
         } = raw;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         let with_message = |mut reason: String| {
-            if let Some(m) = rules
-                .message_pointers
-                .iter()
-                .find_map(|p| json.as_ref().and_then(|j| j.pointer(p)).filter(|v| present(v)))
-            {
+            if let Some(m) = rules.message_pointers.iter().find_map(|p| {
+                json.as_ref()
+                    .and_then(|j| j.pointer(p))
+                    .filter(|v| present(v))
+            }) {
                 let m = match m {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -369,7 +369,11 @@ impl HttpSink {
         };
         if (200..300).contains(&effective) {
             for p in &rules.error_pointers {
-                if json.as_ref().and_then(|j| j.pointer(p)).is_some_and(present) {
+                if json
+                    .as_ref()
+                    .and_then(|j| j.pointer(p))
+                    .is_some_and(present)
+                {
                     return permanent(
                         format!("{status} whose body reports an error at {p}"),
                         Some(status),
@@ -380,11 +384,14 @@ impl HttpSink {
             let target_id = match target {
                 Some(TargetId {
                     pointer: Some(p), ..
-                }) => json.as_ref().and_then(|j| j.pointer(p)).and_then(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                }),
+                }) => json
+                    .as_ref()
+                    .and_then(|j| j.pointer(p))
+                    .and_then(|v| match v {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    }),
                 Some(TargetId {
                     header: Some(h), ..
                 }) => headers

@@ -396,7 +396,11 @@ impl Connector {
             ));
         }
         for (kind, e) in &c.endpoints {
-            if kind.is_empty() || !kind.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+            if kind.is_empty()
+                || !kind
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            {
                 return Err(invalid(
                     &format!("endpoints.{kind}"),
                     "a record kind, `default`, or a name of letters, digits and _ that a destination picks with `endpoint`",
@@ -482,8 +486,18 @@ impl Connector {
             }
         }
         for (name, l) in &c.lookups {
-            let pointers = [Some(&l.items), l.match_pointer.as_ref(), Some(&l.value), l.next.as_ref()];
-            if pointers.into_iter().flatten().any(|p| !p.is_empty() && !p.starts_with('/')) || l.value.is_empty() {
+            let pointers = [
+                Some(&l.items),
+                l.match_pointer.as_ref(),
+                Some(&l.value),
+                l.next.as_ref(),
+            ];
+            if pointers
+                .into_iter()
+                .flatten()
+                .any(|p| !p.is_empty() && !p.starts_with('/'))
+                || l.value.is_empty()
+            {
                 return Err(invalid(
                     &format!("lookups.{name}"),
                     "items, match, value and next are JSON pointers (/…); value is required",
@@ -655,8 +669,9 @@ mod tests {
         let e = parse("transport = \"http_json\"\n[endpoints.default]\nlookups = [\"pupil\"]\n")
             .unwrap_err();
         assert!(e.contains("lookups.pupil"), "{e}");
-        let e = parse("transport = \"http_json\"\nauth = \"token_exchange\"\n[endpoints.default]\n")
-            .unwrap_err();
+        let e =
+            parse("transport = \"http_json\"\nauth = \"token_exchange\"\n[endpoints.default]\n")
+                .unwrap_err();
         assert!(e.contains("token"), "{e}");
         let e = parse("transport = \"http_json\"\n").unwrap_err();
         assert!(e.contains("endpoints"), "{e}");

@@ -76,7 +76,10 @@ impl Lookups {
             let slot = answers
                 .entry((scope.school.clone(), scope.name.clone(), key.to_owned()))
                 .or_default();
-            if slot.get().is_some_and(|(_, until)| *until <= Instant::now()) {
+            if slot
+                .get()
+                .is_some_and(|(_, until)| *until <= Instant::now())
+            {
                 *slot = Arc::default();
             }
             slot.clone()
@@ -179,8 +182,9 @@ impl Lookups {
                 })
                 .await?;
                 let stamp = |d: Duration| {
-                    (Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1)))
-                        .to_rfc3339_opts(SecondsFormat::Micros, true)
+                    (Utc::now()
+                        + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1)))
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
                 };
                 let entries: Vec<(String, Cached)> = all
                     .iter()
@@ -261,9 +265,12 @@ fn page_url(target: &Target<'_>, key: Option<&str>) -> Result<reqwest::Url, Atte
         target.base_url.trim_end_matches('/'),
         target.spec.path
     );
-    let url = env
-        .render_str(&text, ctx)
-        .map_err(|e| permanent(format!("look-up path: {}", e.detail().unwrap_or("template failed"))))?;
+    let url = env.render_str(&text, ctx).map_err(|e| {
+        permanent(format!(
+            "look-up path: {}",
+            e.detail().unwrap_or("template failed")
+        ))
+    })?;
     reqwest::Url::parse(&url).map_err(|_| permanent("look-up URL is not a URL".into()))
 }
 

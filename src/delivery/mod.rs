@@ -8,6 +8,7 @@
 //! May not touch: intake or validation; how a body is built (the mapping's).
 
 pub mod lookup;
+pub mod online;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -72,6 +73,8 @@ struct Dest {
     /// The endpoint every record goes to, instead of the one for its kind.
     endpoint: Option<String>,
     config: crate::mapping::Destination,
+    /// The trust's folder (relative secret files are read from it).
+    folder: PathBuf,
     limiter: Option<governor::DefaultDirectRateLimiter>,
     lookups: lookup::Lookups,
     paused: bool,
@@ -168,6 +171,7 @@ impl Engine {
                     url,
                     endpoint: d.endpoint.clone(),
                     config: d.clone(),
+                    folder: trust.folder.clone(),
                     limiter,
                     lookups: lookup::Lookups::default(),
                     paused: ov.paused,
@@ -758,8 +762,8 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
             c.trust
         ))
     })?;
-    let record: Value = serde_json::from_str(&c.canonical)
-        .map_err(|e| permanent(format!("stored record: {e}")))?;
+    let record: Value =
+        serde_json::from_str(&c.canonical).map_err(|e| permanent(format!("stored record: {e}")))?;
     let raised: Vec<RaisedException> = c
         .exceptions
         .iter()
@@ -856,7 +860,14 @@ fn target_of<'a>(
     dest: &'a Dest,
     c: &Claimed,
     vars: &BTreeMap<String, String>,
-) -> Result<(reqwest::Method, String, Option<&'a crate::connectors::TargetId>), String> {
+) -> Result<
+    (
+        reqwest::Method,
+        String,
+        Option<&'a crate::connectors::TargetId>,
+    ),
+    String,
+> {
     let endpoint = dest.endpoint(&c.kind).ok_or_else(|| {
         format!(
             "connector `{}` has no endpoint for {}",
@@ -872,7 +883,10 @@ fn target_of<'a>(
         _ => (endpoint.method.as_str(), endpoint.path.as_str()),
     };
     let base = expand_path(
-        dest.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+        dest.url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/'),
         vars,
         None,
     )?;

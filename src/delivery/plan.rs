@@ -206,7 +206,11 @@ pub fn plan_record(
 }
 
 /// A destination's `vars` for a school (empty for an unknown destination).
-pub fn destination_vars(trust: &Trust, destination: &str, school: &str) -> BTreeMap<String, String> {
+pub fn destination_vars(
+    trust: &Trust,
+    destination: &str,
+    school: &str,
+) -> BTreeMap<String, String> {
     trust
         .mapping
         .as_deref()
@@ -226,7 +230,10 @@ pub fn lookup_needs(
 ) -> Result<Vec<LookupNeed>, PlanError> {
     let mapping = mapping_of(trust)?;
     let (dest, connector) = destination_of(mapping, connectors, destination)?;
-    let kind = record.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = record
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let Some(endpoint) = connector.endpoint(dest.endpoint.as_deref(), kind) else {
         return Ok(Vec::new());
     };
@@ -279,7 +286,13 @@ fn destination_of<'a>(
     mapping: &'a mapping::Mapping,
     connectors: &'a Connectors,
     destination: &str,
-) -> Result<(&'a mapping::Destination, &'a std::sync::Arc<crate::connectors::Connector>), PlanError> {
+) -> Result<
+    (
+        &'a mapping::Destination,
+        &'a std::sync::Arc<crate::connectors::Connector>,
+    ),
+    PlanError,
+> {
     let dest = mapping
         .routes
         .destinations

@@ -395,7 +395,9 @@ impl Loader<'_> {
                                 .as_bool()
                                 .ok_or_else(|| invalid(&key, "true or false".into()))?
                         }
-                        "max_chars" => max_chars = Some(parse_max_chars(v).map_err(|r| invalid(&key, r))?),
+                        "max_chars" => {
+                            max_chars = Some(parse_max_chars(v).map_err(|r| invalid(&key, r))?)
+                        }
                         _ => {
                             return Err(invalid(
                                 &key,

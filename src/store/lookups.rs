@@ -98,10 +98,7 @@ impl LookupStore for SqliteStore {
                     })
                     .push_bind(expires_at);
             });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db_err())?;
+            q.build().execute(&mut *tx).await.map_err(self.db_err())?;
         }
         tx.commit().await.map_err(self.db_err())
     }

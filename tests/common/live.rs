@@ -96,12 +96,12 @@ impl Live {
         for (trust, name, connector) in self.shipped_destinations() {
             let csv = connector.starts_with("csv");
             match self.urls.get(&(trust.clone(), name.clone())) {
-                Some(url) => text.push_str(&format!(
-                    "[destinations.{trust}.{name}]\nurl = {url:?}\n"
-                )),
-                None if !csv => text.push_str(&format!(
-                    "[destinations.{trust}.{name}]\npaused = true\n"
-                )),
+                Some(url) => {
+                    text.push_str(&format!("[destinations.{trust}.{name}]\nurl = {url:?}\n"))
+                }
+                None if !csv => {
+                    text.push_str(&format!("[destinations.{trust}.{name}]\npaused = true\n"))
+                }
                 None => {}
             }
         }
