@@ -759,4 +759,94 @@ mod tests {
             .unwrap();
         assert_eq!(sig, expected);
     }
+
+    fn sink(connector: &str) -> HttpSink {
+        let c = Connector::parse(std::path::Path::new("t.toml"), "t", connector).unwrap();
+        HttpSink::new(std::sync::Arc::new(c), Credentials::default()).unwrap()
+    }
+
+    fn raw(status: u16, body: &str, s: &HttpSink) -> Raw {
+        let (effective, exception) = s.effective_status(status, body.as_bytes());
+        Raw {
+            status,
+            effective,
+            exception,
+            retry_after: None,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn an_exception_in_a_200_is_classified_as_the_status_it_stands_for() {
+        let s = sink(
+            "transport = \"http_json\"\n[endpoints.default]\n[response]\n\
+             exception_pointer = \"/ExceptionType\"\nmessage_pointers = [\"/ExceptionMessage\"]\n\
+             exception_status = { ValidationException = 422, ThrottlingException = 429 }\n",
+        );
+        let ok = s.classify(raw(200, r#"{"ExceptionType": null, "Id": 1}"#, &s), None);
+        assert!(matches!(ok, Attempt::Delivered { .. }), "{ok:?}");
+        let invalid = s.classify(
+            raw(200, r#"{"ExceptionType": "ValidationException", "ExceptionMessage": "Mark X is not valid"}"#, &s),
+            None,
+        );
+        match invalid {
+            Attempt::Permanent { reason, status, .. } => {
+                assert_eq!(status, Some(200));
+                assert!(
+                    reason.contains("ValidationException (stands for 422)"),
+                    "{reason}"
+                );
+                assert!(
+                    reason.ends_with("the target says: Mark X is not valid"),
+                    "{reason}"
+                );
+                assert_eq!(
+                    loggable(&reason),
+                    "200 with exception ValidationException (stands for 422)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let throttled = s.classify(
+            raw(200, r#"{"ExceptionType": "ThrottlingException"}"#, &s),
+            None,
+        );
+        assert!(matches!(throttled, Attempt::Retry { .. }), "{throttled:?}");
+        // An exception type the connector does not list: a server error, retried.
+        let unknown = s.classify(raw(200, r#"{"ExceptionType": "Whatever"}"#, &s), None);
+        assert!(matches!(unknown, Attempt::Retry { .. }), "{unknown:?}");
+    }
+
+    #[test]
+    fn a_token_life_is_seconds_or_an_expiry() {
+        assert_eq!(
+            token_life(&serde_json::json!(3600)),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            token_life(&serde_json::json!("120")),
+            Some(Duration::from_secs(120))
+        );
+        let at = chrono::Utc::now() + chrono::Duration::seconds(600);
+        let life = token_life(&serde_json::json!(at.to_rfc3339())).unwrap();
+        assert!(
+            life > Duration::from_secs(590) && life <= Duration::from_secs(600),
+            "{life:?}"
+        );
+        let naive = at.naive_utc().format("%Y-%m-%dT%H:%M:%S").to_string();
+        assert!(token_life(&serde_json::json!(naive)).is_some());
+        assert_eq!(token_life(&serde_json::json!("2001-01-01T00:00:00Z")), None);
+        assert_eq!(token_life(&serde_json::json!("soon")), None);
+        assert_eq!(token_life(&serde_json::json!(-5)), None);
+    }
+
+    #[test]
+    fn header_templates_take_vars_and_drop_when_missing() {
+        let mut vars = BTreeMap::new();
+        assert_eq!(fill_header("{{ vars.app }}", &vars), "");
+        vars.insert("app".to_owned(), "doorstep".to_owned());
+        assert_eq!(fill_header("{{ vars.app }}", &vars), "doorstep");
+        assert_eq!(fill_header("fixed", &vars), "fixed");
+    }
 }

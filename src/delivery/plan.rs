@@ -379,12 +379,35 @@ pub fn check_trust(trust: &Trust, connectors: &Connectors) -> Vec<String> {
     let mut problems = Vec::new();
     let routes_file = trust.folder.join("routes.toml");
     for (name, d) in &mapping.routes.destinations {
-        if connectors.get(&d.connector).is_none() {
-            problems.push(format!(
+        match connectors.get(&d.connector) {
+            None => problems.push(format!(
                 "{}: destinations.{name}: no connector `{}` in the connectors folder",
                 routes_file.display(),
                 d.connector
-            ));
+            )),
+            Some(c) => {
+                if let Some(e) = &d.endpoint
+                    && !c.endpoints.contains_key(e)
+                {
+                    problems.push(format!(
+                        "{}: destinations.{name}: endpoint `{e}` is not in connector `{}`",
+                        routes_file.display(),
+                        d.connector
+                    ));
+                }
+                if let Some(urn) = d.schools.keys().find(|u| {
+                    !trust
+                        .file
+                        .schools
+                        .iter()
+                        .any(|s| s.urn.as_str() == u.as_str())
+                }) {
+                    problems.push(format!(
+                        "{}: destinations.{name}.schools: school {urn} is not in trust.toml",
+                        routes_file.display()
+                    ));
+                }
+            }
         }
     }
     for r in &mapping.routes.routes {

@@ -751,4 +751,17 @@ mod tests {
         assert_eq!(format_time("2026-03-02", "%H:%M", tz), None);
         assert_eq!(format_time("yesterday", "%d", tz), None);
     }
+
+    #[test]
+    fn a_long_text_is_cut_to_max_chars_with_the_marker() {
+        assert_eq!(cut("short", 20), "short");
+        let long = "é".repeat(600);
+        let c = cut(&long, 500);
+        assert_eq!(c.chars().count(), 500);
+        assert!(c.ends_with(CUT_MARKER));
+        assert!(c.starts_with("éé"));
+        // Trailing space before the marker is dropped.
+        let c = cut(&format!("{} {}", "a".repeat(486), "b".repeat(100)), 500);
+        assert!(c.ends_with(&format!("a{CUT_MARKER}")), "{c}");
+    }
 }
