@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use crate::connectors::csv::CsvSink;
-use crate::connectors::http::{Credentials, HttpSink, Request, webhook_key};
+use crate::connectors::http::{Credentials, HttpSink, Request, loggable, webhook_key};
 use crate::connectors::{Attempt, Connector, Connectors, Transport};
 use crate::mapping::{RaisedException, Rendered, Trusts};
 use crate::store::StoreError;
@@ -340,6 +340,8 @@ fn check_auth(c: &Connector, cred: &Credentials, url: Option<&str>) -> Result<()
     Ok(())
 }
 
+/// Logs an outcome by ids and status: the target's own words (which may quote the record)
+/// stay in the store, never in the log.
 fn log_outcome(f: &Finished) {
     let c = &f.claimed;
     match &f.outcome {
@@ -349,11 +351,11 @@ fn log_outcome(f: &Finished) {
         ),
         Outcome::Retry { error, next_at, .. } => tracing::warn!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
-            revision = c.revision, error = %error, next_at = %next_at, "delivery failed; will retry"
+            revision = c.revision, error = %loggable(error), next_at = %next_at, "delivery failed; will retry"
         ),
         Outcome::Dead { error, .. } => tracing::error!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
-            revision = c.revision, error = %error, "delivery dead-lettered"
+            revision = c.revision, error = %loggable(error), "delivery dead-lettered"
         ),
     }
 }
