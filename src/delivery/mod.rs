@@ -777,9 +777,35 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
     let mut extras = plan::Extras {
         vars: dest.config.vars_for(&c.school),
         lookups: BTreeMap::new(),
+        of_visit: None,
     };
-    let needs = plan::lookup_needs(trust, &env.connectors, &dest.name, &record, &raised)
-        .map_err(|e| permanent(format!("mapping: {e}")))?;
+    // An incident or flag of a visit: the visit report, current revision, beside it.
+    if c.kind != "visit_report"
+        && let Some(visit_id) = record.get("visit_id").and_then(Value::as_str)
+    {
+        let revisions = env
+            .store
+            .revisions(&c.trust, crate::records::Kind::VisitReport, visit_id)
+            .await
+            .map_err(|e| Attempt::Retry {
+                reason: format!("reading the record's visit: {e}"),
+                status: None,
+                retry_after: None,
+                response: None,
+            })?;
+        extras.of_visit = revisions
+            .last()
+            .and_then(|(_, canonical)| serde_json::from_str(canonical).ok());
+    }
+    let needs = plan::lookup_needs(
+        trust,
+        &env.connectors,
+        &dest.name,
+        &record,
+        &raised,
+        &extras,
+    )
+    .map_err(|e| permanent(format!("mapping: {e}")))?;
     for need in needs {
         let (Some(spec), Sink::Http(sink)) = (dest.connector.lookups.get(&need.name), &dest.sink)
         else {

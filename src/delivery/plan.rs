@@ -45,11 +45,14 @@ pub enum PlanError {
 }
 
 /// What a delivery's map sees beside the record: the destination's `vars` for the
-/// record's school (`{{ vars.X }}`) and the look-ups made for it (`{{ lookup.X }}`).
+/// record's school (`{{ vars.X }}`), the look-ups made for it (`{{ lookup.X }}`), and for an
+/// incident or flag of a visit, that visit report (`{{ of_visit.pupil.upn }}`: an incident
+/// names no pupil of its own).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extras {
     pub vars: BTreeMap<String, String>,
     pub lookups: BTreeMap<String, String>,
+    pub of_visit: Option<Value>,
 }
 
 /// A look-up one delivery needs before its map can be rendered.
@@ -164,13 +167,19 @@ fn mapping_of(trust: &Trust) -> Result<&mapping::Mapping, PlanError> {
         })
 }
 
-/// Everything a record revision sends (used by `mapping test`).
+/// One destination's output for a record, or why it cannot be built.
+pub type Planned = Result<Outgoing, (String, PlanError)>;
+
+/// Everything a record revision sends (used by `mapping test`): routing errors fail the
+/// whole record; a map that cannot be built fails its own destination only (as in a sync,
+/// where that delivery alone goes dead).
 pub fn plan_record(
     trust: &Trust,
     connectors: &Connectors,
     record: &Value,
     exceptions: &[RaisedException],
-) -> Result<Vec<Outgoing>, PlanError> {
+    of_visit: Option<&Value>,
+) -> Result<Vec<Planned>, PlanError> {
     let mapping = mapping_of(trust)?;
     let severities: Vec<_> = exceptions.iter().map(|e| e.severity).collect();
     let input = mapping::route_input(record, &severities);
@@ -178,7 +187,7 @@ pub fn plan_record(
     let tz = trust.place(&school).time_zone;
     let ctx = mapping::context(record, exceptions, "", &mapping.codes, tz);
     let planned = mapping.route(&input, &ctx)?;
-    planned
+    Ok(planned
         .iter()
         .map(|p| {
             // A mapping test reaches no target: a look-up's value stands in as
@@ -186,8 +195,18 @@ pub fn plan_record(
             let mut extras = Extras {
                 vars: destination_vars(trust, &p.destination, &school),
                 lookups: BTreeMap::new(),
+                of_visit: of_visit.cloned(),
             };
-            for need in lookup_needs(trust, connectors, &p.destination, record, exceptions)? {
+            let needs = lookup_needs(
+                trust,
+                connectors,
+                &p.destination,
+                record,
+                exceptions,
+                &extras,
+            )
+            .map_err(|e| (p.destination.clone(), e))?;
+            for need in needs {
                 extras
                     .lookups
                     .insert(need.name.clone(), format!("<{} {}>", need.name, need.key));
@@ -201,8 +220,9 @@ pub fn plan_record(
                 exceptions,
                 &extras,
             )
+            .map_err(|e| (p.destination.clone(), e))
         })
-        .collect()
+        .collect())
 }
 
 /// A destination's `vars` for a school (empty for an unknown destination).
@@ -220,13 +240,14 @@ pub fn destination_vars(
 }
 
 /// The look-ups a record's delivery to `destination` needs: each of its endpoint's
-/// `lookups` whose key, rendered over the record, is not empty.
+/// `lookups` whose key, rendered over the record (and `extras`), is not empty.
 pub fn lookup_needs(
     trust: &Trust,
     connectors: &Connectors,
     destination: &str,
     record: &Value,
     exceptions: &[RaisedException],
+    extras: &Extras,
 ) -> Result<Vec<LookupNeed>, PlanError> {
     let mapping = mapping_of(trust)?;
     let (dest, connector) = destination_of(mapping, connectors, destination)?;
@@ -240,18 +261,7 @@ pub fn lookup_needs(
     if endpoint.lookups.is_empty() {
         return Ok(Vec::new());
     }
-    let school = school_of(record);
-    let ctx = full_context(
-        trust,
-        mapping,
-        destination,
-        record,
-        exceptions,
-        &Extras {
-            vars: dest.vars_for(school),
-            lookups: BTreeMap::new(),
-        },
-    );
+    let ctx = full_context(trust, mapping, destination, record, exceptions, extras);
     let mut needs = Vec::new();
     for name in &endpoint.lookups {
         let Some(l) = connector.lookups.get(name) else {
@@ -323,6 +333,9 @@ fn full_context(
     if let Value::Object(m) = &mut ctx {
         m.insert("vars".into(), serde_json::json!(extras.vars));
         m.insert("lookup".into(), serde_json::json!(extras.lookups));
+        if let Some(v) = &extras.of_visit {
+            m.insert("of_visit".into(), v.clone());
+        }
     }
     ctx
 }

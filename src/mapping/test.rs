@@ -47,6 +47,10 @@ struct Expect {
     row: Option<Vec<String>>,
     #[serde(default)]
     body: Option<String>,
+    /// The destination's output cannot be built: words the reason must contain (the
+    /// delivery goes dead in a sync).
+    #[serde(default)]
+    error: Option<String>,
 }
 
 /// One case's result: empty `failures` when it passed.
@@ -114,7 +118,7 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
         }
     };
     // Everything the mapping produces, as (record id, destination, output).
-    let mut produced: Vec<(String, Outgoing)> = Vec::new();
+    let mut produced: Vec<(String, crate::delivery::plan::Planned)> = Vec::new();
     for checked in &records {
         let of = checked.parsed.record.trust().as_str();
         if of != trust.id {
@@ -141,7 +145,19 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
                 continue;
             }
         };
-        match plan_record(trust, connectors, &value, &raised) {
+        // An incident or flag of a visit in the same submission sees that visit.
+        let of_visit: Option<Value> = value
+            .get("visit_id")
+            .and_then(Value::as_str)
+            .filter(|_| value.get("kind").and_then(Value::as_str) != Some("visit_report"))
+            .and_then(|vid| {
+                records.iter().find(|r| {
+                    r.parsed.record.id().to_string() == vid
+                        && matches!(r.parsed.record.kind(), crate::records::Kind::VisitReport)
+                })
+            })
+            .and_then(|r| serde_json::from_str(&r.parsed.canonical).ok());
+        match plan_record(trust, connectors, &value, &raised, of_visit.as_ref()) {
             Ok(outs) => {
                 let id = checked.parsed.record.id().to_string();
                 produced.extend(outs.into_iter().map(|o| (id.clone(), o)));
@@ -151,11 +167,16 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
                 .push(format!("record {}: {e}", checked.parsed.record.id())),
         }
     }
-    let mut unmatched: Vec<Option<(String, Outgoing)>> = produced.into_iter().map(Some).collect();
+    let mut unmatched: Vec<Option<(String, crate::delivery::plan::Planned)>> =
+        produced.into_iter().map(Some).collect();
     for (i, want) in case.expect.iter().enumerate() {
         let slot = unmatched.iter_mut().find(|p| {
             p.as_ref().is_some_and(|(id, o)| {
-                o.destination == want.destination && want.record_id.as_ref().is_none_or(|w| w == id)
+                let dest = match o {
+                    Ok(o) => &o.destination,
+                    Err((d, _)) => d,
+                };
+                *dest == want.destination && want.record_id.as_ref().is_none_or(|w| w == id)
             })
         });
         let Some(slot) = slot else {
@@ -169,10 +190,34 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
             ));
             continue;
         };
-        let (_, got) = slot.take().unwrap_or_else(|| unreachable!("found Some"));
-        compare(i, want, &got, connectors, &mut result.failures);
+        let (id, got) = slot.take().unwrap_or_else(|| unreachable!("found Some"));
+        match (got, &want.error) {
+            (Ok(got), None) => compare(i, want, &got, connectors, &mut result.failures),
+            (Err((_, e)), Some(words)) if e.to_string().contains(words.as_str()) => {}
+            (Err((_, e)), Some(words)) => result.failures.push(format!(
+                "expect[{i}]: `{}` failed for record {id}, but not with `{words}`: {e}",
+                want.destination
+            )),
+            (Err((_, e)), None) => result.failures.push(format!(
+                "expect[{i}]: record {id}: `{}` cannot be built: {e}",
+                want.destination
+            )),
+            (Ok(_), Some(words)) => result.failures.push(format!(
+                "expect[{i}]: `{}` was built for record {id}, but the case expects it to fail with `{words}`",
+                want.destination
+            )),
+        }
     }
     for (id, o) in unmatched.into_iter().flatten() {
+        let o = match o {
+            Ok(o) => o,
+            Err((destination, e)) => {
+                result
+                    .failures
+                    .push(format!("record {id}: `{destination}` cannot be built: {e}"));
+                continue;
+            }
+        };
         // What it sent, so the case can be completed after checking it by eye.
         let sent = match &o.rendered {
             Rendered::Body(b) => serde_json::to_string_pretty(b).unwrap_or_default(),
