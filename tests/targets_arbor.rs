@@ -1252,7 +1252,6 @@ async fn two_revisions_in_one_sync_are_a_create_then_a_put() {
 /// A pupil Arbor did not have is added; the dead letter's reason says "replay once the
 /// target has it": a replay then delivers.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product bug: a replay within not_found_minutes (10) of the miss reads the cached not-found (src/delivery/lookup.rs by_query: store.lookup_get) and goes dead again; `deadletter replay` does not clear it"]
 async fn a_replay_after_arbor_gets_the_pupil_delivers() {
     let arbor = Arbor::new(USER, PASSWORD);
     let server = arbor.start().await;
@@ -1288,7 +1287,6 @@ async fn a_replay_after_arbor_gets_the_pupil_delivers() {
 /// created; then revision 1's dead letter is replayed: Arbor must still hold one note, with
 /// revision 2's words (a superseded revision neither makes a second note nor overwrites).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product bug: replaying a dead revision 1 after revision 2 was created POSTs a second note with stale words (src/store/deliveries.rs claim: `prior` only looks at p.revision < d.revision; nothing marks a superseded revision)"]
 async fn a_replayed_older_revision_makes_no_second_note() {
     let arbor = Arbor::new(USER, PASSWORD);
     arbor.student(UPN, 12);
@@ -1319,8 +1317,15 @@ async fn a_replayed_older_revision_makes_no_second_note() {
     );
     assert_eq!(arbor.notes().len(), 1);
 
+    // The replay is refused: a later revision is already delivered there.
     let r = live.run("deadletter replay", &[&id.to_string()]).await;
-    assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
+    assert_eq!(r.code, 1, "{:?} {}", r.lines, r.stderr);
+    assert_eq!(
+        r.lines[0]["not_dead"],
+        serde_json::json!([id]),
+        "{:?}",
+        r.lines
+    );
     let run = live.sync().await;
     eprintln!("after the replay: {}", run.summary());
     let notes = arbor.notes();
@@ -1342,20 +1347,17 @@ async fn a_replayed_older_revision_makes_no_second_note() {
 }
 
 /// Thrive routes incidents to Arbor as SafeguardingNotes (routes.toml `incidents-to-arbor`,
-/// maps/arbor_safeguarding_note.toml), for the pupil found by `pupil.upn`; but an incident
-/// record has no `pupil` (the schema refuses one). Whatever the fix (the visit's pupil, or no
-/// such route), an incident must not be a dead letter.
+/// maps/arbor_safeguarding_note.toml). An incident names no pupil (the schema refuses one):
+/// the note goes on the pupil of its visit, read from the store. Case 15 is a visit with an
+/// embedded incident and flag.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product/mapping bug: incidents have no `pupil` (schema), so route incidents-to-arbor (mappings/thrive/routes.toml) can never find the student: every incident is dead at arbor_notes (`required field lookup.student is missing`)"]
 async fn an_incident_becomes_a_safeguarding_note() {
     let arbor = Arbor::new(USER, PASSWORD);
-    arbor.student(UPN, 12);
+    let submission = case_record("mappings/thrive", "15-visit-with-incident-and-flag.toml");
+    arbor.student(submission["pupil"]["upn"].as_str().unwrap(), 12);
     let server = arbor.start().await;
     let live = live(&server, PASSWORD);
-    live.drop_records(
-        "i.json",
-        &[case_record("mappings/thrive", "14-incident.toml")],
-    );
+    live.drop_records("i.json", &[submission]);
     let run = live.sync().await;
     let dead = live.dead_letters().await;
     assert_eq!(
@@ -1375,7 +1377,6 @@ async fn an_incident_becomes_a_safeguarding_note() {
 /// application user: ten visits for two pupils could cost two student look-ups in all, not
 /// two per destination (measured: 4).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "cost, not correctness: look-ups are cached per destination (src/delivery/mod.rs Dest.lookups; src/store/lookups.rs LookupScope.destination), so two destinations on one Arbor host ask for each pupil twice"]
 async fn one_arbor_host_is_asked_once_per_pupil_whatever_the_destination() {
     let arbor = Arbor::new(USER, PASSWORD);
     let other = "M810229121116";

@@ -933,11 +933,10 @@ async fn a_revision_changing_the_category_leaves_one_event() {
     );
 }
 
-/// `max_chars = 255` counts characters (Unicode scalar values); the ODS (.NET) counts UTF-16
-/// code units, so a reason with characters outside the BMP (emoji typed on a phone) cut to
-/// 255 characters is longer than 255 there and refused. GUESS: that the ODS counts so.
+/// The ODS (.NET) counts UTF-16 code units, so a reason with characters outside the BMP
+/// (emoji typed on a phone) must be cut by that count (`max_chars` counts so). GUESS: that
+/// the ODS counts so.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product gap: max_chars counts chars, .NET targets count UTF-16 code units (src/mapping/fieldmap.rs `cut`)"]
 async fn a_reason_with_emoji_cut_to_255_is_taken() {
     let (_server, fake, live) = start(&[AMIRA]).await;
     live.drop_records(

@@ -598,9 +598,6 @@ async fn absence_visits_are_written_back_as_session_marks() {
 /// `target_id = { pointer = "/writeback_id" }`), kept so that the write-back's progress can
 /// be looked up (GET /v1.0/writebacks/{id}).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product bug: src/delivery/mod.rs send_batch keeps no target id for a batching \
-            endpoint (\"One created id names the batch\"), so Wonde's writeback_id is dropped \
-            even for a batch of one; connectors/wonde.toml's target_id is dead config"]
 async fn the_writeback_id_is_kept() {
     let wonde = Wonde::new(TOKEN, &[(PENMORVAH, UPN, "A1000000201")]);
     let server = wonde.start().await;
@@ -951,7 +948,6 @@ async fn a_429_is_retried_after_retry_after() {
 /// A pupil Wonde did not list is added (the MIS synced); the dead letter's reason says
 /// "replay once the target has it": a replay then delivers.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product bug: a replay within not_found_minutes (10) of the miss reads the cached listing mark (src/delivery/lookup.rs from_listing: WHOLE_LISTING) and goes dead again; `deadletter replay` does not clear it"]
 async fn a_replay_after_wonde_lists_the_pupil_delivers() {
     let wonde = Wonde::new(TOKEN, &[]);
     let server = wonde.start().await;

@@ -385,7 +385,10 @@ async fn deadletter_in(
                 if missing.is_empty() {
                     String::new()
                 } else {
-                    format!("; not dead letters: {missing:?}")
+                    format!(
+                        "; not replayed (not dead, or a later revision of the record is \
+                         already delivered there, which an older one must not overwrite): {missing:?}"
+                    )
                 }
             );
             out.raw_line(

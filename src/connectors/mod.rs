@@ -503,9 +503,9 @@ impl Connector {
                     "items, match, value and next are JSON pointers (/…); value is required",
                 ));
             }
-            if !(l.ttl_hours > 0.0 && l.ttl_hours <= 24.0 * 366.0)
-                || !(l.not_found_minutes >= 0.0 && l.not_found_minutes <= 24.0 * 60.0)
-            {
+            let ttl_ok = l.ttl_hours > 0.0 && l.ttl_hours <= 24.0 * 366.0;
+            let not_found_ok = l.not_found_minutes >= 0.0 && l.not_found_minutes <= 24.0 * 60.0;
+            if !(ttl_ok && not_found_ok) {
                 return Err(invalid(
                     &format!("lookups.{name}"),
                     "ttl_hours above 0 and at most a year; not_found_minutes at most a day",

@@ -24,12 +24,16 @@ const MAX_PAGES: usize = 1000;
 
 /// One listing read whole: key → id.
 type Listing = Arc<HashMap<String, String>>;
+/// An answer being read (or read), shared by every delivery asking for it.
+type Slot<T> = Arc<OnceCell<(T, Instant)>>;
 
 /// One destination's look-ups in memory, with the count of requests made.
 #[derive(Default)]
 pub struct Lookups {
-    answers: Mutex<HashMap<(String, String, String), Arc<OnceCell<(Cached, Instant)>>>>,
-    listings: Mutex<HashMap<(String, String), Arc<OnceCell<(Listing, Instant)>>>>,
+    /// By (school, look-up, key).
+    answers: Mutex<HashMap<(String, String, String), Slot<Cached>>>,
+    /// By (school, look-up).
+    listings: Mutex<HashMap<(String, String), Slot<Listing>>>,
     requests: AtomicU64,
 }
 
@@ -58,7 +62,7 @@ impl Lookups {
         key: &str,
     ) -> Result<Cached, Attempt> {
         if target.spec.all {
-            self.from_listing(store, target, scope, key).await
+            self.in_listing(store, target, scope, key).await
         } else {
             self.by_query(store, target, scope, key).await
         }
@@ -130,7 +134,7 @@ impl Lookups {
         Ok(answer.clone())
     }
 
-    async fn from_listing<S: LookupStore>(
+    async fn in_listing<S: LookupStore>(
         &self,
         store: &S,
         target: &Target<'_>,

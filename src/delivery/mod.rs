@@ -76,7 +76,11 @@ struct Dest {
     /// The trust's folder (relative secret files are read from it).
     folder: PathBuf,
     limiter: Option<governor::DefaultDirectRateLimiter>,
-    lookups: lookup::Lookups,
+    /// Shared by every destination of the trust on the same system (connector and URL):
+    /// Thrive's notes and register are one Arbor, asked once per pupil.
+    lookups: Arc<lookup::Lookups>,
+    /// The look-up cache's name in the store: the connector and URL.
+    lookup_scope: String,
     paused: bool,
 }
 
@@ -121,6 +125,7 @@ impl Engine {
         settings: &Settings,
     ) -> Result<Engine, DeliveryError> {
         let mut dests = Vec::new();
+        let mut lookups: HashMap<(String, String), Arc<lookup::Lookups>> = HashMap::new();
         for trust in trusts.iter() {
             let Some(mapping) = trust.mapping.as_deref() else {
                 continue;
@@ -163,6 +168,14 @@ impl Engine {
                     .rate_per_second
                     .and_then(NonZeroU32::new)
                     .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+                let lookup_scope = match &url {
+                    Some(u) => format!("{} {u}", d.connector),
+                    None => name.clone(),
+                };
+                let shared = lookups
+                    .entry((trust.id.clone(), lookup_scope.clone()))
+                    .or_default()
+                    .clone();
                 dests.push(Arc::new(Dest {
                     trust: trust.id.clone(),
                     name: name.clone(),
@@ -173,7 +186,8 @@ impl Engine {
                     config: d.clone(),
                     folder: trust.folder.clone(),
                     limiter,
-                    lookups: lookup::Lookups::default(),
+                    lookups: shared,
+                    lookup_scope,
                     paused: ov.paused,
                 }));
             }
@@ -199,7 +213,16 @@ impl Engine {
 
     /// Requests made for look-ups in this engine's runs.
     pub fn lookup_requests(&self) -> u64 {
-        self.dests.iter().map(|d| d.lookups.requests()).sum()
+        let mut seen: Vec<*const lookup::Lookups> = Vec::new();
+        let mut n = 0;
+        for d in &self.dests {
+            let p = Arc::as_ptr(&d.lookups);
+            if !seen.contains(&p) {
+                seen.push(p);
+                n += d.lookups.requests();
+            }
+        }
+        n
     }
 
     /// (trust, destination) of every paused destination.
@@ -534,7 +557,7 @@ async fn attempt_batch<S: DeliveryStore>(env: &Env<S>, batch: Vec<Claimed>) -> V
     let limits = &dest.connector.limits;
     let mut done = Vec::with_capacity(batch.len());
     // Members by (URL, batch_by values), in claim order.
-    let mut groups: Vec<(String, Vec<(Claimed, Value, BTreeMap<String, String>)>)> = Vec::new();
+    let mut groups: Vec<(String, Vec<Member>)> = Vec::new();
     for c in batch {
         match prepare(env, &c).await {
             Ok(Prepared {
@@ -581,11 +604,11 @@ async fn attempt_batch<S: DeliveryStore>(env: &Env<S>, batch: Vec<Claimed>) -> V
     done
 }
 
+/// One delivery of a batch: its body and its school's `vars`.
+type Member = (Claimed, Value, BTreeMap<String, String>);
+
 /// One request for the bodies of one batch group.
-async fn send_batch(
-    dest: &Arc<Dest>,
-    members: Vec<(Claimed, Value, BTreeMap<String, String>)>,
-) -> Vec<Finished> {
+async fn send_batch(dest: &Arc<Dest>, members: Vec<Member>) -> Vec<Finished> {
     let limits = &dest.connector.limits;
     let Some((first, _, vars)) = members.first() else {
         return Vec::new();
@@ -631,15 +654,8 @@ async fn send_batch(
     members
         .into_iter()
         .map(|(c, _, _)| {
-            let a = match &result {
-                // One created id names the batch, not each record: none is kept.
-                Attempt::Delivered { status, .. } => Attempt::Delivered {
-                    target_id: None,
-                    status: *status,
-                },
-                other => other.clone(),
-            };
-            conclude(limits, c, a)
+            // The target's id for the request (Wonde's writeback_id) is each member's.
+            conclude(limits, c, result.clone())
         })
         .collect()
 }
@@ -813,7 +829,7 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
         };
         let scope = crate::store::lookups::LookupScope {
             trust: c.trust.clone(),
-            destination: dest.name.clone(),
+            destination: dest.lookup_scope.clone(),
             school: c.school.clone(),
             name: need.name.clone(),
         };

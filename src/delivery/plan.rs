@@ -167,8 +167,8 @@ fn mapping_of(trust: &Trust) -> Result<&mapping::Mapping, PlanError> {
         })
 }
 
-/// One destination's output for a record, or why it cannot be built.
-pub type Planned = Result<Outgoing, (String, PlanError)>;
+/// One destination's output for a record, or (the destination) why it cannot be built.
+pub type Planned = Result<Outgoing, Box<(String, PlanError)>>;
 
 /// Everything a record revision sends (used by `mapping test`): routing errors fail the
 /// whole record; a map that cannot be built fails its own destination only (as in a sync,
@@ -220,7 +220,7 @@ pub fn plan_record(
                 exceptions,
                 &extras,
             )
-            .map_err(|e| (p.destination.clone(), e))
+            .map_err(|e| Box::new((p.destination.clone(), e)))
         })
         .collect())
 }

@@ -498,12 +498,25 @@ fn parse_max_chars(v: &toml::Value) -> Result<usize, String> {
 }
 
 /// `text` in at most `max` characters: cut, ending with [`CUT_MARKER`], when longer.
+///
+/// Length is counted in UTF-16 code units, as .NET and SQL Server targets (SIMS, Ed-Fi)
+/// count it: the same as characters for most text, and never less, so a text that fits
+/// by this count fits by any.
 pub fn cut(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
+    let units = |s: &str| s.encode_utf16().count();
+    if units(text) <= max {
         return text.to_owned();
     }
-    let keep = max.saturating_sub(CUT_MARKER.chars().count());
-    let mut out: String = text.chars().take(keep).collect();
+    let room = max.saturating_sub(units(CUT_MARKER));
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        if used + c.len_utf16() > room {
+            break;
+        }
+        used += c.len_utf16();
+        out.push(c);
+    }
     out.truncate(out.trim_end().len());
     out.push_str(CUT_MARKER);
     out
@@ -760,6 +773,14 @@ mod tests {
         assert_eq!(c.chars().count(), 500);
         assert!(c.ends_with(CUT_MARKER));
         assert!(c.starts_with("éé"));
+        // Counted as .NET counts: an emoji is two UTF-16 units.
+        let c = cut(&"👍".repeat(300), 255);
+        assert!(
+            c.encode_utf16().count() <= 255,
+            "{}",
+            c.encode_utf16().count()
+        );
+        assert!(c.ends_with(CUT_MARKER));
         // Trailing space before the marker is dropped.
         let c = cut(&format!("{} {}", "a".repeat(486), "b".repeat(100)), 500);
         assert!(c.ends_with(&format!("a{CUT_MARKER}")), "{c}");

@@ -174,7 +174,7 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
             p.as_ref().is_some_and(|(id, o)| {
                 let dest = match o {
                     Ok(o) => &o.destination,
-                    Err((d, _)) => d,
+                    Err(failed) => &failed.0,
                 };
                 *dest == want.destination && want.record_id.as_ref().is_none_or(|w| w == id)
             })
@@ -191,7 +191,7 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
             continue;
         };
         let (id, got) = slot.take().unwrap_or_else(|| unreachable!("found Some"));
-        match (got, &want.error) {
+        match (got.map_err(|b| *b), &want.error) {
             (Ok(got), None) => compare(i, want, &got, connectors, &mut result.failures),
             (Err((_, e)), Some(words)) if e.to_string().contains(words.as_str()) => {}
             (Err((_, e)), Some(words)) => result.failures.push(format!(
@@ -211,7 +211,8 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
     for (id, o) in unmatched.into_iter().flatten() {
         let o = match o {
             Ok(o) => o,
-            Err((destination, e)) => {
+            Err(failed) => {
+                let (destination, e) = *failed;
                 result
                     .failures
                     .push(format!("record {id}: `{destination}` cannot be built: {e}"));

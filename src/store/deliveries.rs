@@ -210,7 +210,9 @@ pub trait DeliveryStore: super::lookups::LookupStore {
     ) -> impl Future<Output = Result<Option<DeliveryDetail>, StoreError>> + Send;
 
     /// Puts dead deliveries back to be sent (all dead ones of a destination when `ids` is
-    /// empty and `destination` is given); returns the ids replayed.
+    /// empty and `destination` is given), except one whose record has a later revision
+    /// delivered there (it would overwrite newer with older); forgets the trust's "not found"
+    /// look-ups (a replay follows a fix); returns the ids replayed.
     fn replay(
         &self,
         ids: &[i64],
@@ -648,6 +650,10 @@ impl DeliveryStore for SqliteStore {
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?1, last_error = NULL, \
              response = NULL, updated_at = ?1 \
              WHERE state = 'dead' AND (seq IN (SELECT value FROM json_each(?2)) OR (?5 AND trust = ?3 AND destination = ?4)) \
+             AND NOT EXISTS (SELECT 1 FROM deliveries later WHERE later.trust = deliveries.trust \
+                 AND later.destination = deliveries.destination AND later.kind = deliveries.kind \
+                 AND later.record_id = deliveries.record_id AND later.revision > deliveries.revision \
+                 AND later.state = 'delivered') \
              RETURNING seq, trust, school_urn, kind, record_id, revision, destination",
         )
         .bind(&now)
@@ -672,6 +678,19 @@ impl DeliveryStore for SqliteStore {
             events.push(e);
         }
         append_events(&mut tx, &events).await.map_err(&err)?;
+        // A replay is made after a fix, often "the target now has the pupil": what a
+        // look-up did not find is asked again.
+        for trust in rows
+            .iter()
+            .map(|r| r.get::<String, _>(1))
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            sqlx::query("DELETE FROM lookups WHERE trust = ?1 AND value IS NULL")
+                .bind(&trust)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+        }
         tx.commit().await.map_err(&err)?;
         replayed.sort_unstable();
         Ok(replayed)

@@ -12,10 +12,11 @@ use sqlx::Row;
 use super::sqlite::SqliteStore;
 use super::{Store, StoreError};
 
-/// Which cache: one destination's look-up for one school.
+/// Which cache: one system's look-up for one school of a trust.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LookupScope {
     pub trust: String,
+    /// The system: its connector and URL (destinations on the same system share answers).
     pub destination: String,
     pub school: String,
     pub name: String,
