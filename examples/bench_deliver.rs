@@ -140,8 +140,8 @@ async fn setup(server: &MockServer, concurrency: usize, n: usize) -> Setup {
     settings.overrides.insert(
         ("thrive".into(), "hook".into()),
         doorstep::delivery::Override {
-            paused: false,
             url: Some(server.uri()),
+            ..Default::default()
         },
     );
     let engine = Engine::new(trusts.clone(), connectors, &settings).unwrap();

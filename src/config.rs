@@ -101,6 +101,8 @@ struct RawDestination {
     paused: bool,
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    token_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +213,7 @@ impl Config {
                     crate::delivery::Override {
                         paused: d.paused,
                         url: d.url,
+                        token_url: d.token_url,
                     },
                 );
             }

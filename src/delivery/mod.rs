@@ -47,6 +47,8 @@ pub struct Override {
     pub paused: bool,
     /// Replaces the mapping's `url` (staging against production, a test receiver).
     pub url: Option<String>,
+    /// Replaces the mapping's `token_url` (a staging system has its own token service).
+    pub token_url: Option<String>,
 }
 
 /// Engine settings from `doorstep.toml`.
@@ -141,6 +143,11 @@ impl Engine {
                     .get(&(trust.id.clone(), name.clone()))
                     .cloned()
                     .unwrap_or_default();
+                let mut overridden = d.clone();
+                if let Some(t) = &ov.token_url {
+                    overridden.token_url = Some(t.clone());
+                }
+                let d = &overridden;
                 let connector = connectors.get(&d.connector).cloned().ok_or_else(|| {
                     fail(format!(
                         "no connector `{}` in the connectors folder",
