@@ -452,12 +452,15 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                 let tx = self.tx.clone();
                 let size = self.dest.batch_size(&c);
                 if size > 1 {
-                    // The next deliveries of the same kind that are creates too.
+                    // The next deliveries of the same kind and school (a school's URL may
+                    // differ) that are creates too.
                     let mut batch = vec![c];
                     while batch.len() < size
-                        && let Some(i) = queue
-                            .iter()
-                            .position(|q| q.kind == batch[0].kind && self.dest.batch_size(q) > 1)
+                        && let Some(i) = queue.iter().position(|q| {
+                            q.kind == batch[0].kind
+                                && q.school == batch[0].school
+                                && self.dest.batch_size(q) > 1
+                        })
                     {
                         batch.extend(queue.remove(i));
                     }
