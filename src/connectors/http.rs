@@ -572,11 +572,9 @@ impl HttpSink {
         spec: &super::TokenExchange,
         vars: &BTreeMap<String, String>,
     ) -> Result<Value, Attempt> {
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let c = &self.credentials;
         let ctx = minijinja::context! {
-            vars => minijinja::Value::from(minijinja::value::Serde(vars)),
+            vars => super::template::vars(vars),
             username => c.username.clone().unwrap_or_default(),
             password => c.password.clone().unwrap_or_default(),
             client_id => c.client_id.clone().unwrap_or_default(),
@@ -584,16 +582,8 @@ impl HttpSink {
         };
         let mut out = serde_json::Map::new();
         for (k, template) in &spec.body {
-            let v = env.render_str(template, &ctx).map_err(|e| {
-                permanent(
-                    format!(
-                        "[token] body.{k}: {}",
-                        e.detail().unwrap_or("template failed")
-                    ),
-                    None,
-                    None,
-                )
-            })?;
+            let v = super::template::fill(template, ctx.clone())
+                .map_err(|reason| permanent(format!("[token] body.{k}: {reason}"), None, None))?;
             out.insert(k.clone(), Value::String(v));
         }
         Ok(Value::Object(out))
@@ -645,16 +635,10 @@ fn token_life(v: &Value) -> Option<Duration> {
 /// A header value with `{{ vars.X }}` filled in; empty when a var is not given (the
 /// header is then left out).
 fn fill_header(template: &str, vars: &BTreeMap<String, String>) -> String {
-    if !template.contains("{{") {
-        return template.to_owned();
-    }
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
-    env.render_str(
+    super::template::fill_or_empty(
         template,
-        minijinja::context! { vars => minijinja::Value::from(minijinja::value::Serde(vars)) },
+        minijinja::context! { vars => super::template::vars(vars) },
     )
-    .unwrap_or_default()
 }
 
 /// A value that says something: not null, false, "" or empty.

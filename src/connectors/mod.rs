@@ -10,6 +10,7 @@
 
 pub mod csv;
 pub mod http;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -116,18 +116,11 @@ impl Lookups {
                     }) => {}
                     Err(a) => return Err(a),
                 }
-                let until = Utc::now()
-                    + chrono::Duration::from_std(life(spec, &answer))
-                        .unwrap_or(chrono::Duration::hours(1));
+                let life = life(spec, &answer);
                 store
-                    .lookup_put(
-                        scope,
-                        &[(key.to_owned(), answer.clone())],
-                        &until.to_rfc3339_opts(SecondsFormat::Micros, true),
-                    )
+                    .lookup_put(scope, &[(key.to_owned(), answer.clone())], &expiry(life))
                     .await
                     .map_err(store_failed)?;
-                let life = life(spec, &answer);
                 Ok((answer, Instant::now() + life))
             })
             .await?;
@@ -185,17 +178,12 @@ impl Lookups {
                     }
                 })
                 .await?;
-                let stamp = |d: Duration| {
-                    (Utc::now()
-                        + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1)))
-                    .to_rfc3339_opts(SecondsFormat::Micros, true)
-                };
                 let entries: Vec<(String, Cached)> = all
                     .iter()
                     .map(|(k, v)| (k.clone(), Cached::Found(v.clone())))
                     .collect();
                 store
-                    .lookup_put(scope, &entries, &stamp(found_life(spec)))
+                    .lookup_put(scope, &entries, &expiry(found_life(spec)))
                     .await
                     .map_err(store_failed)?;
                 // The mark that the listing was read whole lasts as long as "not found".
@@ -203,7 +191,7 @@ impl Lookups {
                     .lookup_put(
                         scope,
                         &[(WHOLE_LISTING.to_owned(), Cached::NotFound)],
-                        &stamp(not_found_life(spec)),
+                        &expiry(not_found_life(spec)),
                     )
                     .await
                     .map_err(store_failed)?;
@@ -258,10 +246,8 @@ impl Lookups {
 
 /// The first page's URL: the destination's URL and the look-up's path, filled in.
 fn page_url(target: &Target<'_>, key: Option<&str>) -> Result<reqwest::Url, Attempt> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     let ctx = minijinja::context! {
-        vars => minijinja::Value::from(minijinja::value::Serde(target.vars)),
+        vars => crate::connectors::template::vars(target.vars),
         key => key.unwrap_or_default(),
     };
     let text = format!(
@@ -269,12 +255,8 @@ fn page_url(target: &Target<'_>, key: Option<&str>) -> Result<reqwest::Url, Atte
         target.base_url.trim_end_matches('/'),
         target.spec.path
     );
-    let url = env.render_str(&text, ctx).map_err(|e| {
-        permanent(format!(
-            "look-up path: {}",
-            e.detail().unwrap_or("template failed")
-        ))
-    })?;
+    let url = crate::connectors::template::fill(&text, ctx)
+        .map_err(|reason| permanent(format!("look-up path: {reason}")))?;
     reqwest::Url::parse(&url).map_err(|_| permanent("look-up URL is not a URL".into()))
 }
 
@@ -305,6 +287,12 @@ fn text_at(item: &Value, pointer: &str) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// When an answer kept for `life` expires, as the store keeps it (RFC 3339).
+fn expiry(life: Duration) -> String {
+    (Utc::now() + chrono::Duration::from_std(life).unwrap_or(chrono::Duration::hours(1)))
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 fn found_life(spec: &Lookup) -> Duration {

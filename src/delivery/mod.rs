@@ -107,6 +107,8 @@ pub struct Engine {
     trusts: Arc<Trusts>,
     connectors: Arc<Connectors>,
     dests: Vec<Arc<Dest>>,
+    /// The look-up caches, one per (trust, system), each shared by its destinations.
+    lookups: Vec<Arc<lookup::Lookups>>,
 }
 
 /// How many claimed deliveries a destination keeps ahead of its senders, per slot: enough
@@ -166,9 +168,9 @@ impl Engine {
                         HttpSink::new(connector.clone(), Credentials::default()).map_err(fail)?,
                     ))
                 } else {
-                    let c = credentials(&trust.folder, d).map_err(fail)?;
-                    check_auth(&connector, &c, url.as_deref()).map_err(fail)?;
-                    Sink::Http(Arc::new(HttpSink::new(connector.clone(), c).map_err(fail)?))
+                    Sink::Http(Arc::new(
+                        http_sink(&trust.folder, d, &connector, url.as_deref()).map_err(fail)?,
+                    ))
                 };
                 let limiter = connector
                     .limits
@@ -215,21 +217,13 @@ impl Engine {
             trusts,
             connectors,
             dests,
+            lookups: lookups.into_values().collect(),
         })
     }
 
     /// Requests made for look-ups in this engine's runs.
     pub fn lookup_requests(&self) -> u64 {
-        let mut seen: Vec<*const lookup::Lookups> = Vec::new();
-        let mut n = 0;
-        for d in &self.dests {
-            let p = Arc::as_ptr(&d.lookups);
-            if !seen.contains(&p) {
-                seen.push(p);
-                n += d.lookups.requests();
-            }
-        }
-        n
+        self.lookups.iter().map(|l| l.requests()).sum()
     }
 
     /// (trust, destination) of every paused destination.
@@ -311,6 +305,19 @@ impl Engine {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A destination's HTTP client with its credentials read and checked against what its
+/// connector authenticates with.
+fn http_sink(
+    folder: &std::path::Path,
+    d: &crate::mapping::Destination,
+    connector: &Arc<Connector>,
+    url: Option<&str>,
+) -> Result<HttpSink, String> {
+    let c = credentials(folder, d)?;
+    check_auth(connector, &c, url)?;
+    HttpSink::new(connector.clone(), c)
 }
 
 /// A destination's credentials, read from its secret references (relative files from the
@@ -1008,25 +1015,11 @@ fn expand_path(
     vars: &BTreeMap<String, String>,
     target_id: Option<&str>,
 ) -> Result<String, String> {
-    if !path.contains("{{") {
-        return Ok(path.to_owned());
-    }
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let ctx: HashMap<&str, minijinja::Value> = HashMap::from([
-        (
-            "vars",
-            minijinja::Value::from(minijinja::value::Serde(vars)),
-        ),
-        (
-            "target_id",
-            minijinja::Value::from(target_id.unwrap_or_default()),
-        ),
-    ]);
-    env.render_str(path, ctx).map_err(|e| {
-        format!(
-            "`{path}`: {} (a school's values are in the destination's `schools`)",
-            e.detail().unwrap_or("template failed")
-        )
+    let ctx = minijinja::context! {
+        vars => crate::connectors::template::vars(vars),
+        target_id => target_id.unwrap_or_default(),
+    };
+    crate::connectors::template::fill(path, ctx).map_err(|reason| {
+        format!("`{path}`: {reason} (a school's values are in the destination's `schools`)")
     })
 }

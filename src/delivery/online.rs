@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use crate::connectors::http::{HttpSink, loggable};
+use crate::connectors::http::loggable;
 use crate::connectors::{Attempt, Transport};
 
-use super::{Dest, Engine, Sink, check_auth, credentials, expand_path};
+use super::{Dest, Engine, Sink, expand_path, http_sink};
 
 /// What reaching one destination (for one school) came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,16 +85,10 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
     // A paused destination's credentials were not read; read them now.
     let sink = match (&d.sink, d.paused) {
         (Sink::Http(s), false) => s.clone(),
-        _ => {
-            let made = credentials(&d.folder, &d.config).and_then(|c| {
-                check_auth(&d.connector, &c, d.url.as_deref())?;
-                HttpSink::new(d.connector.clone(), c)
-            });
-            match made {
-                Ok(s) => Arc::new(s),
-                Err(reason) => return vec![line(None, Reach::Failed(reason))],
-            }
-        }
+        _ => match http_sink(&d.folder, &d.config, &d.connector, d.url.as_deref()) {
+            Ok(s) => Arc::new(s),
+            Err(reason) => return vec![line(None, Reach::Failed(reason))],
+        },
     };
     let schools: Vec<Option<&String>> = if d.config.schools.is_empty() {
         vec![None]
