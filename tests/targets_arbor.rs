@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::fake::{Answer, Seen};
 use common::live::{Live, case_record};
 use serde_json::{Map, Value, json};
 use wiremock::matchers::any;
@@ -36,17 +37,6 @@ const UPN: &str = "D810229121101";
 
 // ---------------------------------------------------------------------------------------
 // The fake Arbor.
-
-/// One request the fake received, with its answer.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    query: Option<String>,
-    status: u16,
-    at: Instant,
-    body: Option<Value>,
-}
 
 /// A created note, as Arbor keeps it.
 #[derive(Debug, Clone)]
@@ -433,36 +423,6 @@ impl Respond for Arbor {
     }
 }
 
-/// An answer of the fake: its status kept for the log of requests.
-struct Answer {
-    status: u16,
-    body: Value,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl Answer {
-    fn json(status: u16, body: Value) -> Answer {
-        Answer {
-            status,
-            body,
-            headers: Vec::new(),
-        }
-    }
-
-    fn header(mut self, name: &'static str, value: &str) -> Answer {
-        self.headers.push((name, value.to_owned()));
-        self
-    }
-
-    fn template(&self) -> ResponseTemplate {
-        let mut t = ResponseTemplate::new(self.status).set_body_json(&self.body);
-        for (k, v) in &self.headers {
-            t = t.insert_header(*k, v.as_str());
-        }
-        t
-    }
-}
-
 fn not_found(path: &str) -> Answer {
     arbor_error(
         404,
@@ -599,36 +559,6 @@ fn visit(id: &str, revision: u32, upn: &str) -> Value {
 fn on_day(v: Value, days: u32) -> Value {
     let day = format!("2026-03-{:02}", 2 + days);
     serde_json::from_str(&v.to_string().replace("2026-03-02", &day)).unwrap()
-}
-
-/// Every delivery of the deployment (`deadletter show` of ids 1, 2, … until none).
-async fn deliveries(live: &Live) -> Vec<Value> {
-    let mut out = Vec::new();
-    for id in 1.. {
-        let r = live.run("deadletter show", &[&id.to_string()]).await;
-        if r.code != 0 {
-            break;
-        }
-        out.push(r.lines[0].clone());
-    }
-    out
-}
-
-/// The delivery of `record`, revision `revision`, to thrive's `destination`.
-async fn delivery(live: &Live, destination: &str, record: &str, revision: u32) -> Value {
-    deliveries(live)
-        .await
-        .into_iter()
-        .find(|d| {
-            d["destination"] == destination && d["record_id"] == record && d["revision"] == revision
-        })
-        .unwrap_or_else(|| panic!("no delivery of {record} r{revision} to {destination}"))
-}
-
-fn count(run: &common::live::Run, key: &str) -> u64 {
-    run.summary()[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no `{key}` in {}", run.summary()))
 }
 
 fn arbor_states(
@@ -779,7 +709,7 @@ async fn a_visit_becomes_a_pastoral_note_and_a_register_mark() {
     assert_eq!(arbor.register().len(), 3);
 
     // The created note's href is the target id; the register's answer names no record.
-    let d = delivery(&live, "arbor_notes", "thr-visit-101", 1).await;
+    let d = live.delivery("arbor_notes", "thr-visit-101", 1).await;
     let href = arbor
         .notes()
         .into_iter()
@@ -832,7 +762,7 @@ async fn a_new_revision_is_a_put_to_the_stored_href_never_a_second_create() {
     live.drop_records("r1.json", &[visit("thr-upd-1", 1, UPN)]);
     let run = live.sync().await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
-    let href = delivery(&live, "arbor_notes", "thr-upd-1", 1).await["target_id"]
+    let href = live.delivery("arbor_notes", "thr-upd-1", 1).await["target_id"]
         .as_str()
         .expect("the href is kept")
         .to_owned();
@@ -878,7 +808,7 @@ async fn a_new_revision_is_a_put_to_the_stored_href_never_a_second_create() {
             .starts_with("Mother phoned")
     );
     assert_eq!(
-        delivery(&live, "arbor_notes", "thr-upd-1", 2).await["target_id"],
+        live.delivery("arbor_notes", "thr-upd-1", 2).await["target_id"],
         href.as_str(),
         "the update keeps the href"
     );
@@ -919,8 +849,8 @@ async fn a_wrong_password_is_dead_at_once_without_a_retry_loop() {
     let started = Instant::now();
     let run = live.sync().await;
     assert_eq!(run.code, 1, "a dead letter is exit 1: {}", run.stderr);
-    assert_eq!(count(&run, "dead"), 2, "{}", run.summary());
-    assert_eq!(count(&run, "retrying"), 0);
+    assert_eq!(run.count("dead"), 2, "{}", run.summary());
+    assert_eq!(run.count("retrying"), 0);
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "no waiting for retries"
@@ -988,7 +918,7 @@ async fn a_pupil_arbor_does_not_know_is_dead_naming_the_record_only() {
 
     let run = live.sync().await;
     assert_eq!(run.code, 1);
-    assert_eq!(count(&run, "dead"), 2, "{}", run.summary());
+    assert_eq!(run.count("dead"), 2, "{}", run.summary());
     assert_eq!(arbor.count("POST", "/rest-v2/pastoral-notes"), 0);
     assert_eq!(arbor.count("POST", "/rest-v2/attendance-registration"), 0);
     let lookups: Vec<Seen> = arbor
@@ -1118,7 +1048,7 @@ async fn a_422_is_dead_with_arbors_message_and_a_replay_after_the_fix_delivers()
 
     let run = live.sync().await;
     assert_eq!(run.code, 1);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     assert_eq!(
         arbor.count("POST", "/rest-v2/pastoral-notes"),
         1,
@@ -1214,7 +1144,7 @@ async fn a_429_is_retried_after_retry_after() {
         "the retry sends the same note"
     );
     assert_eq!(arbor.notes().len(), 1);
-    let d = delivery(&live, "arbor_notes", "thr-429", 1).await;
+    let d = live.delivery("arbor_notes", "thr-429", 1).await;
     assert_eq!(d["attempts"], 2);
     assert_eq!(d["attempt_log"][0]["status"], 429);
 }
@@ -1258,7 +1188,7 @@ async fn a_replay_after_arbor_gets_the_pupil_delivers() {
     let live = live(&server, PASSWORD);
     live.drop_records("v.json", &[visit("thr-late-pupil", 1, UPN)]);
     let run = live.sync().await;
-    assert_eq!(count(&run, "dead"), 2, "{}", run.summary());
+    assert_eq!(run.count("dead"), 2, "{}", run.summary());
     let reason = live.dead_letters().await[0]["last_error"]
         .as_str()
         .unwrap()
@@ -1274,7 +1204,7 @@ async fn a_replay_after_arbor_gets_the_pupil_delivers() {
     }
     let run = live.sync().await;
     assert_eq!(
-        (run.code, count(&run, "dead")),
+        (run.code, run.count("dead")),
         (0, 0),
         "the replay found the pupil cached as not found: {:?}\n{:?}",
         run.summary(),
@@ -1303,7 +1233,7 @@ async fn a_replayed_older_revision_makes_no_second_note() {
     );
     live.drop_records("r1.json", &[visit("thr-old", 1, UPN)]);
     let run = live.sync().await;
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     let id = live.dead_letters().await[0]["id"].as_i64().unwrap();
 
     live.write(map, &shipped);
@@ -1312,7 +1242,7 @@ async fn a_replayed_older_revision_makes_no_second_note() {
     live.drop_records("r2.json", &[r2]);
     live.sync().await;
     assert_eq!(
-        delivery(&live, "arbor_notes", "thr-old", 2).await["state"],
+        live.delivery("arbor_notes", "thr-old", 2).await["state"],
         "delivered"
     );
     assert_eq!(arbor.notes().len(), 1);
@@ -1361,7 +1291,7 @@ async fn an_incident_becomes_a_safeguarding_note() {
     let run = live.sync().await;
     let dead = live.dead_letters().await;
     assert_eq!(
-        (run.code, count(&run, "dead")),
+        (run.code, run.count("dead")),
         (0, 0),
         "the incident is a dead letter: {dead:?}"
     );

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::live::{Live, Run, case_record};
+use common::fake::requests;
+use common::live::{Live, case_record};
 use serde_json::{Map, Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -484,21 +485,13 @@ async fn start(students: &[&str]) -> (MockServer, EdFi, Live) {
         .mount(&server)
         .await;
     let mut live = Live::new("examples/edfi/mappings");
-    let routes_path = "mappings/northfield/routes.toml";
-    let routes = std::fs::read_to_string(live.path(routes_path)).unwrap();
-    let shipped = "token_url = \"https://ods.northfield.example/api/oauth/token\"";
-    assert!(
-        routes.contains(shipped),
-        "the example's routes changed: {routes}"
-    );
-    live.write(
-        routes_path,
-        &routes.replace(
-            shipped,
-            &format!("token_url = \"{}{TOKEN_PATH}\"", server.uri()),
-        ),
-    );
+    // The token service is the deployment's override, as staging would give it.
     live.destination("northfield", "edfi", &server.uri())
+        .token_url(
+            "northfield",
+            "edfi",
+            &format!("{}{TOKEN_PATH}", server.uri()),
+        )
         .env("NORTHFIELD_EDFI_KEY", KEY)
         .env("NORTHFIELD_EDFI_SECRET", SECRET)
         .max_wait(5.0);
@@ -548,22 +541,6 @@ fn illness_event(id: &str, summary: &str) -> Value {
 const SEEN: &str =
     "Pupil in bed with a high temperature; mother will ring the office each morning.";
 
-async fn requests(server: &MockServer, path: &str) -> Vec<Request> {
-    server
-        .received_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.url.path() == path)
-        .collect()
-}
-
-fn count(run: &Run, key: &str) -> u64 {
-    run.summary()[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no `{key}` in {}", run.summary()))
-}
-
 /// Deliveries to `edfi` by state.
 async fn edfi_states(live: &Live) -> BTreeMap<String, u64> {
     live.states()
@@ -576,19 +553,6 @@ fn only(state: &str, n: u64) -> BTreeMap<String, u64> {
     BTreeMap::from([(state.to_owned(), n)])
 }
 
-/// `deadletter show` of every delivery (the ids are every delivery's, dead or not).
-async fn deliveries(live: &Live) -> Vec<Value> {
-    let mut out = Vec::new();
-    for id in 1.. {
-        let r = live.run("deadletter show", &[&id.to_string()]).await;
-        if r.code != 0 {
-            break;
-        }
-        out.push(r.lines[0].clone());
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. Create.
 
@@ -599,7 +563,7 @@ async fn an_absence_visit_creates_an_attendance_event_with_exactly_the_mapped_bo
 
     let run = live.sync().await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
-    assert_eq!(count(&run, "delivered"), 1, "{}", run.summary());
+    assert_eq!(run.count("delivered"), 1, "{}", run.summary());
     assert_eq!(edfi_states(&live).await, only("delivered", 1));
 
     let tokens = requests(&server, TOKEN_PATH).await;
@@ -626,7 +590,7 @@ async fn an_absence_visit_creates_an_attendance_event_with_exactly_the_mapped_bo
         assert_eq!((s.created, s.updated), (1, 0));
         s.events.values().next().unwrap().clone()
     };
-    let show = &deliveries(&live).await[0];
+    let show = &live.deliveries().await[0];
     assert_eq!(show["record_id"], "nlt-visit-001");
     assert_eq!(show["state"], "delivered");
     assert_eq!(
@@ -770,7 +734,7 @@ async fn a_401_on_a_stale_token_fetches_one_new_token_and_delivers() {
         .collect();
     assert_eq!(auth, ["Bearer t1", "Bearer t1", "Bearer t2"]);
     assert_eq!(fake.state().created, 2);
-    for show in deliveries(&live).await {
+    for show in live.deliveries().await {
         assert_eq!(
             show["attempts"], 1,
             "the 401 and its retry are one attempt: {show}"
@@ -788,7 +752,7 @@ async fn an_unknown_student_is_a_dead_letter_with_the_problem_details_kept() {
 
     let run = live.sync().await;
     assert_eq!(run.code, 1, "a dead letter is exit 1: {}", run.stderr);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     assert_eq!(requests(&server, EVENTS_PATH).await.len(), 1, "not retried");
     let dead = live.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -827,7 +791,7 @@ async fn a_validation_failure_is_dead_then_replayed_after_the_map_is_fixed() {
 
     let run = live.sync().await;
     assert_eq!(run.code, 1);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     let first = requests(&server, EVENTS_PATH).await;
     assert_eq!(
         body_of(&first[0])["schoolReference"]["schoolId"],

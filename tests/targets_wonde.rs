@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::fake::{Answer, Seen};
 use common::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::matchers::any;
@@ -43,17 +44,6 @@ const STUDENTS: usize = 230;
 
 // ---------------------------------------------------------------------------------------
 // The fake Wonde.
-
-/// One request the fake received, with its answer.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    query: Option<String>,
-    status: u16,
-    at: Instant,
-    body: Option<Value>,
-}
 
 /// Marks written back: (school, student id, date, session) → (code id, comment).
 type Register = BTreeMap<(String, String, String, String), (String, Option<String>)>;
@@ -98,36 +88,6 @@ const MARK_KEYS: &[&str] = &[
     "comment",
     "employee_id",
 ];
-
-/// An answer of the fake: its status kept for the log of requests.
-struct Answer {
-    status: u16,
-    body: Value,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl Answer {
-    fn json(status: u16, body: Value) -> Answer {
-        Answer {
-            status,
-            body,
-            headers: Vec::new(),
-        }
-    }
-
-    fn header(mut self, name: &'static str, value: &str) -> Answer {
-        self.headers.push((name, value.to_owned()));
-        self
-    }
-
-    fn template(&self) -> ResponseTemplate {
-        let mut t = ResponseTemplate::new(self.status).set_body_json(&self.body);
-        for (k, v) in &self.headers {
-            t = t.insert_header(*k, v.as_str());
-        }
-        t
-    }
-}
 
 /// An error. Not public: the error body's shape; the fake answers Laravel's
 /// `{"message": ...}` (Wonde's API is a Laravel application), which the connector's
@@ -469,35 +429,6 @@ fn on_day(v: Value, days: u32) -> Value {
     serde_json::from_str(&v.to_string().replace("2026-05-12", &day)).unwrap()
 }
 
-/// Every delivery of the deployment (`deadletter show` of ids 1, 2, … until none).
-async fn deliveries(live: &Live) -> Vec<Value> {
-    let mut out = Vec::new();
-    for id in 1.. {
-        let r = live.run("deadletter show", &[&id.to_string()]).await;
-        if r.code != 0 {
-            break;
-        }
-        out.push(r.lines[0].clone());
-    }
-    out
-}
-
-async fn delivery(live: &Live, record: &str, revision: u32) -> Value {
-    deliveries(live)
-        .await
-        .into_iter()
-        .find(|d| {
-            d["destination"] == "wonde" && d["record_id"] == record && d["revision"] == revision
-        })
-        .unwrap_or_else(|| panic!("no delivery of {record} r{revision} to wonde"))
-}
-
-fn count(run: &common::live::Run, key: &str) -> u64 {
-    run.summary()[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no `{key}` in {}", run.summary()))
-}
-
 fn wonde_states(live_states: &BTreeMap<String, BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
     live_states.get("celt/wonde").cloned().unwrap_or_default()
 }
@@ -605,7 +536,10 @@ async fn the_writeback_id_is_kept() {
     live.drop_records("v.json", &[visit("celt-wb", 1)]);
     let run = live.sync().await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
-    assert_eq!(delivery(&live, "celt-wb", 1).await["target_id"], "W1");
+    assert_eq!(
+        live.delivery("wonde", "celt-wb", 1).await["target_id"],
+        "W1"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -676,8 +610,8 @@ async fn a_refused_token_is_dead_at_once_without_a_retry_loop() {
     let started = Instant::now();
     let run = live.sync().await;
     assert_eq!(run.code, 1);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
-    assert_eq!(count(&run, "retrying"), 0);
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("retrying"), 0);
     assert!(started.elapsed() < Duration::from_secs(3));
     let seen = wonde.seen();
     assert_eq!(seen.len(), 1, "one request, refused: {seen:?}");
@@ -729,7 +663,7 @@ async fn a_pupil_wonde_does_not_list_is_dead_naming_the_record_only() {
 
     let run = live.sync().await;
     assert_eq!(run.code, 1);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     assert_eq!(wonde.count("POST", &session_path(PENMORVAH)), 0);
     assert_eq!(
         wonde.count("GET", &students_path(PENMORVAH)),
@@ -856,7 +790,7 @@ async fn a_422_is_dead_with_wondes_message_and_a_replay_after_the_fix_delivers()
 
     let run = live.sync().await;
     assert_eq!(run.code, 1);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     assert_eq!(
         wonde.count("POST", &session_path(PENMORVAH)),
         1,
@@ -937,7 +871,7 @@ async fn a_429_is_retried_after_retry_after() {
     assert!(waited < Duration::from_secs(2), "{waited:?}");
     assert_eq!(posts[0].body, posts[1].body);
     assert_eq!(wonde.register().len(), 1);
-    let d = delivery(&live, "celt-429", 1).await;
+    let d = live.delivery("wonde", "celt-429", 1).await;
     assert_eq!(d["attempts"], 2);
     assert_eq!(d["attempt_log"][0]["status"], 429);
 }
@@ -954,7 +888,7 @@ async fn a_replay_after_wonde_lists_the_pupil_delivers() {
     let live = live(&server, TOKEN);
     live.drop_records("v.json", &[visit("celt-late", 1)]);
     let run = live.sync().await;
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
 
     wonde.add_student(PENMORVAH, UPN, "A1000000201");
     let r = live
@@ -963,7 +897,7 @@ async fn a_replay_after_wonde_lists_the_pupil_delivers() {
     assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
     let run = live.sync().await;
     assert_eq!(
-        (run.code, count(&run, "dead")),
+        (run.code, run.count("dead")),
         (0, 0),
         "the replay found the listing cached without the pupil: {:?}",
         live.dead_letters().await

@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::live::{Live, Run, case_record};
+use common::fake::requests;
+use common::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -321,21 +322,9 @@ async fn start(students: &[&str]) -> (MockServer, Xporter, Live) {
         .mount(&server)
         .await;
     let mut live = Live::new("mappings");
-    let routes_path = "mappings/celt/routes.toml";
-    let routes = std::fs::read_to_string(live.path(routes_path)).unwrap();
-    let shipped = "token_url = \"https://login.groupcall.com/idaas/sts/STS/GetToken\"";
-    assert!(
-        routes.contains(shipped),
-        "the CELT routes changed: {routes}"
-    );
-    live.write(
-        routes_path,
-        &routes.replace(
-            shipped,
-            &format!("token_url = \"{}{TOKEN_PATH}\"", server.uri()),
-        ),
-    );
+    // The token service is the deployment's override, as staging would give it.
     live.destination("celt", "xporter", &server.uri())
+        .token_url("celt", "xporter", &format!("{}{TOKEN_PATH}", server.uri()))
         .env("CELT_XPORTER_PASSWORD", PASSWORD)
         .max_wait(5.0);
     (server, fake, live)
@@ -374,22 +363,6 @@ fn mark(id: &str, date: &str, mis_id: &str, summary: &str) -> Value {
         "Mark": "Y1",
         "Notes": format!("Home visit {id} (transport): {summary}"),
     })
-}
-
-async fn requests(server: &MockServer, path: &str) -> Vec<Request> {
-    server
-        .received_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.url.path() == path)
-        .collect()
-}
-
-fn count(run: &Run, key: &str) -> u64 {
-    run.summary()[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no `{key}` in {}", run.summary()))
 }
 
 /// `deadletter show` of every delivery to `xporter` (ids are every delivery's, dead or not).
@@ -596,7 +569,7 @@ async fn an_unknown_pupil_is_a_dead_letter_naming_the_record() {
 
     let run = live.sync().await;
     assert_eq!(run.code, 1, "a dead letter is exit 1: {}", run.stderr);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     assert_eq!(
         requests(&server, ATTENDANCE_PATH).await.len(),
         1,
@@ -642,7 +615,7 @@ async fn a_validation_failure_is_dead_then_replayed_after_the_map_is_fixed() {
 
     let run = live.sync().await;
     assert_eq!(run.code, 1);
-    assert_eq!(count(&run, "dead"), 1, "{}", run.summary());
+    assert_eq!(run.count("dead"), 1, "{}", run.summary());
     let dead = live.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     let reason = dead[0]["last_error"].as_str().unwrap_or_default();
@@ -772,7 +745,7 @@ async fn a_200_with_an_unknown_exception_type_is_not_delivered() {
     let run = live.sync().await;
     assert_eq!(run.code, 1, "undelivered is exit 1: {}", run.stderr);
     assert_eq!(delivered(&live).await, 0);
-    assert_eq!(count(&run, "retrying"), 1, "{}", run.summary());
+    assert_eq!(run.count("retrying"), 1, "{}", run.summary());
     assert_eq!(requests(&server, ATTENDANCE_PATH).await.len(), 1);
     assert_eq!(
         xporter_state(&live.states().await),

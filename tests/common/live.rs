@@ -26,6 +26,13 @@ impl Run {
             .last()
             .unwrap_or_else(|| panic!("no output; stderr: {}", self.stderr))
     }
+
+    /// A count of the summary (`delivered`, `dead`, …).
+    pub fn count(&self, key: &str) -> u64 {
+        self.summary()[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no `{key}` in {}", self.summary()))
+    }
 }
 
 pub struct Live {
@@ -33,6 +40,8 @@ pub struct Live {
     env: Vec<(String, String)>,
     /// (trust, destination) → URL of the test server.
     urls: BTreeMap<(String, String), String>,
+    /// (trust, destination) → URL of the test token service.
+    token_urls: BTreeMap<(String, String), String>,
     max_wait_seconds: f64,
 }
 
@@ -49,6 +58,7 @@ impl Live {
             dir,
             env: Vec::new(),
             urls: BTreeMap::new(),
+            token_urls: BTreeMap::new(),
             max_wait_seconds: 3.0,
         }
     }
@@ -77,6 +87,13 @@ impl Live {
         self
     }
 
+    /// Fetches `trust`'s `destination` tokens from `url` (a test server) instead.
+    pub fn token_url(&mut self, trust: &str, destination: &str, url: &str) -> &mut Self {
+        self.token_urls
+            .insert((trust.to_owned(), destination.to_owned()), url.to_owned());
+        self
+    }
+
     /// How long `sync` waits for retries falling due (default 3 s).
     pub fn max_wait(&mut self, seconds: f64) -> &mut Self {
         self.max_wait_seconds = seconds;
@@ -95,9 +112,13 @@ impl Live {
         );
         for (trust, name, connector) in self.shipped_destinations() {
             let csv = connector.starts_with("csv");
-            match self.urls.get(&(trust.clone(), name.clone())) {
+            let key = (trust.clone(), name.clone());
+            match self.urls.get(&key) {
                 Some(url) => {
-                    text.push_str(&format!("[destinations.{trust}.{name}]\nurl = {url:?}\n"))
+                    text.push_str(&format!("[destinations.{trust}.{name}]\nurl = {url:?}\n"));
+                    if let Some(t) = self.token_urls.get(&key) {
+                        text.push_str(&format!("token_url = {t:?}\n"));
+                    }
                 }
                 None if !csv => {
                     text.push_str(&format!("[destinations.{trust}.{name}]\npaused = true\n"))
@@ -204,6 +225,33 @@ impl Live {
         let r = self.run("deadletter list", &[]).await;
         assert_eq!(r.code, 0, "deadletter list: {}", r.stderr);
         r.lines
+    }
+
+    /// Every delivery, shown as `deadletter show` shows one (ids are every delivery's, dead
+    /// or not), in id order.
+    pub async fn deliveries(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for id in 1.. {
+            let r = self.run("deadletter show", &[&id.to_string()]).await;
+            if r.code != 0 {
+                break;
+            }
+            out.push(r.lines[0].clone());
+        }
+        out
+    }
+
+    /// The delivery of `record`, revision `revision`, to `destination`.
+    pub async fn delivery(&self, destination: &str, record: &str, revision: u32) -> Value {
+        self.deliveries()
+            .await
+            .into_iter()
+            .find(|d| {
+                d["destination"] == destination
+                    && d["record_id"] == record
+                    && d["revision"] == revision
+            })
+            .unwrap_or_else(|| panic!("no delivery of {record} r{revision} to {destination}"))
     }
 
     /// `deadletter show ID`.

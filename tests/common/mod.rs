@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: a throwaway deployment and the binary.
 #![allow(dead_code)]
 
+pub mod fake;
 pub mod live;
 
 use std::path::{Path, PathBuf};
