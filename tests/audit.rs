@@ -95,30 +95,33 @@ const ROOTS: &[(u64, &str)] = &[
     ),
 ];
 
-fn stored_tree(leaves: &[Vec<u8>]) -> HashMap<NodeId, Hash> {
+fn stored_tree(leaves: &[Vec<u8>], steps: usize) -> tree::MemoryTree {
     let hashes: Vec<Hash> = leaves.iter().map(|l| tree::leaf_hash(l)).collect();
-    let (made, _) = tree::append(0, &HashMap::new(), &hashes);
-    made.into_iter().collect()
+    let mut t = tree::MemoryTree::default();
+    // Built in several appends, as ingest batches do.
+    for chunk in hashes.chunks((leaves.len() / steps).max(1)) {
+        t.append(chunk).unwrap();
+    }
+    t
 }
 
-fn root(nodes: &HashMap<NodeId, Hash>, n: u64) -> Hash {
-    let hashes: Vec<Hash> = tree::root_nodes(n).iter().map(|id| nodes[id]).collect();
-    tree::fold_range(&hashes).unwrap()
+fn proof_of(t: &tree::MemoryTree, ranges: &[(u64, u64)]) -> Vec<Hash> {
+    tree::assemble(ranges, &t.nodes(&tree::nodes_for(ranges))).unwrap()
 }
 
 #[test]
 fn rfc6962_vectors() {
     let leaves: Vec<Vec<u8>> = LEAVES.iter().map(|l| hex::decode(l).unwrap()).collect();
-    let nodes = stored_tree(&leaves);
+    let t = stored_tree(&leaves, 3);
     for &(n, want) in ROOTS {
-        assert_eq!(hex::encode(root(&nodes, n)), want, "root of {n}");
+        assert_eq!(hex::encode(t.root(n).unwrap()), want, "root of {n}");
     }
     for &(n, m, want) in INCLUSION {
-        let proof = tree::assemble(&tree::inclusion_ranges(m, n), &nodes).unwrap();
+        let proof = proof_of(&t, &tree::inclusion_ranges(m, n));
         assert_eq!(hex::encode(proof.concat()), want, "inclusion of {m} in {n}");
     }
     for &(m, n, want) in CONSISTENCY {
-        let proof = tree::assemble(&tree::consistency_ranges(m, n), &nodes).unwrap();
+        let proof = proof_of(&t, &tree::consistency_ranges(m, n));
         assert_eq!(hex::encode(proof.concat()), want, "consistency {m} to {n}");
     }
 }
@@ -131,20 +134,10 @@ proptest! {
     #[test]
     fn proofs_verify_for_random_sizes(n in 1u64..400, m_seed in any::<u64>(), old_seed in any::<u64>(), steps in 1usize..5) {
         let leaves: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf {i}").into_bytes()).collect();
-        // Build in several appends, as ingest batches do.
-        let hashes: Vec<Hash> = leaves.iter().map(|l| tree::leaf_hash(l)).collect();
-        let mut nodes = HashMap::new();
-        let mut frontier = HashMap::new();
-        let mut size = 0u64;
-        for chunk in hashes.chunks(((n as usize) / steps).max(1)) {
-            let (made, edge) = tree::append(size, &frontier, chunk);
-            nodes.extend(made);
-            frontier = edge;
-            size += chunk.len() as u64;
-        }
+        let t = stored_tree(&leaves, steps);
         let m = m_seed % n;
-        let r = ct_merkle::RootHash::<Sha256>::new(root(&nodes, n).into(), n);
-        let proof = tree::assemble(&tree::inclusion_ranges(m, n), &nodes).unwrap().concat();
+        let r = ct_merkle::RootHash::<Sha256>::new(t.root(n).unwrap().into(), n);
+        let proof = proof_of(&t, &tree::inclusion_ranges(m, n)).concat();
         let proof = ct_merkle::InclusionProof::<Sha256>::try_from_bytes(proof).unwrap();
         prop_assert!(r.verify_inclusion(&leaves[m as usize], m, &proof).is_ok());
         if n > 1 {
@@ -152,23 +145,26 @@ proptest! {
             prop_assert!(r.verify_inclusion(&leaves[other as usize], m, &proof).is_err());
         }
         // The remembering verifier agrees: every leaf, in a scrambled order, then a forgery.
-        let mut proven = tree::ProvenNodes::new(root(&nodes, n), n);
+        // Every node of every proof read at once, as an export does.
+        let every: Vec<(u64, u64)> = (0..n).flat_map(|i| tree::inclusion_ranges(i, n)).collect();
+        let nodes = t.nodes(&tree::nodes_for(&every));
+        let mut proven = tree::ProvenNodes::new(t.root(n).unwrap(), n);
         for k in 0..n {
             let i = (k * 7 + m) % n;
             let p = tree::assemble(&tree::inclusion_ranges(i, n), &nodes).unwrap();
             prop_assert!(proven.verify(i, &leaves[i as usize], &p).is_ok(), "leaf {} of {}", i, n);
         }
-        let p = tree::assemble(&tree::inclusion_ranges(m, n), &nodes).unwrap();
+        let p = proof_of(&t, &tree::inclusion_ranges(m, n));
         prop_assert!(proven.verify(m, b"forged", &p).is_err());
         if let Some(first) = p.first() {
             let mut bad = p.clone();
             bad[0] = [first[0] ^ 1; 32];
-            let mut fresh = tree::ProvenNodes::new(root(&nodes, n), n);
+            let mut fresh = tree::ProvenNodes::new(t.root(n).unwrap(), n);
             prop_assert!(fresh.verify(m, &leaves[m as usize], &bad).is_err());
         }
         let old = 1 + old_seed % n;
-        let old_root = ct_merkle::RootHash::<Sha256>::new(root(&nodes, old).into(), old);
-        let cproof = tree::assemble(&tree::consistency_ranges(old, n), &nodes).unwrap().concat();
+        let old_root = ct_merkle::RootHash::<Sha256>::new(t.root(old).unwrap().into(), old);
+        let cproof = proof_of(&t, &tree::consistency_ranges(old, n)).concat();
         let cproof = ct_merkle::ConsistencyProof::<Sha256>::try_from_bytes(cproof).unwrap();
         prop_assert!(r.verify_consistency(&old_root, &cproof).is_ok());
     }

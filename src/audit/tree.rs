@@ -1,15 +1,18 @@
-//! RFC 9162 §2.1 Merkle tree hashing and proofs over a tree whose complete subtrees are stored.
+//! RFC 9162 §2.1 Merkle tree hashing and proofs over a tree stored in tiles.
 //!
-//! Leaf hash `SHA-256(0x00 || leaf)`, node hash `SHA-256(0x01 || left || right)`. A stored tree
-//! keeps the hash of every *complete* subtree, named by (level, index): level 0 are the leaf
-//! hashes, and node (l, i) covers leaves `[i·2^l, (i+1)·2^l)`. Any range the RFC's proofs need
-//! is either such a node or a right-edge range, which is a fold of at most log₂ n complete
-//! nodes — so a proof costs O(log n) node reads, never a rehash of the log.
+//! Leaf hash `SHA-256(0x00 || leaf)`, node hash `SHA-256(0x01 || left || right)`. A complete
+//! subtree is named by (level, index): level 0 are the leaf hashes, and node (l, i) covers
+//! leaves `[i·2^l, (i+1)·2^l)`. Any range the RFC's proofs need is either such a node or a
+//! right-edge range, which is a fold of at most log₂ n complete nodes. The store keeps the
+//! leaves and the nodes of every 8th level (C2SP `tlog-tiles`' cut, see [`TILE_HEIGHT`]); any
+//! other complete node is folded from one tile of at most 256 stored hashes — so a proof costs
+//! O(log n) reads, never a rehash of the log, and an append writes one row per 256 leaves.
 //!
-//! Proofs are generated in two steps so a database can serve them in one query: first the
-//! nodes a proof needs ([`inclusion_nodes`], [`consistency_nodes`]), then the proof from their
-//! hashes ([`assemble`]). Verification of bundles uses the `ct-merkle` crate, an independent
-//! implementation of the same RFC, and both are tested against transparency-dev's vectors.
+//! Proofs are generated in two steps so a database can serve them in a few queries: first the
+//! nodes a proof needs ([`inclusion_ranges`] / [`consistency_ranges`] → [`nodes_for`] →
+//! [`tiles_for`]), then the proof from their hashes ([`nodes_from_tiles`], [`assemble`]). The
+//! tests check every proof against the `ct-merkle` crate, an independent implementation of
+//! the same RFC, and tests/audit.rs against transparency-dev's vectors.
 
 use std::collections::HashMap;
 
@@ -149,39 +152,228 @@ pub fn root_nodes(n: u64) -> Vec<NodeId> {
     range_nodes(0, n)
 }
 
-/// Appends leaf hashes to a tree of `size` leaves whose right-edge nodes (`frontier`, as
-/// [`root_nodes`] names them) are known; returns every complete node the new leaves finish,
-/// level 0 included, and the new frontier.
-pub fn append(
-    size: u64,
-    frontier: &HashMap<NodeId, Hash>,
-    leaves: &[Hash],
-) -> (Vec<(NodeId, Hash)>, HashMap<NodeId, Hash>) {
-    let mut edge: HashMap<NodeId, Hash> = frontier.clone();
-    let mut made = Vec::with_capacity(leaves.len() * 2);
-    for (n, leaf) in (size..).zip(leaves) {
-        let mut id = NodeId { level: 0, index: n };
-        let mut hash = *leaf;
-        made.push((id, hash));
-        // Each completed pair joins with its left sibling on the edge, up the levels.
-        while id.index % 2 == 1 {
-            let left_id = NodeId {
-                level: id.level,
-                index: id.index - 1,
-            };
-            let Some(left) = edge.remove(&left_id) else {
-                break;
-            };
-            hash = node_hash(&left, &hash);
-            id = NodeId {
-                level: id.level + 1,
-                index: id.index / 2,
-            };
-            made.push((id, hash));
-        }
-        edge.insert(id, hash);
+/// Interior nodes are stored only every `TILE_HEIGHT` levels (8, 16, 24, …), as C2SP
+/// `tlog-tiles` cut a tree: a *tile* is `TILE_WIDTH` consecutive nodes of one stored level
+/// (level 0 = the leaves, kept in bundles of `TILE_WIDTH`), and every node of the levels up to
+/// the next stored one is folded from a single tile. So an append writes about one row per
+/// 256 leaves, and a node still costs one read (of at most 256 hashes).
+pub const TILE_HEIGHT: u32 = 8;
+pub const TILE_WIDTH: u64 = 1 << TILE_HEIGHT;
+
+/// `TILE_WIDTH` nodes of stored level `level` from index `index · TILE_WIDTH` (fewer at the
+/// tree's right edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TileId {
+    pub level: u32,
+    pub index: u64,
+}
+
+impl NodeId {
+    /// The tile this node is folded from, the level above the tile's base it sits at, and its
+    /// index among that level's nodes inside the tile.
+    pub fn in_tile(self) -> (TileId, u32, u64) {
+        let up = self.level % TILE_HEIGHT;
+        let tile = TileId {
+            level: self.level - up,
+            index: (self.index << up) / TILE_WIDTH,
+        };
+        let first = tile.index << (TILE_HEIGHT - up);
+        (tile, up, self.index - first)
     }
-    (made, edge)
+}
+
+/// The complete nodes above a run of same-level hashes starting at an aligned index, level by
+/// level: `[0]` is `base`, `[s]` the nodes `2^s` base nodes wide, up to `height` levels.
+pub fn levels_above(base: Vec<Hash>, height: u32) -> Vec<Vec<Hash>> {
+    let mut levels = vec![base];
+    for _ in 0..height {
+        let Some(below) = levels.last().filter(|l| l.len() >= 2) else {
+            break;
+        };
+        let next = below
+            .chunks_exact(2)
+            .map(|pair| node_hash(&pair[0], &pair[1]))
+            .collect();
+        levels.push(next);
+    }
+    levels
+}
+
+/// The tiles that hold `ids`, without repeats.
+pub fn tiles_for(ids: &[NodeId]) -> Vec<TileId> {
+    let mut tiles: Vec<TileId> = ids.iter().map(|id| id.in_tile().0).collect();
+    tiles.sort();
+    tiles.dedup();
+    tiles
+}
+
+/// The hashes of `ids` folded from their tiles' nodes; an id whose tile is missing or too
+/// short (a node not complete yet, or a store that lost rows) is left out.
+pub fn nodes_from_tiles(
+    ids: &[NodeId],
+    tiles: &HashMap<TileId, Vec<Hash>>,
+) -> HashMap<NodeId, Hash> {
+    let mut by_tile: HashMap<TileId, Vec<(NodeId, u32, u64)>> = HashMap::new();
+    for id in ids {
+        let (tile, up, at) = id.in_tile();
+        by_tile.entry(tile).or_default().push((*id, up, at));
+    }
+    let mut out = HashMap::with_capacity(ids.len());
+    for (tile, wanted) in by_tile {
+        let Some(base) = tiles.get(&tile) else {
+            continue;
+        };
+        let top = wanted.iter().map(|w| w.1).max().unwrap_or(0);
+        let levels = levels_above(base.clone(), top);
+        for (id, up, at) in wanted {
+            let hash = usize::try_from(at)
+                .ok()
+                .and_then(|at| levels.get(up as usize)?.get(at));
+            if let Some(hash) = hash {
+                out.insert(id, *hash);
+            }
+        }
+    }
+    out
+}
+
+/// The right edge of a stored tree: at each stored level, the nodes of its unfinished tile.
+/// That is all an append needs to make the stored nodes its leaves complete.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    size: u64,
+    tiles: Vec<Vec<Hash>>,
+}
+
+impl Edge {
+    /// The unfinished tiles of a tree of `size` leaves and how many nodes each holds.
+    pub fn tiles(size: u64) -> Vec<(TileId, usize)> {
+        let mut out = Vec::new();
+        let (mut count, mut level) = (size, 0);
+        while count > 0 {
+            out.push((
+                TileId {
+                    level,
+                    index: count / TILE_WIDTH,
+                },
+                (count % TILE_WIDTH) as usize,
+            ));
+            count /= TILE_WIDTH;
+            level += TILE_HEIGHT;
+        }
+        out
+    }
+
+    /// The edge of a tree of `size` leaves from its unfinished tiles as read; `None` names the
+    /// first tile that is short.
+    pub fn new(size: u64, mut read: HashMap<TileId, Vec<Hash>>) -> Result<Self, TileId> {
+        let tiles = Self::tiles(size)
+            .into_iter()
+            .map(|(id, count)| {
+                let mut nodes = read.remove(&id).unwrap_or_default();
+                if nodes.len() < count {
+                    return Err(id);
+                }
+                nodes.truncate(count);
+                Ok(nodes)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { size, tiles })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends one leaf hash; pushes onto `made` each stored-level node (8, 16, …) it completes.
+    pub fn push(&mut self, leaf: Hash, made: &mut Vec<(NodeId, Hash)>) {
+        self.size += 1;
+        let mut hash = leaf;
+        let mut k = 0;
+        loop {
+            if self.tiles.len() == k {
+                self.tiles.push(Vec::with_capacity(TILE_WIDTH as usize));
+            }
+            self.tiles[k].push(hash);
+            if self.tiles[k].len() < TILE_WIDTH as usize {
+                return;
+            }
+            let full = std::mem::take(&mut self.tiles[k]);
+            hash = levels_above(full, TILE_HEIGHT)[TILE_HEIGHT as usize][0];
+            k += 1;
+            let level = k as u32 * TILE_HEIGHT;
+            made.push((
+                NodeId {
+                    level,
+                    index: (self.size >> level) - 1,
+                },
+                hash,
+            ));
+        }
+    }
+}
+
+/// A tree kept in memory as the database keeps it (leaf hashes and the nodes of stored
+/// levels, appended through an [`Edge`] read back from it each time): the reference the
+/// tests hold the store's layout to.
+#[derive(Debug, Default)]
+pub struct MemoryTree {
+    nodes: HashMap<NodeId, Hash>,
+    size: u64,
+}
+
+impl MemoryTree {
+    fn tile(&self, id: TileId) -> Vec<Hash> {
+        let first = id.index * TILE_WIDTH;
+        (first..first + TILE_WIDTH)
+            .map_while(|index| {
+                self.nodes
+                    .get(&NodeId {
+                        level: id.level,
+                        index,
+                    })
+                    .copied()
+            })
+            .collect()
+    }
+
+    /// Appends leaf hashes (`Err` names a tile of the edge that could not be read back).
+    pub fn append(&mut self, leaves: &[Hash]) -> Result<(), TileId> {
+        let read = Edge::tiles(self.size)
+            .into_iter()
+            .map(|(id, _)| (id, self.tile(id)))
+            .collect();
+        let mut edge = Edge::new(self.size, read)?;
+        let mut made = Vec::new();
+        for (i, leaf) in leaves.iter().enumerate() {
+            let index = self.size + i as u64;
+            self.nodes.insert(NodeId { level: 0, index }, *leaf);
+            edge.push(*leaf, &mut made);
+        }
+        self.nodes.extend(made);
+        self.size = edge.size();
+        Ok(())
+    }
+
+    pub fn nodes(&self, ids: &[NodeId]) -> HashMap<NodeId, Hash> {
+        let tiles = tiles_for(ids)
+            .into_iter()
+            .map(|t| (t, self.tile(t)))
+            .collect();
+        nodes_from_tiles(ids, &tiles)
+    }
+
+    /// The root of the first `n` leaves (`None` past the tree's size).
+    pub fn root(&self, n: u64) -> Option<Hash> {
+        let ids = root_nodes(n);
+        let nodes = self.nodes(&ids);
+        let hashes: Option<Vec<Hash>> = ids.iter().map(|id| nodes.get(id).copied()).collect();
+        fold_range(&hashes?)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
 }
 
 /// Why an inclusion proof does not verify.
@@ -255,26 +447,13 @@ impl ProvenNodes {
 mod tests {
     use super::*;
 
-    /// An in-memory tree built by `append`: every complete node kept.
-    fn build(leaves: &[&[u8]]) -> (HashMap<NodeId, Hash>, u64) {
-        let hashes: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l)).collect();
-        let mut all = HashMap::new();
-        let mut frontier = HashMap::new();
-        let mut size = 0;
-        // Append in uneven steps to exercise the frontier hand-over.
-        for chunk in hashes.chunks(3) {
-            let (made, edge) = append(size, &frontier, chunk);
-            all.extend(made);
-            frontier = edge;
-            size += chunk.len() as u64;
+    /// MTH(D[lo:hi]) straight from RFC 9162 §2.1.1's recursion.
+    fn mth(leaves: &[Hash]) -> Hash {
+        if leaves.len() == 1 {
+            return leaves[0];
         }
-        assert_eq!(frontier.len(), root_nodes(size).len());
-        (all, size)
-    }
-
-    fn root(all: &HashMap<NodeId, Hash>, n: u64) -> Hash {
-        let hashes: Vec<Hash> = root_nodes(n).iter().map(|id| all[id]).collect();
-        fold_range(&hashes).unwrap()
+        let k = split(leaves.len() as u64) as usize;
+        node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
     }
 
     #[test]
@@ -295,28 +474,72 @@ mod tests {
 
     #[test]
     fn matches_ct_merkle_for_every_size_and_index() {
-        let data: Vec<Vec<u8>> = (0..70u32).map(|i| i.to_be_bytes().to_vec()).collect();
-        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-        let (all, _) = build(&refs);
+        // 600 leaves: past two full tiles, so stored level-8 nodes take part.
+        let data: Vec<Vec<u8>> = (0..600u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let hashes: Vec<Hash> = data.iter().map(|l| leaf_hash(l)).collect();
+        let mut stored = MemoryTree::default();
+        // Append in uneven steps to exercise the edge's hand-over between appends.
+        for chunk in hashes.chunks(37) {
+            stored.append(chunk).unwrap();
+        }
         let mut reference = ct_merkle::mem_backed_tree::MemoryBackedTree::<Sha256, Vec<u8>>::new();
         for (n, leaf) in data.iter().enumerate() {
             reference.push(leaf.clone());
             let n = n as u64 + 1;
             assert_eq!(
-                root(&all, n),
+                stored.root(n).unwrap(),
                 <[u8; 32]>::from(*reference.root().as_bytes()),
                 "root {n}"
             );
-            for m in 0..n {
-                let proof = assemble(&inclusion_ranges(m, n), &all).unwrap();
-                let want = reference.prove_inclusion(m as usize);
-                assert_eq!(proof.concat(), want.as_bytes(), "inclusion {m} of {n}");
-            }
-            for old in 1..=n {
-                let proof = assemble(&consistency_ranges(old, n), &all).unwrap();
-                let want = reference.prove_consistency((n - old) as usize);
-                assert_eq!(proof.concat(), want.as_bytes(), "consistency {old} to {n}");
+            // Every index and old size at some sizes (all of them is 10^8 proofs).
+            if n <= 40 || [255, 256, 257, 513, 600].contains(&n) {
+                for m in 0..n {
+                    let ranges = inclusion_ranges(m, n);
+                    let proof = assemble(&ranges, &stored.nodes(&nodes_for(&ranges))).unwrap();
+                    let want = reference.prove_inclusion(m as usize);
+                    assert_eq!(proof.concat(), want.as_bytes(), "inclusion {m} of {n}");
+                }
+                for old in 1..=n {
+                    let ranges = consistency_ranges(old, n);
+                    let proof = assemble(&ranges, &stored.nodes(&nodes_for(&ranges))).unwrap();
+                    let want = reference.prove_consistency((n - old) as usize);
+                    assert_eq!(proof.concat(), want.as_bytes(), "consistency {old} to {n}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn edge_makes_every_stored_level() {
+        // Past 2^16 leaves so that a level-16 node is made, appended in batches as intake does.
+        let n = (1 << 16) + 300;
+        let hashes: Vec<Hash> = (0..n as u32).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+        let mut stored = MemoryTree::default();
+        for chunk in hashes.chunks(1000) {
+            stored.append(chunk).unwrap();
+        }
+        assert!(stored.nodes.contains_key(&NodeId {
+            level: 16,
+            index: 0
+        }));
+        assert_eq!(
+            stored.nodes.keys().filter(|id| id.level > 0).count(),
+            256 + 1 + 1
+        );
+        for size in [1, 255, 256, 257, 65_535, 65_536, 65_537, n] {
+            assert_eq!(
+                stored.root(size).unwrap(),
+                mth(&hashes[..size as usize]),
+                "root {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_short_tile_is_named() {
+        let mut read = HashMap::new();
+        read.insert(TileId { level: 0, index: 1 }, vec![[0; 32]; 3]);
+        let missing = Edge::new(TILE_WIDTH + 4, read).unwrap_err();
+        assert_eq!(missing, TileId { level: 0, index: 1 });
     }
 }

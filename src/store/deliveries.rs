@@ -10,7 +10,7 @@ use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::sqlite::{append_events, json_param};
+use super::sqlite::json_param;
 use super::{SqliteStore, StoreError};
 use crate::audit::{Event, EventType};
 use crate::policy::Severity;
@@ -552,7 +552,7 @@ impl DeliveryStore for SqliteStore {
             .await
             .map_err(&err)?;
         }
-        append_events(&mut tx, &events).await.map_err(&err)?;
+        self.append_events(&mut tx, &events).await.map_err(&err)?;
         tx.commit().await.map_err(&err)
     }
 
@@ -677,7 +677,7 @@ impl DeliveryStore for SqliteStore {
             e.state = Some("pending".into());
             events.push(e);
         }
-        append_events(&mut tx, &events).await.map_err(&err)?;
+        self.append_events(&mut tx, &events).await.map_err(&err)?;
         // A replay is made after a fix, often "the target now has the pupil": what a
         // look-up did not find is asked again.
         for trust in rows

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
@@ -29,6 +30,48 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     path: PathBuf,
+    edges: Arc<Edges>,
+}
+
+/// The right edge of each trust's log as this store last appended it, so that the next append
+/// need not read it back. It is used only while the log still holds this store's mark (its
+/// size and this store's random writer id, set by every append): after a rollback or another
+/// writer's append the mark differs and the edge is read from the database again.
+#[derive(Debug)]
+struct Edges {
+    writer: i64,
+    last: Mutex<HashMap<String, tree::Edge>>,
+}
+
+impl Edges {
+    fn new() -> Self {
+        let mut id = [0u8; 8];
+        // Without randomness the clock is unique enough: a mismatch only costs a read.
+        if getrandom::fill(&mut id).is_err() {
+            id = Utc::now()
+                .timestamp_nanos_opt()
+                .unwrap_or_default()
+                .to_le_bytes();
+        }
+        Self {
+            writer: i64::from_le_bytes(id),
+            last: Mutex::default(),
+        }
+    }
+
+    fn take(&self, trust: &str) -> Option<tree::Edge> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(trust)
+    }
+
+    fn keep(&self, trust: &str, edge: tree::Edge) {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(trust.to_owned(), edge);
+    }
 }
 
 impl SqliteStore {
@@ -81,6 +124,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             path: path.to_path_buf(),
+            edges: Arc::new(Edges::new()),
         })
     }
 
@@ -300,7 +344,7 @@ impl Store for SqliteStore {
 
         // 5. The evidence trail, in the same transaction as what it records.
         let events = trail_events(batch, &outcomes, &stored, &closed, &now);
-        append_events(&mut tx, &events).await.map_err(&err)?;
+        self.append_events(&mut tx, &events).await.map_err(&err)?;
 
         // 6. Conflicts and rejections, for `status`: ids, pointers and rules only.
         let issues: Vec<_> = outcomes
@@ -455,15 +499,10 @@ impl Store for SqliteStore {
         ids: &[tree::NodeId],
     ) -> Result<HashMap<tree::NodeId, tree::Hash>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(self.db_err())?;
-        let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(20_000) {
-            out.extend(
-                fetch_nodes(&mut conn, trust, chunk)
-                    .await
-                    .map_err(self.db_err())?,
-            );
-        }
-        Ok(out)
+        let tiles = read_tiles(&mut conn, trust, &tree::tiles_for(ids))
+            .await
+            .map_err(self.db_err())?;
+        Ok(tree::nodes_from_tiles(ids, &tiles))
     }
 
     async fn audit_entries(
@@ -482,30 +521,29 @@ impl Store for SqliteStore {
             school: Option<std::borrow::Cow<'a, str>>,
         }
         let mut rows = sqlx::query(
-            "SELECT idx, leaf FROM audit_leaves WHERE trust = ?1 AND idx < ?2 ORDER BY idx",
+            "SELECT n, leaves FROM audit_bundles WHERE trust = ?1 AND n < ?2 ORDER BY n",
         )
         .bind(trust)
-        .bind(size as i64)
+        .bind(size.div_ceil(tree::TILE_WIDTH) as i64)
         .fetch(&self.pool);
         let mut out = Vec::new();
         while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows)
             .await
             .map_err(self.db_err())?
         {
-            let leaf: &str = row.get(1);
-            // Every leaf is written by `Event::leaf`; one that does not read is a corrupt store.
-            let w: Where = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
-                location: self.path.display().to_string(),
-                reason: format!(
-                    "audit leaf {trust}/{} is not an event: {e}",
-                    row.get::<i64, _>(0)
-                ),
-            })?;
-            if w.school.as_deref() == Some(school) && w.at.as_ref() >= from && w.at.as_ref() < to {
-                out.push((
-                    u64::try_from(row.get::<i64, _>(0)).unwrap_or(0),
-                    leaf.to_owned(),
-                ));
+            let first = u64::try_from(row.get::<i64, _>(0)).unwrap_or(0) * tree::TILE_WIDTH;
+            for (idx, leaf) in (first..size).zip(row.get::<&str, _>(1).split('\n')) {
+                // Every leaf is written by `Event::leaf`; one that does not read is a corrupt store.
+                let w: Where = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
+                    location: self.path.display().to_string(),
+                    reason: format!("audit leaf {trust}/{idx} is not an event: {e}"),
+                })?;
+                if w.school.as_deref() == Some(school)
+                    && w.at.as_ref() >= from
+                    && w.at.as_ref() < to
+                {
+                    out.push((idx, leaf.to_owned()));
+                }
             }
         }
         Ok(out)
@@ -518,7 +556,7 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(&err)?;
-        append_events(&mut tx, events).await.map_err(&err)?;
+        self.append_events(&mut tx, events).await.map_err(&err)?;
         tx.commit().await.map_err(&err)
     }
 
@@ -732,114 +770,311 @@ fn trail_events(
     events
 }
 
-/// Appends events to their trusts' logs: leaves, the complete nodes they finish, new sizes.
-pub(super) async fn append_events(
-    conn: &mut SqliteConnection,
-    events: &[Event],
-) -> Result<(), sqlx::Error> {
-    let mut by_trust: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
-    for e in events {
-        by_trust.entry(e.trust.as_str()).or_default().push(e);
+impl SqliteStore {
+    /// Appends events to their trusts' logs: leaves into their bundles, the stored-level nodes
+    /// they complete, new sizes. Two statements per trust once the edge is known.
+    pub(super) async fn append_events(
+        &self,
+        conn: &mut SqliteConnection,
+        events: &[Event],
+    ) -> Result<(), sqlx::Error> {
+        let mut by_trust: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+        for e in events {
+            by_trust.entry(e.trust.as_str()).or_default().push(e);
+        }
+        for (trust, events) in by_trust {
+            let added = events.len() as i64;
+            // The edge this store left, if the log still bears its mark; else read back.
+            let mut edge = match self.edges.take(trust) {
+                Some(edge) if self.claim(conn, trust, &edge, added).await? => edge,
+                _ => {
+                    let edge = read_edge(conn, trust).await?;
+                    sqlx::query(
+                        "INSERT INTO audit_logs (trust, size, writer) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (trust) DO UPDATE SET size = excluded.size, writer = excluded.writer",
+                    )
+                    .bind(trust)
+                    .bind(edge.size() as i64 + added)
+                    .bind(self.edges.writer)
+                    .execute(&mut *conn)
+                    .await?;
+                    edge
+                }
+            };
+            let size = edge.size();
+            // Leaves joined into their bundles; the first may continue the last stored bundle.
+            let mut made = Vec::new();
+            let mut bundles: Vec<(i64, String)> = Vec::new();
+            for (idx, event) in (size..).zip(&events) {
+                let leaf = event.leaf();
+                edge.push(tree::leaf_hash(leaf.as_bytes()), &mut made);
+                let n = (idx / tree::TILE_WIDTH) as i64;
+                match bundles.last_mut() {
+                    Some((last, text)) if *last == n => {
+                        text.push('\n');
+                        text.push_str(&leaf);
+                    }
+                    _ => bundles.push((n, leaf)),
+                }
+            }
+            for chunk in bundles.chunks(INSERT_ROWS) {
+                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO audit_bundles (trust, n, leaves) ",
+                );
+                insert.push_values(chunk, |mut row, (n, leaves)| {
+                    row.push_bind(trust)
+                        .push_bind(*n)
+                        .push_bind(leaves.as_str());
+                });
+                insert.push(
+                    " ON CONFLICT (trust, n) DO UPDATE \
+                     SET leaves = audit_bundles.leaves || char(10) || excluded.leaves",
+                );
+                insert.build().persistent(false).execute(&mut *conn).await?;
+            }
+            for chunk in made.chunks(INSERT_ROWS) {
+                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO audit_nodes (trust, level, idx, hash) ",
+                );
+                insert.push_values(chunk, |mut row, (id, hash)| {
+                    row.push_bind(trust)
+                        .push_bind(i64::from(id.level))
+                        .push_bind(id.index as i64)
+                        .push_bind(hash.to_vec());
+                });
+                insert.build().persistent(false).execute(&mut *conn).await?;
+            }
+            self.edges.keep(trust, edge);
+        }
+        Ok(())
     }
-    for (trust, events) in by_trust {
-        let size: i64 = sqlx::query_scalar("SELECT size FROM audit_logs WHERE trust = ?1")
-            .bind(trust)
-            .fetch_optional(&mut *conn)
-            .await?
-            .unwrap_or(0);
-        let size = u64::try_from(size).unwrap_or(0);
-        let frontier = fetch_nodes(conn, trust, &tree::root_nodes(size)).await?;
-        let leaves: Vec<(String, tree::Hash)> = events
-            .iter()
-            .map(|e| {
-                let leaf = e.leaf();
-                let hash = tree::leaf_hash(leaf.as_bytes());
-                (leaf, hash)
-            })
-            .collect();
-        let hashes: Vec<tree::Hash> = leaves.iter().map(|l| l.1).collect();
-        let (made, _) = tree::append(size, &frontier, &hashes);
-        let rows: Vec<(u64, &Event, &(String, tree::Hash))> = leaves
-            .iter()
-            .zip(&events)
-            .enumerate()
-            .map(|(i, (l, e))| (size + i as u64, *e, l))
-            .collect();
-        for chunk in rows.chunks(INSERT_ROWS) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit_leaves (trust, idx, leaf) ",
-            );
-            insert.push_values(chunk, |mut row, (idx, _, (leaf, _))| {
-                row.push_bind(trust)
-                    .push_bind(*idx as i64)
-                    .push_bind(leaf.as_str());
-            });
-            insert.build().persistent(false).execute(&mut *conn).await?;
-        }
-        let inner: Vec<&(tree::NodeId, tree::Hash)> =
-            made.iter().filter(|(id, _)| id.level > 0).collect();
-        for chunk in inner.chunks(INSERT_ROWS) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit_nodes (trust, level, idx, hash) ",
-            );
-            insert.push_values(chunk, |mut row, (id, hash)| {
-                row.push_bind(trust)
-                    .push_bind(i64::from(id.level))
-                    .push_bind(id.index as i64)
-                    .push_bind(hash.to_vec());
-            });
-            insert.build().persistent(false).execute(&mut *conn).await?;
-        }
-        sqlx::query(
-            "INSERT INTO audit_logs (trust, size) VALUES (?1, ?2) \
-             ON CONFLICT (trust) DO UPDATE SET size = excluded.size",
+
+    /// Moves the log's size on by `added` if it still bears this store's mark at the edge's
+    /// size: then the edge in memory is the log's.
+    async fn claim(
+        &self,
+        conn: &mut SqliteConnection,
+        trust: &str,
+        edge: &tree::Edge,
+        added: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE audit_logs SET size = size + ?2 WHERE trust = ?1 AND size = ?3 AND writer = ?4",
         )
         .bind(trust)
-        .bind((size + events.len() as u64) as i64)
+        .bind(added)
+        .bind(edge.size() as i64)
+        .bind(self.edges.writer)
         .execute(&mut *conn)
         .await?;
+        Ok(done.rows_affected() == 1)
     }
-    Ok(())
 }
 
-/// The hashes of complete nodes of a trust's tree (level 0 from the leaves).
-async fn fetch_nodes(
+/// The right edge of a trust's log, read from the store.
+async fn read_edge(conn: &mut SqliteConnection, trust: &str) -> Result<tree::Edge, sqlx::Error> {
+    let size: i64 = sqlx::query_scalar("SELECT size FROM audit_logs WHERE trust = ?1")
+        .bind(trust)
+        .fetch_optional(&mut *conn)
+        .await?
+        .unwrap_or(0);
+    let size = u64::try_from(size).unwrap_or(0);
+    let tiles: Vec<tree::TileId> = tree::Edge::tiles(size).into_iter().map(|t| t.0).collect();
+    let read = read_tiles(conn, trust, &tiles).await?;
+    tree::Edge::new(size, read).map_err(|tile| {
+        sqlx::Error::Protocol(format!(
+            "the evidence trail of trust {trust} lacks nodes of tile {}/{} below size {size}: \
+             the store is damaged",
+            tile.level, tile.index
+        ))
+    })
+}
+
+/// The stored nodes of `tiles`, each from its first: leaf hashes from a bundle's leaves
+/// (level 0), stored hashes above. A tile comes back short where the store has fewer.
+async fn read_tiles(
     conn: &mut SqliteConnection,
     trust: &str,
-    ids: &[tree::NodeId],
-) -> Result<HashMap<tree::NodeId, tree::Hash>, sqlx::Error> {
-    let mut out = HashMap::with_capacity(ids.len());
-    if ids.is_empty() {
-        return Ok(out);
-    }
-    let wanted: Vec<(u32, u64)> = ids.iter().map(|id| (id.level, id.index)).collect();
-    let rows = sqlx::query(
+    tiles: &[tree::TileId],
+) -> Result<HashMap<tree::TileId, Vec<tree::Hash>>, sqlx::Error> {
+    let mut out = HashMap::with_capacity(tiles.len());
+    let bundles: Vec<i64> = tiles
+        .iter()
+        .filter(|t| t.level == 0)
+        .map(|t| t.index as i64)
+        .collect();
+    if !bundles.is_empty() {
         // json_each drives (CROSS JOIN keeps it the outer loop): one primary-key lookup per
-        // wanted node, whatever the size of the log.
-        "SELECT 0, l.idx, l.leaf FROM json_each(?2) AS k CROSS JOIN audit_leaves AS l \
-           WHERE k.value ->> 0 = 0 AND l.trust = ?1 AND l.idx = k.value ->> 1 \
-         UNION ALL \
-         SELECT n.level, n.idx, n.hash FROM json_each(?2) AS k CROSS JOIN audit_nodes AS n \
-           WHERE k.value ->> 0 > 0 AND n.trust = ?1 AND n.level = k.value ->> 0 AND n.idx = k.value ->> 1",
-    )
-    .bind(trust)
-    .bind(json_param(&wanted))
-    .fetch_all(&mut *conn)
-    .await?;
-    for row in rows {
-        // Level 0 comes back as the leaf's text, to hash; higher levels as stored hashes.
-        let hash: Option<tree::Hash> = if row.get::<i64, _>(0) == 0 {
-            Some(tree::leaf_hash(row.get::<&str, _>(2).as_bytes()))
-        } else {
-            <tree::Hash>::try_from(row.get::<&[u8], _>(2)).ok()
-        };
-        if let Some(hash) = hash {
-            let id = tree::NodeId {
-                level: u32::try_from(row.get::<i64, _>(0)).unwrap_or(0),
-                index: u64::try_from(row.get::<i64, _>(1)).unwrap_or(0),
+        // wanted bundle, whatever the size of the log.
+        let rows = sqlx::query(
+            "SELECT b.n, b.leaves FROM json_each(?2) AS k CROSS JOIN audit_bundles AS b \
+             WHERE b.trust = ?1 AND b.n = k.value",
+        )
+        .bind(trust)
+        .bind(json_param(&bundles))
+        .fetch_all(&mut *conn)
+        .await?;
+        out.extend(rows.iter().map(|row| {
+            let tile = tree::TileId {
+                level: 0,
+                index: u64::try_from(row.get::<i64, _>(0)).unwrap_or(0),
             };
-            out.insert(id, hash);
+            let leaves: &str = row.get(1);
+            let hashes = leaves
+                .split('\n')
+                .map(|leaf| tree::leaf_hash(leaf.as_bytes()))
+                .collect();
+            (tile, hashes)
+        }));
+    }
+    let spans: Vec<(u32, u64, u64)> = tiles
+        .iter()
+        .filter(|t| t.level > 0)
+        .map(|t| {
+            let first = t.index * tree::TILE_WIDTH;
+            (t.level, first, first + tree::TILE_WIDTH)
+        })
+        .collect();
+    if !spans.is_empty() {
+        let rows = sqlx::query(
+            "SELECT n.level, n.idx, n.hash FROM json_each(?2) AS k CROSS JOIN audit_nodes AS n \
+             WHERE n.trust = ?1 AND n.level = k.value ->> 0 \
+               AND n.idx >= k.value ->> 1 AND n.idx < k.value ->> 2 \
+             ORDER BY n.level, n.idx",
+        )
+        .bind(trust)
+        .bind(json_param(&spans))
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let level = u32::try_from(row.get::<i64, _>(0)).unwrap_or(0);
+            let idx = u64::try_from(row.get::<i64, _>(1)).unwrap_or(0);
+            let Ok(hash) = <tree::Hash>::try_from(row.get::<&[u8], _>(2)) else {
+                continue;
+            };
+            let tile = out
+                .entry(tree::TileId {
+                    level,
+                    index: idx / tree::TILE_WIDTH,
+                })
+                .or_insert_with(Vec::new);
+            // Only an unbroken run from the tile's first node counts.
+            if tile.len() as u64 == idx % tree::TILE_WIDTH {
+                tile.push(hash);
+            }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn event(i: u64) -> Event {
+        let mut e = Event::new(EventType::Received, "2026-11-25T00:00:00Z", "celt");
+        e.record_id = Some(format!("V-{i}"));
+        e.school = Some("136401".into());
+        e
+    }
+
+    /// A store written before the tiles (migration 0006) — one row per leaf, every interior
+    /// node — reads the same tree after migrating, and appends continue it.
+    #[tokio::test]
+    async fn a_store_from_before_the_tiles_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        MIGRATOR.run_to(5, &pool).await.unwrap();
+        let old: Vec<String> = (0..600).map(|i| event(i).leaf()).collect();
+        let hashes: Vec<tree::Hash> = old.iter().map(|l| tree::leaf_hash(l.as_bytes())).collect();
+        for (idx, leaf) in old.iter().enumerate() {
+            sqlx::query("INSERT INTO audit_leaves (trust, idx, leaf) VALUES ('celt', ?1, ?2)")
+                .bind(idx as i64)
+                .bind(leaf)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let levels = tree::levels_above(hashes.clone(), 64);
+        for (level, nodes) in levels.iter().enumerate().skip(1) {
+            for (idx, hash) in nodes.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO audit_nodes (trust, level, idx, hash) VALUES ('celt', ?1, ?2, ?3)",
+                )
+                .bind(level as i64)
+                .bind(idx as i64)
+                .bind(hash.to_vec())
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+        sqlx::query("INSERT INTO audit_logs (trust, size) VALUES ('celt', 600)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut want = tree::MemoryTree::default();
+        want.append(&hashes).unwrap();
+        let ids = tree::nodes_for(&tree::inclusion_ranges(300, 600));
+        let got = store.audit_nodes("celt", &ids).await.unwrap();
+        assert_eq!(got, want.nodes(&ids));
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_nodes")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 2, "only level-8 nodes are kept");
+
+        // Appends go on from the migrated edge, in memory and after reopening.
+        let more: Vec<Event> = (600..900).map(event).collect();
+        store.audit_append(&more[..100]).await.unwrap();
+        store.audit_append(&more[100..]).await.unwrap();
+        let reopened = SqliteStore::open(&path).await.unwrap();
+        reopened.audit_append(&[event(900)]).await.unwrap();
+        let added: Vec<tree::Hash> = (600..=900)
+            .map(|i| tree::leaf_hash(event(i).leaf().as_bytes()))
+            .collect();
+        want.append(&added).unwrap();
+        let root = tree::root_nodes(901);
+        let got = reopened.audit_nodes("celt", &root).await.unwrap();
+        assert_eq!(got, want.nodes(&root));
+        let entries = reopened
+            .audit_entries("celt", "136401", "2026", "2027", 901)
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 901);
+        assert_eq!(entries[599].1, old[599]);
+    }
+
+    /// A rolled-back append leaves the next one to read the edge back rather than trust the
+    /// edge it kept in memory.
+    #[tokio::test]
+    async fn an_append_rolled_back_is_not_built_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        store.audit_append(&[event(0), event(1)]).await.unwrap();
+        let mut tx = store.pool.begin().await.unwrap();
+        store.append_events(&mut tx, &[event(99)]).await.unwrap();
+        tx.rollback().await.unwrap();
+        store.audit_append(&[event(2)]).await.unwrap();
+        let mut want = tree::MemoryTree::default();
+        let hashes: Vec<tree::Hash> = (0..3)
+            .map(|i| tree::leaf_hash(event(i).leaf().as_bytes()))
+            .collect();
+        want.append(&hashes).unwrap();
+        let root = tree::root_nodes(3);
+        assert_eq!(
+            store.audit_nodes("celt", &root).await.unwrap(),
+            want.nodes(&root)
+        );
+        assert_eq!(store.audit_sizes().await.unwrap(), vec![("celt".into(), 3)]);
+    }
 }
