@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use doorstep::audit::bundle::{self, VerifyFailure};
-use doorstep::audit::tree::{self, Hash, NodeId};
+use doorstep::audit::tree::{self, Hash};
 use proptest::prelude::*;
 use sha2::Sha256;
 
