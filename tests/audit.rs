@@ -147,19 +147,19 @@ proptest! {
         // Every node of every proof read at once, as an export does.
         let every: Vec<(u64, u64)> = (0..n).flat_map(|i| tree::inclusion_ranges(i, n)).collect();
         let nodes = t.nodes(&tree::nodes_for(&every));
-        let mut proven = tree::ProvenNodes::new(t.root(n).unwrap(), n);
+        let mut proven = tree::ProofVerifier::new(t.root(n).unwrap(), n);
         for k in 0..n {
             let i = (k * 7 + m) % n;
             let p = tree::assemble(&tree::inclusion_ranges(i, n), &nodes).unwrap();
-            prop_assert!(proven.verify(i, &leaves[i as usize], &p).is_ok(), "leaf {} of {}", i, n);
+            prop_assert!(proven.verify(i, &leaves[i as usize], p.as_slice()).is_ok(), "leaf {} of {}", i, n);
         }
         let p = proof_of(&t, &tree::inclusion_ranges(m, n));
-        prop_assert!(proven.verify(m, b"forged", &p).is_err());
+        prop_assert!(proven.verify(m, b"forged", p.as_slice()).is_err());
         if let Some(first) = p.first() {
             let mut bad = p.clone();
             bad[0] = [first[0] ^ 1; 32];
-            let mut fresh = tree::ProvenNodes::new(t.root(n).unwrap(), n);
-            prop_assert!(fresh.verify(m, &leaves[m as usize], &bad).is_err());
+            let mut fresh = tree::ProofVerifier::new(t.root(n).unwrap(), n);
+            prop_assert!(fresh.verify(m, &leaves[m as usize], bad.as_slice()).is_err());
         }
         let old = 1 + old_seed % n;
         let old_root = ct_merkle::RootHash::<Sha256>::new(t.root(old).unwrap().into(), old);
@@ -334,6 +334,17 @@ fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
         },
         "line 2 (entry",
     );
+    // The top hash of a proof whose neighbour's proof already reached the same nodes.
+    case(
+        "last proof byte",
+        &|d| {
+            edit(d, "entries.jsonl", |t| {
+                let at = t.lines().nth(2).unwrap().rfind("\"]").unwrap() - 5;
+                flip_char(&t, 3, at)
+            })
+        },
+        "line 3 (entry",
+    );
     case(
         "reorder",
         &|d| {
@@ -400,6 +411,18 @@ fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
             })
         },
         "records.json",
+    );
+    // Re-formatted records still read (and match their hashes), but the file is not the one
+    // the manifest hashed.
+    let reformatted = copy_bundle(&e.bundle);
+    edit(reformatted.path(), "records.json", |t| {
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        serde_json::to_string_pretty(&v).unwrap()
+    });
+    let f = failure(reformatted.path());
+    assert_eq!(
+        (f.what.as_str(), f.reason.as_str()),
+        ("records.json", "its SHA-256 differs from the manifest's")
     );
     for file in ["records.csv", "exceptions.csv", "deliveries.csv"] {
         case(file, &|d| edit(d, file, |t| t.replacen(',', ";", 1)), file);

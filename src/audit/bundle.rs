@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::note::{Checkpoint, NoteSigner, Verifier};
 use super::tree::{self, Hash};
 use super::{Event, EventType};
-use crate::records::{ContentHash, canonical_json};
+use crate::records::canonical_json;
 use crate::store::{Store, StoreError, StoredRevision};
 
 pub const FILES: [&str; 7] = [
@@ -114,6 +114,42 @@ struct EntryRef<'a> {
     proof: Vec<std::borrow::Cow<'a, str>>,
 }
 
+impl<'a> EntryRef<'a> {
+    /// The line read in the exact layout `export` writes — `{"index":N,"leaf":"…","proof":
+    /// ["…",…]}` with base64 and hex strings, which need no unescaping — without a JSON
+    /// parser; `None` for anything else, which is then parsed as JSON.
+    fn exact(line: &'a [u8]) -> Option<Self> {
+        let rest = line.strip_prefix(br#"{"index":"#)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let index = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        let rest = rest[digits..].strip_prefix(br#","leaf":""#)?;
+        let end = memchr::memchr(b'"', rest)?;
+        let leaf = ascii(&rest[..end])?;
+        let mut rest = rest[end..].strip_prefix(br#"","proof":["#)?;
+        let mut proof = Vec::with_capacity(40);
+        while let Some(r) = rest.strip_prefix(b"\"") {
+            let end = memchr::memchr(b'"', r)?;
+            proof.push(std::borrow::Cow::Borrowed(ascii(&r[..end])?));
+            rest = &r[end + 1..];
+            rest = rest.strip_prefix(b",").unwrap_or(rest);
+        }
+        (rest == b"]}").then_some(Self {
+            index,
+            leaf: std::borrow::Cow::Borrowed(leaf),
+            proof,
+        })
+    }
+}
+
+/// Bytes that are plain ASCII text with nothing JSON would escape.
+fn ascii(bytes: &[u8]) -> Option<&str> {
+    if bytes.iter().all(|&b| b.is_ascii_graphic() && b != b'\\') {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    }
+}
+
 /// The fields of a leaf `verify` checks.
 #[derive(Deserialize)]
 struct LeafRef<'a> {
@@ -194,7 +230,6 @@ pub fn safe_cell(s: &str) -> String {
 /// Keyed pseudonyms, consistent within one export; the key is never written.
 struct Pseudonymiser {
     key: [u8; 32],
-    cache: HashMap<String, String>,
 }
 
 impl Pseudonymiser {
@@ -204,28 +239,20 @@ impl Pseudonymiser {
             path: PathBuf::from("(randomness)"),
             reason: "no randomness available for the pseudonym key".into(),
         })?;
-        Ok(Self {
-            key,
-            cache: HashMap::new(),
-        })
+        Ok(Self { key })
     }
 
-    fn pseudonym(&mut self, value: &str) -> String {
-        if let Some(p) = self.cache.get(value) {
-            return p.clone();
-        }
+    fn pseudonym(&self, value: &str) -> String {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
         mac.update(value.as_bytes());
-        let p = format!(
+        format!(
             "{PSEUDONYM_PREFIX}{}",
             &hex::encode(mac.finalize().into_bytes())[..16]
-        );
-        self.cache.insert(value.to_owned(), p.clone());
-        p
+        )
     }
 
     /// Replaces every string (and number) under a personal key.
-    fn scrub(&mut self, v: &mut Value, personal: bool) {
+    fn scrub(&self, v: &mut Value, personal: bool) {
         match v {
             Value::Object(m) => {
                 for (k, child) in m.iter_mut() {
@@ -565,50 +592,57 @@ fn records_files(
     pseudonymise: bool,
     json: &mut HashingWriter,
 ) -> Result<Vec<u8>, ExportError> {
-    let mut ps = if pseudonymise {
+    let ps = if pseudonymise {
         Some(Pseudonymiser::new()?)
     } else {
         None
     };
-    let mut rows = Vec::with_capacity(revisions.len());
+    // Each revision's text and CSV row, built on all cores, then written in order: one
+    // record a line, so that `verify` finds them without parsing the array.
+    let built: Vec<(String, Vec<String>)> = revisions
+        .par_iter()
+        .map(|r| {
+            let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
+            let text = match ps.as_ref() {
+                Some(p) => {
+                    p.scrub(&mut value, false);
+                    canonical_json(&value)
+                }
+                None => r.canonical.clone(),
+            };
+            let first = |fields: &[&str]| {
+                fields
+                    .iter()
+                    .find_map(|f| value.get(*f).and_then(Value::as_str))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let row = vec![
+                r.kind.clone(),
+                r.id.clone(),
+                r.revision.to_string(),
+                r.school.clone(),
+                r.received_at.clone(),
+                r.content_hash.clone(),
+                value
+                    .pointer("/pupil/upn")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                first(&["purpose", "type", "category"]),
+                first(&["outcome", "severity", "urgency"]),
+            ];
+            (text, row)
+        })
+        .collect();
+    let mut rows = Vec::with_capacity(built.len());
     json.write_all(b"[")?;
-    for (i, r) in revisions.iter().enumerate() {
-        let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
-        let text = match ps.as_mut() {
-            Some(p) => {
-                p.scrub(&mut value, false);
-                canonical_json(&value)
-            }
-            None => r.canonical.clone(),
-        };
-        let first = |fields: &[&str]| {
-            fields
-                .iter()
-                .find_map(|f| value.get(*f).and_then(Value::as_str))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        rows.push(vec![
-            r.kind.clone(),
-            r.id.clone(),
-            r.revision.to_string(),
-            r.school.clone(),
-            r.received_at.clone(),
-            r.content_hash.clone(),
-            value
-                .pointer("/pupil/upn")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            first(&["purpose", "type", "category"]),
-            first(&["outcome", "severity", "urgency"]),
-        ]);
-        if i > 0 {
-            json.write_all(b",")?;
-        }
+    for (i, (text, row)) in built.into_iter().enumerate() {
+        json.write_all(if i > 0 { b",\n" } else { b"\n" })?;
         json.write_all(text.as_bytes())?;
+        rows.push(row);
     }
-    json.write_all(b"]\n")?;
+    json.write_all(if rows.is_empty() { b"]\n" } else { b"\n]\n" })?;
     let csv = csv_bytes(
         &[
             "kind",
@@ -698,52 +732,46 @@ pub fn verify(
     // alongside.
     let entries_map = map_file(dir, "entries.jsonl")?;
     let entries_bytes: &[u8] = entries_map.as_deref().unwrap_or_default();
+    let records_map = map_file(dir, "records.json")?;
+    let records_bytes: &[u8] = records_map.as_deref().unwrap_or_default();
     progress.start("entries", manifest.entries);
-    let lines: Vec<&[u8]> = if entries_bytes.is_empty() {
-        Vec::new()
-    } else {
-        entries_bytes
-            .strip_suffix(b"\n")
-            .unwrap_or(entries_bytes)
-            .split(|&b| b == b'\n')
-            .collect()
-    };
-    let (entries_hash, checked) = rayon::join(
-        || hex::encode(Sha256::digest(entries_bytes)),
+    let lines = split_lines(entries_bytes.strip_suffix(b"\n").unwrap_or(entries_bytes));
+    // Every file's hash is taken on one core while the entries and records are checked.
+    let (file_hashes, checked) = rayon::join(
+        || hash_files(dir, entries_bytes, records_bytes),
         || {
-            // Each worker remembers the nodes it has proven across its run of neighbours.
+            // Each worker keeps the last proof it verified across its run of neighbours.
             lines
                 .par_chunks(RUN)
                 .enumerate()
-                .flat_map_iter(|(c, run)| {
-                    let mut proven = tree::ProvenNodes::new(checkpoint.root, checkpoint.size);
-                    let checked: Vec<_> = run
-                        .iter()
-                        .enumerate()
-                        .map(|(k, line)| check_entry(c * RUN + k + 1, line, &mut proven, &manifest))
-                        .collect();
+                .map(|(c, run)| {
+                    let mut proofs = tree::ProofVerifier::new(checkpoint.root, checkpoint.size);
+                    let checked = check_run(c * RUN + 1, run, &mut proofs, &manifest);
                     progress.advance(run.len() as u64);
                     checked
                 })
-                .collect::<Vec<Result<CheckedEntry, VerifyFailure>>>()
+                .collect::<Vec<Run>>()
         },
     );
-    let mut received: HashMap<(String, String, u64), Vec<String>> = HashMap::new();
+    // Runs in order: the first failure in the file wins, the order checked across runs too.
+    let mut received: Vec<Received> = Vec::new();
     let mut previous: Option<u64> = None;
     let mut count = 0u64;
-    for c in checked {
-        let c = c?;
-        if previous.is_some_and(|p| c.index <= p) {
+    for run in checked {
+        if let (Some(p), Some((line, index))) = (previous, run.first)
+            && index <= p
+        {
             return Err(fail(
-                format!("entries.jsonl line {} (entry {})", c.line, c.index),
+                format!("entries.jsonl line {line} (entry {index})"),
                 "entries are not in increasing index order",
             ));
         }
-        previous = Some(c.index);
-        if let Some((key, hash)) = c.received {
-            received.entry(key).or_default().push(hash);
+        if let Some(failure) = run.failure {
+            return Err(failure);
         }
-        count += 1;
+        previous = run.last.or(previous);
+        received.extend(run.received);
+        count += run.count;
     }
     if count != manifest.entries {
         return Err(fail(
@@ -752,27 +780,22 @@ pub fn verify(
         ));
     }
 
-    // Records: each matches the content hash its leaves carry (unless pseudonymised),
-    // checked on all cores.
-    let records_map = map_file(dir, "records.json")?;
-    let records_bytes: &[u8] = records_map.as_deref().unwrap_or_default();
-    let raws: Vec<&RawValue> = serde_json::from_slice(records_bytes)
-        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))?;
-    let (records_hash, checked) = rayon::join(
-        || hex::encode(Sha256::digest(records_bytes)),
-        || {
-            raws.par_iter()
-                .enumerate()
-                .map(|(i, raw)| check_record(i, raw.get(), &received, manifest.pseudonymised))
-                .collect::<Vec<_>>()
-        },
-    );
-    let records_seen = raws.len() as u64;
-    let mut matched: BTreeSet<(String, String, u64)> = BTreeSet::new();
-    for c in checked {
-        matched.insert(c?);
+    // Records: each matches the content hash its leaves carry (unless pseudonymised).
+    let received = ReceivedIndex::new(received);
+    let raws = split_records(records_bytes)?;
+    let matched: Vec<Result<Vec<usize>, VerifyFailure>> = raws
+        .par_iter()
+        .enumerate()
+        .map(|(i, raw)| check_record(i, raw, &received, manifest.pseudonymised))
+        .collect();
+    let mut has_record = vec![false; received.all.len()];
+    for m in matched {
+        for r in m? {
+            has_record[r] = true;
+        }
     }
-    if let Some((kind, id, rev)) = received.keys().find(|k| !matched.contains(*k)) {
+    if let Some(r) = has_record.iter().position(|m| !m) {
+        let (kind, id, rev) = &received.all[r].key;
         return Err(fail(
             "records.json",
             format!("{kind} {id} revision {rev} has an entry but no record"),
@@ -780,18 +803,14 @@ pub fn verify(
     }
 
     // Files: each as the manifest hashed it.
-    for name in FILES {
+    let file_hashes = file_hashes?;
+    for (name, got) in FILES.iter().zip(&file_hashes) {
         let want = manifest
             .files
-            .get(name)
+            .get(*name)
             .ok_or_else(|| fail("manifest.json", format!("lists no hash for {name}")))?;
-        let got = match name {
-            "entries.jsonl" => entries_hash.clone(),
-            "records.json" => records_hash.clone(),
-            _ => hex::encode(Sha256::digest(read(dir, name)?)),
-        };
-        if &got != want {
-            return Err(fail(name, "its SHA-256 differs from the manifest's"));
+        if got != want {
+            return Err(fail(*name, "its SHA-256 differs from the manifest's"));
         }
     }
     if let Some(extra) = manifest.files.keys().find(|k| !FILES.contains(&k.as_str())) {
@@ -802,7 +821,7 @@ pub fn verify(
     }
     Ok(VerifyReport {
         entries: count,
-        records: records_seen,
+        records: raws.len() as u64,
         tree_size: checkpoint.size,
         origin: checkpoint.origin,
     })
@@ -847,43 +866,208 @@ fn map_file(dir: &Path, name: &str) -> Result<Option<memmap2::Mmap>, VerifyFailu
         .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
 }
 
+/// The SHA-256 (hex) of each of [`FILES`], in that order; the two large ones as mapped.
+fn hash_files(dir: &Path, entries: &[u8], records: &[u8]) -> Result<Vec<String>, VerifyFailure> {
+    FILES
+        .iter()
+        .map(|name| {
+            Ok(hex::encode(match *name {
+                "entries.jsonl" => Sha256::digest(entries),
+                "records.json" => Sha256::digest(records),
+                _ => Sha256::digest(map_file(dir, name)?.as_deref().unwrap_or_default()),
+            }))
+        })
+        .collect()
+}
+
+/// The lines of a file (without their line feeds), found at memory speed.
+fn split_lines(bytes: &[u8]) -> Vec<&[u8]> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = Vec::with_capacity(bytes.len() / 1024);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        lines.push(&bytes[start..end]);
+        start = end + 1;
+    }
+    lines.push(&bytes[start..]);
+    lines
+}
+
+/// The records of `records.json`. As `export` writes it — one record a line between `[` and
+/// `]` — its lines are the records, found without parsing (each is then checked against its
+/// content hash, which only the exact canonical text meets). Any other layout of a JSON array
+/// (a re-formatted file) is parsed.
+fn split_records(bytes: &[u8]) -> Result<Vec<&[u8]>, VerifyFailure> {
+    let body = bytes
+        .strip_suffix(b"\n")
+        .unwrap_or(bytes)
+        .strip_prefix(b"[\n")
+        .and_then(|t| t.strip_suffix(b"\n]"));
+    if let Some(body) = body {
+        let lines = split_lines(body);
+        let last = lines.len().saturating_sub(1);
+        let records: Option<Vec<&[u8]>> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                if i < last {
+                    line.strip_suffix(b",")
+                } else {
+                    Some(*line)
+                }
+            })
+            .collect();
+        if let Some(records) = records.filter(|r| r.iter().all(|l| !l.is_empty())) {
+            return Ok(records);
+        }
+    }
+    let raws: Vec<&RawValue> = serde_json::from_slice(bytes)
+        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))?;
+    Ok(raws.into_iter().map(|r| r.get().as_bytes()).collect())
+}
+
+/// An entry's proof as hex text: decoded only where the verifier must hash it.
+struct HexProof<'a>(&'a [std::borrow::Cow<'a, str>]);
+
+impl tree::ProofHashes for HexProof<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn hash(&self, k: usize) -> Option<Hash> {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(self.0.get(k)?.as_bytes(), &mut hash).ok()?;
+        Some(hash)
+    }
+
+    fn is(&self, k: usize, known: &Hash) -> bool {
+        let mut text = [0u8; 64];
+        let lower = hex::encode_to_slice(known, &mut text).is_ok()
+            && self.0.get(k).is_some_and(|t| t.as_bytes() == text);
+        // Upper-case hex is the same hash.
+        lower || self.hash(k).as_ref() == Some(known)
+    }
+}
+
+/// A record revision an entry says was received, with the content hash it carries.
+struct Received {
+    key: (String, String, u64),
+    hash: Hash,
+}
+
+/// The received revisions, found by content hash (the fast path: a record as written) or by
+/// kind, id and revision (a re-formatted or pseudonymised record).
+struct ReceivedIndex {
+    by_hash: HashMap<Hash, usize>,
+    by_key: std::sync::OnceLock<HashMap<(String, String, u64), Vec<usize>>>,
+    all: Vec<Received>,
+}
+
+impl ReceivedIndex {
+    fn new(all: Vec<Received>) -> Self {
+        let by_hash = all.iter().enumerate().map(|(i, r)| (r.hash, i)).collect();
+        Self {
+            by_hash,
+            by_key: std::sync::OnceLock::new(),
+            all,
+        }
+    }
+
+    fn of_key(&self, key: &(String, String, u64)) -> &[usize] {
+        self.by_key
+            .get_or_init(|| {
+                let mut m: HashMap<(String, String, u64), Vec<usize>> = HashMap::new();
+                for (i, r) in self.all.iter().enumerate() {
+                    m.entry(r.key.clone()).or_default().push(i);
+                }
+                m
+            })
+            .get(key)
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What one worker found in a run of consecutive entries: where it starts and ends, and the
+/// revisions it received — up to its first failure, if any.
+struct Run {
+    first: Option<(usize, u64)>,
+    last: Option<u64>,
+    count: u64,
+    received: Vec<Received>,
+    failure: Option<VerifyFailure>,
+}
+
+/// Checks consecutive entry lines, the first being line `first_line` of the file.
+fn check_run(
+    first_line: usize,
+    lines: &[&[u8]],
+    proofs: &mut tree::ProofVerifier,
+    manifest: &Manifest,
+) -> Run {
+    let mut run = Run {
+        first: None,
+        last: None,
+        count: 0,
+        received: Vec::with_capacity(lines.len()),
+        failure: None,
+    };
+    for (n, line) in (first_line..).zip(lines) {
+        match check_entry(n, line, proofs, manifest) {
+            Ok(c) if run.last.is_some_and(|p| c.index <= p) => {
+                run.failure = Some(fail(
+                    format!("entries.jsonl line {n} (entry {})", c.index),
+                    "entries are not in increasing index order",
+                ));
+            }
+            Ok(c) => {
+                run.first.get_or_insert((n, c.index));
+                run.last = Some(c.index);
+                run.count += 1;
+                run.received.extend(c.received);
+                continue;
+            }
+            Err(f) => run.failure = Some(f),
+        }
+        break;
+    }
+    run
+}
+
 struct CheckedEntry {
     index: u64,
-    line: usize,
-    received: Option<((String, String, u64), String)>,
+    received: Option<Received>,
 }
 
 fn check_entry(
     n: usize,
     line: &[u8],
-    proven: &mut tree::ProvenNodes,
+    proofs: &mut tree::ProofVerifier,
     manifest: &Manifest,
 ) -> Result<CheckedEntry, VerifyFailure> {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let entry: EntryRef = serde_json::from_slice(line).map_err(|e| {
-        fail(
-            format!("entries.jsonl line {n}"),
-            format!("not an entry: {e}"),
-        )
-    })?;
+    let entry = match EntryRef::exact(line) {
+        Some(entry) => entry,
+        None => serde_json::from_slice(line).map_err(|e| {
+            fail(
+                format!("entries.jsonl line {n}"),
+                format!("not an entry: {e}"),
+            )
+        })?,
+    };
     // Named only when something fails: this runs for every entry.
     let what = || format!("entries.jsonl line {n} (entry {})", entry.index);
     let leaf = B64
         .decode(entry.leaf.as_bytes())
         .map_err(|_| fail(what(), "leaf is not base64"))?;
-    let mut proof: Vec<Hash> = Vec::with_capacity(entry.proof.len());
-    for h in &entry.proof {
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(h.as_bytes(), &mut hash)
-            .map_err(|_| fail(what(), "a proof hash is not 64 hex digits"))?;
-        proof.push(hash);
-    }
-    proven.verify(entry.index, &leaf, &proof).map_err(|e| {
-        fail(
-            what(),
-            format!("inclusion proof does not verify against the checkpoint ({e})"),
-        )
-    })?;
+    proofs
+        .verify(entry.index, &leaf, &HexProof(&entry.proof))
+        .map_err(|e| {
+            fail(
+                what(),
+                format!("inclusion proof does not verify against the checkpoint ({e})"),
+            )
+        })?;
     let event: LeafRef =
         serde_json::from_slice(&leaf).map_err(|_| fail(what(), "leaf is not an event"))?;
     if event.trust != manifest.trust || event.school.as_deref() != Some(manifest.school.as_str()) {
@@ -903,23 +1087,38 @@ fn check_entry(
         event.content_hash,
     ) {
         ("received", Some(kind), Some(id), Some(rev), Some(hash)) => {
-            Some(((kind.into_owned(), id.into_owned(), rev), hash.into_owned()))
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(hash.as_bytes(), &mut bytes)
+                .map_err(|_| fail(what(), "content_hash is not a SHA-256 hash"))?;
+            Some(Received {
+                key: (kind.into_owned(), id.into_owned(), rev),
+                hash: bytes,
+            })
         }
         _ => None,
     };
     Ok(CheckedEntry {
         index: entry.index,
-        line: n,
         received,
     })
 }
 
+/// Which received revisions record `i` of `records.json` is.
 fn check_record(
     i: usize,
-    raw: &str,
-    received: &HashMap<(String, String, u64), Vec<String>>,
+    raw: &[u8],
+    received: &ReceivedIndex,
     pseudonymised: bool,
-) -> Result<(String, String, u64), VerifyFailure> {
+) -> Result<Vec<usize>, VerifyFailure> {
+    // Fast path: a record written as its canonical text hashes to its leaf's hash as it stands.
+    if !pseudonymised {
+        let hash: Hash = Sha256::digest(raw).into();
+        if let Some(&r) = received.by_hash.get(&hash) {
+            return Ok(vec![r]);
+        }
+    }
+    let raw = std::str::from_utf8(raw)
+        .map_err(|_| fail(format!("records.json record {i}"), "not UTF-8"))?;
     let head: RecordKey = serde_json::from_str(raw)
         .map_err(|e| fail(format!("records.json record {i}"), e.to_string()))?;
     let key = (head.kind.into_owned(), head.id.into_owned(), head.revision);
@@ -927,34 +1126,27 @@ fn check_record(
         "records.json record {i} ({} {} revision {})",
         key.0, key.1, key.2
     );
-    let Some(hashes) = received.get(&key) else {
+    let of_key = received.of_key(&key);
+    if of_key.is_empty() {
         return Err(fail(what, "no entry of the bundle received this record"));
-    };
+    }
+    let record: Value = serde_json::from_str(raw).map_err(|e| fail(&what, e.to_string()))?;
     if pseudonymised {
-        let record: Value = serde_json::from_str(raw).map_err(|e| fail(&what, e.to_string()))?;
         if let Some(field) = plain_personal_field(&record) {
             return Err(fail(
                 what,
                 format!("the manifest says pseudonymised but {field} is not"),
             ));
         }
-    } else {
-        // Fast path: a record written as its canonical text hashes to the leaf's hash as it
-        // stands. Otherwise (re-formatted, or altered) it is canonicalised and hashed again.
-        let as_written = ContentHash::of_canonical(raw).to_hex();
-        let hash = if hashes.contains(&as_written) {
-            as_written
-        } else {
-            let record: Value =
-                serde_json::from_str(raw).map_err(|e| fail(&what, e.to_string()))?;
-            ContentHash::of_canonical(&canonical_json(&record)).to_hex()
-        };
-        if !hashes.contains(&hash) {
-            return Err(fail(
-                what,
-                "its content hash differs from the one its entry carries",
-            ));
-        }
+        return Ok(of_key.to_vec());
     }
-    Ok(key)
+    // Re-formatted, or altered: canonicalised and hashed again.
+    let hash: Hash = Sha256::digest(canonical_json(&record).as_bytes()).into();
+    match of_key.iter().find(|&&r| received.all[r].hash == hash) {
+        Some(&r) => Ok(vec![r]),
+        None => Err(fail(
+            what,
+            "its content hash differs from the one its entry carries",
+        )),
+    }
 }

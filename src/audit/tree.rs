@@ -385,60 +385,127 @@ pub enum ProofError {
     WrongLength { got: usize, want: usize },
     #[error("the proof does not lead to the signed root")]
     Mismatch,
+    #[error("proof hash {0} is not a SHA-256 hash")]
+    NotAHash(usize),
+}
+
+/// The hashes of one inclusion proof, bottom first, as a bundle holds them (hex text, say):
+/// the verifier decodes only those it must hash and compares the rest.
+pub trait ProofHashes {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The `k`-th hash, `None` if it is not one.
+    fn hash(&self, k: usize) -> Option<Hash>;
+    /// Whether the `k`-th hash is `known`.
+    fn is(&self, k: usize, known: &Hash) -> bool {
+        self.hash(k).as_ref() == Some(known)
+    }
+}
+
+impl ProofHashes for [Hash] {
+    fn len(&self) -> usize {
+        <[Hash]>::len(self)
+    }
+    fn hash(&self, k: usize) -> Option<Hash> {
+        self.get(k).copied()
+    }
+}
+
+/// One step of a verified proof: the path's node (range and hash) and its sibling's hash.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    path: (u64, u64),
+    path_hash: Hash,
+    sibling_hash: Hash,
 }
 
 /// Verifies inclusion proofs against one signed root (RFC 9162 §2.1.3.2, in the order
-/// [`inclusion_ranges`] gives), remembering every node a verified proof proves: a later proof
-/// stops as soon as it reaches a proven node, so a bundle of neighbouring leaves costs about
-/// two hashes a leaf instead of log₂ n.
-pub struct ProvenNodes {
+/// [`inclusion_ranges`] gives), every hash of every proof. It keeps the last proof it
+/// verified: where the next one runs through the same nodes (those above the two leaves'
+/// common ancestor) its hashes must equal the kept ones, which the root has proven, so only
+/// the steps below the common ancestor are hashed — about two hashes a leaf for a bundle of
+/// neighbouring leaves instead of log₂ n.
+pub struct ProofVerifier {
+    root: Hash,
     size: u64,
-    known: HashMap<(u64, u64), Hash>,
+    last: Vec<Step>,
 }
 
-impl ProvenNodes {
+impl ProofVerifier {
     pub fn new(root: Hash, size: u64) -> Self {
-        let mut known = HashMap::new();
-        known.insert((0, size), root);
-        Self { size, known }
+        Self {
+            root,
+            size,
+            last: Vec::new(),
+        }
     }
 
-    pub fn verify(&mut self, index: u64, leaf: &[u8], proof: &[Hash]) -> Result<(), ProofError> {
+    pub fn verify<P: ProofHashes + ?Sized>(
+        &mut self,
+        index: u64,
+        leaf: &[u8],
+        proof: &P,
+    ) -> Result<(), ProofError> {
         if index >= self.size {
             return Err(ProofError::IndexOutOfRange(index, self.size));
         }
-        let ranges = inclusion_ranges(index, self.size);
-        if ranges.len() != proof.len() {
+        let siblings = inclusion_ranges(index, self.size);
+        if siblings.len() != proof.len() {
             return Err(ProofError::WrongLength {
                 got: proof.len(),
-                want: ranges.len(),
+                want: siblings.len(),
             });
         }
-        let (mut lo, mut hi) = (index, index + 1);
-        let mut hash = leaf_hash(leaf);
-        let mut path = Vec::with_capacity(ranges.len() + 1);
-        for (&(slo, shi), sibling) in ranges.iter().zip(proof) {
-            if let Some(known) = self.known.get(&(lo, hi)) {
-                return self.settle(*known == hash, path);
-            }
-            path.push(((lo, hi), hash));
-            hash = if slo < lo {
-                node_hash(sibling, &hash)
-            } else {
-                node_hash(&hash, sibling)
-            };
-            lo = lo.min(slo);
-            hi = hi.max(shi);
+        // The path's ranges, leaf first.
+        let mut paths = Vec::with_capacity(siblings.len());
+        let mut at = (index, index + 1);
+        for &(lo, hi) in &siblings {
+            paths.push(at);
+            at = (at.0.min(lo), at.1.max(hi));
         }
-        let matches = self.known.get(&(lo, hi)) == Some(&hash);
-        self.settle(matches, path)
-    }
-
-    fn settle(&mut self, matches: bool, path: Vec<((u64, u64), Hash)>) -> Result<(), ProofError> {
-        if !matches {
+        // Steps shared with the last proof, aligned from the root down: from `shared` up.
+        let (m, l) = (paths.len(), self.last.len());
+        let mut shared = m;
+        while shared > 0
+            && l + shared > m
+            && self.last[l + shared - m - 1].path == paths[shared - 1]
+        {
+            shared -= 1;
+        }
+        let mut steps = Vec::with_capacity(m);
+        let mut hash = leaf_hash(leaf);
+        for k in 0..shared {
+            let sibling = proof.hash(k).ok_or(ProofError::NotAHash(k))?;
+            steps.push(Step {
+                path: paths[k],
+                path_hash: hash,
+                sibling_hash: sibling,
+            });
+            hash = if siblings[k].0 < paths[k].0 {
+                node_hash(&sibling, &hash)
+            } else {
+                node_hash(&hash, &sibling)
+            };
+        }
+        let offset = l + shared - m;
+        let want = if shared == m {
+            self.root
+        } else {
+            self.last[offset].path_hash
+        };
+        if hash != want {
             return Err(ProofError::Mismatch);
         }
-        self.known.extend(path);
+        for k in shared..m {
+            let kept = &self.last[l + k - m];
+            if !proof.is(k, &kept.sibling_hash) {
+                return Err(ProofError::Mismatch);
+            }
+        }
+        steps.extend_from_slice(&self.last[offset.min(l)..]);
+        self.last = steps;
         Ok(())
     }
 }
@@ -541,5 +608,38 @@ mod tests {
         read.insert(TileId { level: 0, index: 1 }, vec![[0; 32]; 3]);
         let missing = Edge::new(TILE_WIDTH + 4, read).unwrap_err();
         assert_eq!(missing, TileId { level: 0, index: 1 });
+    }
+
+    #[test]
+    fn every_hash_of_every_proof_is_checked() {
+        let hashes: Vec<Hash> = (0..300u32).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+        let mut t = MemoryTree::default();
+        t.append(&hashes).unwrap();
+        let n = 300;
+        let root = t.root(n).unwrap();
+        let proof = |i: u64| {
+            let ranges = inclusion_ranges(i, n);
+            assemble(&ranges, &t.nodes(&nodes_for(&ranges))).unwrap()
+        };
+        // Neighbours verify one after the other, any order, the far right edge too.
+        let mut v = ProofVerifier::new(root, n);
+        for i in (0..n).chain([299, 0, 150, 151, 7]) {
+            v.verify(i, &i.to_le_bytes()[..4], proof(i).as_slice())
+                .unwrap_or_else(|e| panic!("leaf {i}: {e}"));
+        }
+        // A changed hash at any height of a proof that follows its neighbour's is caught,
+        // the top one too (which the neighbour's proof already covers).
+        for k in 0..proof(41).len() {
+            let mut v = ProofVerifier::new(root, n);
+            v.verify(40, &40u64.to_le_bytes()[..4], proof(40).as_slice())
+                .unwrap();
+            let mut bad = proof(41);
+            bad[k][31] ^= 1;
+            assert_eq!(
+                v.verify(41, &41u64.to_le_bytes()[..4], bad.as_slice()),
+                Err(ProofError::Mismatch),
+                "hash {k}"
+            );
+        }
     }
 }
