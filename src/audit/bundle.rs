@@ -380,43 +380,9 @@ pub async fn export<S: crate::store::DeliveryStore>(
     let nodes = store
         .audit_nodes(&req.trust, &tree::nodes_for(&all_ranges))
         .await?;
-    // Each entry's line and the record it received, built on all cores.
+    // Each entry's line and the record it received, built on all cores a slice at a time and
+    // written in order, so that memory holds one slice of lines, not the file.
     progress.start("entries", entries.len() as u64);
-    let built: Vec<Result<(String, Option<RevisionKey>), ExportError>> = entries
-        .par_iter()
-        .zip(ranges.par_iter())
-        .map(|((index, leaf), ranges)| {
-            let proof = tree::assemble(ranges, &nodes).ok_or_else(|| {
-                let missing = tree::nodes_for(ranges)
-                    .into_iter()
-                    .find(|id| !nodes.contains_key(id));
-                ExportError::MissingNode(
-                    missing.unwrap_or(tree::NodeId {
-                        level: 0,
-                        index: *index,
-                    }),
-                    req.trust.clone(),
-                )
-            })?;
-            let entry = Entry {
-                index: *index,
-                leaf: B64.encode(leaf.as_bytes()),
-                proof: proof.iter().map(hex::encode).collect(),
-            };
-            let mut line = serde_json::to_string(&entry).unwrap_or_default();
-            line.push('\n');
-            progress.advance(1);
-            let key = serde_json::from_str::<Value>(leaf).ok().and_then(|event| {
-                (event["event"] == "received").then_some(())?;
-                Some((
-                    event["kind"].as_str()?.to_owned(),
-                    event["record_id"].as_str()?.to_owned(),
-                    u32::try_from(event["revision"].as_u64()?).ok()?,
-                ))
-            });
-            Ok((line, key))
-        })
-        .collect();
     std::fs::create_dir_all(&req.out).map_err(|e| ExportError::Io {
         path: req.out.clone(),
         reason: e.kind().to_string(),
@@ -424,10 +390,21 @@ pub async fn export<S: crate::store::DeliveryStore>(
     let mut hashes = BTreeMap::new();
     let mut entries_out = HashingWriter::create(&req.out, "entries.jsonl")?;
     let mut keys: BTreeSet<RevisionKey> = BTreeSet::new();
-    for b in built {
-        let (line, key) = b?;
-        entries_out.write_all(line.as_bytes())?;
-        keys.extend(key);
+    for (slice, slice_ranges) in entries
+        .chunks(EXPORT_SLICE)
+        .zip(ranges.chunks(EXPORT_SLICE))
+    {
+        let built: Vec<Result<(String, Option<RevisionKey>), ExportError>> = slice
+            .par_iter()
+            .zip(slice_ranges.par_iter())
+            .map(|((index, leaf), ranges)| entry_line(*index, leaf, ranges, &nodes, &req.trust))
+            .collect();
+        for b in built {
+            let (line, key) = b?;
+            entries_out.write_all(line.as_bytes())?;
+            keys.extend(key);
+        }
+        progress.advance(slice.len() as u64);
     }
     entries_out.finish(&mut hashes)?;
     let keys: Vec<(String, String, u32)> = keys.into_iter().collect();
@@ -585,6 +562,44 @@ pub fn origin(key_name: &str, trust: &str) -> String {
     format!("{key_name}/{trust}")
 }
 
+/// Entries built at once by `export`.
+const EXPORT_SLICE: usize = 16_384;
+
+/// An entry's line of `entries.jsonl`, with the revision it says was received.
+fn entry_line(
+    index: u64,
+    leaf: &str,
+    ranges: &[(u64, u64)],
+    nodes: &HashMap<tree::NodeId, Hash>,
+    trust: &str,
+) -> Result<(String, Option<RevisionKey>), ExportError> {
+    let proof = tree::assemble(ranges, nodes).ok_or_else(|| {
+        let missing = tree::nodes_for(ranges)
+            .into_iter()
+            .find(|id| !nodes.contains_key(id));
+        ExportError::MissingNode(
+            missing.unwrap_or(tree::NodeId { level: 0, index }),
+            trust.to_owned(),
+        )
+    })?;
+    let entry = Entry {
+        index,
+        leaf: B64.encode(leaf.as_bytes()),
+        proof: proof.iter().map(hex::encode).collect(),
+    };
+    let mut line = serde_json::to_string(&entry).unwrap_or_default();
+    line.push('\n');
+    let key = serde_json::from_str::<Value>(leaf).ok().and_then(|event| {
+        (event["event"] == "received").then_some(())?;
+        Some((
+            event["kind"].as_str()?.to_owned(),
+            event["record_id"].as_str()?.to_owned(),
+            u32::try_from(event["revision"].as_u64()?).ok()?,
+        ))
+    });
+    Ok((line, key))
+}
+
 /// Writes `records.json` (every revision as stored, or pseudonymised) and returns
 /// `records.csv`.
 fn records_files(
@@ -599,16 +614,16 @@ fn records_files(
     };
     // Each revision's text and CSV row, built on all cores, then written in order: one
     // record a line, so that `verify` finds them without parsing the array.
-    let built: Vec<(String, Vec<String>)> = revisions
+    let built: Vec<(std::borrow::Cow<str>, Vec<String>)> = revisions
         .par_iter()
         .map(|r| {
             let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
             let text = match ps.as_ref() {
                 Some(p) => {
                     p.scrub(&mut value, false);
-                    canonical_json(&value)
+                    std::borrow::Cow::Owned(canonical_json(&value))
                 }
-                None => r.canonical.clone(),
+                None => std::borrow::Cow::Borrowed(r.canonical.as_str()),
             };
             let first = |fields: &[&str]| {
                 fields
