@@ -121,6 +121,9 @@ impl<'a> EntryRef<'a> {
     fn exact(line: &'a [u8]) -> Option<Self> {
         let rest = line.strip_prefix(br#"{"index":"#)?;
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 1 && rest[0] == b'0' {
+            return None; // not a JSON number: the parser says so
+        }
         let index = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
         let rest = rest[digits..].strip_prefix(br#","leaf":""#)?;
         let end = memchr::memchr(b'"', rest)?;
@@ -1163,5 +1166,35 @@ fn check_record(
             what,
             "its content hash differs from the one its entry carries",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_in_exports_layout_reads_as_json_does() {
+        let entry = Entry {
+            index: 42,
+            leaf: B64.encode(br#"{"event":"received"}"#),
+            proof: vec![hex::encode([7u8; 32]), hex::encode([9u8; 32])],
+        };
+        let line = serde_json::to_string(&entry).unwrap();
+        let fast = EntryRef::exact(line.as_bytes()).expect("export's own layout");
+        let parsed: EntryRef = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (fast.index, &fast.leaf, &fast.proof),
+            (parsed.index, &parsed.leaf, &parsed.proof)
+        );
+        // Anything else goes to the JSON parser, which accepts or refuses it.
+        let spaced = line.replace(",\"leaf\"", ", \"leaf\"");
+        assert!(EntryRef::exact(spaced.as_bytes()).is_none());
+        assert!(serde_json::from_str::<EntryRef>(&spaced).is_ok());
+        let zero = line.replace(":42,", ":042,");
+        assert!(EntryRef::exact(zero.as_bytes()).is_none());
+        assert!(serde_json::from_str::<EntryRef>(&zero).is_err());
+        let escaped = line.replace("\"proof\":[\"", "\"proof\":[\"\\u0030");
+        assert!(EntryRef::exact(escaped.as_bytes()).is_none());
     }
 }
