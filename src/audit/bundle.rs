@@ -232,7 +232,8 @@ pub fn safe_cell(s: &str) -> String {
 
 /// Keyed pseudonyms, consistent within one export; the key is never written.
 struct Pseudonymiser {
-    key: [u8; 32],
+    /// HMAC-SHA-256 keyed with a fresh random key, cloned for each value.
+    mac: Hmac<Sha256>,
 }
 
 impl Pseudonymiser {
@@ -242,11 +243,15 @@ impl Pseudonymiser {
             path: PathBuf::from("(randomness)"),
             reason: "no randomness available for the pseudonym key".into(),
         })?;
-        Ok(Self { key })
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).map_err(|_| ExportError::Io {
+            path: PathBuf::from("(randomness)"),
+            reason: "the pseudonym key was refused".into(),
+        })?;
+        Ok(Self { mac })
     }
 
     fn pseudonym(&self, value: &str) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
+        let mut mac = self.mac.clone();
         mac.update(value.as_bytes());
         format!(
             "{PSEUDONYM_PREFIX}{}",
@@ -801,14 +806,14 @@ pub fn verify(
     // Records: each matches the content hash its leaves carry (unless pseudonymised).
     let received = ReceivedIndex::new(received);
     let raws = split_records(records_bytes)?;
-    let matched: Vec<Result<Vec<usize>, VerifyFailure>> = raws
+    let matched: Vec<Result<&[usize], VerifyFailure>> = raws
         .par_iter()
         .enumerate()
         .map(|(i, raw)| check_record(i, raw, &received, manifest.pseudonymised))
         .collect();
     let mut has_record = vec![false; received.all.len()];
     for m in matched {
-        for r in m? {
+        for &r in m? {
             has_record[r] = true;
         }
     }
@@ -1122,17 +1127,17 @@ fn check_entry(
 }
 
 /// Which received revisions record `i` of `records.json` is.
-fn check_record(
+fn check_record<'r>(
     i: usize,
     raw: &[u8],
-    received: &ReceivedIndex,
+    received: &'r ReceivedIndex,
     pseudonymised: bool,
-) -> Result<Vec<usize>, VerifyFailure> {
+) -> Result<&'r [usize], VerifyFailure> {
     // Fast path: a record written as its canonical text hashes to its leaf's hash as it stands.
     if !pseudonymised {
         let hash: Hash = Sha256::digest(raw).into();
-        if let Some(&r) = received.by_hash.get(&hash) {
-            return Ok(vec![r]);
+        if let Some(r) = received.by_hash.get(&hash) {
+            return Ok(std::slice::from_ref(r));
         }
     }
     let raw = std::str::from_utf8(raw)
@@ -1156,12 +1161,12 @@ fn check_record(
                 format!("the manifest says pseudonymised but {field} is not"),
             ));
         }
-        return Ok(of_key.to_vec());
+        return Ok(of_key);
     }
     // Re-formatted, or altered: canonicalised and hashed again.
     let hash: Hash = Sha256::digest(canonical_json(&record).as_bytes()).into();
     match of_key.iter().find(|&&r| received.all[r].hash == hash) {
-        Some(&r) => Ok(vec![r]),
+        Some(r) => Ok(std::slice::from_ref(r)),
         None => Err(fail(
             what,
             "its content hash differs from the one its entry carries",
