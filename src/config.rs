@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::toml_file::{self, FileError};
+
 /// Where the config came from when none was named.
 pub const DEFAULT_PATH: &str = "doorstep.toml";
 pub const ENV_VAR: &str = "DOORSTEP_CONFIG";
@@ -17,14 +19,9 @@ pub const ENV_VAR: &str = "DOORSTEP_CONFIG";
 pub enum ConfigError {
     #[error("{path}: cannot read the config file: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: `{key}`: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
+    /// Not valid TOML, or a value refused (`Parse` / `Invalid`).
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path}: secret `{key}`: {reason}")]
     Secret {
         path: PathBuf,
@@ -134,6 +131,27 @@ struct RawAudit {
     signing_key: Option<SecretRef>,
 }
 
+/// What the deployment says about one destination beyond the mapping
+/// (`[destinations.<trust>.<name>]`).
+#[derive(Debug, Clone, Default)]
+pub struct DestinationOverride {
+    /// Deliveries wait (nothing is sent) until the destination is un-paused.
+    pub paused: bool,
+    /// Replaces the mapping's `url` (staging against production, a test receiver).
+    pub url: Option<String>,
+    /// Replaces the mapping's `token_url` (a staging system has its own token service).
+    pub token_url: Option<String>,
+}
+
+/// The delivery engine's settings from `doorstep.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliverySettings {
+    /// Where CSV destinations write: `<out>/<trust>/…`.
+    pub out_dir: PathBuf,
+    /// By (trust, destination).
+    pub overrides: BTreeMap<(String, String), DestinationOverride>,
+}
+
 /// A checked config with every path made absolute against the config file's folder.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -153,7 +171,7 @@ pub struct Config {
     pub out_dir: PathBuf,
     /// How long `sync` keeps waiting for retries that fall due.
     pub max_wait: std::time::Duration,
-    pub delivery: crate::delivery::Settings,
+    pub delivery: DeliverySettings,
 }
 
 impl Config {
@@ -166,21 +184,14 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: toml_error_message(text, &e),
-        })?;
+        let raw: RawConfig = toml_file::parse(path, text)?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let at = |p: &Path| base.join(p);
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.into(),
-            reason,
-        };
+        let invalid = |key: &str, reason: String| FileError::invalid(path, key, reason);
         let time_zone = match raw.time_zone.as_deref() {
             None => chrono_tz::Europe::London,
             Some(name) => name
@@ -199,10 +210,7 @@ impl Config {
         }
         let max_wait = raw.delivery.max_wait_seconds.unwrap_or(30.0);
         if !(0.0..=86_400.0).contains(&max_wait) {
-            return Err(invalid(
-                "delivery.max_wait_seconds",
-                "from 0 to 86400".into(),
-            ));
+            return Err(invalid("delivery.max_wait_seconds", "from 0 to 86400".into()).into());
         }
         let out_dir = at(raw.delivery.out.as_deref().unwrap_or(Path::new("out")));
         let mut overrides = BTreeMap::new();
@@ -210,7 +218,7 @@ impl Config {
             for (name, d) in dests {
                 overrides.insert(
                     (trust.clone(), name),
-                    crate::delivery::Override {
+                    DestinationOverride {
                         paused: d.paused,
                         url: d.url,
                         token_url: d.token_url,
@@ -221,7 +229,7 @@ impl Config {
         Ok(Config {
             move_files: raw.intake.move_files.unwrap_or(true),
             max_wait: std::time::Duration::from_secs_f64(max_wait),
-            delivery: crate::delivery::Settings {
+            delivery: DeliverySettings {
                 out_dir: out_dir.clone(),
                 overrides,
             },
@@ -248,43 +256,6 @@ impl Config {
                 file: s.file.map(|f| at(&f)),
             }),
         })
-    }
-}
-
-/// A TOML error as "line L: message", without the source line or any quoted value (it may
-/// be a secret written inline by mistake).
-pub fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
-    let mut message = String::new();
-    let mut in_quote = false;
-    for c in e.message().trim_end().chars() {
-        match c {
-            '"' if in_quote => {
-                in_quote = false;
-                message.push_str("…\"");
-            }
-            '"' => {
-                in_quote = true;
-                message.push('"');
-            }
-            _ if in_quote => {}
-            '\n' => message.push_str(" | "),
-            c => message.push(c),
-        }
-    }
-    match e.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or_default();
-            let line = before.matches('\n').count() + 1;
-            // The key on that line (never its value), when the line is `key = value`.
-            let line_text = text.lines().nth(line - 1).unwrap_or_default();
-            match line_text.split_once('=') {
-                Some((key, _)) if !key.trim().is_empty() => {
-                    format!("line {line}, key `{}`: {message}", key.trim())
-                }
-                _ => format!("line {line}: {message}"),
-            }
-        }
-        None => message,
     }
 }
 

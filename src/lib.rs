@@ -11,16 +11,19 @@
 //! `cli` and `server` are thin shells over [`pipeline`], which strings the steps together.
 
 pub mod audit;
-pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod delivery;
+pub mod deployment;
 pub mod intake;
 pub mod mapping;
+pub mod mapping_test;
 pub mod pipeline;
 pub mod policy;
 pub mod records;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod synthetic;
+pub mod toml_file;

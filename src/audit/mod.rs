@@ -11,6 +11,7 @@ pub mod note;
 
 pub use note::{Checkpoint, NoteError, NoteSigner, Verifier};
 pub mod bundle;
+pub mod checkpoint;
 
 pub use bundle::{
     ExportError, ExportRequest, ExportSummary, Progress, Quiet, VerifyFailure, VerifyReport,

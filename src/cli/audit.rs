@@ -1,5 +1,5 @@
 //! `doorstep audit …`: keygen, checkpoint, consistency, export, verify — thin shells over
-//! `crate::audit`. `verify` needs no config and no database.
+//! `doorstep::audit`. `verify` needs no config and no database.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,11 +9,10 @@ use std::process::ExitCode;
 use chrono::NaiveDate;
 use clap::Subcommand;
 
-use super::{ConfigArg, Fatal, load_config, open_store, runtime};
-use crate::audit::bundle::{self, checkpoint_at};
-use crate::audit::{Checkpoint, NoteSigner, Verifier, tree};
-use crate::config::{Config, SecretRef};
-use crate::store::Store;
+use super::{ConfigArg, Fatal, required_deployment, runtime};
+use doorstep::audit::bundle;
+use doorstep::audit::checkpoint::{self, Consistency};
+use doorstep::audit::{Checkpoint, NoteSigner, Verifier};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditAction {
@@ -101,35 +100,21 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             }
         }
         AuditAction::Checkpoint { trust, config } => {
-            let config = required_config(&config)?;
-            let signer = load_signer(&config)?;
+            let deployment = required_deployment(&config)?;
+            let signer = deployment.signer()?;
             runtime()?.block_on(async {
-                let store = open_store(&config).await?;
-                let sizes = store
-                    .audit_sizes()
-                    .await
-                    .map_err(|e| Fatal::Run(e.to_string()))?;
-                let mut printed = 0;
-                for (t, size) in sizes {
-                    if trust.as_ref().is_some_and(|want| *want != t) || size == 0 {
-                        continue;
-                    }
-                    let cp = checkpoint_at(&store, &signer, &t, size)
-                        .await
-                        .map_err(|e| Fatal::Run(e.to_string()))?;
-                    let note = signer.sign(&cp.to_text());
-                    store
-                        .audit_save_checkpoint(&t, size, &note)
-                        .await
-                        .map_err(|e| Fatal::Run(e.to_string()))?;
-                    if printed > 0 {
+                let store = deployment.open_store().await?;
+                let signed = checkpoint::sign_all(&store, &signer, trust.as_deref()).await;
+                store.close().await;
+                let signed = signed.map_err(|e| Fatal::Run(e.to_string()))?;
+                for (i, s) in signed.iter().enumerate() {
+                    let note = s.note.as_ref().map_err(|e| Fatal::Run(e.to_string()))?;
+                    if i > 0 {
                         say!();
                     }
                     say_raw!("{note}");
-                    printed += 1;
                 }
-                store.close().await;
-                if printed == 0 {
+                if signed.is_empty() {
                     return Err(Fatal::Run(
                         "no evidence-trail log yet: ingest something first".into(),
                     ));
@@ -138,8 +123,8 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             })
         }
         AuditAction::Consistency { old, new, config } => {
-            let config = required_config(&config)?;
-            let verifier = load_signer(&config)?.verifier();
+            let deployment = required_deployment(&config)?;
+            let verifier = deployment.signer()?.verifier();
             let open = |p: &Path| -> Result<Checkpoint, Fatal> {
                 let note = std::fs::read_to_string(p)
                     .map_err(|e| Fatal::Config(format!("{}: {}", p.display(), e.kind())))?;
@@ -149,60 +134,49 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 Checkpoint::parse(text).map_err(|e| Fatal::Run(format!("{}: {e}", p.display())))
             };
             let (a, b) = (open(&old)?, open(&new)?);
-            if a.origin != b.origin {
-                say!(
-                    "FAIL: the checkpoints are of different logs ({} and {})",
-                    a.origin,
-                    b.origin
-                );
-                return Ok(ExitCode::from(1));
-            }
-            if a.size > b.size || a.size == 0 {
-                say!(
-                    "FAIL: the old checkpoint's size {} is not between 1 and the new one's {}",
-                    a.size,
-                    b.size
-                );
-                return Ok(ExitCode::from(1));
-            }
-            let trust = a.origin.rsplit('/').next().unwrap_or_default().to_owned();
-            let proof = runtime()?.block_on(async {
-                let store = open_store(&config).await?;
-                let ranges = tree::consistency_ranges(a.size, b.size);
-                let nodes = store
-                    .audit_nodes(&trust, &tree::nodes_for(&ranges))
-                    .await
-                    .map_err(|e| Fatal::Run(e.to_string()));
+            let found = runtime()?.block_on(async {
+                let store = deployment.open_store().await?;
+                let found = checkpoint::consistency(&store, &a, &b).await;
                 store.close().await;
-                tree::assemble(&ranges, &nodes?)
-                    .ok_or_else(|| Fatal::Run(format!("the store lacks nodes of {trust}'s log")))
+                found.map_err(|e| Fatal::Run(e.to_string()))
             })?;
-            let old_root = ct_merkle::RootHash::<sha2::Sha256>::new(a.root.into(), a.size);
-            let new_root = ct_merkle::RootHash::<sha2::Sha256>::new(b.root.into(), b.size);
-            let bytes: Vec<u8> = proof.concat();
-            let verified = ct_merkle::ConsistencyProof::<sha2::Sha256>::try_from_bytes(bytes)
-                .ok()
-                .is_some_and(|p| new_root.verify_consistency(&old_root, &p).is_ok());
-            if verified {
-                say!(
-                    "consistent: {} size {} extends size {}",
-                    a.origin,
-                    b.size,
-                    a.size
-                );
-                for h in &proof {
-                    say!("{}", hex::encode(h));
+            match found {
+                Consistency::DifferentLogs => {
+                    say!(
+                        "FAIL: the checkpoints are of different logs ({} and {})",
+                        a.origin,
+                        b.origin
+                    );
                 }
-                Ok(ExitCode::SUCCESS)
-            } else {
-                say!(
-                    "FAIL: {} at size {} does not extend size {}",
-                    a.origin,
-                    b.size,
-                    a.size
-                );
-                Ok(ExitCode::from(1))
+                Consistency::SizesOutOfOrder => {
+                    say!(
+                        "FAIL: the old checkpoint's size {} is not between 1 and the new one's {}",
+                        a.size,
+                        b.size
+                    );
+                }
+                Consistency::NotExtended => {
+                    say!(
+                        "FAIL: {} at size {} does not extend size {}",
+                        a.origin,
+                        b.size,
+                        a.size
+                    );
+                }
+                Consistency::Consistent { proof } => {
+                    say!(
+                        "consistent: {} size {} extends size {}",
+                        a.origin,
+                        b.size,
+                        a.size
+                    );
+                    for h in &proof {
+                        say!("{}", hex::encode(h));
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
             }
+            Ok(ExitCode::from(1))
         }
         AuditAction::Export {
             trust,
@@ -213,8 +187,9 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             pseudonymise,
             config,
         } => {
-            let config = required_config(&config)?;
-            let signer = load_signer(&config)?;
+            let deployment = required_deployment(&config)?;
+            let config = deployment.config();
+            let signer = deployment.signer()?;
             if to < from {
                 return Err(Fatal::Config("--to is before --from".into()));
             }
@@ -234,7 +209,7 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 pseudonymise,
             };
             runtime()?.block_on(async {
-                let store = open_store(&config).await?;
+                let store = deployment.open_store().await?;
                 let bar = Bar::new();
                 let result = bundle::export(&store, &signer, &req, &bar).await;
                 bar.done();
@@ -255,50 +230,6 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
     }
 }
 
-/// After an ingest, a fresh signed checkpoint of every trust's log (one per log size), when
-/// the deployment has a signing key. A failure here is reported, not fatal: the records are
-/// in. A key file not made yet is normal before `audit keygen`, and only logged.
-pub(crate) async fn sign_checkpoints(config: &Config, store: &crate::store::SqliteStore) {
-    if let Some(SecretRef {
-        file: Some(path), ..
-    }) = &config.signing_key
-        && !path.exists()
-    {
-        tracing::info!(key = %path.display(), "no signing key yet: no checkpoint signed");
-        return;
-    }
-    let signer = match load_signer(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("doorstep: no checkpoint signed: {e}");
-            return;
-        }
-    };
-    let sizes = match store.audit_sizes().await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("doorstep: no checkpoint signed: {e}");
-            return;
-        }
-    };
-    for (trust, size) in sizes.into_iter().filter(|(_, n)| *n > 0) {
-        let signed = match checkpoint_at(store, &signer, &trust, size).await {
-            Ok(cp) => store
-                .audit_save_checkpoint(&trust, size, &signer.sign(&cp.to_text()))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = signed {
-            eprintln!("doorstep: no checkpoint signed for {trust}: {e}");
-        }
-    }
-}
-
-fn required_config(arg: &ConfigArg) -> Result<Config, Fatal> {
-    load_config(arg, true)?.ok_or_else(|| Fatal::Config("no config".into()))
-}
-
 /// `--key`: a verifier key, or a file holding one.
 fn read_key_arg(k: &str) -> Result<String, Fatal> {
     if Verifier::parse(k).is_ok() {
@@ -306,39 +237,6 @@ fn read_key_arg(k: &str) -> Result<String, Fatal> {
     }
     std::fs::read_to_string(k)
         .map_err(|e| Fatal::Config(format!("--key {k}: not a verifier key, and {}", e.kind())))
-}
-
-/// The log signing key, from the file or environment variable the config names.
-fn load_signer(config: &Config) -> Result<NoteSigner, Fatal> {
-    let Some(secret) = &config.signing_key else {
-        return Err(Fatal::Config(format!(
-            "{}: no [audit] signing_key; make one with `doorstep audit keygen --out PATH` and set signing_key = {{ file = \"PATH\" }}",
-            config.path.display()
-        )));
-    };
-    let (text, source) = match secret {
-        SecretRef {
-            env: Some(name), ..
-        } => (
-            std::env::var(name).map_err(|_| {
-                Fatal::Config(format!(
-                    "signing key: environment variable {name} is not set"
-                ))
-            })?,
-            format!("environment variable {name}"),
-        ),
-        SecretRef {
-            file: Some(path), ..
-        } => (
-            std::fs::read_to_string(path).map_err(|e| {
-                Fatal::Config(format!("signing key {}: {}", path.display(), e.kind()))
-            })?,
-            path.display().to_string(),
-        ),
-        _ => return Err(Fatal::Config("signing key: give env or file".into())),
-    };
-    // Never the key's text in an error.
-    NoteSigner::parse(&text).map_err(|e| Fatal::Config(format!("signing key from {source}: {e}")))
 }
 
 fn keygen(name: &str, out: &Path) -> Result<ExitCode, Fatal> {

@@ -1,26 +1,23 @@
-//! `sync`, `deadletter list|show|replay` and `mapping test`: thin shells over the delivery
-//! engine, the store and the mapping test runner.
+//! `sync`, `deadletter list|show|replay`, `mapping test` and `config check --online`:
+//! thin shells over `Deployment::sync`, the store and the mapping test runner.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::Subcommand;
 use serde::Serialize;
 
 use super::{
-    Common, ConfigArg, Fatal, Format, Output, load_config, load_trusts, open_store, runtime,
+    Common, ConfigArg, Fatal, Format, Output, load_deployment, required_deployment, runtime,
 };
-use crate::config::Config;
-use crate::connectors::Connectors;
-use crate::delivery::Engine;
-use crate::mapping::Trusts;
-use crate::pipeline::{self, Reporter};
-use crate::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
-use crate::store::SqliteStore;
-use crate::store::deliveries::{DeliveryCount, DeliveryStore};
+use doorstep::connectors::Connectors;
+use doorstep::deployment::Deployment;
+use doorstep::report::Summary;
+use doorstep::store::SqliteStore;
+use doorstep::store::deliveries::{DeliveryCount, DeliveryStore};
+use doorstep::sync::{DeliveryTotals, SyncError};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DeadletterAction {
@@ -48,20 +45,11 @@ pub(crate) enum DeadletterAction {
     },
 }
 
-pub(crate) fn load_connectors(config: &Config) -> Result<Connectors, Fatal> {
-    Connectors::load(&config.connectors_dir).map_err(|e| Fatal::Config(e.to_string()))
-}
-
-pub(crate) fn engine(config: &Config, trusts: Arc<Trusts>) -> Result<Engine, Fatal> {
-    let connectors = Arc::new(load_connectors(config)?);
-    Engine::new(trusts, connectors, &config.delivery)
-        .map_err(|e| Fatal::Config(format!("{}: {e}", config.path.display())))
-}
-
 /// `config check --online`: a line per destination (and school); exit 1 if any failed.
-pub(crate) fn check_online(config: &Config, engine: &Engine) -> Result<ExitCode, Fatal> {
-    use crate::delivery::online::Reach;
-    let reached = runtime()?.block_on(engine.check_online(&config.delivery.out_dir));
+pub(crate) fn check_online(deployment: &Deployment) -> Result<ExitCode, Fatal> {
+    use doorstep::delivery::online::Reach;
+    let engine = deployment.engine()?;
+    let reached = runtime()?.block_on(engine.check_online(&deployment.config().delivery.out_dir));
     let mut failed = 0;
     for r in &reached {
         let school = r
@@ -91,108 +79,51 @@ pub(crate) fn check_online(config: &Config, engine: &Engine) -> Result<ExitCode,
     })
 }
 
-/// Remembers which files had rejections while passing every report on.
-struct Sorting<'a> {
-    inner: &'a mut Output,
-    rejected_files: std::collections::BTreeMap<String, Vec<Rejection>>,
-}
-
-impl Reporter for Sorting<'_> {
-    fn rejection(&mut self, r: &Rejection) {
-        self.rejected_files
-            .entry(r.file.clone())
-            .or_default()
-            .push(r.clone());
-        self.inner.rejection(r);
-    }
-    fn exception(&mut self, e: &ExceptionReport) {
-        self.inner.exception(e);
-    }
-    fn conflict(&mut self, c: &Conflict) {
-        self.inner.conflict(c);
-    }
-}
-
 #[derive(Debug, Default, Serialize)]
 struct SyncSummary {
     kind: &'static str,
     #[serde(flatten)]
     intake: Summary,
     routed: u64,
-    delivered: u64,
-    pending: u64,
-    retrying: u64,
-    dead: u64,
-    paused: u64,
+    #[serde(flatten)]
+    totals: DeliveryTotals,
 }
 
 pub(crate) fn sync(common: Common) -> Result<ExitCode, Fatal> {
-    let config =
-        load_config(&common.config, true)?.ok_or_else(|| Fatal::Config("no config".into()))?;
-    let trusts = Arc::new(load_trusts(&config)?);
-    let engine = engine(&config, trusts.clone())?;
-    let files = crate::intake::expand_paths(std::slice::from_ref(&config.drop_dir));
+    let deployment = required_deployment(&common.config)?;
+    // Fails before the store is touched when a part of the deployment is broken.
+    deployment.engine()?;
     runtime()?.block_on(async {
-        let store = Arc::new(open_store(&config).await?);
+        let store = Arc::new(deployment.open_store().await?);
         let mut out = Output::new(common.format);
-        let mut sorting = Sorting {
-            inner: &mut out,
-            rejected_files: Default::default(),
-        };
-        let intake = if files.is_empty() {
-            Summary::default()
-        } else {
-            pipeline::ingest(store.as_ref(), files.clone(), trusts.clone(), &mut sorting)
-                .await
-                .map_err(|e| Fatal::Run(e.to_string()))?
-        };
-        let rejected_files = std::mem::take(&mut sorting.rejected_files);
-        // Only real files move (a missing drop folder is reported above, not moved).
-        for f in files.iter().filter(|f| config.move_files && f.is_file()) {
-            let key = f.display().to_string();
-            let moved = match rejected_files.get(&key) {
-                Some(rejections) => file_away(f, &config.rejected_dir, Some(rejections)),
-                None => file_away(f, &config.archive_dir, None),
-            };
-            if let Err(e) = moved {
-                eprintln!("doorstep: {e}");
-            }
-        }
-        let routed = engine.route(store.as_ref()).await.map_err(|e| Fatal::Run(e.to_string()))?;
-        let ran = engine.run(store.clone(), Instant::now() + config.max_wait).await;
-        if config.signing_key.is_some() {
-            super::audit::sign_checkpoints(&config, &store).await;
-        }
-        let counts = store.delivery_counts().await.map_err(|e| Fatal::Run(e.to_string()));
+        let ran = deployment.sync(store.clone(), &mut out).await;
         store.close().await;
-        ran.map_err(|e| Fatal::Run(e.to_string()))?;
-        let counts = counts?;
-        let paused = engine.paused();
-        let mut s = SyncSummary {
-            kind: "summary",
-            intake,
-            routed: routed as u64,
-            ..Default::default()
-        };
-        for c in &counts {
-            let is_paused = paused.iter().any(|(t, d)| *t == c.trust && *d == c.destination);
-            match c.state.as_str() {
-                "delivered" => s.delivered += c.count,
-                "dead" => s.dead += c.count,
-                _ if is_paused => s.paused += c.count,
-                "retrying" => s.retrying += c.count,
-                _ => s.pending += c.count,
-            }
+        let report = ran.map_err(|e| match e {
+            SyncError::Deployment(e) => Fatal::from(e),
+            SyncError::Store(e) => Fatal::Run(e.to_string()),
+        })?;
+        for w in &report.warnings {
+            eprintln!("doorstep: {w}");
         }
-        print_counts(&mut out, &counts, &paused);
-        let clean = s.intake.is_clean() && s.pending == 0 && s.retrying == 0 && s.dead == 0;
+        print_counts(&mut out, &report.deliveries, &report.paused);
+        let s = SyncSummary {
+            kind: "summary",
+            intake: report.intake.clone(),
+            routed: report.routed,
+            totals: report.totals,
+        };
+        let t = &s.totals;
         let human = format!(
             "{}; {} deliveries planned, {} delivered in all, {} waiting, {} retrying, {} dead, {} held by paused destinations",
-            s.intake, s.routed, s.delivered, s.pending, s.retrying, s.dead, s.paused
+            s.intake, s.routed, t.delivered, t.pending, t.retrying, t.dead, t.paused
         );
         out.raw_line(&human, &s);
         out.flush();
-        Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Ok(if report.is_clean() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     })
 }
 
@@ -216,46 +147,6 @@ fn print_counts(out: &mut Output, counts: &[DeliveryCount], paused: &[(String, S
     }
 }
 
-/// Moves an ingested file out of the drop folder, named with the time it was taken so
-/// nothing is overwritten; a file with rejections gets its report beside it.
-fn file_away(
-    file: &Path,
-    dir: &Path,
-    rejections: Option<&Vec<Rejection>>,
-) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("{}: cannot create: {}", dir.display(), e.kind()))?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let target = dir.join(format!("{stamp}-{name}"));
-    if let Some(rejections) = rejections {
-        let report = dir.join(format!("{stamp}-{name}.rejections.jsonl"));
-        let mut text = String::new();
-        for r in rejections {
-            text.push_str(&serde_json::to_string(&ReportLine::Rejection(r)).unwrap_or_default());
-            text.push('\n');
-        }
-        std::fs::write(&report, text)
-            .map_err(|e| format!("{}: cannot write: {}", report.display(), e.kind()))?;
-    }
-    if std::fs::rename(file, &target).is_err() {
-        std::fs::copy(file, &target)
-            .and_then(|_| std::fs::remove_file(file))
-            .map_err(|e| {
-                format!(
-                    "{}: cannot move to {}: {}",
-                    file.display(),
-                    dir.display(),
-                    e.kind()
-                )
-            })?;
-    }
-    Ok(target)
-}
-
 pub(crate) fn deadletter(action: DeadletterAction) -> Result<ExitCode, Fatal> {
     let common = match &action {
         DeadletterAction::List { common }
@@ -263,10 +154,9 @@ pub(crate) fn deadletter(action: DeadletterAction) -> Result<ExitCode, Fatal> {
         | DeadletterAction::Replay { common, .. } => common,
     };
     let format = common.format;
-    let config =
-        load_config(&common.config, true)?.ok_or_else(|| Fatal::Config("no config".into()))?;
+    let deployment = required_deployment(&common.config)?;
     runtime()?.block_on(async {
-        let store = open_store(&config).await?;
+        let store = deployment.open_store().await?;
         let result = deadletter_in(&store, &action, format).await;
         store.close().await;
         result
@@ -278,7 +168,7 @@ async fn deadletter_in(
     action: &DeadletterAction,
     format: Format,
 ) -> Result<ExitCode, Fatal> {
-    let run = |e: crate::store::StoreError| Fatal::Run(e.to_string());
+    let run = |e: doorstep::store::StoreError| Fatal::Run(e.to_string());
     let mut out = Output::new(format);
     match action {
         DeadletterAction::List { .. } => {
@@ -409,8 +299,9 @@ async fn deadletter_in(
 pub(crate) fn mapping_test(folder: &Path, config: &ConfigArg) -> Result<ExitCode, Fatal> {
     // The connectors come from the config when there is one, else `connectors/` beside
     // the `mappings/` folder the trust sits in.
-    let (connectors, tz) = match load_config(config, false)? {
-        Some(c) => (load_connectors(&c)?, c.time_zone),
+    let deployment = load_deployment(config, false)?;
+    let (connectors, tz) = match &deployment {
+        Some(d) => (d.connectors()?.clone(), d.config().time_zone),
         None => {
             let dir = folder
                 .parent()
@@ -418,10 +309,10 @@ pub(crate) fn mapping_test(folder: &Path, config: &ConfigArg) -> Result<ExitCode
                 .unwrap_or(Path::new("."))
                 .join("connectors");
             let c = Connectors::load(&dir).map_err(|e| Fatal::Config(e.to_string()))?;
-            (c, chrono_tz::Europe::London)
+            (Arc::new(c), chrono_tz::Europe::London)
         }
     };
-    let results = crate::mapping::test::run(folder, &connectors, tz)
+    let results = doorstep::mapping_test::run(folder, &connectors, tz)
         .map_err(|e| Fatal::Config(e.to_string()))?;
     let mut failed = 0;
     let stdout = std::io::stdout();

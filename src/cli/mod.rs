@@ -1,12 +1,12 @@
-//! The `doorstep` command line: a thin shell over [`crate::pipeline`] and the store.
-//! Parses arguments, loads the config, prints human or `--format json` output, and maps
+//! The `doorstep` command line, part of the binary (not the library): a thin shell over
+//! the library's public API — [`doorstep::deployment::Deployment`] and what hangs off it.
+//! Parses arguments, loads the deployment, prints human or `--format json` output, and maps
 //! outcomes to exit codes: 0 success, 1 some records rejected or undelivered, 2 bad usage
-//! or config.
+//! or config. Holds no product logic: what a verb does is a library call.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -30,13 +30,14 @@ macro_rules! say_raw {
 mod audit;
 mod deliver;
 
-use crate::config::{self, Config};
-use crate::mapping::Trusts;
-use crate::pipeline::{self, Reporter};
-use crate::policy::RuleId;
-use crate::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
-use crate::store::{SqliteStore, StatusReport, Store};
-use crate::synthetic::{GenOptions, write_records};
+use doorstep::config;
+use doorstep::deployment::{Deployment, DeploymentError};
+use doorstep::mapping::Trusts;
+use doorstep::pipeline::{self, Reporter};
+use doorstep::policy::RuleId;
+use doorstep::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
+use doorstep::store::{StatusReport, Store};
+use doorstep::synthetic::{GenOptions, write_records};
 
 const ABOUT: &str = "doorstep: home-visit reports, incidents and safeguarding flags, checked \
 against the trust's policy and delivered into each school's own systems, with a \
@@ -186,6 +187,14 @@ pub(crate) enum Fatal {
     Run(String),
 }
 
+impl From<DeploymentError> for Fatal {
+    /// A deployment that cannot be loaded, or a store that cannot be opened, is a config
+    /// error (exit 2).
+    fn from(e: DeploymentError) -> Self {
+        Fatal::Config(e.to_string())
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -235,29 +244,32 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
     match cli.command {
         Command::Check { paths, common } => {
             // The config is optional for `check`; named explicitly, it must load.
-            let trusts = match load_config(&common.config, false)? {
-                Some(config) => load_trusts(&config)?,
-                None => Trusts::default(),
+            let deployment = load_deployment(&common.config, false)?;
+            let no_trusts = Trusts::default();
+            let trusts = match &deployment {
+                Some(d) => d.trusts()?.as_ref(),
+                None => &no_trusts,
             };
             let mut out = Output::new(common.format);
-            let summary = pipeline::check(&paths, &trusts, &mut out);
+            let summary = pipeline::check(&paths, trusts, &mut out);
             out.finish(&summary)
         }
         Command::Ingest { paths, common } => {
-            let config = load_config(&common.config, true)?
-                .ok_or_else(|| Fatal::Config("no config".into()))?;
-            let trusts = Arc::new(load_trusts(&config)?);
+            let deployment = required_deployment(&common.config)?;
+            let trusts = deployment.trusts()?.clone();
             let paths = if paths.is_empty() {
-                vec![config.drop_dir.clone()]
+                vec![deployment.config().drop_dir.clone()]
             } else {
                 paths
             };
             runtime()?.block_on(async {
-                let store = open_store(&config).await?;
+                let store = deployment.open_store().await?;
                 let mut out = Output::new(common.format);
                 let result = pipeline::ingest(&store, paths, trusts, &mut out).await;
-                if result.is_ok() && config.signing_key.is_some() {
-                    audit::sign_checkpoints(&config, &store).await;
+                if result.is_ok() {
+                    for w in deployment.sign_checkpoints(&store).await {
+                        eprintln!("doorstep: {w}");
+                    }
                 }
                 store.close().await;
                 let summary = result.map_err(|e| Fatal::Run(e.to_string()))?;
@@ -265,12 +277,12 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             })
         }
         Command::Status { common } => {
-            let config = load_config(&common.config, true)?
-                .ok_or_else(|| Fatal::Config("no config".into()))?;
+            let deployment = required_deployment(&common.config)?;
+            let config = deployment.config();
             runtime()?.block_on(async {
-                let store = open_store(&config).await?;
+                let store = deployment.open_store().await?;
                 let report = store.status().await.map_err(|e| Fatal::Run(e.to_string()));
-                let deliveries = crate::store::DeliveryStore::delivery_counts(&store)
+                let deliveries = doorstep::store::DeliveryStore::delivery_counts(&store)
                     .await
                     .map_err(|e| Fatal::Run(e.to_string()));
                 store.close().await;
@@ -288,24 +300,19 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         Command::Config {
             action: ConfigAction::Check { config, online },
         } => {
-            let loaded = load_config(&config, true)?;
-            if let Some(c) = loaded {
-                let trusts = Arc::new(load_trusts(&c)?);
-                let connectors = deliver::load_connectors(&c)?;
-                let problems: Vec<String> = trusts
-                    .iter()
-                    .flat_map(|t| crate::delivery::plan::check_trust(t, &connectors))
-                    .collect();
+            if let Some(deployment) = load_deployment(&config, true)? {
+                let problems = deployment.plan_problems()?;
                 if !problems.is_empty() {
                     return Err(Fatal::Config(problems.join("\n")));
                 }
-                let engine = deliver::engine(&c, trusts.clone())?;
-                say!("{}: ok", c.path.display());
+                let (trusts, connectors) = (deployment.trusts()?, deployment.connectors()?);
+                let engine = deployment.engine()?;
+                say!("{}: ok", deployment.config().path.display());
                 say!("  {} connector(s)", connectors.iter().count());
                 for t in trusts.iter() {
                     let on = RuleId::ALL
                         .iter()
-                        .filter(|r| crate::policy::rule_severity(t.rules(), **r).is_some())
+                        .filter(|r| doorstep::policy::rule_severity(t.rules(), **r).is_some())
                         .count();
                     let (routes, dests) = t
                         .mapping
@@ -322,7 +329,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                     say!("  destination {t}/{d} is paused: its deliveries wait");
                 }
                 if online {
-                    return deliver::check_online(&c, &engine);
+                    return deliver::check_online(&deployment);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -361,7 +368,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             action: MappingAction::Test { folder, config },
         } => deliver::mapping_test(&folder, &config),
         Command::Schema { .. } => {
-            let schema = crate::records::records_schema();
+            let schema = doorstep::records::records_schema();
             say!(
                 "{}",
                 serde_json::to_string_pretty(&schema).unwrap_or_default()
@@ -371,9 +378,13 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
     }
 }
 
-/// Finds and loads the config: `--config`, else `DOORSTEP_CONFIG` (both via clap), else
-/// `./doorstep.toml` if present. `required` makes a missing config an error.
-pub(crate) fn load_config(arg: &ConfigArg, required: bool) -> Result<Option<Config>, Fatal> {
+/// Finds and loads the deployment's config: `--config`, else `DOORSTEP_CONFIG` (both via
+/// clap), else `./doorstep.toml` if present. `required` makes a missing config an error.
+/// The deployment's other parts load when a verb first needs them.
+pub(crate) fn load_deployment(
+    arg: &ConfigArg,
+    required: bool,
+) -> Result<Option<Deployment>, Fatal> {
     let path = match &arg.config {
         Some(p) => p.clone(),
         None => {
@@ -391,19 +402,12 @@ pub(crate) fn load_config(arg: &ConfigArg, required: bool) -> Result<Option<Conf
             }
         }
     };
-    Config::load(&path)
-        .map(Some)
-        .map_err(|e| Fatal::Config(e.to_string()))
+    Ok(Some(Deployment::load(&path)?))
 }
 
-fn load_trusts(config: &Config) -> Result<Trusts, Fatal> {
-    Trusts::load(&config.mappings_dir, config.time_zone).map_err(|e| Fatal::Config(e.to_string()))
-}
-
-pub(crate) async fn open_store(config: &Config) -> Result<SqliteStore, Fatal> {
-    SqliteStore::open(&config.sqlite_path)
-        .await
-        .map_err(|e| Fatal::Config(format!("{}: {e}", config.path.display())))
+/// The deployment, which this verb cannot do without.
+pub(crate) fn required_deployment(arg: &ConfigArg) -> Result<Deployment, Fatal> {
+    load_deployment(arg, true)?.ok_or_else(|| Fatal::Config("no config".into()))
 }
 
 /// Prints reports as they come, human or JSON lines, to standard output.
@@ -471,7 +475,7 @@ impl Reporter for Output {
 
 fn print_status(
     report: &StatusReport,
-    deliveries: &[crate::store::deliveries::DeliveryCount],
+    deliveries: &[doorstep::store::deliveries::DeliveryCount],
     paused: &dyn Fn(&str, &str) -> bool,
     format: Format,
 ) {

@@ -18,19 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectorError {
-    #[error("{path}: cannot read: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: `{key}`: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
-}
+/// A connector file's error: the file, and for a refused value its key.
+pub type ConnectorError = crate::toml_file::FileError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -358,16 +347,9 @@ impl Default for CsvRules {
 
 impl Connector {
     pub fn parse(path: &Path, name: &str, text: &str) -> Result<Connector, ConnectorError> {
-        let mut c: Connector = toml::from_str(text).map_err(|e| ConnectorError::Parse {
-            path: path.to_path_buf(),
-            message: crate::config::toml_error_message(text, &e),
-        })?;
+        let mut c: Connector = crate::toml_file::parse(path, text)?;
         c.name = name.to_owned();
-        let invalid = |key: &str, reason: &str| ConnectorError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let invalid = |key: &str, reason: &str| ConnectorError::invalid(path, key, reason);
         let l = &c.limits;
         if !(1..=1024).contains(&l.concurrency) {
             return Err(invalid("limits.concurrency", "from 1 to 1024"));
@@ -591,10 +573,7 @@ impl Connectors {
                 .and_then(|s| s.to_str())
                 .unwrap_or_default()
                 .to_owned();
-            let text = std::fs::read_to_string(&path).map_err(|e| ConnectorError::Read {
-                path: path.clone(),
-                reason: e.kind().to_string(),
-            })?;
+            let text = crate::toml_file::read(&path)?;
             let c = Connector::parse(&path, &name, &text)?;
             by_name.insert(name, std::sync::Arc::new(c));
         }

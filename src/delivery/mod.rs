@@ -40,25 +40,7 @@ pub enum DeliveryError {
     },
 }
 
-/// What the deployment says about one destination beyond the mapping.
-#[derive(Debug, Clone, Default)]
-pub struct Override {
-    /// Deliveries wait (nothing is sent) until the destination is un-paused.
-    pub paused: bool,
-    /// Replaces the mapping's `url` (staging against production, a test receiver).
-    pub url: Option<String>,
-    /// Replaces the mapping's `token_url` (a staging system has its own token service).
-    pub token_url: Option<String>,
-}
-
-/// Engine settings from `doorstep.toml`.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
-    /// Where CSV destinations write: `<out>/<trust>/…`.
-    pub out_dir: PathBuf,
-    /// By (trust, destination).
-    pub overrides: BTreeMap<(String, String), Override>,
-}
+pub use crate::config::{DeliverySettings as Settings, DestinationOverride as Override};
 
 enum Sink {
     Http(Arc<HttpSink>),

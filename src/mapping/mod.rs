@@ -9,7 +9,6 @@
 pub mod codes;
 pub mod fieldmap;
 pub mod routes;
-pub mod test;
 mod trust;
 
 use std::collections::BTreeMap;
@@ -19,7 +18,7 @@ use serde_json::{Map, Value};
 
 pub use fieldmap::{FieldMap, RenderError, Rendered};
 pub use routes::{Destination, Holds, Route, RouteInput, RoutesFile};
-pub use trust::{MappingError, SchoolEntry, Trust, TrustFile, Trusts};
+pub use trust::{MappingError, SchoolEntry, Trust, TrustFile, Trusts, load_trust};
 
 use crate::policy::Severity;
 

@@ -5,25 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::toml_error_message;
-use crate::policy::{PolicyError, PolicyFile, RulesFile, SchoolPlace};
+use crate::policy::{PolicyFile, RulesFile, SchoolPlace};
 use crate::records::{TrustId, Urn};
+use crate::toml_file::{self, FileError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum MappingError {
-    #[error("{path}: cannot read: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: `{key}`: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-}
+/// A mapping file's error (trust, policy, routes, maps, codes, test cases): the file, and
+/// for a refused value its key.
+pub type MappingError = FileError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,14 +108,7 @@ impl Trusts {
 /// Reads and parses one TOML file of a mapping; errors name the file (and for a parse error
 /// the line and key, never a value).
 pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, MappingError> {
-    let text = std::fs::read_to_string(path).map_err(|e| MappingError::Read {
-        path: path.to_path_buf(),
-        reason: e.kind().to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| MappingError::Parse {
-        path: path.to_path_buf(),
-        message: toml_error_message(&text, &e),
-    })
+    toml_file::parse(path, &toml_file::read(path)?)
 }
 
 pub fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, MappingError> {

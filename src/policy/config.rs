@@ -7,23 +7,11 @@ use chrono::NaiveTime;
 use serde::{Deserialize, Deserializer};
 
 use super::{RuleId, Severity};
-use crate::config::toml_error_message;
 use crate::records::AuthoriserRole;
+use crate::toml_file::{self, FileError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("{path}: cannot read: {reason}")]
-    Read { path: String, reason: String },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}: `rules.{rule}.{key}`: {reason}")]
-    Invalid {
-        path: String,
-        rule: &'static str,
-        key: &'static str,
-        reason: String,
-    },
-}
+/// A policy file's error: the file, and for a refused value the key `rules.<rule>.<key>`.
+pub type PolicyError = FileError;
 
 /// A local time of day written `"HH:MM"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,29 +159,23 @@ pub struct PolicyFile {
 
 impl PolicyFile {
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
-            path: shown.clone(),
-            reason: e.kind().to_string(),
-        })?;
-        Self::parse(&shown, &text)
+        let text = toml_file::read(path)?;
+        Self::parse(&path.display().to_string(), &text)
     }
 
     pub fn parse(path: &str, text: &str) -> Result<Self, PolicyError> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
-            path: path.to_owned(),
-            message: toml_error_message(text, &e),
-        })?;
+        let file: PolicyFile = toml_file::parse(Path::new(path), text)?;
         file.check(path)?;
         Ok(file)
     }
 
     fn check(&self, path: &str) -> Result<(), PolicyError> {
-        let invalid = |rule: RuleId, key: &'static str, reason: &str| PolicyError::Invalid {
-            path: path.to_owned(),
-            rule: rule.as_str(),
-            key,
-            reason: reason.to_owned(),
+        let invalid = |rule: RuleId, key: &'static str, reason: &str| {
+            FileError::invalid(
+                Path::new(path),
+                format!("rules.{}.{key}", rule.as_str()),
+                reason,
+            )
         };
         let r = &self.rules;
         if let Some(c) = &r.authorised_before_visit

@@ -14,15 +14,18 @@
 //! # or: body = '''{ ... }'''   (JSON destinations, compared as JSON)
 //! ```
 //! `expect = []` says the submission goes nowhere.
+//!
+//! Sits above `mapping`, `pipeline` and `delivery::plan` (it drives all three); nothing in
+//! the library imports it.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{MappingError, Rendered, Trust, Trusts};
 use crate::connectors::{Connectors, Transport};
 use crate::delivery::plan::{Outgoing, plan_record};
+use crate::mapping::{MappingError, Rendered, Trust, Trusts};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +70,7 @@ pub fn run(
     connectors: &Connectors,
     default_tz: chrono_tz::Tz,
 ) -> Result<Vec<CaseResult>, MappingError> {
-    let trust = super::trust::load_trust(folder, default_tz)?;
+    let trust = crate::mapping::load_trust(folder, default_tz)?;
     let dir = folder.join("tests");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| MappingError::Read {
@@ -93,7 +96,7 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
     };
     let case: CaseFile = match std::fs::read_to_string(file)
         .map_err(|e| e.kind().to_string())
-        .and_then(|t| toml::from_str(&t).map_err(|e| crate::config::toml_error_message(&t, &e)))
+        .and_then(|t| toml::from_str(&t).map_err(|e| crate::toml_file::message(&t, &e)))
     {
         Ok(c) => c,
         Err(e) => {
@@ -130,10 +133,10 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
             ));
             continue;
         }
-        let raised: Vec<super::RaisedException> = checked
+        let raised: Vec<crate::mapping::RaisedException> = checked
             .exceptions
             .iter()
-            .map(|e| super::RaisedException {
+            .map(|e| crate::mapping::RaisedException {
                 rule: e.rule.as_str().to_owned(),
                 severity: e.severity,
             })
