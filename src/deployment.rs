@@ -3,7 +3,7 @@
 //! assembled in one place, for every CLI verb and the server alike.
 //!
 //! Owns: loading and assembling the parts, and the library's entry points that need them
-//! all ([`Deployment::sync`] in `crate::sync`, checkpoint signing). May not touch: what any
+//! all (`Deployment::sync`, in the `sync` module, checkpoint signing). May not touch: what any
 //! part does — each stays in its own module.
 //!
 //! Parts are loaded on first use and kept, so a verb that needs only the store (`status`)

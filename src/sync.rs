@@ -193,3 +193,148 @@ pub fn file_away(
     }
     Ok(target)
 }
+
+#[cfg(test)]
+mod tests {
+    //! `sync` as a library call, in process: the README's demo deployment (the shipped
+    //! connectors and mappings, the example drop folder) in a temporary folder.
+    use super::*;
+    use crate::config::Config;
+    use crate::store::SqliteStore;
+
+    #[derive(Default)]
+    struct Collect {
+        rejections: usize,
+        exceptions: usize,
+        conflicts: usize,
+    }
+
+    impl Reporter for Collect {
+        fn rejection(&mut self, _: &Rejection) {
+            self.rejections += 1;
+        }
+        fn exception(&mut self, _: &ExceptionReport) {
+            self.exceptions += 1;
+        }
+        fn conflict(&mut self, _: &Conflict) {
+            self.conflicts += 1;
+        }
+    }
+
+    fn demo(dir: &Path, move_files: bool) -> Deployment {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let drop = dir.join("drop");
+        std::fs::create_dir_all(&drop).unwrap();
+        for f in std::fs::read_dir(repo.join("examples/drop")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, drop.join(f.file_name().unwrap())).unwrap();
+        }
+        // The example's own config, with its relative paths made to point into `dir`.
+        let text = std::fs::read_to_string(repo.join("examples/doorstep.toml"))
+            .unwrap()
+            .replace(
+                "\"../connectors\"",
+                &format!("{:?}", repo.join("connectors")),
+            )
+            .replace("\"../mappings\"", &format!("{:?}", repo.join("mappings")))
+            .replace("move_files = false", &format!("move_files = {move_files}"))
+            .replace("max_wait_seconds = 30", "max_wait_seconds = 0")
+            .replace("../", "");
+        let path = dir.join("doorstep.toml");
+        std::fs::write(&path, &text).unwrap();
+        Deployment::from_config(Config::load(&path).unwrap())
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_demo_deployment_syncs_from_a_library_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployment = demo(dir.path(), true);
+        let store = Arc::new(
+            SqliteStore::open(&deployment.config().sqlite_path)
+                .await
+                .unwrap(),
+        );
+        let mut seen = Collect::default();
+        let report = deployment.sync(store.clone(), &mut seen).await.unwrap();
+
+        assert!(report.intake.accepted > 0, "{report:?}");
+        assert_eq!(report.intake.rejected, 0, "{report:?}");
+        assert_eq!(seen.rejections, 0);
+        assert_eq!(seen.exceptions as u64, report.intake.exceptions);
+        assert!(report.routed > 0, "{report:?}");
+        // The CSV logs are delivered; the paused webhooks and MIS write-backs hold theirs.
+        let t = report.totals;
+        assert!(t.delivered > 0 && t.paused > 0, "{report:?}");
+        assert_eq!((t.pending, t.retrying, t.dead), (0, 0, 0), "{report:?}");
+        assert_eq!(t.delivered + t.paused, report.routed, "{report:?}");
+        assert!(report.is_paused("thrive", "cpoms") && !report.is_paused("thrive", "x"));
+        assert!(report.is_clean(), "{report:?}");
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        let by_state: u64 = report.deliveries.iter().map(|c| c.count).sum();
+        assert_eq!(by_state, report.routed);
+        // Every drop file was filed away to the archive, none rejected; CSV rows written.
+        assert!(files_in(&dir.path().join("drop")).is_empty());
+        assert_eq!(files_in(&dir.path().join("var/archive")).len(), 2);
+        assert!(files_in(&dir.path().join("var/rejected")).is_empty());
+        let csv = files_in(&dir.path().join("out/thrive"));
+        assert!(!csv.is_empty(), "no CSV logs written for thrive");
+
+        // Nothing new: nothing ingested, routed or sent again.
+        let again = deployment.sync(store.clone(), &mut seen).await.unwrap();
+        assert_eq!(again.intake.accepted, 0, "{again:?}");
+        assert_eq!(again.routed, 0, "{again:?}");
+        assert_eq!(again.totals, report.totals);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_left_in_place_are_found_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployment = demo(dir.path(), false);
+        let store = Arc::new(
+            SqliteStore::open(&deployment.config().sqlite_path)
+                .await
+                .unwrap(),
+        );
+        let first = deployment
+            .sync(store.clone(), &mut Collect::default())
+            .await
+            .unwrap();
+        let second = deployment
+            .sync(store.clone(), &mut Collect::default())
+            .await
+            .unwrap();
+        assert_eq!(files_in(&dir.path().join("drop")).len(), 2);
+        assert_eq!(second.intake.accepted, 0);
+        assert_eq!(second.intake.unchanged, first.intake.accepted);
+        assert_eq!(second.routed, 0);
+        store.close().await;
+    }
+
+    #[test]
+    fn a_file_with_rejections_is_filed_with_its_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("day.jsonl");
+        std::fs::write(&file, "{}\n").unwrap();
+        let r = Rejection::new(
+            "day.jsonl",
+            Some(1),
+            None,
+            crate::records::FieldError::new("/kind", crate::records::Rule::MissingField, "x"),
+        );
+        let moved = file_away(&file, &dir.path().join("rejected"), Some(&vec![r])).unwrap();
+        assert!(!file.exists() && moved.exists());
+        let report = std::fs::read_to_string(format!("{}.rejections.jsonl", moved.display()));
+        let report = report.unwrap();
+        assert!(report.contains("\"kind\":\"rejection\""), "{report}");
+        assert_eq!(report.lines().count(), 1);
+    }
+}

@@ -33,7 +33,7 @@ pub struct Mapping {
 
 /// Where one record revision goes: a destination, through a map, by a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Planned {
+pub struct RouteMatch {
     pub destination: String,
     pub route: String,
     pub map: String,
@@ -106,14 +106,14 @@ impl Mapping {
         &self,
         input: &RouteInput<'_>,
         context: &Value,
-    ) -> Result<Vec<Planned>, RenderError> {
-        let mut out: Vec<Planned> = Vec::new();
+    ) -> Result<Vec<RouteMatch>, RenderError> {
+        let mut out: Vec<RouteMatch> = Vec::new();
         for r in &self.routes.routes {
             if out.iter().any(|p| p.destination == r.to) {
                 continue;
             }
             if self.route_one(r, input, context)? {
-                out.push(Planned {
+                out.push(RouteMatch {
                     destination: r.to.clone(),
                     route: r.name.clone(),
                     map: r.map.clone(),

@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use super::config::*;
 use super::{Exception, RuleId, SchoolPlace, Severity};
 use crate::records::{
-    FlagCategory, Incident, Outcome, Purpose, Record, SafeguardingFlag, Timestamp, Urgency,
+    FlagCategory, Incident, Purpose, Record, SafeguardingFlag, Timestamp, Urgency, VisitOutcome,
     VisitReport,
 };
 
@@ -64,7 +64,7 @@ fn minutes(d: Duration) -> i64 {
 
 fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Vec<Exception>) {
     // A cancelled visit never happened: only the rules about records apply to it.
-    let happened = v.outcome != Outcome::Cancelled;
+    let happened = v.outcome != VisitOutcome::Cancelled;
     let visit = v.visit.clone().unwrap_or_default();
     let sign_out = v.sign_out.clone().unwrap_or_default();
 
@@ -244,7 +244,7 @@ fn visit_rules(v: &VisitReport, r: &RulesFile, place: &SchoolPlace, out: &mut Ve
 
     if let Some(c) = &r.no_one_home_note
         && let Some(sev) = c.active(RuleId::NoOneHomeNote)
-        && v.outcome == Outcome::NoOneHome
+        && v.outcome == VisitOutcome::NoOneHome
         && v.note_left != Some(true)
     {
         let was = match v.note_left {

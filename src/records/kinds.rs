@@ -199,7 +199,8 @@ pub struct VisitTimes {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+#[schemars(rename = "Outcome")]
+pub enum VisitOutcome {
     Completed,
     NoOneHome,
     RefusedEntry,
@@ -243,7 +244,8 @@ pub enum AbsenceReason {
 /// When a child was carried in a staff car.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Transport {
+#[schemars(rename = "Transport")]
+pub struct StaffCarTransport {
     pub staff_count: u8,
     pub child_in_rear: bool,
     pub car_seat_used: bool,
@@ -290,7 +292,7 @@ pub struct VisitReport {
     /// Required unless the outcome is `cancelled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visit: Option<VisitTimes>,
-    pub outcome: Outcome,
+    pub outcome: VisitOutcome,
     /// Required when the outcome is `cancelled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation: Option<Cancellation>,
@@ -303,7 +305,7 @@ pub struct VisitReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub absence_reason: Option<AbsenceReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport: Option<Transport>,
+    pub transport: Option<StaffCarTransport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -329,7 +331,8 @@ pub enum IncidentType {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
+#[schemars(rename = "Severity")]
+pub enum IncidentSeverity {
     Low,
     Moderate,
     MajorInjury,
@@ -355,7 +358,7 @@ pub struct Incident {
     pub occurred_at: Timestamp,
     #[serde(rename = "type")]
     pub incident_type: IncidentType,
-    pub severity: Severity,
+    pub severity: IncidentSeverity,
     pub description: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub police_called: Option<PoliceCalled>,

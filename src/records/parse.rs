@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::canonical::{ContentHash, canonical_json};
 use super::fields::{RULE_SEPARATOR, Timestamp, TrustId, Urn, is_valid_record_id};
-use super::kinds::{Incident, Outcome, Pupil, SafeguardingFlag, VisitReport, YearGroup};
+use super::kinds::{Incident, Pupil, SafeguardingFlag, VisitOutcome, VisitReport, YearGroup};
 use super::value::escape_pointer_token;
 use super::{Kind, Record, Rule};
 
@@ -564,7 +564,7 @@ impl Checked for VisitReport {
             }
         }
         let visit = self.visit.clone().unwrap_or_default();
-        if self.outcome == Outcome::Cancelled {
+        if self.outcome == VisitOutcome::Cancelled {
             if self.cancellation.is_none() {
                 errors.push(FieldError::new(
                     "/cancellation",
