@@ -4,11 +4,15 @@
 //! Data flows one way, and each module owns one step:
 //!
 //! ```text
-//! intake (files, HTTP) → records (validate) → store (durable) → policy (exceptions)
+//! intake (files, HTTP) → records (validate) → policy (exceptions, before anything is written)
+//!        → store (durable: the revision and its exceptions in one transaction)
 //!        → mapping (routes, field maps) → delivery (via connectors) → audit (evidence trail)
 //! ```
 //!
-//! `cli` and `server` are thin shells over [`pipeline`], which strings the steps together.
+//! [`pipeline`] strings intake → store together, [`sync`] runs the whole cron job, and
+//! [`deployment`] assembles the parts from `doorstep.toml`. The command line (`src/cli/`,
+//! in the binary) and the coming server are thin shells over this public API. The module
+//! map, glossary and one record's path are in `docs/architecture.md`.
 
 pub mod audit;
 pub mod config;
