@@ -1,0 +1,175 @@
+//! The auditor's bundle (SPEC §5) and its format: the files (`manifest.json` and [`FILES`]),
+//! the [`Manifest`], the entry line's layout, and what `export` and `verify` share.
+//! Owns: the format and the re-exports. May not touch: the store or the filesystem — writing a
+//! bundle is `export`'s, checking one is `verify`'s, personal data `pseudonymise`'s.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+mod export;
+mod pseudonymise;
+mod verify;
+
+pub use export::{ExportError, ExportRequest, ExportSummary, checkpoint_at, export};
+pub use pseudonymise::PSEUDONYM_PREFIX;
+pub use verify::{VerifyFailure, VerifyReport, verify};
+
+pub const FILES: [&str; 7] = [
+    "checkpoint",
+    "log.pub",
+    "entries.jsonl",
+    "records.json",
+    "records.csv",
+    "deliveries.csv",
+    "exceptions.csv",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Period {
+    /// First and last day, inclusive, in the deployment's time zone.
+    pub from: String,
+    pub to: String,
+    /// The same period as UTC instants, `[from_utc, to_utc)`.
+    pub from_utc: String,
+    pub to_utc: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub trust: String,
+    pub school: String,
+    pub period: Period,
+    pub tree_size: u64,
+    pub entries: u64,
+    pub generator: String,
+    pub pseudonymised: bool,
+    /// SHA-256 (hex) of every other file of the bundle.
+    pub files: BTreeMap<String, String>,
+}
+
+/// An entry line as `export` writes it (`verify` reads it as [`EntryRef`]).
+#[derive(Debug, Serialize)]
+struct Entry {
+    index: u64,
+    leaf: String,
+    proof: Vec<String>,
+}
+
+/// An entry line as read by `verify`, borrowing from the line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryRef<'a> {
+    index: u64,
+    #[serde(borrow)]
+    leaf: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    proof: Vec<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> EntryRef<'a> {
+    /// The line read in the exact layout `export` writes — `{"index":N,"leaf":"…","proof":
+    /// ["…",…]}` with base64 and hex strings, which need no unescaping — without a JSON
+    /// parser; `None` for anything else, which is then parsed as JSON.
+    fn exact(line: &'a [u8]) -> Option<Self> {
+        let rest = line.strip_prefix(br#"{"index":"#)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 1 && rest[0] == b'0' {
+            return None; // not a JSON number: the parser says so
+        }
+        let index = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        let rest = rest[digits..].strip_prefix(br#","leaf":""#)?;
+        let end = memchr::memchr(b'"', rest)?;
+        let leaf = ascii(&rest[..end])?;
+        let mut rest = rest[end..].strip_prefix(br#"","proof":["#)?;
+        let mut proof = Vec::with_capacity(40);
+        while let Some(r) = rest.strip_prefix(b"\"") {
+            let end = memchr::memchr(b'"', r)?;
+            proof.push(std::borrow::Cow::Borrowed(ascii(&r[..end])?));
+            rest = &r[end + 1..];
+            rest = rest.strip_prefix(b",").unwrap_or(rest);
+        }
+        (rest == b"]}").then_some(Self {
+            index,
+            leaf: std::borrow::Cow::Borrowed(leaf),
+            proof,
+        })
+    }
+}
+
+/// Bytes that are plain ASCII text with nothing JSON would escape.
+fn ascii(bytes: &[u8]) -> Option<&str> {
+    if bytes.iter().all(|&b| b.is_ascii_graphic() && b != b'\\') {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    }
+}
+
+/// Told how far a long export or verification has gone (the CLI draws a bar in a terminal).
+pub trait Progress: Sync {
+    fn start(&self, _what: &'static str, _total: u64) {}
+    fn advance(&self, _n: u64) {}
+}
+
+/// No progress shown.
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// A spreadsheet must not run a cell as a formula.
+pub fn safe_cell(s: &str) -> String {
+    match s.trim_start().chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+        _ => s.to_owned(),
+    }
+}
+
+fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(header);
+    for row in rows {
+        let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
+    }
+    w.into_inner().unwrap_or_default()
+}
+
+/// A trust's log is named `<key name>/<trust>`.
+pub fn origin(key_name: &str, trust: &str) -> String {
+    format!("{key_name}/{trust}")
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+
+    use super::*;
+
+    #[test]
+    fn an_entry_in_exports_layout_reads_as_json_does() {
+        let entry = Entry {
+            index: 42,
+            leaf: B64.encode(br#"{"event":"received"}"#),
+            proof: vec![hex::encode([7u8; 32]), hex::encode([9u8; 32])],
+        };
+        let line = serde_json::to_string(&entry).unwrap();
+        let fast = EntryRef::exact(line.as_bytes()).expect("export's own layout");
+        let parsed: EntryRef = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (fast.index, &fast.leaf, &fast.proof),
+            (parsed.index, &parsed.leaf, &parsed.proof)
+        );
+        // Anything else goes to the JSON parser, which accepts or refuses it.
+        let spaced = line.replace(",\"leaf\"", ", \"leaf\"");
+        assert!(EntryRef::exact(spaced.as_bytes()).is_none());
+        assert!(serde_json::from_str::<EntryRef>(&spaced).is_ok());
+        let zero = line.replace(":42,", ":042,");
+        assert!(EntryRef::exact(zero.as_bytes()).is_none());
+        assert!(serde_json::from_str::<EntryRef>(&zero).is_err());
+        let escaped = line.replace("\"proof\":[\"", "\"proof\":[\"\\u0030");
+        assert!(EntryRef::exact(escaped.as_bytes()).is_none());
+    }
+}
