@@ -447,3 +447,283 @@ pub(super) fn expand_path(
         format!("`{path}`: {reason} (a school's values are in the destination's `schools`)")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testkit::{claimed, connector, dest, vars};
+    use super::*;
+
+    #[test]
+    fn expand_path_fills_vars_and_the_target_id() {
+        let v = vars(&[("school_id", "42"), ("tenant", "thrive")]);
+        for (path, target, want) in [
+            ("/api/visits", None, "/api/visits"),
+            (
+                "/schools/{{ vars.school_id }}/notes",
+                None,
+                "/schools/42/notes",
+            ),
+            (
+                "/{{ vars.tenant }}/schools/{{ vars.school_id }}",
+                None,
+                "/thrive/schools/42",
+            ),
+            ("/notes/{{ target_id }}", Some("T-9"), "/notes/T-9"),
+            (
+                "{{ target_id }}",
+                Some("https://a.test/n/1"),
+                "https://a.test/n/1",
+            ),
+            // No target id yet: empty, not an error (a create's path may not use it).
+            ("/notes/{{ target_id }}", None, "/notes/"),
+            (
+                "/schools/{{ vars.school_id }}/notes/{{ target_id }}",
+                Some("7"),
+                "/schools/42/notes/7",
+            ),
+        ] {
+            assert_eq!(
+                expand_path(path, &v, target).as_deref(),
+                Ok(want),
+                "{path} {target:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expand_path_refuses_a_var_the_school_lacks() {
+        let err = expand_path("/schools/{{ vars.school_id }}", &vars(&[]), None).unwrap_err();
+        assert!(
+            err.starts_with("`/schools/{{ vars.school_id }}`: "),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("(a school's values are in the destination's `schools`)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn merge_bodies_gathers_items_into_the_first_body() {
+        let cases = [
+            (
+                "arrays at the pointer",
+                vec![
+                    json!({"school": "A", "marks": [1, 2]}),
+                    json!({"school": "B", "marks": [3]}),
+                ],
+                "/marks",
+                json!({"school": "A", "marks": [1, 2, 3]}),
+            ),
+            (
+                "single values at the pointer",
+                vec![json!({"mark": {"a": 1}}), json!({"mark": {"a": 2}})],
+                "/mark",
+                json!({"mark": [{"a": 1}, {"a": 2}]}),
+            ),
+            (
+                "a nested pointer",
+                vec![
+                    json!({"request": {"id": 1, "marks": [{"m": 1}]}}),
+                    json!({"request": {"id": 2, "marks": [{"m": 2}, {"m": 3}]}}),
+                ],
+                "/request/marks",
+                json!({"request": {"id": 1, "marks": [{"m": 1}, {"m": 2}, {"m": 3}]}}),
+            ),
+            (
+                "one body: its value becomes an array",
+                vec![json!({"mark": 5})],
+                "/mark",
+                json!({"mark": [5]}),
+            ),
+            (
+                "an empty array adds nothing",
+                vec![json!({"marks": [1]}), json!({"marks": []})],
+                "/marks",
+                json!({"marks": [1]}),
+            ),
+            (
+                "the empty pointer: the bodies themselves",
+                vec![json!({"a": 1}), json!({"a": 2})],
+                "",
+                json!([{"a": 1}, {"a": 2}]),
+            ),
+        ];
+        for (case, bodies, pointer, want) in cases {
+            assert_eq!(merge_bodies(bodies.iter(), pointer), Ok(want), "{case}");
+        }
+    }
+
+    #[test]
+    fn merge_bodies_refuses_a_body_without_the_pointer() {
+        let want = Err("the map's body has nothing at the batch pointer /marks".to_owned());
+        let first = [json!({"other": 1}), json!({"marks": [1]})];
+        assert_eq!(merge_bodies(first.iter(), "/marks"), want);
+        let later = [json!({"marks": [1]}), json!({"other": 1})];
+        assert_eq!(merge_bodies(later.iter(), "/marks"), want);
+        assert_eq!(merge_bodies([].iter(), "/marks"), want);
+    }
+
+    const CONNECTOR: &str = r#"
+transport = "http_json"
+
+[endpoints.visit_report]
+path = "/schools/{{ vars.school_id }}/visits"
+update_method = "PATCH"
+update_path = "/schools/{{ vars.school_id }}/visits/{{ target_id }}"
+
+[endpoints.incident]
+method = "PUT"
+path = "/incidents"
+
+[endpoints.note]
+path = "/notes"
+update_method = "PUT"
+update_path = "{{ target_id }}"
+target_id = { header = "Location" }
+
+[response]
+target_id = { pointer = "/id" }
+"#;
+
+    /// (method, URL, the target-id rule's pointer and header).
+    type Target = (String, String, Option<String>, Option<String>);
+
+    fn target(
+        url: &str,
+        endpoint: Option<&str>,
+        kind: &str,
+        prior: Option<&str>,
+    ) -> Result<Target, String> {
+        let d = dest(connector("api", CONNECTOR), Some(url), endpoint);
+        let v = vars(&[("school_id", "42")]);
+        target_of(&d, &claimed(kind, prior), &v).map(|(m, u, t)| {
+            (
+                m.to_string(),
+                u,
+                t.and_then(|t| t.pointer.clone()),
+                t.and_then(|t| t.header.clone()),
+            )
+        })
+    }
+
+    fn want(method: &str, url: &str, pointer: Option<&str>, header: Option<&str>) -> Target {
+        (
+            method.into(),
+            url.into(),
+            pointer.map(str::to_owned),
+            header.map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn target_of_creates_then_updates() {
+        let base = "https://api.test/v1/";
+        let id = Some("/id");
+        for (case, url, endpoint, kind, prior, expected) in [
+            (
+                "a create: the endpoint's method (POST unless given) and path",
+                base,
+                None,
+                "visit_report",
+                None,
+                want("POST", "https://api.test/v1/schools/42/visits", id, None),
+            ),
+            (
+                "an update of the record an earlier revision created",
+                base,
+                None,
+                "visit_report",
+                Some("T-7"),
+                want(
+                    "PATCH",
+                    "https://api.test/v1/schools/42/visits/T-7",
+                    id,
+                    None,
+                ),
+            ),
+            (
+                "an endpoint without an update creates again",
+                base,
+                None,
+                "incident",
+                Some("T-7"),
+                want("PUT", "https://api.test/v1/incidents", id, None),
+            ),
+            (
+                "a base URL without the trailing slash",
+                "https://api.test/v1",
+                None,
+                "incident",
+                None,
+                want("PUT", "https://api.test/v1/incidents", id, None),
+            ),
+            (
+                "the destination's endpoint instead of the kind's",
+                base,
+                Some("incident"),
+                "visit_report",
+                None,
+                want("PUT", "https://api.test/v1/incidents", id, None),
+            ),
+            (
+                "vars in the destination's URL",
+                "https://api.test/{{ vars.school_id }}/",
+                None,
+                "incident",
+                None,
+                want("PUT", "https://api.test/42/incidents", id, None),
+            ),
+            (
+                "the endpoint's own target-id rule",
+                base,
+                None,
+                "note",
+                None,
+                want("POST", "https://api.test/v1/notes", None, Some("Location")),
+            ),
+            (
+                "a target id that is a URL on the destination's host",
+                base,
+                None,
+                "note",
+                Some("https://api.test/v1/notes/5"),
+                want("PUT", "https://api.test/v1/notes/5", None, Some("Location")),
+            ),
+        ] {
+            assert_eq!(target(url, endpoint, kind, prior), Ok(expected), "{case}");
+        }
+    }
+
+    #[test]
+    fn target_of_refuses_what_it_cannot_send_to() {
+        let base = "https://api.test/v1/";
+        assert_eq!(
+            target(base, None, "flag", None),
+            Err("connector `api` has no endpoint for flag".into())
+        );
+        assert_eq!(
+            target(
+                base,
+                None,
+                "note",
+                Some("https://elsewhere.test/v1/notes/5")
+            ),
+            Err("the target id is a URL on another host than the destination's".into())
+        );
+        assert_eq!(
+            target(base, None, "note", Some("http://api.test/v1/notes/5")),
+            Err("the target id is a URL on another host than the destination's".into())
+        );
+        let d = dest(connector("api", CONNECTOR), Some(base), None);
+        let Err(e) = target_of(&d, &claimed("visit_report", None), &vars(&[])) else {
+            panic!("a school without its id made a URL");
+        };
+        assert!(
+            e.starts_with("`/schools/{{ vars.school_id }}/visits`: "),
+            "{e}"
+        );
+    }
+}

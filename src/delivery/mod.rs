@@ -14,6 +14,8 @@ pub mod lookup;
 pub mod online;
 pub mod plan;
 mod retry;
+#[cfg(test)]
+mod testkit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -260,5 +262,141 @@ impl Engine {
             first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// The whole engine in process: records ingested into a real SQLite store, routed, and
+    /// sent to a mock server, one refused once (`503`, `Retry-After: 0`) and retried.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_engine_run_routes_sends_retries_and_records() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/api/visits"))
+            .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "0"))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/api/visits"))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "T-1"})))
+            .mount(&server)
+            .await;
+        let d = testkit::Deployment::new(&["V-1", "V-2"]);
+        let trusts = d.trusts();
+        let store = Arc::new(SqliteStore::open(&d.path("var/doorstep.db")).await.unwrap());
+        crate::pipeline::ingest(
+            store.as_ref(),
+            vec![d.path("drop/visits.json")],
+            trusts.clone(),
+            &mut testkit::Quiet,
+        )
+        .await
+        .unwrap();
+
+        let engine = d.engine(trusts, &server.uri());
+        assert!(engine.paused().is_empty());
+        assert_eq!(engine.route(store.as_ref()).await.unwrap(), 2);
+        assert_eq!(
+            engine.route(store.as_ref()).await.unwrap(),
+            0,
+            "routed twice"
+        );
+        engine
+            .run(store.clone(), Instant::now() + Duration::from_secs(20))
+            .await
+            .unwrap();
+
+        let counts: Vec<(String, String, String, u64)> = store
+            .delivery_counts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.trust, c.destination, c.state, c.count))
+            .collect();
+        assert_eq!(
+            counts,
+            [("thrive".into(), "api".into(), "delivered".into(), 2)]
+        );
+        let requests = server.received_requests().await.unwrap();
+        assert_eq!(requests.len(), 3, "two deliveries and one retry");
+        // The retry goes with the refused request's key; the two records have their own.
+        let keys: BTreeSet<&str> = requests
+            .iter()
+            .map(|r| r.headers.get("Idempotency-Key").unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        let ids: BTreeSet<String> = requests
+            .iter()
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(body["event"], "visit_report");
+                assert_eq!(body["school_urn"], "117800");
+                body["record_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids, BTreeSet::from(["V-1".to_owned(), "V-2".to_owned()]));
+        store.close().await;
+    }
+
+    #[test]
+    fn an_override_naming_no_destination_is_refused() {
+        let d = testkit::Deployment::new(&[]);
+        let connectors = Arc::new(Connectors::load(&d.path("connectors")).unwrap());
+        let mut settings = Settings::default();
+        settings.overrides.insert(
+            ("thrive".into(), "api".into()),
+            Override {
+                url: Some("http://127.0.0.1:9".into()),
+                ..Override::default()
+            },
+        );
+        settings.overrides.insert(
+            ("thrive".into(), "nowhere".into()),
+            Override {
+                paused: true,
+                ..Override::default()
+            },
+        );
+        let Err(e) = Engine::new(d.trusts(), connectors, &settings) else {
+            panic!("an override of no destination was taken");
+        };
+        assert_eq!(
+            e.to_string(),
+            "trust `thrive`, destination `nowhere`: the config's [destinations] names a \
+             destination no routes.toml has"
+        );
+    }
+
+    #[test]
+    fn a_paused_destination_is_listed_and_needs_no_url() {
+        let d = testkit::Deployment::new(&[]);
+        let connectors = Arc::new(Connectors::load(&d.path("connectors")).unwrap());
+        let mut settings = Settings::default();
+        settings.overrides.insert(
+            ("thrive".into(), "api".into()),
+            Override {
+                paused: true,
+                ..Override::default()
+            },
+        );
+        let engine = Engine::new(d.trusts(), connectors.clone(), &settings).unwrap();
+        assert_eq!(engine.paused(), [("thrive".to_owned(), "api".to_owned())]);
+        // Un-paused, the same destination has no URL to send to.
+        let Err(e) = Engine::new(d.trusts(), connectors, &Settings::default()) else {
+            panic!("a destination without a URL was taken");
+        };
+        assert!(e.to_string().contains("no `url`"), "{e}");
     }
 }
