@@ -1,6 +1,5 @@
-//! One attempt at one delivery (or one batched request): the record's look-ups made, its
-//! body or row rendered, the request's method and URL worked out, and the sink called.
-//!
+//! One attempt at one delivery (or one batched request): look-ups made, body or row
+//! rendered, method and URL worked out, the sink called.
 //! Owns: preparing and sending. May not touch: when to retry (`retry`), claiming or
 //! recording outcomes (`driver`).
 

@@ -1,6 +1,5 @@
 //! A destination ready to send: its connector, sink (HTTP client or CSV writer), URL,
-//! rate limiter and look-up cache, and how its sink is built from its credentials.
-//!
+//! rate limiter and look-up cache, and its sink built from its checked credentials.
 //! Owns: `Dest`, `Sink`, reading and checking a destination's secrets. May not touch:
 //! sending, retries or the store.
 

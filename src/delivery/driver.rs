@@ -1,6 +1,5 @@
 //! One destination's loop: claims its due deliveries, keeps its slots busy (its own
-//! concurrency, batches where the endpoint batches), and hands every outcome to the writer.
-//!
+//! concurrency and rate limit, batches where the endpoint batches), hands outcomes on.
 //! Owns: the `Driver` and how outcomes are logged. May not touch: what one attempt does
 //! (`attempt`) or what its result comes to (`retry`).
 

@@ -4,7 +4,9 @@
 //! record holds up no other), most urgent first, revisions of one record in order, and
 //! records every outcome with its evidence-trail event.
 //!
-//! Owns: routing into deliveries, sending through the connectors, retries and dead letters.
+//! Owns: routing into deliveries, sending through the connectors, retries and dead letters;
+//! here, the `Engine` (new, route, run, paused) and its errors. Destinations are built in
+//! `destinations`, each run by its `driver`, one `attempt` at a time, decided by `retry`.
 //! May not touch: intake or validation; how a body is built (the mapping's).
 
 mod attempt;

@@ -1,7 +1,7 @@
 //! What an attempt's result comes to: delivered, retried after a backoff (or the
 //! target's `Retry-After`), or dead once the connector's attempts run out.
-//!
-//! Owns: the retry decision and the backoff. Pure: no I/O, no store, no sending.
+//! Owns: the retry decision and the backoff. Pure: may not touch I/O, the store or
+//! the clock (`conclude`, its thin wrapper, reads the time).
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
-//! Test helpers for the delivery engine's unit tests: a destination built from connector
-//! text, a claimed delivery, and a throwaway deployment (connector, trust, routes, map and
-//! a record in a temporary folder) an `Engine` runs in process against a mock server.
-//!
-//! Owns: nothing the engine uses; compiled for tests only.
+//! Test helpers for the delivery unit tests: a destination from connector text, a claimed
+//! delivery, and a throwaway deployment (connector, trust, routes, map, records) that an
+//! `Engine` runs in process against a mock server.
+//! Owns: nothing the engine uses (tests only). May not touch: production code paths.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
