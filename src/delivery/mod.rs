@@ -4,31 +4,39 @@
 //! record holds up no other), most urgent first, revisions of one record in order, and
 //! records every outcome with its evidence-trail event.
 //!
-//! Owns: routing into deliveries, sending through the connectors, retries and dead letters.
+//! Owns: routing into deliveries, sending through the connectors, retries and dead letters;
+//! here, the `Engine` (new, route, run, paused) and its errors. Destinations are built in
+//! `destinations`, each run by its `driver`, one `attempt` at a time, decided by `retry`.
 //! May not touch: intake or validation; how a body is built (the mapping's).
 
+mod attempt;
+mod destinations;
+mod driver;
 pub mod lookup;
 pub mod online;
 pub mod plan;
+mod retry;
+#[cfg(test)]
+mod testkit;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backon::BackoffBuilder;
-use chrono::{SecondsFormat, Utc};
-use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use crate::connectors::csv::CsvSink;
-use crate::connectors::http::{Credentials, HttpSink, Request, loggable, webhook_key};
-use crate::connectors::{Attempt, Connector, Connectors, Transport};
-use crate::mapping::{RaisedException, Rendered, Trusts};
+use crate::connectors::http::{Credentials, HttpSink};
+use crate::connectors::{Connectors, Transport};
+use crate::mapping::Trusts;
 use crate::store::StoreError;
-use crate::store::deliveries::{Claimed, DeliveryStore, Finished, Outcome};
+use crate::store::deliveries::{DeliveryStore, Finished};
+
+use destinations::{Dest, Sink, http_sink};
+use driver::{Driver, log_outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -42,48 +50,6 @@ pub enum DeliveryError {
 
 pub use crate::config::{DeliverySettings as Settings, DestinationOverride as Override};
 
-enum Sink {
-    Http(Arc<HttpSink>),
-    Csv(Arc<CsvSink>),
-}
-
-/// One destination ready to send.
-struct Dest {
-    trust: String,
-    name: String,
-    connector: Arc<Connector>,
-    sink: Sink,
-    url: Option<String>,
-    /// The endpoint every record goes to, instead of the one for its kind.
-    endpoint: Option<String>,
-    config: crate::mapping::Destination,
-    /// The trust's folder (relative secret files are read from it).
-    folder: PathBuf,
-    limiter: Option<governor::DefaultDirectRateLimiter>,
-    /// Shared by every destination of the trust on the same system (connector and URL):
-    /// Thrive's notes and register are one Arbor, asked once per pupil.
-    lookups: Arc<lookup::Lookups>,
-    /// The look-up cache's name in the store: the connector and URL.
-    lookup_scope: String,
-    paused: bool,
-}
-
-impl Dest {
-    fn endpoint(&self, kind: &str) -> Option<&crate::connectors::Endpoint> {
-        self.connector.endpoint(self.endpoint.as_deref(), kind)
-    }
-
-    /// How many deliveries like this one go in one request: the endpoint's batch size for
-    /// a create; 1 for an update (it names one target record) or an endpoint that does not
-    /// batch.
-    fn batch_size(&self, c: &Claimed) -> usize {
-        match self.endpoint(&c.kind) {
-            Some(e) if e.batch_pointer.is_some() && c.prior_target.is_none() => e.batch_size.max(1),
-            _ => 1,
-        }
-    }
-}
-
 /// The delivery engine of one deployment.
 pub struct Engine {
     trusts: Arc<Trusts>,
@@ -93,12 +59,6 @@ pub struct Engine {
     lookups: Vec<Arc<lookup::Lookups>>,
 }
 
-/// How many claimed deliveries a destination keeps ahead of its senders, per slot: enough
-/// to keep sending while the next chunk is claimed, few enough that an urgent flag claimed
-/// next waits only for this queue to drain.
-const AHEAD: usize = 4;
-/// The longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 /// Outcomes committed together.
 const FINISH_BATCH: usize = 512;
 
@@ -289,719 +249,138 @@ impl Engine {
     }
 }
 
-/// A destination's HTTP client with its credentials read and checked against what its
-/// connector authenticates with.
-fn http_sink(
-    folder: &std::path::Path,
-    d: &crate::mapping::Destination,
-    connector: &Arc<Connector>,
-    url: Option<&str>,
-) -> Result<HttpSink, String> {
-    let c = credentials(folder, d)?;
-    check_auth(connector, &c, url)?;
-    HttpSink::new(connector.clone(), c)
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
 
-/// A destination's credentials, read from its secret references (relative files from the
-/// trust's folder). The error names the key, never a value.
-fn credentials(
-    base: &std::path::Path,
-    d: &crate::mapping::Destination,
-) -> Result<Credentials, String> {
-    let secret = |key: &str, s: &Option<crate::config::SecretRef>| {
-        s.as_ref()
-            .map(|s| s.resolve(base).map_err(|r| format!("{key}: {r}")))
-            .transpose()
-    };
-    let mut c = Credentials {
-        username: secret("username", &d.username)?,
-        password: secret("password", &d.password)?,
-        token: secret("token", &d.token)?,
-        client_id: secret("client_id", &d.client_id)?,
-        client_secret: secret("client_secret", &d.client_secret)?,
-        token_url: d.token_url.clone(),
-        scopes: d.scopes.clone(),
-        webhook_keys: Vec::new(),
-    };
-    for (i, s) in d.secrets.iter().enumerate() {
-        let v = s.resolve(base).map_err(|r| format!("secrets[{i}]: {r}"))?;
-        c.webhook_keys
-            .push(webhook_key(&v).map_err(|r| format!("secrets[{i}]: {r}"))?);
-    }
-    Ok(c)
-}
+    use serde_json::json;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn check_auth(c: &Connector, cred: &Credentials, url: Option<&str>) -> Result<(), String> {
-    use crate::connectors::AuthScheme;
-    if url.is_none_or(str::is_empty) {
-        return Err("no `url` (in routes.toml or the deployment's [destinations])".into());
-    }
-    let missing = |k: &str| {
-        Err(format!(
-            "connector `{}` authenticates with {k}, which the destination does not give",
-            c.name
-        ))
-    };
-    match c.auth {
-        AuthScheme::None => {}
-        AuthScheme::Basic if cred.username.is_none() => return missing("`username`"),
-        AuthScheme::Bearer if cred.token.is_none() => return missing("`token`"),
-        AuthScheme::Oauth2ClientCredentials
-            if cred.client_id.is_none() || cred.token_url.is_none() =>
-        {
-            return missing("`client_id`, `client_secret` and `token_url`");
-        }
-        _ => {}
-    }
-    if c.transport == Transport::Webhook && cred.webhook_keys.is_empty() {
-        return Err("a webhook destination needs at least one signing secret in `secrets`".into());
-    }
-    Ok(())
-}
+    use super::*;
+    use crate::store::SqliteStore;
 
-/// Logs an outcome by ids and status: the target's own words (which may quote the record)
-/// stay in the store, never in the log.
-fn log_outcome(f: &Finished) {
-    let c = &f.claimed;
-    match &f.outcome {
-        Outcome::Delivered { status, .. } => tracing::info!(
-            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
-            revision = c.revision, status, "delivered"
-        ),
-        Outcome::Retry { error, next_at, .. } => tracing::warn!(
-            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
-            revision = c.revision, error = %loggable(error), next_at = %next_at, "delivery failed; will retry"
-        ),
-        Outcome::Dead { error, .. } => tracing::error!(
-            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
-            revision = c.revision, error = %loggable(error), "delivery dead-lettered"
-        ),
-    }
-}
-
-struct Driver<S> {
-    dest: Arc<Dest>,
-    trusts: Arc<Trusts>,
-    connectors: Arc<Connectors>,
-    store: Arc<S>,
-    tx: mpsc::Sender<Finished>,
-    wake: Arc<Notify>,
-    deadline: Instant,
-}
-
-impl<S: DeliveryStore + 'static> Driver<S> {
-    /// One destination's loop: keep its slots busy with the most urgent due deliveries.
-    /// Claiming runs beside the sending (the next chunk is claimed while the current one is
-    /// sent), so the store's commits are not on the senders' path.
-    async fn drive(self) -> Result<(), StoreError> {
-        let slots = self.dest.connector.limits.concurrency;
-        // Room for full batches, where the connector batches.
-        let batch = self
-            .dest
-            .connector
-            .endpoints
-            .values()
-            .map(|e| e.batch_size)
-            .max()
-            .unwrap_or(1);
-        let ahead = slots * AHEAD * batch;
-        let mut queue: VecDeque<Claimed> = VecDeque::new();
-        let mut sending: JoinSet<()> = JoinSet::new();
-        let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<Claimed>, StoreError>>> = None;
-        // The last claim found nothing due: wait for an outcome or a moment before the next.
-        let mut dry = false;
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            while sending.try_join_next().is_some() {}
-            if self.tx.is_closed() {
-                // The outcome writer stopped (its store error ends the run): send no more.
-                return Ok(());
-            }
-            if claiming.is_none() && !dry && queue.len() <= ahead / 2 {
-                let (store, trust, name) = (
-                    self.store.clone(),
-                    self.dest.trust.clone(),
-                    self.dest.name.clone(),
-                );
-                let limit = ahead - queue.len();
-                claiming = Some(tokio::spawn(async move {
-                    store.claim(&trust, &name, limit).await
-                }));
-            }
-            while sending.len() < slots {
-                let Some(c) = queue.pop_front() else { break };
-                let env = Env {
-                    dest: self.dest.clone(),
-                    trusts: self.trusts.clone(),
-                    connectors: self.connectors.clone(),
-                    store: self.store.clone(),
-                };
-                let tx = self.tx.clone();
-                let size = self.dest.batch_size(&c);
-                if size > 1 {
-                    // The next deliveries of the same kind and school (a school's URL may
-                    // differ) that are creates too.
-                    let mut batch = vec![c];
-                    while batch.len() < size
-                        && let Some(i) = queue.iter().position(|q| {
-                            q.kind == batch[0].kind
-                                && q.school == batch[0].school
-                                && self.dest.batch_size(q) > 1
-                        })
-                    {
-                        batch.extend(queue.remove(i));
-                    }
-                    sending.spawn(async move {
-                        for finished in attempt_batch(&env, batch).await {
-                            let _ = tx.send(finished).await;
-                        }
-                    });
-                    continue;
-                }
-                sending.spawn(async move {
-                    let finished = attempt(&env, c).await;
-                    let _ = tx.send(finished).await;
-                });
-            }
-            if queue.is_empty() && sending.is_empty() && claiming.is_none() {
-                // Nothing claimed and nothing in flight: wait for the next retry, if it
-                // falls before the deadline, or for an outcome elsewhere (a revision waiting
-                // on its predecessor), else stop.
-                let Some(next) = self
-                    .store
-                    .next_due(&self.dest.trust, &self.dest.name)
-                    .await?
-                else {
-                    return Ok(());
-                };
-                let wait = chrono::DateTime::parse_from_rfc3339(&next)
-                    .map(|t| {
-                        (t.with_timezone(&Utc) - Utc::now())
-                            .to_std()
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_default();
-                if Instant::now() + wait > self.deadline {
-                    return Ok(());
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
-                    _ = &mut notified => {}
-                }
-                dry = false;
-                continue;
-            }
-            tokio::select! {
-                got = async {
-                    match claiming.as_mut() {
-                        Some(handle) => handle.await,
-                        None => std::future::pending().await,
-                    }
-                }, if claiming.is_some() => {
-                    claiming = None;
-                    let got = got.map_err(|e| StoreError::Io { location: "claim".into(), reason: e.to_string() })??;
-                    dry = got.is_empty();
-                    queue.extend(got);
-                }
-                _ = sending.join_next(), if !sending.is_empty() => {}
-                _ = &mut notified => { dry = false; }
-                _ = tokio::time::sleep(Duration::from_millis(100)), if dry => { dry = false; }
-            }
-        }
-    }
-}
-
-/// What the senders of one destination share.
-struct Env<S> {
-    dest: Arc<Dest>,
-    trusts: Arc<Trusts>,
-    connectors: Arc<Connectors>,
-    store: Arc<S>,
-}
-
-impl<S> Clone for Env<S> {
-    fn clone(&self) -> Self {
-        Env {
-            dest: self.dest.clone(),
-            trusts: self.trusts.clone(),
-            connectors: self.connectors.clone(),
-            store: self.store.clone(),
-        }
-    }
-}
-
-/// A delivery ready to go: what to send, and the school's `vars` for its URL.
-struct Prepared {
-    out: plan::Outgoing,
-    vars: BTreeMap<String, String>,
-}
-
-/// Makes one attempt and decides what it comes to.
-async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finished {
-    let result = match prepare(env, &c).await {
-        Err(a) => a,
-        Ok(p) => send(&env.dest, &c, p).await,
-    };
-    conclude(&env.dest.connector.limits, c, result)
-}
-
-/// Sends several deliveries of one kind as few requests as the endpoint allows: bodies
-/// for the same URL that agree at the endpoint's `batch_by` pointers share a request, their
-/// items at `batch_pointer` gathered into the first body's array there. Every delivery of a
-/// request gets its outcome; one whose body cannot be built goes dead on its own.
-async fn attempt_batch<S: DeliveryStore>(env: &Env<S>, batch: Vec<Claimed>) -> Vec<Finished> {
-    let dest = &env.dest;
-    let limits = &dest.connector.limits;
-    let mut done = Vec::with_capacity(batch.len());
-    // Members by (URL, batch_by values), in claim order.
-    let mut groups: Vec<(String, Vec<Member>)> = Vec::new();
-    for c in batch {
-        match prepare(env, &c).await {
-            Ok(Prepared {
-                out:
-                    plan::Outgoing {
-                        rendered: Rendered::Body(body),
-                        ..
-                    },
-                vars,
-            }) => {
-                let by = dest
-                    .endpoint(&c.kind)
-                    .map(|e| e.batch_by.clone())
-                    .unwrap_or_default();
-                let group = match target_of(dest, &c, &vars) {
-                    Ok((_, url, _)) => {
-                        let values: Vec<String> = by
-                            .iter()
-                            .map(|p| body.pointer(p).map(Value::to_string).unwrap_or_default())
-                            .collect();
-                        format!("{url}\u{1f}{}", values.join("\u{1f}"))
-                    }
-                    Err(reason) => {
-                        done.push(conclude(limits, c, permanent(reason)));
-                        continue;
-                    }
-                };
-                match groups.iter_mut().find(|(g, _)| *g == group) {
-                    Some((_, members)) => members.push((c, body, vars)),
-                    None => groups.push((group, vec![(c, body, vars)])),
-                }
-            }
-            Ok(_) => done.push(conclude(
-                limits,
-                c,
-                permanent("the map's output does not fit the connector".into()),
-            )),
-            Err(a) => done.push(conclude(limits, c, a)),
-        }
-    }
-    for (_, members) in groups {
-        done.extend(send_batch(dest, members).await);
-    }
-    done
-}
-
-/// One delivery of a batch: its body and its school's `vars`.
-type Member = (Claimed, Value, BTreeMap<String, String>);
-
-/// One request for the bodies of one batch group.
-async fn send_batch(dest: &Arc<Dest>, members: Vec<Member>) -> Vec<Finished> {
-    let limits = &dest.connector.limits;
-    let Some((first, _, vars)) = members.first() else {
-        return Vec::new();
-    };
-    let pointer = dest
-        .endpoint(&first.kind)
-        .and_then(|e| e.batch_pointer.clone())
-        .unwrap_or_default();
-    let merged = match merge_bodies(members.iter().map(|(_, b, _)| b), &pointer) {
-        Ok(m) => m,
-        Err(reason) => {
-            return members
-                .into_iter()
-                .map(|(c, _, _)| conclude(limits, c, permanent(reason.clone())))
-                .collect();
-        }
-    };
-    // The batch's key: the same for the same members, whatever the attempt.
-    let key = plan::idempotency_key(
-        &first.trust,
-        &first.destination,
-        "batch",
-        &members
-            .iter()
-            .map(|(c, _, _)| c.idempotency_key.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        1,
-    );
-    let mut lead = first.clone();
-    lead.idempotency_key = key;
-    let prepared = Prepared {
-        out: plan::Outgoing {
-            destination: lead.destination.clone(),
-            connector: dest.connector.name.clone(),
-            map: lead.map.clone(),
-            rendered: Rendered::Body(merged),
-            file: None,
-        },
-        vars: vars.clone(),
-    };
-    let result = send(dest, &lead, prepared).await;
-    members
-        .into_iter()
-        .map(|(c, _, _)| {
-            // The target's id for the request (Wonde's writeback_id) is each member's.
-            conclude(limits, c, result.clone())
-        })
-        .collect()
-}
-
-fn permanent(reason: String) -> Attempt {
-    Attempt::Permanent {
-        reason,
-        status: None,
-        response: None,
-    }
-}
-
-/// One body holding every body's items at `pointer` (an array there, or a single value).
-fn merge_bodies<'a>(
-    mut bodies: impl Iterator<Item = &'a Value>,
-    pointer: &str,
-) -> Result<Value, String> {
-    let mut merged = bodies.next().cloned().unwrap_or(Value::Null);
-    let mut items: Vec<Value> = Vec::new();
-    let take = |b: &Value, items: &mut Vec<Value>| -> Result<(), String> {
-        match b.pointer(pointer) {
-            Some(Value::Array(a)) => items.extend(a.iter().cloned()),
-            Some(v) => items.push(v.clone()),
-            None => {
-                return Err(format!(
-                    "the map's body has nothing at the batch pointer {pointer}"
-                ));
-            }
-        }
-        Ok(())
-    };
-    take(&merged, &mut items)?;
-    for b in bodies {
-        take(b, &mut items)?;
-    }
-    match merged.pointer_mut(pointer) {
-        Some(slot) => *slot = Value::Array(items),
-        None => {
-            return Err(format!(
-                "the map's body has nothing at the batch pointer {pointer}"
-            ));
-        }
-    }
-    Ok(merged)
-}
-
-/// What an attempt's result comes to: delivered, dead, or retried after a backoff (or the
-/// target's `Retry-After`) until the connector's attempts run out.
-fn conclude(limits: &crate::connectors::Limits, c: Claimed, result: Attempt) -> Finished {
-    let outcome = match result {
-        Attempt::Delivered { target_id, status } => Outcome::Delivered { target_id, status },
-        Attempt::Permanent {
-            reason,
-            status,
-            response,
-        } => Outcome::Dead {
-            error: reason,
-            status,
-            response,
-        },
-        Attempt::Retry {
-            reason,
-            status,
-            response,
-            ..
-        } if c.attempts + 1 >= limits.max_attempts => Outcome::Dead {
-            error: format!("gave up after {} attempts: {reason}", c.attempts + 1),
-            status,
-            response,
-        },
-        Attempt::Retry {
-            reason,
-            status,
-            retry_after,
-            ..
-        } => {
-            // A target's Retry-After is honoured up to a day (a bigger one is not believed).
-            let delay = retry_after
-                .map(|d| d.min(MAX_RETRY_AFTER))
-                .unwrap_or_else(|| backoff(limits, c.attempts));
-            let next =
-                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(1));
-            Outcome::Retry {
-                next_at: next.to_rfc3339_opts(SecondsFormat::Micros, true),
-                error: reason,
-                status,
-            }
-        }
-    };
-    Finished {
-        claimed: c,
-        at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
-        outcome,
-    }
-}
-
-/// The delay before retry number `attempts + 1`: exponential from the connector's minimum,
-/// doubling to its maximum, with jitter.
-fn backoff(limits: &crate::connectors::Limits, attempts: u32) -> Duration {
-    let min = Duration::from_secs_f64(limits.backoff_min_seconds);
-    let max = Duration::from_secs_f64(limits.backoff_max_seconds);
-    backon::ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(attempts as usize)
-        .unwrap_or(max)
-}
-
-/// What to send: the record's look-ups made, then its body or row rendered; or what the
-/// attempt comes to without sending (a map that cannot be built, a pupil the target does
-/// not have: permanent, replayed after the fix; a look-up the target failed to answer:
-/// retried).
-async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared, Attempt> {
-    let dest = &env.dest;
-    let trust = env.trusts.get(&c.trust).ok_or_else(|| {
-        permanent(format!(
-            "trust `{}` is no longer in the mappings folder",
-            c.trust
-        ))
-    })?;
-    let record: Value =
-        serde_json::from_str(&c.canonical).map_err(|e| permanent(format!("stored record: {e}")))?;
-    let raised: Vec<RaisedException> = c
-        .exceptions
-        .iter()
-        .map(|(rule, severity)| RaisedException {
-            rule: rule.clone(),
-            severity: *severity,
-        })
-        .collect();
-    let mut extras = plan::Extras {
-        vars: dest.config.vars_for(&c.school),
-        lookups: BTreeMap::new(),
-        of_visit: None,
-    };
-    // An incident or flag of a visit: the visit report, current revision, beside it.
-    if c.kind != "visit_report"
-        && let Some(visit_id) = record.get("visit_id").and_then(Value::as_str)
-    {
-        let revisions = env
-            .store
-            .revisions(&c.trust, crate::records::Kind::VisitReport, visit_id)
-            .await
-            .map_err(|e| Attempt::Retry {
-                reason: format!("reading the record's visit: {e}"),
-                status: None,
-                retry_after: None,
-                response: None,
-            })?;
-        extras.of_visit = revisions
-            .last()
-            .and_then(|(_, canonical)| serde_json::from_str(canonical).ok());
-    }
-    let needs = plan::lookup_needs(
-        trust,
-        &env.connectors,
-        &dest.name,
-        &record,
-        &raised,
-        &extras,
-    )
-    .map_err(|e| permanent(format!("mapping: {e}")))?;
-    for need in needs {
-        let (Some(spec), Sink::Http(sink)) = (dest.connector.lookups.get(&need.name), &dest.sink)
-        else {
-            continue;
-        };
-        let scope = crate::store::lookups::LookupScope {
-            trust: c.trust.clone(),
-            destination: dest.lookup_scope.clone(),
-            school: c.school.clone(),
-            name: need.name.clone(),
-        };
-        let target = lookup::Target {
-            sink,
-            base_url: dest.url.as_deref().unwrap_or_default(),
-            spec,
-            vars: &extras.vars,
-        };
-        match dest
-            .lookups
-            .resolve(env.store.as_ref(), &target, &scope, &need.key)
-            .await
-        {
-            Ok(crate::store::lookups::Cached::Found(v)) => {
-                extras.lookups.insert(need.name, v);
-            }
-            // Named by the record, never by the value looked up (a UPN, a name).
-            Ok(crate::store::lookups::Cached::NotFound) => {
-                return Err(permanent(format!(
-                    "look-up `{}`: the target has no match for {} {} of school {} \
-                     (replay once the target has it)",
-                    need.name, c.kind, c.record_id, c.school
-                )));
-            }
-            Err(Attempt::Retry {
-                reason,
-                status,
-                retry_after,
-                response,
-            }) => {
-                return Err(Attempt::Retry {
-                    reason: format!("look-up `{}`: {reason}", need.name),
-                    status,
-                    retry_after,
-                    response,
-                });
-            }
-            Err(Attempt::Permanent {
-                reason,
-                status,
-                response,
-            }) => {
-                return Err(Attempt::Permanent {
-                    reason: format!("look-up `{}`: {reason}", need.name),
-                    status,
-                    response,
-                });
-            }
-            Err(other) => return Err(other),
-        }
-    }
-    let out = plan::render(
-        trust,
-        &env.connectors,
-        &dest.name,
-        &c.map,
-        &record,
-        &raised,
-        &extras,
-    )
-    .map_err(|e| permanent(format!("mapping: {e}")))?;
-    Ok(Prepared {
-        out,
-        vars: extras.vars,
-    })
-}
-
-/// The method, full URL and target-id rule of a delivery: the endpoint's create, or its
-/// update of the target's record when an earlier revision created one.
-fn target_of<'a>(
-    dest: &'a Dest,
-    c: &Claimed,
-    vars: &BTreeMap<String, String>,
-) -> Result<
-    (
-        reqwest::Method,
-        String,
-        Option<&'a crate::connectors::TargetId>,
-    ),
-    String,
-> {
-    let endpoint = dest.endpoint(&c.kind).ok_or_else(|| {
-        format!(
-            "connector `{}` has no endpoint for {}",
-            dest.connector.name, c.kind
+    /// The whole engine in process: records ingested into a real SQLite store, routed, and
+    /// sent to a mock server, one refused once (`503`, `Retry-After: 0`) and retried.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_engine_run_routes_sends_retries_and_records() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/api/visits"))
+            .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "0"))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/api/visits"))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "T-1"})))
+            .mount(&server)
+            .await;
+        let d = testkit::Deployment::new(&["V-1", "V-2"]);
+        let trusts = d.trusts();
+        let store = Arc::new(SqliteStore::open(&d.path("var/doorstep.db")).await.unwrap());
+        crate::pipeline::ingest(
+            store.as_ref(),
+            vec![d.path("drop/visits.json")],
+            trusts.clone(),
+            &mut testkit::Quiet,
         )
-    })?;
-    let (method, path) = match (
-        &c.prior_target,
-        &endpoint.update_method,
-        &endpoint.update_path,
-    ) {
-        (Some(_), Some(m), Some(p)) => (m.as_str(), p.as_str()),
-        _ => (endpoint.method.as_str(), endpoint.path.as_str()),
-    };
-    let base = expand_path(
-        dest.url
-            .as_deref()
-            .unwrap_or_default()
-            .trim_end_matches('/'),
-        vars,
-        None,
-    )?;
-    let path = expand_path(path, vars, c.prior_target.as_deref())?;
-    let url = if path.starts_with("https://") || path.starts_with("http://") {
-        // A target id that is a whole URL (a `Location`): only on the destination's host.
-        let same = |a: &str, b: &str| {
-            reqwest::Url::parse(a)
-                .ok()
-                .zip(reqwest::Url::parse(b).ok())
-                .is_some_and(|(a, b)| a.origin() == b.origin())
-        };
-        if !same(&path, &base) {
-            return Err("the target id is a URL on another host than the destination's".into());
-        }
-        path
-    } else {
-        format!("{base}{path}")
-    };
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
-    Ok((method, url, dest.connector.target_id(Some(endpoint))))
-}
+        .await
+        .unwrap();
 
-async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
-    if let Some(l) = &dest.limiter {
-        l.until_ready().await;
-    }
-    match (&dest.sink, p.out.rendered) {
-        (Sink::Csv(sink), Rendered::Row { header, cells }) => {
-            let file = p.out.file.unwrap_or_default();
-            // CSV writes are blocking and one at a time per destination.
-            let key = c.idempotency_key.clone();
-            let sink = sink.clone();
-            tokio::task::spawn_blocking(move || sink.append(&file, &header, &cells, &key))
-                .await
-                .unwrap_or_else(|e| Attempt::Retry {
-                    reason: format!("CSV writer stopped: {e}"),
-                    status: None,
-                    retry_after: None,
-                    response: None,
-                })
-        }
-        (Sink::Http(sink), Rendered::Body(body)) => {
-            let (method, url, target_id) = match target_of(dest, c, &p.vars) {
-                Ok(t) => t,
-                Err(reason) => return permanent(reason),
-            };
-            sink.send(&Request {
-                method,
-                url,
-                body: &body,
-                idempotency_key: &c.idempotency_key,
-                vars: &p.vars,
-                target_id,
-            })
+        let engine = d.engine(trusts, &server.uri());
+        assert!(engine.paused().is_empty());
+        assert_eq!(engine.route(store.as_ref()).await.unwrap(), 2);
+        assert_eq!(
+            engine.route(store.as_ref()).await.unwrap(),
+            0,
+            "routed twice"
+        );
+        engine
+            .run(store.clone(), Instant::now() + Duration::from_secs(20))
             .await
-        }
-        _ => permanent("the map's output does not fit the connector".into()),
-    }
-}
+            .unwrap();
 
-/// An endpoint path with `{{ vars.NAME }}` and `{{ target_id }}` filled in.
-fn expand_path(
-    path: &str,
-    vars: &BTreeMap<String, String>,
-    target_id: Option<&str>,
-) -> Result<String, String> {
-    let ctx = minijinja::context! {
-        vars => crate::connectors::template::vars(vars),
-        target_id => target_id.unwrap_or_default(),
-    };
-    crate::connectors::template::fill(path, ctx).map_err(|reason| {
-        format!("`{path}`: {reason} (a school's values are in the destination's `schools`)")
-    })
+        let counts: Vec<(String, String, String, u64)> = store
+            .delivery_counts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.trust, c.destination, c.state, c.count))
+            .collect();
+        assert_eq!(
+            counts,
+            [("thrive".into(), "api".into(), "delivered".into(), 2)]
+        );
+        let requests = server.received_requests().await.unwrap();
+        assert_eq!(requests.len(), 3, "two deliveries and one retry");
+        // The retry goes with the refused request's key; the two records have their own.
+        let keys: BTreeSet<&str> = requests
+            .iter()
+            .map(|r| r.headers.get("Idempotency-Key").unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        let ids: BTreeSet<String> = requests
+            .iter()
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(body["event"], "visit_report");
+                assert_eq!(body["school_urn"], "117800");
+                body["record_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids, BTreeSet::from(["V-1".to_owned(), "V-2".to_owned()]));
+        store.close().await;
+    }
+
+    #[test]
+    fn an_override_naming_no_destination_is_refused() {
+        let d = testkit::Deployment::new(&[]);
+        let connectors = Arc::new(Connectors::load(&d.path("connectors")).unwrap());
+        let mut settings = Settings::default();
+        settings.overrides.insert(
+            ("thrive".into(), "api".into()),
+            Override {
+                url: Some("http://127.0.0.1:9".into()),
+                ..Override::default()
+            },
+        );
+        settings.overrides.insert(
+            ("thrive".into(), "nowhere".into()),
+            Override {
+                paused: true,
+                ..Override::default()
+            },
+        );
+        let Err(e) = Engine::new(d.trusts(), connectors, &settings) else {
+            panic!("an override of no destination was taken");
+        };
+        assert_eq!(
+            e.to_string(),
+            "trust `thrive`, destination `nowhere`: the config's [destinations] names a \
+             destination no routes.toml has"
+        );
+    }
+
+    #[test]
+    fn a_paused_destination_is_listed_and_needs_no_url() {
+        let d = testkit::Deployment::new(&[]);
+        let connectors = Arc::new(Connectors::load(&d.path("connectors")).unwrap());
+        let mut settings = Settings::default();
+        settings.overrides.insert(
+            ("thrive".into(), "api".into()),
+            Override {
+                paused: true,
+                ..Override::default()
+            },
+        );
+        let engine = Engine::new(d.trusts(), connectors.clone(), &settings).unwrap();
+        assert_eq!(engine.paused(), [("thrive".to_owned(), "api".to_owned())]);
+        // Un-paused, the same destination has no URL to send to.
+        let Err(e) = Engine::new(d.trusts(), connectors, &Settings::default()) else {
+            panic!("a destination without a URL was taken");
+        };
+        assert!(e.to_string().contains("no `url`"), "{e}");
+    }
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use crate::connectors::http::loggable;
 use crate::connectors::{Attempt, Transport};
 
-use super::{Dest, Engine, Sink, expand_path, http_sink};
+use super::Engine;
+use super::attempt::expand_path;
+use super::destinations::{Dest, Sink, http_sink};
 
 /// What reaching one destination (for one school) came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

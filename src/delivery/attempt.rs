@@ -1,0 +1,728 @@
+//! One attempt at one delivery (or one batched request): look-ups made, body or row
+//! rendered, method and URL worked out, the sink called.
+//! Owns: preparing and sending. May not touch: when to retry (`retry`), claiming or
+//! recording outcomes (`driver`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::connectors::http::Request;
+use crate::connectors::{Attempt, Connectors};
+use crate::mapping::{RaisedException, Rendered, Trusts};
+use crate::store::deliveries::{Claimed, DeliveryStore, Finished};
+
+use super::destinations::{Dest, Sink};
+use super::retry::conclude;
+use super::{lookup, plan};
+
+/// What the senders of one destination share.
+pub(super) struct Env<S> {
+    pub(super) dest: Arc<Dest>,
+    pub(super) trusts: Arc<Trusts>,
+    pub(super) connectors: Arc<Connectors>,
+    pub(super) store: Arc<S>,
+}
+
+impl<S> Clone for Env<S> {
+    fn clone(&self) -> Self {
+        Env {
+            dest: self.dest.clone(),
+            trusts: self.trusts.clone(),
+            connectors: self.connectors.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+/// A delivery ready to go: what to send, and the school's `vars` for its URL.
+struct Prepared {
+    out: plan::Outgoing,
+    vars: BTreeMap<String, String>,
+}
+
+/// Makes one attempt and decides what it comes to.
+pub(super) async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finished {
+    let result = match prepare(env, &c).await {
+        Err(a) => a,
+        Ok(p) => send(&env.dest, &c, p).await,
+    };
+    conclude(&env.dest.connector.limits, c, result)
+}
+
+/// Sends several deliveries of one kind as few requests as the endpoint allows: bodies
+/// for the same URL that agree at the endpoint's `batch_by` pointers share a request, their
+/// items at `batch_pointer` gathered into the first body's array there. Every delivery of a
+/// request gets its outcome; one whose body cannot be built goes dead on its own.
+pub(super) async fn attempt_batch<S: DeliveryStore>(
+    env: &Env<S>,
+    batch: Vec<Claimed>,
+) -> Vec<Finished> {
+    let dest = &env.dest;
+    let limits = &dest.connector.limits;
+    let mut done = Vec::with_capacity(batch.len());
+    // Members by (URL, batch_by values), in claim order.
+    let mut groups: Vec<(String, Vec<Member>)> = Vec::new();
+    for c in batch {
+        match prepare(env, &c).await {
+            Ok(Prepared {
+                out:
+                    plan::Outgoing {
+                        rendered: Rendered::Body(body),
+                        ..
+                    },
+                vars,
+            }) => {
+                let by = dest
+                    .endpoint(&c.kind)
+                    .map(|e| e.batch_by.clone())
+                    .unwrap_or_default();
+                let group = match target_of(dest, &c, &vars) {
+                    Ok((_, url, _)) => {
+                        let values: Vec<String> = by
+                            .iter()
+                            .map(|p| body.pointer(p).map(Value::to_string).unwrap_or_default())
+                            .collect();
+                        format!("{url}\u{1f}{}", values.join("\u{1f}"))
+                    }
+                    Err(reason) => {
+                        done.push(conclude(limits, c, permanent(reason)));
+                        continue;
+                    }
+                };
+                match groups.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, members)) => members.push((c, body, vars)),
+                    None => groups.push((group, vec![(c, body, vars)])),
+                }
+            }
+            Ok(_) => done.push(conclude(
+                limits,
+                c,
+                permanent("the map's output does not fit the connector".into()),
+            )),
+            Err(a) => done.push(conclude(limits, c, a)),
+        }
+    }
+    for (_, members) in groups {
+        done.extend(send_batch(dest, members).await);
+    }
+    done
+}
+
+/// One delivery of a batch: its body and its school's `vars`.
+type Member = (Claimed, Value, BTreeMap<String, String>);
+
+/// One request for the bodies of one batch group.
+async fn send_batch(dest: &Arc<Dest>, members: Vec<Member>) -> Vec<Finished> {
+    let limits = &dest.connector.limits;
+    let Some((first, _, vars)) = members.first() else {
+        return Vec::new();
+    };
+    let pointer = dest
+        .endpoint(&first.kind)
+        .and_then(|e| e.batch_pointer.clone())
+        .unwrap_or_default();
+    let merged = match merge_bodies(members.iter().map(|(_, b, _)| b), &pointer) {
+        Ok(m) => m,
+        Err(reason) => {
+            return members
+                .into_iter()
+                .map(|(c, _, _)| conclude(limits, c, permanent(reason.clone())))
+                .collect();
+        }
+    };
+    // The batch's key: the same for the same members, whatever the attempt.
+    let key = plan::idempotency_key(
+        &first.trust,
+        &first.destination,
+        "batch",
+        &members
+            .iter()
+            .map(|(c, _, _)| c.idempotency_key.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        1,
+    );
+    let mut lead = first.clone();
+    lead.idempotency_key = key;
+    let prepared = Prepared {
+        out: plan::Outgoing {
+            destination: lead.destination.clone(),
+            connector: dest.connector.name.clone(),
+            map: lead.map.clone(),
+            rendered: Rendered::Body(merged),
+            file: None,
+        },
+        vars: vars.clone(),
+    };
+    let result = send(dest, &lead, prepared).await;
+    members
+        .into_iter()
+        .map(|(c, _, _)| {
+            // The target's id for the request (Wonde's writeback_id) is each member's.
+            conclude(limits, c, result.clone())
+        })
+        .collect()
+}
+
+fn permanent(reason: String) -> Attempt {
+    Attempt::Permanent {
+        reason,
+        status: None,
+        response: None,
+    }
+}
+
+/// One body holding every body's items at `pointer` (an array there, or a single value).
+fn merge_bodies<'a>(
+    mut bodies: impl Iterator<Item = &'a Value>,
+    pointer: &str,
+) -> Result<Value, String> {
+    let mut merged = bodies.next().cloned().unwrap_or(Value::Null);
+    let mut items: Vec<Value> = Vec::new();
+    let take = |b: &Value, items: &mut Vec<Value>| -> Result<(), String> {
+        match b.pointer(pointer) {
+            Some(Value::Array(a)) => items.extend(a.iter().cloned()),
+            Some(v) => items.push(v.clone()),
+            None => {
+                return Err(format!(
+                    "the map's body has nothing at the batch pointer {pointer}"
+                ));
+            }
+        }
+        Ok(())
+    };
+    take(&merged, &mut items)?;
+    for b in bodies {
+        take(b, &mut items)?;
+    }
+    match merged.pointer_mut(pointer) {
+        Some(slot) => *slot = Value::Array(items),
+        None => {
+            return Err(format!(
+                "the map's body has nothing at the batch pointer {pointer}"
+            ));
+        }
+    }
+    Ok(merged)
+}
+
+/// What to send: the record's look-ups made, then its body or row rendered; or what the
+/// attempt comes to without sending (a map that cannot be built, a pupil the target does
+/// not have: permanent, replayed after the fix; a look-up the target failed to answer:
+/// retried).
+async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared, Attempt> {
+    let dest = &env.dest;
+    let trust = env.trusts.get(&c.trust).ok_or_else(|| {
+        permanent(format!(
+            "trust `{}` is no longer in the mappings folder",
+            c.trust
+        ))
+    })?;
+    let record: Value =
+        serde_json::from_str(&c.canonical).map_err(|e| permanent(format!("stored record: {e}")))?;
+    let raised: Vec<RaisedException> = c
+        .exceptions
+        .iter()
+        .map(|(rule, severity)| RaisedException {
+            rule: rule.clone(),
+            severity: *severity,
+        })
+        .collect();
+    let mut extras = plan::Extras {
+        vars: dest.config.vars_for(&c.school),
+        lookups: BTreeMap::new(),
+        of_visit: None,
+    };
+    // An incident or flag of a visit: the visit report, current revision, beside it.
+    if c.kind != "visit_report"
+        && let Some(visit_id) = record.get("visit_id").and_then(Value::as_str)
+    {
+        let revisions = env
+            .store
+            .revisions(&c.trust, crate::records::Kind::VisitReport, visit_id)
+            .await
+            .map_err(|e| Attempt::Retry {
+                reason: format!("reading the record's visit: {e}"),
+                status: None,
+                retry_after: None,
+                response: None,
+            })?;
+        extras.of_visit = revisions
+            .last()
+            .and_then(|(_, canonical)| serde_json::from_str(canonical).ok());
+    }
+    let needs = plan::lookup_needs(
+        trust,
+        &env.connectors,
+        &dest.name,
+        &record,
+        &raised,
+        &extras,
+    )
+    .map_err(|e| permanent(format!("mapping: {e}")))?;
+    for need in needs {
+        let (Some(spec), Sink::Http(sink)) = (dest.connector.lookups.get(&need.name), &dest.sink)
+        else {
+            continue;
+        };
+        let scope = crate::store::lookups::LookupScope {
+            trust: c.trust.clone(),
+            destination: dest.lookup_scope.clone(),
+            school: c.school.clone(),
+            name: need.name.clone(),
+        };
+        let target = lookup::Target {
+            sink,
+            base_url: dest.url.as_deref().unwrap_or_default(),
+            spec,
+            vars: &extras.vars,
+        };
+        match dest
+            .lookups
+            .resolve(env.store.as_ref(), &target, &scope, &need.key)
+            .await
+        {
+            Ok(crate::store::lookups::Cached::Found(v)) => {
+                extras.lookups.insert(need.name, v);
+            }
+            // Named by the record, never by the value looked up (a UPN, a name).
+            Ok(crate::store::lookups::Cached::NotFound) => {
+                return Err(permanent(format!(
+                    "look-up `{}`: the target has no match for {} {} of school {} \
+                     (replay once the target has it)",
+                    need.name, c.kind, c.record_id, c.school
+                )));
+            }
+            Err(Attempt::Retry {
+                reason,
+                status,
+                retry_after,
+                response,
+            }) => {
+                return Err(Attempt::Retry {
+                    reason: format!("look-up `{}`: {reason}", need.name),
+                    status,
+                    retry_after,
+                    response,
+                });
+            }
+            Err(Attempt::Permanent {
+                reason,
+                status,
+                response,
+            }) => {
+                return Err(Attempt::Permanent {
+                    reason: format!("look-up `{}`: {reason}", need.name),
+                    status,
+                    response,
+                });
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let out = plan::render(
+        trust,
+        &env.connectors,
+        &dest.name,
+        &c.map,
+        &record,
+        &raised,
+        &extras,
+    )
+    .map_err(|e| permanent(format!("mapping: {e}")))?;
+    Ok(Prepared {
+        out,
+        vars: extras.vars,
+    })
+}
+
+/// The method, full URL and target-id rule of a delivery: the endpoint's create, or its
+/// update of the target's record when an earlier revision created one.
+fn target_of<'a>(
+    dest: &'a Dest,
+    c: &Claimed,
+    vars: &BTreeMap<String, String>,
+) -> Result<
+    (
+        reqwest::Method,
+        String,
+        Option<&'a crate::connectors::TargetId>,
+    ),
+    String,
+> {
+    let endpoint = dest.endpoint(&c.kind).ok_or_else(|| {
+        format!(
+            "connector `{}` has no endpoint for {}",
+            dest.connector.name, c.kind
+        )
+    })?;
+    let (method, path) = match (
+        &c.prior_target,
+        &endpoint.update_method,
+        &endpoint.update_path,
+    ) {
+        (Some(_), Some(m), Some(p)) => (m.as_str(), p.as_str()),
+        _ => (endpoint.method.as_str(), endpoint.path.as_str()),
+    };
+    let base = expand_path(
+        dest.url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/'),
+        vars,
+        None,
+    )?;
+    let path = expand_path(path, vars, c.prior_target.as_deref())?;
+    let url = if path.starts_with("https://") || path.starts_with("http://") {
+        // A target id that is a whole URL (a `Location`): only on the destination's host.
+        let same = |a: &str, b: &str| {
+            reqwest::Url::parse(a)
+                .ok()
+                .zip(reqwest::Url::parse(b).ok())
+                .is_some_and(|(a, b)| a.origin() == b.origin())
+        };
+        if !same(&path, &base) {
+            return Err("the target id is a URL on another host than the destination's".into());
+        }
+        path
+    } else {
+        format!("{base}{path}")
+    };
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    Ok((method, url, dest.connector.target_id(Some(endpoint))))
+}
+
+async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
+    if let Some(l) = &dest.limiter {
+        l.until_ready().await;
+    }
+    match (&dest.sink, p.out.rendered) {
+        (Sink::Csv(sink), Rendered::Row { header, cells }) => {
+            let file = p.out.file.unwrap_or_default();
+            // CSV writes are blocking and one at a time per destination.
+            let key = c.idempotency_key.clone();
+            let sink = sink.clone();
+            tokio::task::spawn_blocking(move || sink.append(&file, &header, &cells, &key))
+                .await
+                .unwrap_or_else(|e| Attempt::Retry {
+                    reason: format!("CSV writer stopped: {e}"),
+                    status: None,
+                    retry_after: None,
+                    response: None,
+                })
+        }
+        (Sink::Http(sink), Rendered::Body(body)) => {
+            let (method, url, target_id) = match target_of(dest, c, &p.vars) {
+                Ok(t) => t,
+                Err(reason) => return permanent(reason),
+            };
+            sink.send(&Request {
+                method,
+                url,
+                body: &body,
+                idempotency_key: &c.idempotency_key,
+                vars: &p.vars,
+                target_id,
+            })
+            .await
+        }
+        _ => permanent("the map's output does not fit the connector".into()),
+    }
+}
+
+/// An endpoint path with `{{ vars.NAME }}` and `{{ target_id }}` filled in.
+pub(super) fn expand_path(
+    path: &str,
+    vars: &BTreeMap<String, String>,
+    target_id: Option<&str>,
+) -> Result<String, String> {
+    let ctx = minijinja::context! {
+        vars => crate::connectors::template::vars(vars),
+        target_id => target_id.unwrap_or_default(),
+    };
+    crate::connectors::template::fill(path, ctx).map_err(|reason| {
+        format!("`{path}`: {reason} (a school's values are in the destination's `schools`)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testkit::{claimed, connector, dest, vars};
+    use super::*;
+
+    #[test]
+    fn expand_path_fills_vars_and_the_target_id() {
+        let v = vars(&[("school_id", "42"), ("tenant", "thrive")]);
+        for (path, target, want) in [
+            ("/api/visits", None, "/api/visits"),
+            (
+                "/schools/{{ vars.school_id }}/notes",
+                None,
+                "/schools/42/notes",
+            ),
+            (
+                "/{{ vars.tenant }}/schools/{{ vars.school_id }}",
+                None,
+                "/thrive/schools/42",
+            ),
+            ("/notes/{{ target_id }}", Some("T-9"), "/notes/T-9"),
+            (
+                "{{ target_id }}",
+                Some("https://a.test/n/1"),
+                "https://a.test/n/1",
+            ),
+            // No target id yet: empty, not an error (a create's path may not use it).
+            ("/notes/{{ target_id }}", None, "/notes/"),
+            (
+                "/schools/{{ vars.school_id }}/notes/{{ target_id }}",
+                Some("7"),
+                "/schools/42/notes/7",
+            ),
+        ] {
+            assert_eq!(
+                expand_path(path, &v, target).as_deref(),
+                Ok(want),
+                "{path} {target:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expand_path_refuses_a_var_the_school_lacks() {
+        let err = expand_path("/schools/{{ vars.school_id }}", &vars(&[]), None).unwrap_err();
+        assert!(
+            err.starts_with("`/schools/{{ vars.school_id }}`: "),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("(a school's values are in the destination's `schools`)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn merge_bodies_gathers_items_into_the_first_body() {
+        let cases = [
+            (
+                "arrays at the pointer",
+                vec![
+                    json!({"school": "A", "marks": [1, 2]}),
+                    json!({"school": "B", "marks": [3]}),
+                ],
+                "/marks",
+                json!({"school": "A", "marks": [1, 2, 3]}),
+            ),
+            (
+                "single values at the pointer",
+                vec![json!({"mark": {"a": 1}}), json!({"mark": {"a": 2}})],
+                "/mark",
+                json!({"mark": [{"a": 1}, {"a": 2}]}),
+            ),
+            (
+                "a nested pointer",
+                vec![
+                    json!({"request": {"id": 1, "marks": [{"m": 1}]}}),
+                    json!({"request": {"id": 2, "marks": [{"m": 2}, {"m": 3}]}}),
+                ],
+                "/request/marks",
+                json!({"request": {"id": 1, "marks": [{"m": 1}, {"m": 2}, {"m": 3}]}}),
+            ),
+            (
+                "one body: its value becomes an array",
+                vec![json!({"mark": 5})],
+                "/mark",
+                json!({"mark": [5]}),
+            ),
+            (
+                "an empty array adds nothing",
+                vec![json!({"marks": [1]}), json!({"marks": []})],
+                "/marks",
+                json!({"marks": [1]}),
+            ),
+            (
+                "the empty pointer: the bodies themselves",
+                vec![json!({"a": 1}), json!({"a": 2})],
+                "",
+                json!([{"a": 1}, {"a": 2}]),
+            ),
+        ];
+        for (case, bodies, pointer, want) in cases {
+            assert_eq!(merge_bodies(bodies.iter(), pointer), Ok(want), "{case}");
+        }
+    }
+
+    #[test]
+    fn merge_bodies_refuses_a_body_without_the_pointer() {
+        let want = Err("the map's body has nothing at the batch pointer /marks".to_owned());
+        let first = [json!({"other": 1}), json!({"marks": [1]})];
+        assert_eq!(merge_bodies(first.iter(), "/marks"), want);
+        let later = [json!({"marks": [1]}), json!({"other": 1})];
+        assert_eq!(merge_bodies(later.iter(), "/marks"), want);
+        assert_eq!(merge_bodies([].iter(), "/marks"), want);
+    }
+
+    const CONNECTOR: &str = r#"
+transport = "http_json"
+
+[endpoints.visit_report]
+path = "/schools/{{ vars.school_id }}/visits"
+update_method = "PATCH"
+update_path = "/schools/{{ vars.school_id }}/visits/{{ target_id }}"
+
+[endpoints.incident]
+method = "PUT"
+path = "/incidents"
+
+[endpoints.note]
+path = "/notes"
+update_method = "PUT"
+update_path = "{{ target_id }}"
+target_id = { header = "Location" }
+
+[response]
+target_id = { pointer = "/id" }
+"#;
+
+    /// (method, URL, the target-id rule's pointer and header).
+    type Target = (String, String, Option<String>, Option<String>);
+
+    fn target(
+        url: &str,
+        endpoint: Option<&str>,
+        kind: &str,
+        prior: Option<&str>,
+    ) -> Result<Target, String> {
+        let d = dest(connector("api", CONNECTOR), Some(url), endpoint);
+        let v = vars(&[("school_id", "42")]);
+        target_of(&d, &claimed(kind, prior), &v).map(|(m, u, t)| {
+            (
+                m.to_string(),
+                u,
+                t.and_then(|t| t.pointer.clone()),
+                t.and_then(|t| t.header.clone()),
+            )
+        })
+    }
+
+    fn want(method: &str, url: &str, pointer: Option<&str>, header: Option<&str>) -> Target {
+        (
+            method.into(),
+            url.into(),
+            pointer.map(str::to_owned),
+            header.map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn target_of_creates_then_updates() {
+        let base = "https://api.test/v1/";
+        let id = Some("/id");
+        for (case, url, endpoint, kind, prior, expected) in [
+            (
+                "a create: the endpoint's method (POST unless given) and path",
+                base,
+                None,
+                "visit_report",
+                None,
+                want("POST", "https://api.test/v1/schools/42/visits", id, None),
+            ),
+            (
+                "an update of the record an earlier revision created",
+                base,
+                None,
+                "visit_report",
+                Some("T-7"),
+                want(
+                    "PATCH",
+                    "https://api.test/v1/schools/42/visits/T-7",
+                    id,
+                    None,
+                ),
+            ),
+            (
+                "an endpoint without an update creates again",
+                base,
+                None,
+                "incident",
+                Some("T-7"),
+                want("PUT", "https://api.test/v1/incidents", id, None),
+            ),
+            (
+                "a base URL without the trailing slash",
+                "https://api.test/v1",
+                None,
+                "incident",
+                None,
+                want("PUT", "https://api.test/v1/incidents", id, None),
+            ),
+            (
+                "the destination's endpoint instead of the kind's",
+                base,
+                Some("incident"),
+                "visit_report",
+                None,
+                want("PUT", "https://api.test/v1/incidents", id, None),
+            ),
+            (
+                "vars in the destination's URL",
+                "https://api.test/{{ vars.school_id }}/",
+                None,
+                "incident",
+                None,
+                want("PUT", "https://api.test/42/incidents", id, None),
+            ),
+            (
+                "the endpoint's own target-id rule",
+                base,
+                None,
+                "note",
+                None,
+                want("POST", "https://api.test/v1/notes", None, Some("Location")),
+            ),
+            (
+                "a target id that is a URL on the destination's host",
+                base,
+                None,
+                "note",
+                Some("https://api.test/v1/notes/5"),
+                want("PUT", "https://api.test/v1/notes/5", None, Some("Location")),
+            ),
+        ] {
+            assert_eq!(target(url, endpoint, kind, prior), Ok(expected), "{case}");
+        }
+    }
+
+    #[test]
+    fn target_of_refuses_what_it_cannot_send_to() {
+        let base = "https://api.test/v1/";
+        assert_eq!(
+            target(base, None, "flag", None),
+            Err("connector `api` has no endpoint for flag".into())
+        );
+        assert_eq!(
+            target(
+                base,
+                None,
+                "note",
+                Some("https://elsewhere.test/v1/notes/5")
+            ),
+            Err("the target id is a URL on another host than the destination's".into())
+        );
+        assert_eq!(
+            target(base, None, "note", Some("http://api.test/v1/notes/5")),
+            Err("the target id is a URL on another host than the destination's".into())
+        );
+        let d = dest(connector("api", CONNECTOR), Some(base), None);
+        let Err(e) = target_of(&d, &claimed("visit_report", None), &vars(&[])) else {
+            panic!("a school without its id made a URL");
+        };
+        assert!(
+            e.starts_with("`/schools/{{ vars.school_id }}/visits`: "),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! A destination ready to send: its connector, sink (HTTP client or CSV writer), URL,
+//! rate limiter and look-up cache, and its sink built from its checked credentials.
+//! Owns: `Dest`, `Sink`, reading and checking a destination's secrets. May not touch:
+//! sending, retries or the store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::connectors::csv::CsvSink;
+use crate::connectors::http::{Credentials, HttpSink, webhook_key};
+use crate::connectors::{Connector, Transport};
+use crate::store::deliveries::Claimed;
+
+use super::lookup;
+
+pub(super) enum Sink {
+    Http(Arc<HttpSink>),
+    Csv(Arc<CsvSink>),
+}
+
+/// One destination ready to send.
+pub(super) struct Dest {
+    pub(super) trust: String,
+    pub(super) name: String,
+    pub(super) connector: Arc<Connector>,
+    pub(super) sink: Sink,
+    pub(super) url: Option<String>,
+    /// The endpoint every record goes to, instead of the one for its kind.
+    pub(super) endpoint: Option<String>,
+    pub(super) config: crate::mapping::Destination,
+    /// The trust's folder (relative secret files are read from it).
+    pub(super) folder: PathBuf,
+    pub(super) limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Shared by every destination of the trust on the same system (connector and URL):
+    /// Thrive's notes and register are one Arbor, asked once per pupil.
+    pub(super) lookups: Arc<lookup::Lookups>,
+    /// The look-up cache's name in the store: the connector and URL.
+    pub(super) lookup_scope: String,
+    pub(super) paused: bool,
+}
+
+impl Dest {
+    pub(super) fn endpoint(&self, kind: &str) -> Option<&crate::connectors::Endpoint> {
+        self.connector.endpoint(self.endpoint.as_deref(), kind)
+    }
+
+    /// How many deliveries like this one go in one request: the endpoint's batch size for
+    /// a create; 1 for an update (it names one target record) or an endpoint that does not
+    /// batch.
+    pub(super) fn batch_size(&self, c: &Claimed) -> usize {
+        match self.endpoint(&c.kind) {
+            Some(e) if e.batch_pointer.is_some() && c.prior_target.is_none() => e.batch_size.max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// A destination's HTTP client with its credentials read and checked against what its
+/// connector authenticates with.
+pub(super) fn http_sink(
+    folder: &std::path::Path,
+    d: &crate::mapping::Destination,
+    connector: &Arc<Connector>,
+    url: Option<&str>,
+) -> Result<HttpSink, String> {
+    let c = credentials(folder, d)?;
+    check_auth(connector, &c, url)?;
+    HttpSink::new(connector.clone(), c)
+}
+
+/// A destination's credentials, read from its secret references (relative files from the
+/// trust's folder). The error names the key, never a value.
+fn credentials(
+    base: &std::path::Path,
+    d: &crate::mapping::Destination,
+) -> Result<Credentials, String> {
+    let secret = |key: &str, s: &Option<crate::config::SecretRef>| {
+        s.as_ref()
+            .map(|s| s.resolve(base).map_err(|r| format!("{key}: {r}")))
+            .transpose()
+    };
+    let mut c = Credentials {
+        username: secret("username", &d.username)?,
+        password: secret("password", &d.password)?,
+        token: secret("token", &d.token)?,
+        client_id: secret("client_id", &d.client_id)?,
+        client_secret: secret("client_secret", &d.client_secret)?,
+        token_url: d.token_url.clone(),
+        scopes: d.scopes.clone(),
+        webhook_keys: Vec::new(),
+    };
+    for (i, s) in d.secrets.iter().enumerate() {
+        let v = s.resolve(base).map_err(|r| format!("secrets[{i}]: {r}"))?;
+        c.webhook_keys
+            .push(webhook_key(&v).map_err(|r| format!("secrets[{i}]: {r}"))?);
+    }
+    Ok(c)
+}
+
+fn check_auth(c: &Connector, cred: &Credentials, url: Option<&str>) -> Result<(), String> {
+    use crate::connectors::AuthScheme;
+    if url.is_none_or(str::is_empty) {
+        return Err("no `url` (in routes.toml or the deployment's [destinations])".into());
+    }
+    let missing = |k: &str| {
+        Err(format!(
+            "connector `{}` authenticates with {k}, which the destination does not give",
+            c.name
+        ))
+    };
+    match c.auth {
+        AuthScheme::None => {}
+        AuthScheme::Basic if cred.username.is_none() => return missing("`username`"),
+        AuthScheme::Bearer if cred.token.is_none() => return missing("`token`"),
+        AuthScheme::Oauth2ClientCredentials
+            if cred.client_id.is_none() || cred.token_url.is_none() =>
+        {
+            return missing("`client_id`, `client_secret` and `token_url`");
+        }
+        _ => {}
+    }
+    if c.transport == Transport::Webhook && cred.webhook_keys.is_empty() {
+        return Err("a webhook destination needs at least one signing secret in `secrets`".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! One destination's loop: claims its due deliveries, keeps its slots busy (its own
+//! concurrency and rate limit, batches where the endpoint batches), hands outcomes on.
+//! Owns: the `Driver` and how outcomes are logged. May not touch: what one attempt does
+//! (`attempt`) or what its result comes to (`retry`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+
+use crate::connectors::Connectors;
+use crate::connectors::http::loggable;
+use crate::mapping::Trusts;
+use crate::store::StoreError;
+use crate::store::deliveries::{Claimed, DeliveryStore, Finished, Outcome};
+
+use super::attempt::{Env, attempt, attempt_batch};
+use super::destinations::Dest;
+
+/// How many claimed deliveries a destination keeps ahead of its senders, per slot: enough
+/// to keep sending while the next chunk is claimed, few enough that an urgent flag claimed
+/// next waits only for this queue to drain.
+const AHEAD: usize = 4;
+
+/// Logs an outcome by ids and status: the target's own words (which may quote the record)
+/// stay in the store, never in the log.
+pub(super) fn log_outcome(f: &Finished) {
+    let c = &f.claimed;
+    match &f.outcome {
+        Outcome::Delivered { status, .. } => tracing::info!(
+            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+            revision = c.revision, status, "delivered"
+        ),
+        Outcome::Retry { error, next_at, .. } => tracing::warn!(
+            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+            revision = c.revision, error = %loggable(error), next_at = %next_at, "delivery failed; will retry"
+        ),
+        Outcome::Dead { error, .. } => tracing::error!(
+            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+            revision = c.revision, error = %loggable(error), "delivery dead-lettered"
+        ),
+    }
+}
+
+pub(super) struct Driver<S> {
+    pub(super) dest: Arc<Dest>,
+    pub(super) trusts: Arc<Trusts>,
+    pub(super) connectors: Arc<Connectors>,
+    pub(super) store: Arc<S>,
+    pub(super) tx: mpsc::Sender<Finished>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) deadline: Instant,
+}
+
+impl<S: DeliveryStore + 'static> Driver<S> {
+    /// One destination's loop: keep its slots busy with the most urgent due deliveries.
+    /// Claiming runs beside the sending (the next chunk is claimed while the current one is
+    /// sent), so the store's commits are not on the senders' path.
+    pub(super) async fn drive(self) -> Result<(), StoreError> {
+        let slots = self.dest.connector.limits.concurrency;
+        // Room for full batches, where the connector batches.
+        let batch = self
+            .dest
+            .connector
+            .endpoints
+            .values()
+            .map(|e| e.batch_size)
+            .max()
+            .unwrap_or(1);
+        let ahead = slots * AHEAD * batch;
+        let mut queue: VecDeque<Claimed> = VecDeque::new();
+        let mut sending: JoinSet<()> = JoinSet::new();
+        let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<Claimed>, StoreError>>> = None;
+        // The last claim found nothing due: wait for an outcome or a moment before the next.
+        let mut dry = false;
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            while sending.try_join_next().is_some() {}
+            if self.tx.is_closed() {
+                // The outcome writer stopped (its store error ends the run): send no more.
+                return Ok(());
+            }
+            if claiming.is_none() && !dry && queue.len() <= ahead / 2 {
+                let (store, trust, name) = (
+                    self.store.clone(),
+                    self.dest.trust.clone(),
+                    self.dest.name.clone(),
+                );
+                let limit = ahead - queue.len();
+                claiming = Some(tokio::spawn(async move {
+                    store.claim(&trust, &name, limit).await
+                }));
+            }
+            while sending.len() < slots {
+                let Some(c) = queue.pop_front() else { break };
+                let env = Env {
+                    dest: self.dest.clone(),
+                    trusts: self.trusts.clone(),
+                    connectors: self.connectors.clone(),
+                    store: self.store.clone(),
+                };
+                let tx = self.tx.clone();
+                let size = self.dest.batch_size(&c);
+                if size > 1 {
+                    // The next deliveries of the same kind and school (a school's URL may
+                    // differ) that are creates too.
+                    let mut batch = vec![c];
+                    while batch.len() < size
+                        && let Some(i) = queue.iter().position(|q| {
+                            q.kind == batch[0].kind
+                                && q.school == batch[0].school
+                                && self.dest.batch_size(q) > 1
+                        })
+                    {
+                        batch.extend(queue.remove(i));
+                    }
+                    sending.spawn(async move {
+                        for finished in attempt_batch(&env, batch).await {
+                            let _ = tx.send(finished).await;
+                        }
+                    });
+                    continue;
+                }
+                sending.spawn(async move {
+                    let finished = attempt(&env, c).await;
+                    let _ = tx.send(finished).await;
+                });
+            }
+            if queue.is_empty() && sending.is_empty() && claiming.is_none() {
+                // Nothing claimed and nothing in flight: wait for the next retry, if it
+                // falls before the deadline, or for an outcome elsewhere (a revision waiting
+                // on its predecessor), else stop.
+                let Some(next) = self
+                    .store
+                    .next_due(&self.dest.trust, &self.dest.name)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                let wait = chrono::DateTime::parse_from_rfc3339(&next)
+                    .map(|t| {
+                        (t.with_timezone(&Utc) - Utc::now())
+                            .to_std()
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                if Instant::now() + wait > self.deadline {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                    _ = &mut notified => {}
+                }
+                dry = false;
+                continue;
+            }
+            tokio::select! {
+                got = async {
+                    match claiming.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if claiming.is_some() => {
+                    claiming = None;
+                    let got = got.map_err(|e| StoreError::Io { location: "claim".into(), reason: e.to_string() })??;
+                    dry = got.is_empty();
+                    queue.extend(got);
+                }
+                _ = sending.join_next(), if !sending.is_empty() => {}
+                _ = &mut notified => { dry = false; }
+                _ = tokio::time::sleep(Duration::from_millis(100)), if dry => { dry = false; }
+            }
+        }
+    }
+}
