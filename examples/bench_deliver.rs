@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use doorstep::config::DeliverySettings;
 use doorstep::connectors::Connectors;
-use doorstep::delivery::{Engine, Settings};
+use doorstep::delivery::Engine;
 use doorstep::mapping::Trusts;
 use doorstep::pipeline;
 use doorstep::report::{Conflict, ExceptionReport, Rejection};
@@ -133,13 +134,13 @@ async fn setup(server: &MockServer, concurrency: usize, n: usize) -> Setup {
     deployment(&path, concurrency);
     let trusts = Arc::new(Trusts::load(&path.join("mappings"), chrono_tz::Europe::London).unwrap());
     let connectors = Arc::new(Connectors::load(&path.join("connectors")).unwrap());
-    let mut settings = Settings {
+    let mut settings = DeliverySettings {
         out_dir: path.join("out"),
         ..Default::default()
     };
     settings.overrides.insert(
         ("thrive".into(), "hook".into()),
-        doorstep::delivery::Override {
+        doorstep::config::DestinationOverride {
             url: Some(server.uri()),
             ..Default::default()
         },

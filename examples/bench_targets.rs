@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use doorstep::config::DeliverySettings;
 use doorstep::connectors::Connectors;
-use doorstep::delivery::{Engine, Settings};
+use doorstep::delivery::Engine;
 use doorstep::mapping::Trusts;
 use doorstep::pipeline;
 use doorstep::report::{Conflict, ExceptionReport, Rejection};
@@ -640,7 +641,7 @@ async fn sync(routes: &str, records: &Path, run_started: impl FnOnce()) -> Timin
     deployment(path, routes);
     let trusts = Arc::new(Trusts::load(&path.join("mappings"), chrono_tz::Europe::London).unwrap());
     let connectors = Arc::new(Connectors::load(&path.join("connectors")).unwrap());
-    let settings = Settings {
+    let settings = DeliverySettings {
         out_dir: path.join("out"),
         ..Default::default()
     };

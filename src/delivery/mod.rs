@@ -19,9 +19,8 @@ mod retry;
 #[cfg(test)]
 mod testkit;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,7 +47,7 @@ pub enum DeliveryError {
     },
 }
 
-pub use crate::config::{DeliverySettings as Settings, DestinationOverride as Override};
+use crate::config::DeliverySettings;
 
 /// The delivery engine of one deployment.
 pub struct Engine {
@@ -68,7 +67,7 @@ impl Engine {
     pub fn new(
         trusts: Arc<Trusts>,
         connectors: Arc<Connectors>,
-        settings: &Settings,
+        settings: &DeliverySettings,
     ) -> Result<Engine, DeliveryError> {
         let mut dests = Vec::new();
         let mut lookups: HashMap<(String, String), Arc<lookup::Lookups>> = HashMap::new();
@@ -259,6 +258,7 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::config::DestinationOverride;
     use crate::store::SqliteStore;
 
     /// The whole engine in process: records ingested into a real SQLite store, routed, and
@@ -338,19 +338,19 @@ mod tests {
     fn an_override_naming_no_destination_is_refused() {
         let d = testkit::Deployment::new(&[]);
         let connectors = Arc::new(Connectors::load(&d.path("connectors")).unwrap());
-        let mut settings = Settings::default();
+        let mut settings = DeliverySettings::default();
         settings.overrides.insert(
             ("thrive".into(), "api".into()),
-            Override {
+            DestinationOverride {
                 url: Some("http://127.0.0.1:9".into()),
-                ..Override::default()
+                ..DestinationOverride::default()
             },
         );
         settings.overrides.insert(
             ("thrive".into(), "nowhere".into()),
-            Override {
+            DestinationOverride {
                 paused: true,
-                ..Override::default()
+                ..DestinationOverride::default()
             },
         );
         let Err(e) = Engine::new(d.trusts(), connectors, &settings) else {
@@ -367,18 +367,18 @@ mod tests {
     fn a_paused_destination_is_listed_and_needs_no_url() {
         let d = testkit::Deployment::new(&[]);
         let connectors = Arc::new(Connectors::load(&d.path("connectors")).unwrap());
-        let mut settings = Settings::default();
+        let mut settings = DeliverySettings::default();
         settings.overrides.insert(
             ("thrive".into(), "api".into()),
-            Override {
+            DestinationOverride {
                 paused: true,
-                ..Override::default()
+                ..DestinationOverride::default()
             },
         );
         let engine = Engine::new(d.trusts(), connectors.clone(), &settings).unwrap();
         assert_eq!(engine.paused(), [("thrive".to_owned(), "api".to_owned())]);
         // Un-paused, the same destination has no URL to send to.
-        let Err(e) = Engine::new(d.trusts(), connectors, &Settings::default()) else {
+        let Err(e) = Engine::new(d.trusts(), connectors, &DeliverySettings::default()) else {
             panic!("a destination without a URL was taken");
         };
         assert!(e.to_string().contains("no `url`"), "{e}");

@@ -15,7 +15,8 @@ use crate::mapping::Trusts;
 use crate::store::deliveries::Claimed;
 
 use super::destinations::{Dest, Sink};
-use super::{Engine, Override, Settings, lookup};
+use super::{Engine, lookup};
+use crate::config::{DeliverySettings, DestinationOverride};
 
 /// The repository (the shipped trust and fixtures).
 fn root() -> &'static Path {
@@ -176,12 +177,12 @@ impl Deployment {
         let mut overrides = BTreeMap::new();
         overrides.insert(
             ("thrive".to_owned(), "api".to_owned()),
-            Override {
+            DestinationOverride {
                 url: Some(url.to_owned()),
-                ..Override::default()
+                ..DestinationOverride::default()
             },
         );
-        let settings = Settings {
+        let settings = DeliverySettings {
             out_dir: self.path("out"),
             overrides,
         };
