@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::connectors::{Connectors, Transport};
+use crate::connectors::{Connectors, TransportKind};
 use crate::delivery::plan::{Outgoing, plan_record};
 use crate::mapping::{MappingError, Rendered, Trust, Trusts};
 
@@ -285,7 +285,7 @@ fn compare(
             }
         }
         (Rendered::Body(body), t) => {
-            debug_assert!(t != Some(Transport::CsvFile));
+            debug_assert!(t != Some(TransportKind::CsvFile));
             let Some(text) = &want.body else {
                 failures.push(format!(
                     "expect[{i}] ({}): a JSON destination: give `body`",

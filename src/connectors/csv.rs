@@ -42,15 +42,15 @@ struct Journal {
 }
 
 /// One destination's folder of CSV files.
-pub struct CsvSink {
+pub struct CsvTransport {
     root: PathBuf,
     bom: bool,
     journals: Mutex<HashMap<PathBuf, Journal>>,
 }
 
-impl CsvSink {
-    pub fn new(root: PathBuf, bom: bool) -> CsvSink {
-        CsvSink {
+impl CsvTransport {
+    pub fn new(root: PathBuf, bom: bool) -> CsvTransport {
+        CsvTransport {
             root,
             bom,
             journals: Mutex::new(HashMap::new()),
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn a_row_is_written_once_and_a_torn_row_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = CsvSink::new(dir.path().to_path_buf(), false);
+        let sink = CsvTransport::new(dir.path().to_path_buf(), false);
         let h = s(&["a", "b"]);
         assert!(matches!(
             sink.append("x/f.csv", &h, &s(&["1", "=2"]), "k1"),
@@ -238,10 +238,10 @@ mod tests {
         writeln!(j, "k2 12 6").unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"3,").unwrap();
-        let sink = CsvSink::new(dir.path().to_path_buf(), false);
+        let sink = CsvTransport::new(dir.path().to_path_buf(), false);
         sink.append("x/f.csv", &h, &s(&["3", "4"]), "k2");
         sink.append("x/f.csv", &h, &s(&["5", "6"]), "k3");
-        let sink = CsvSink::new(dir.path().to_path_buf(), false);
+        let sink = CsvTransport::new(dir.path().to_path_buf(), false);
         sink.append("x/f.csv", &h, &s(&["3", "4"]), "k2");
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Transport {
+pub enum TransportKind {
     /// A JSON API: POST to create, optionally PUT/PATCH to update.
     HttpJson,
     /// JSON signed per Standard Webhooks.
@@ -43,7 +43,7 @@ pub struct Connector {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    pub transport: Transport,
+    pub transport: TransportKind,
     #[serde(default)]
     pub auth: AuthScheme,
     #[serde(default)]

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{AuthScheme, Connector, Transport};
+use super::{AuthScheme, Connector, TransportKind};
 
 /// A connector file's error: the file, and for a refused value its key.
 pub type ConnectorError = crate::toml_file::FileError;
@@ -101,7 +101,7 @@ impl Connector {
                     "a batch (batch_size above 1) needs batch_pointer, the JSON pointer (/…) of the list in the body",
                 ));
             }
-            if e.batch_size > 1 && c.transport != Transport::HttpJson {
+            if e.batch_size > 1 && c.transport != TransportKind::HttpJson {
                 return Err(invalid(
                     &format!("endpoints.{kind}.batch_size"),
                     "only http_json connectors batch",
@@ -114,13 +114,13 @@ impl Connector {
                 ));
             }
         }
-        if c.transport == Transport::HttpJson && c.endpoints.is_empty() {
+        if c.transport == TransportKind::HttpJson && c.endpoints.is_empty() {
             return Err(invalid(
                 "endpoints",
                 "an http_json connector needs at least one endpoint",
             ));
         }
-        if c.transport == Transport::CsvFile && c.auth != AuthScheme::None {
+        if c.transport == TransportKind::CsvFile && c.auth != AuthScheme::None {
             return Err(invalid(
                 "auth",
                 "a csv_file connector has no authentication",

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use file::{
     AuthScheme, Connector, CsvRules, Endpoint, Limits, Lookup, OnlineCheck, RequestRules,
-    ResponseRules, TargetId, TokenExchange, Transport,
+    ResponseRules, TargetId, TokenExchange, TransportKind,
 };
 pub use load::{ConnectorError, Connectors};
 

@@ -13,7 +13,7 @@ use crate::connectors::{Attempt, Connectors};
 use crate::mapping::{RaisedException, Rendered, Trusts};
 use crate::store::deliveries::{Claimed, DeliveryStore, Finished};
 
-use super::destinations::{Dest, Sink};
+use super::destinations::{Dest, Transport};
 use super::retry::conclude;
 use super::{lookup, plan};
 
@@ -263,7 +263,8 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
     )
     .map_err(|e| permanent(format!("mapping: {e}")))?;
     for need in needs {
-        let (Some(spec), Sink::Http(sink)) = (dest.connector.lookups.get(&need.name), &dest.sink)
+        let (Some(spec), Transport::Http(sink)) =
+            (dest.connector.lookups.get(&need.name), &dest.sink)
         else {
             continue;
         };
@@ -399,7 +400,7 @@ async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
         l.until_ready().await;
     }
     match (&dest.sink, p.out.rendered) {
-        (Sink::Csv(sink), Rendered::Row { header, cells }) => {
+        (Transport::Csv(sink), Rendered::Row { header, cells }) => {
             let file = p.out.file.unwrap_or_default();
             // CSV writes are blocking and one at a time per destination.
             let key = c.idempotency_key.clone();
@@ -413,7 +414,7 @@ async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
                     response: None,
                 })
         }
-        (Sink::Http(sink), Rendered::Body(body)) => {
+        (Transport::Http(sink), Rendered::Body(body)) => {
             let (method, url, target_id) = match target_of(dest, c, &p.vars) {
                 Ok(t) => t,
                 Err(reason) => return permanent(reason),

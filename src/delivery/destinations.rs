@@ -1,21 +1,21 @@
 //! A destination ready to send: its connector, sink (HTTP client or CSV writer), URL,
 //! rate limiter and look-up cache, and its sink built from its checked credentials.
-//! Owns: `Dest`, `Sink`, reading and checking a destination's secrets. May not touch:
+//! Owns: `Dest`, `Transport`, reading and checking a destination's secrets. May not touch:
 //! sending, retries or the store.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::connectors::csv::CsvSink;
-use crate::connectors::http::{Credentials, HttpSink, webhook_key};
-use crate::connectors::{Connector, Transport};
+use crate::connectors::csv::CsvTransport;
+use crate::connectors::http::{Credentials, HttpTransport, webhook_key};
+use crate::connectors::{Connector, TransportKind};
 use crate::store::deliveries::Claimed;
 
 use super::lookup;
 
-pub(super) enum Sink {
-    Http(Arc<HttpSink>),
-    Csv(Arc<CsvSink>),
+pub(super) enum Transport {
+    Http(Arc<HttpTransport>),
+    Csv(Arc<CsvTransport>),
 }
 
 /// One destination ready to send.
@@ -23,7 +23,7 @@ pub(super) struct Dest {
     pub(super) trust: String,
     pub(super) name: String,
     pub(super) connector: Arc<Connector>,
-    pub(super) sink: Sink,
+    pub(super) sink: Transport,
     pub(super) url: Option<String>,
     /// The endpoint every record goes to, instead of the one for its kind.
     pub(super) endpoint: Option<String>,
@@ -62,10 +62,10 @@ pub(super) fn http_sink(
     d: &crate::mapping::Destination,
     connector: &Arc<Connector>,
     url: Option<&str>,
-) -> Result<HttpSink, String> {
+) -> Result<HttpTransport, String> {
     let c = credentials(folder, d)?;
     check_auth(connector, &c, url)?;
-    HttpSink::new(connector.clone(), c)
+    HttpTransport::new(connector.clone(), c)
 }
 
 /// A destination's credentials, read from its secret references (relative files from the
@@ -119,7 +119,7 @@ fn check_auth(c: &Connector, cred: &Credentials, url: Option<&str>) -> Result<()
         }
         _ => {}
     }
-    if c.transport == Transport::Webhook && cred.webhook_keys.is_empty() {
+    if c.transport == TransportKind::Webhook && cred.webhook_keys.is_empty() {
         return Err("a webhook destination needs at least one signing secret in `secrets`".into());
     }
     Ok(())

@@ -15,7 +15,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::connectors::http::HttpSink;
+use crate::connectors::http::HttpTransport;
 use crate::connectors::{Attempt, Lookup};
 use crate::store::lookups::{Cached, LookupScope, LookupStore, WHOLE_LISTING};
 
@@ -39,7 +39,7 @@ pub struct Lookups {
 
 /// Where and how to read one look-up.
 pub struct Target<'a> {
-    pub sink: &'a HttpSink,
+    pub sink: &'a HttpTransport,
     /// The destination's base URL (a template of `vars`).
     pub base_url: &'a str,
     pub spec: &'a Lookup,

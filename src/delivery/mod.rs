@@ -27,14 +27,14 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
-use crate::connectors::csv::CsvSink;
-use crate::connectors::http::{Credentials, HttpSink};
-use crate::connectors::{Connectors, Transport};
+use crate::connectors::csv::CsvTransport;
+use crate::connectors::http::{Credentials, HttpTransport};
+use crate::connectors::{Connectors, TransportKind};
 use crate::mapping::Trusts;
 use crate::store::StoreError;
 use crate::store::deliveries::{DeliveryStore, Finished};
 
-use destinations::{Dest, Sink, http_sink};
+use destinations::{Dest, Transport, http_sink};
 use driver::{Driver, log_outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -98,18 +98,19 @@ impl Engine {
                     ))
                 })?;
                 let url = ov.url.clone().or_else(|| d.url.clone());
-                let sink = if connector.transport == Transport::CsvFile {
-                    Sink::Csv(Arc::new(CsvSink::new(
+                let sink = if connector.transport == TransportKind::CsvFile {
+                    Transport::Csv(Arc::new(CsvTransport::new(
                         settings.out_dir.join(&trust.id),
                         connector.csv.utf8_bom,
                     )))
                 } else if ov.paused {
                     // Nothing is sent; secrets are not needed until it is un-paused.
-                    Sink::Http(Arc::new(
-                        HttpSink::new(connector.clone(), Credentials::default()).map_err(fail)?,
+                    Transport::Http(Arc::new(
+                        HttpTransport::new(connector.clone(), Credentials::default())
+                            .map_err(fail)?,
                     ))
                 } else {
-                    Sink::Http(Arc::new(
+                    Transport::Http(Arc::new(
                         http_sink(&trust.folder, d, &connector, url.as_deref()).map_err(fail)?,
                     ))
                 };

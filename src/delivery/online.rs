@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use crate::connectors::http::loggable;
-use crate::connectors::{Attempt, Transport};
+use crate::connectors::{Attempt, TransportKind};
 
 use super::Engine;
 use super::attempt::expand_path;
-use super::destinations::{Dest, Sink, http_sink};
+use super::destinations::{Dest, Transport, http_sink};
 
 /// What reaching one destination (for one school) came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
         outcome,
     };
     match d.connector.transport {
-        Transport::CsvFile => {
+        TransportKind::CsvFile => {
             let folder = out_dir.join(&d.trust);
             let probe = folder.join(".doorstep-check");
             let outcome = std::fs::create_dir_all(&folder)
@@ -68,7 +68,7 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
                 },
             )];
         }
-        Transport::Webhook => {
+        TransportKind::Webhook => {
             return vec![line(
                 None,
                 Reach::Skipped(
@@ -76,7 +76,7 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
                 ),
             )];
         }
-        Transport::HttpJson => {}
+        TransportKind::HttpJson => {}
     }
     let Some(check) = d.connector.check.as_ref() else {
         return vec![line(
@@ -86,7 +86,7 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
     };
     // A paused destination's credentials were not read; read them now.
     let sink = match (&d.sink, d.paused) {
-        (Sink::Http(s), false) => s.clone(),
+        (Transport::Http(s), false) => s.clone(),
         _ => match http_sink(&d.folder, &d.config, &d.connector, d.url.as_deref()) {
             Ok(s) => Arc::new(s),
             Err(reason) => return vec![line(None, Reach::Failed(reason))],

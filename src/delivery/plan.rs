@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::connectors::{Connectors, Transport};
+use crate::connectors::{Connectors, TransportKind};
 use crate::mapping::{self, RaisedException, RenderError, Rendered, Trust, Trusts};
 use crate::store::deliveries::{NewDelivery, Unrouted};
 
@@ -355,7 +355,7 @@ pub fn render(
     let tz = trust.place(school_of(record)).time_zone;
     let ctx = full_context(trust, mapping, destination, record, exceptions, extras);
     let rendered = mapping.render(map, &ctx, tz)?;
-    let csv = connector.transport == Transport::CsvFile;
+    let csv = connector.transport == TransportKind::CsvFile;
     let built = match rendered {
         Rendered::Body(_) => "a JSON body",
         Rendered::Row { .. } => "a CSV row",
@@ -434,7 +434,7 @@ pub fn check_trust(trust: &Trust, connectors: &Connectors) -> Vec<String> {
             continue;
         };
         let row = matches!(m.shape, mapping::fieldmap::Shape::Columns(_));
-        if row != (c.transport == Transport::CsvFile) {
+        if row != (c.transport == TransportKind::CsvFile) {
             problems.push(format!(
                 "{}: route `{}`: map `{}` builds {} but destination `{}` ({}) takes {}",
                 routes_file.display(),
@@ -446,7 +446,7 @@ pub fn check_trust(trust: &Trust, connectors: &Connectors) -> Vec<String> {
                 if row { "a JSON body" } else { "a CSV row" }
             ));
         }
-        if c.transport == Transport::HttpJson {
+        if c.transport == TransportKind::HttpJson {
             for kind in r
                 .kinds
                 .clone()

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::connectors::http::{Credentials, HttpSink};
+use crate::connectors::http::{Credentials, HttpTransport};
 use crate::connectors::{Connector, Connectors};
 use crate::mapping::Trusts;
 use crate::store::deliveries::Claimed;
 
-use super::destinations::{Dest, Sink};
+use super::destinations::{Dest, Transport};
 use super::{Engine, lookup};
 use crate::config::{DeliverySettings, DestinationOverride};
 
@@ -35,8 +35,8 @@ pub(super) fn dest(connector: Arc<Connector>, url: Option<&str>, endpoint: Optio
     Dest {
         trust: "thrive".into(),
         name: "api".into(),
-        sink: Sink::Http(Arc::new(
-            HttpSink::new(connector.clone(), Credentials::default()).unwrap(),
+        sink: Transport::Http(Arc::new(
+            HttpTransport::new(connector.clone(), Credentials::default()).unwrap(),
         )),
         connector,
         url: url.map(str::to_owned),

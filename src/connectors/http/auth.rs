@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::HttpSink;
+use super::HttpTransport;
 use super::classify::{error_kind, parse_retry_after, permanent, reason_phrase, transport_error};
 use crate::connectors::{Attempt, TokenExchange, template};
 
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-impl HttpSink {
+impl HttpTransport {
     /// A token from the cache, or a new one from the token endpoint. After a 401, the token
     /// refused is given: a new one is fetched unless another request already replaced it
     /// (so a burst of 401s costs one token request).

@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use super::{HttpSink, Raw};
+use super::{HttpTransport, Raw};
 use crate::connectors::{Attempt, TargetId};
 
 /// How much of a response is kept with a dead letter.
 const KEEP_RESPONSE: usize = 64 * 1024;
 
-impl HttpSink {
+impl HttpTransport {
     /// A 2xx whose body names an exception (`[response] exception_pointer`) stands for the
     /// status the connector gives that exception.
     pub(super) fn effective_status(&self, status: u16, body: &[u8]) -> (u16, Option<String>) {
@@ -223,12 +223,12 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
     }
 
-    fn sink(connector: &str) -> HttpSink {
+    fn sink(connector: &str) -> HttpTransport {
         let c = Connector::parse(std::path::Path::new("t.toml"), "t", connector).unwrap();
-        HttpSink::new(std::sync::Arc::new(c), Credentials::default()).unwrap()
+        HttpTransport::new(std::sync::Arc::new(c), Credentials::default()).unwrap()
     }
 
-    fn raw(status: u16, body: &str, s: &HttpSink) -> Raw {
+    fn raw(status: u16, body: &str, s: &HttpTransport) -> Raw {
         let (effective, exception) = s.effective_status(status, body.as_bytes());
         Raw {
             status,

@@ -1,4 +1,4 @@
-//! The HTTP transports `http_json` and `webhook`: [`HttpSink`], [`Request`] and the send
+//! The HTTP transports `http_json` and `webhook`: [`HttpTransport`], [`Request`] and the send
 //! path (headers, authentication applied, one exchange, once more after a 401 with a token).
 //! TLS is verified (rustls); redirects are not followed. May not touch: retrying, recording
 //! (the delivery engine's); tokens, signing, classifying (`auth`, `signing`, `classify`).
@@ -14,7 +14,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::{Attempt, AuthScheme, Connector, TargetId, Transport};
+use super::{Attempt, AuthScheme, Connector, TargetId, TransportKind};
 use auth::Unauthorized;
 use classify::{kept, permanent, transport_error};
 
@@ -47,7 +47,7 @@ struct Raw {
 }
 
 /// One destination's HTTP client, with its connector, credentials and token cache.
-pub struct HttpSink {
+pub struct HttpTransport {
     client: reqwest::Client,
     connector: std::sync::Arc<Connector>,
     credentials: Credentials,
@@ -56,11 +56,11 @@ pub struct HttpSink {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
 
-impl HttpSink {
+impl HttpTransport {
     pub fn new(
         connector: std::sync::Arc<Connector>,
         credentials: Credentials,
-    ) -> Result<HttpSink, String> {
+    ) -> Result<HttpTransport, String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(connector.limits.timeout())
@@ -68,7 +68,7 @@ impl HttpSink {
             .user_agent(concat!("doorstep/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(HttpSink {
+        Ok(HttpTransport {
             client,
             connector,
             credentials,
@@ -179,7 +179,7 @@ impl HttpSink {
         {
             headers.insert(k, v);
         }
-        if let (Transport::Webhook, Some(key), Some(body)) =
+        if let (TransportKind::Webhook, Some(key), Some(body)) =
             (self.connector.transport, idempotency_key, body)
         {
             let ts = SystemTime::now()
