@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200000}
-cargo build --release --locked --quiet
-bin=$PWD/target/release/doorstep
+# DOORSTEP_BIN: a binary to measure instead of building this tree's (see bench-ab.sh).
+if [ -z "${DOORSTEP_BIN:-}" ]; then cargo build --release --locked --quiet; fi
+bin=${DOORSTEP_BIN:-$PWD/target/release/doorstep}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
