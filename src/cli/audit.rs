@@ -241,7 +241,10 @@ fn read_key_arg(k: &str) -> Result<String, Fatal> {
 
 fn keygen(name: &str, out: &Path) -> Result<ExitCode, Fatal> {
     let signer = NoteSigner::generate(name).map_err(|e| Fatal::Config(e.to_string()))?;
-    let public = out.with_extension("pub");
+    // PATH.pub, as documented: `log.key` → `log.key.pub` (not `log.pub`).
+    let mut public = out.as_os_str().to_owned();
+    public.push(".pub");
+    let public = PathBuf::from(public);
     let write_new = |path: &Path, text: &str, mode: u32| -> Result<(), Fatal> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
