@@ -282,7 +282,10 @@ async fn deadletter_in(
     let mut out = Output::new(format);
     match action {
         DeadletterAction::List { .. } => {
-            let rows = store.deliveries_in("dead", 100_000).await.map_err(run)?;
+            let rows = store
+                .deliveries_in(crate::store::DeliveryState::Dead, 100_000)
+                .await
+                .map_err(run)?;
             for r in &rows {
                 let human = format!(
                     "{:>6}  {}/{}  {} {} r{}  attempts {}  {}",
