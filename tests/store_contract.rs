@@ -424,6 +424,7 @@ async fn lifecycle<S: Store + DeliveryStore>(store: &S) {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].state, DeliveryState::Dead);
     assert_eq!(letters[0].attempts, 2);
+    assert_eq!(letters[0].record_kind, Kind::VisitReport);
     assert_eq!(letters[0].last_status, Some(422));
     let (row, response, attempts) = store.delivery(c.seq).await.unwrap().unwrap();
     assert_eq!(row.state, DeliveryState::Dead);

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::StoreError;
 use super::rules::DeliveryState;
 use crate::audit::Event;
+use crate::records::Kind;
 use crate::records::severity::Severity;
 
 /// A stored revision not yet routed.
@@ -120,7 +121,7 @@ pub struct DeliveryRow {
     pub id: i64,
     pub trust: String,
     pub destination: String,
-    pub record_kind: String,
+    pub record_kind: Kind,
     pub record_id: String,
     pub revision: u32,
     pub school: String,

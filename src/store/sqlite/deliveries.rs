@@ -8,6 +8,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::{Col, SqliteStore, Undecoded, json_param, now};
 use crate::audit::Event;
+use crate::records::Kind;
 use crate::records::severity::Severity;
 use crate::store::StoreError;
 use crate::store::deliveries::{
@@ -112,6 +113,15 @@ static REPLAY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A record kind as stored.
+fn kind_of(row: &SqliteRow, column: &str) -> Result<Kind, Undecoded> {
+    let s: &str = row.col(column)?;
+    Kind::from_name(s).ok_or_else(|| Undecoded {
+        column: column.to_owned(),
+        reason: format!("unknown record kind {s:?}"),
+    })
+}
+
 /// A delivery state as stored.
 fn state_of(row: &SqliteRow, column: &str) -> Result<DeliveryState, Undecoded> {
     let s: &str = row.col(column)?;
@@ -139,7 +149,7 @@ fn row_of(r: &SqliteRow) -> Result<DeliveryRow, Undecoded> {
         id: r.col("seq")?,
         trust: r.col("trust")?,
         destination: r.col("destination")?,
-        record_kind: r.col("kind")?,
+        record_kind: kind_of(r, "kind")?,
         record_id: r.col("record_id")?,
         revision: r.col::<i64, _>("revision")? as u32,
         school: r.col("school_urn")?,
