@@ -137,7 +137,7 @@ fn delivery(id: &str, revision: u32, priority: u8) -> NewDelivery {
     NewDelivery {
         trust: TRUST.to_owned(),
         destination: DEST.to_owned(),
-        kind: Kind::VisitReport.as_str().to_owned(),
+        kind: Kind::VisitReport,
         record_id: id.to_owned(),
         revision,
         school: SCHOOL.to_owned(),
@@ -165,7 +165,7 @@ async fn routed<S: Store + DeliveryStore>(store: &S, wanted: &[(&str, u32, u8)])
     );
     let keys: Vec<_> = unrouted
         .iter()
-        .map(|u| (u.trust.clone(), u.kind.clone(), u.id.clone(), u.revision))
+        .map(|u| (u.trust.clone(), u.kind, u.id.clone(), u.revision))
         .collect();
     let deliveries: Vec<_> = wanted
         .iter()

@@ -97,7 +97,7 @@ pub fn delivery_outcome(c: &Claimed, outcome: &Outcome, at: &str) -> Event {
     let state: DeliveryState = outcome.state();
     let mut e = Event::new(event, at, &c.trust);
     e.school = Some(c.school.clone());
-    e.kind = Some(c.kind.clone());
+    e.kind = Some(c.kind.as_str().to_owned());
     e.record_id = Some(c.record_id.clone());
     e.revision = Some(c.revision);
     e.destination = Some(c.destination.clone());

@@ -95,7 +95,7 @@ impl Dest {
     /// a create; 1 for an update (it names one target record) or an endpoint that does not
     /// batch.
     fn batch_size(&self, c: &Claimed) -> usize {
-        match self.endpoint(&c.kind) {
+        match self.endpoint(c.kind.as_str()) {
             Some(e) if e.batch_pointer.is_some() && c.prior_target.is_none() => e.batch_size.max(1),
             _ => 1,
         }
@@ -247,7 +247,7 @@ impl Engine {
             let mut keys = Vec::with_capacity(batch.len());
             for r in &batch {
                 deliveries.extend(plan::route_revision(&self.trusts, r));
-                keys.push((r.trust.clone(), r.kind.clone(), r.id.clone(), r.revision));
+                keys.push((r.trust.clone(), r.kind, r.id.clone(), r.revision));
             }
             made += deliveries.len();
             store.add_deliveries(&keys, &deliveries).await?;
@@ -586,7 +586,7 @@ async fn attempt_batch<S: DeliveryStore>(env: &Env<S>, batch: Vec<Claimed>) -> V
                 vars,
             }) => {
                 let by = dest
-                    .endpoint(&c.kind)
+                    .endpoint(c.kind.as_str())
                     .map(|e| e.batch_by.clone())
                     .unwrap_or_default();
                 let group = match target_of(dest, &c, &vars) {
@@ -631,7 +631,7 @@ async fn send_batch(dest: &Arc<Dest>, members: Vec<Member>) -> Vec<Finished> {
         return Vec::new();
     };
     let pointer = dest
-        .endpoint(&first.kind)
+        .endpoint(first.kind.as_str())
         .and_then(|e| e.batch_pointer.clone())
         .unwrap_or_default();
     let merged = match merge_bodies(members.iter().map(|(_, b, _)| b), &pointer) {
@@ -813,7 +813,7 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
         of_visit: None,
     };
     // An incident or flag of a visit: the visit report, current revision, beside it.
-    if c.kind != "visit_report"
+    if c.kind != crate::records::Kind::VisitReport
         && let Some(visit_id) = record.get("visit_id").and_then(Value::as_str)
     {
         let revisions = env
@@ -929,7 +929,7 @@ fn target_of<'a>(
     ),
     String,
 > {
-    let endpoint = dest.endpoint(&c.kind).ok_or_else(|| {
+    let endpoint = dest.endpoint(c.kind.as_str()).ok_or_else(|| {
         format!(
             "connector `{}` has no endpoint for {}",
             dest.connector.name, c.kind

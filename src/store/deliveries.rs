@@ -21,7 +21,7 @@ use crate::records::severity::Severity;
 #[derive(Debug, Clone)]
 pub struct Unrouted {
     pub trust: String,
-    pub kind: String,
+    pub kind: Kind,
     pub id: String,
     pub revision: u32,
     pub school: String,
@@ -36,7 +36,7 @@ pub struct Unrouted {
 pub struct NewDelivery {
     pub trust: String,
     pub destination: String,
-    pub kind: String,
+    pub kind: Kind,
     pub record_id: String,
     pub revision: u32,
     pub school: String,
@@ -54,7 +54,7 @@ pub struct Claimed {
     pub seq: i64,
     pub trust: String,
     pub destination: String,
-    pub kind: String,
+    pub kind: Kind,
     pub record_id: String,
     pub revision: u32,
     pub school: String,
@@ -202,7 +202,7 @@ pub trait DeliveryStore: super::lookups::LookupStore {
     /// Creates deliveries and marks the revisions routed, in one transaction.
     fn add_deliveries(
         &self,
-        routed: &[(String, String, String, u32)],
+        routed: &[(String, Kind, String, u32)],
         deliveries: &[NewDelivery],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 

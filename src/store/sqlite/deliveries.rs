@@ -191,7 +191,7 @@ fn claimed_of(r: &SqliteRow) -> Result<Claimed, Undecoded> {
         seq: r.col(0)?,
         trust: r.col(1)?,
         destination: r.col(2)?,
-        kind: r.col(3)?,
+        kind: kind_of(r, "kind")?,
         record_id: r.col(4)?,
         revision: r.col::<i64, _>(5)? as u32,
         school: r.col(6)?,
@@ -246,7 +246,7 @@ impl DeliveryStore for SqliteStore {
             .map(|r| {
                 Ok(Unrouted {
                     trust: r.col(0)?,
-                    kind: r.col(1)?,
+                    kind: kind_of(r, "kind")?,
                     id: r.col(2)?,
                     revision: r.col::<i64, _>(3)? as u32,
                     school: r.col(4)?,
@@ -261,7 +261,7 @@ impl DeliveryStore for SqliteStore {
 
     async fn add_deliveries(
         &self,
-        routed: &[(String, String, String, u32)],
+        routed: &[(String, Kind, String, u32)],
         deliveries: &[NewDelivery],
     ) -> Result<(), StoreError> {
         let err = self.db_err();
