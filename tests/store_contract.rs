@@ -452,6 +452,13 @@ async fn lifecycle<S: Store + DeliveryStore>(store: &S) {
     assert_eq!(row.state, DeliveryState::Delivered);
     assert_eq!(row.target_id.as_deref(), Some("T-9"));
     assert!(row.delivered_at.is_some());
+    // Times print as stored: RFC 3339 UTC with microseconds.
+    let json = serde_json::to_value(&row).unwrap();
+    for field in ["next_at", "delivered_at", "updated_at"] {
+        let text = json[field].as_str().unwrap();
+        assert_eq!((text.len(), &text[26..]), (27, "Z"), "{field}: {text}");
+    }
+    assert!(row.delivered_at >= Some(row.next_at));
     assert_eq!(response, None);
     assert_eq!(attempts.len(), 3);
     let counts = store.delivery_counts().await.unwrap();

@@ -341,7 +341,7 @@ async fn deadletter_in(
                         text.push_str(&format!(
                             "  attempt {} at {}: {}{}{}\n",
                             a.attempt,
-                            a.at,
+                            crate::store::time::format(&a.at),
                             a.outcome,
                             a.status.map(|s| format!(" ({s})")).unwrap_or_default(),
                             a.error

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::StoreError;
@@ -127,20 +128,24 @@ pub struct DeliveryRow {
     pub school: String,
     pub state: DeliveryState,
     pub attempts: u32,
-    pub next_at: String,
+    #[serde(serialize_with = "super::time::serialize")]
+    pub next_at: DateTime<Utc>,
     pub last_error: Option<String>,
     pub last_status: Option<u16>,
     pub target_id: Option<String>,
-    pub delivered_at: Option<String>,
+    #[serde(serialize_with = "super::time::serialize_option")]
+    pub delivered_at: Option<DateTime<Utc>>,
     pub idempotency_key: String,
-    pub updated_at: String,
+    #[serde(serialize_with = "super::time::serialize")]
+    pub updated_at: DateTime<Utc>,
 }
 
 /// One attempt, as kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttemptRow {
     pub attempt: u32,
-    pub at: String,
+    #[serde(serialize_with = "super::time::serialize")]
+    pub at: DateTime<Utc>,
     pub outcome: String,
     pub status: Option<u16>,
     pub error: Option<String>,

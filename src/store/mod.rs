@@ -18,6 +18,7 @@ pub mod issues;
 pub mod lookups;
 pub mod rules;
 mod sqlite;
+pub mod time;
 
 use std::collections::HashMap;
 use std::future::Future;

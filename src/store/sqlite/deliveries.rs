@@ -4,6 +4,7 @@
 
 use std::sync::LazyLock;
 
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 
 use super::{Col, SqliteStore, Undecoded, json_param, now};
@@ -113,6 +114,15 @@ static REPLAY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A time as stored (RFC 3339 text).
+fn time_of(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, Undecoded> {
+    let s: &str = row.col(column)?;
+    crate::store::time::parse(s).map_err(|e| Undecoded {
+        column: column.to_owned(),
+        reason: format!("{s:?} is not an RFC 3339 time: {e}"),
+    })
+}
+
 /// A record kind as stored.
 fn kind_of(row: &SqliteRow, column: &str) -> Result<Kind, Undecoded> {
     let s: &str = row.col(column)?;
@@ -155,13 +165,16 @@ fn row_of(r: &SqliteRow) -> Result<DeliveryRow, Undecoded> {
         school: r.col("school_urn")?,
         state: state_of(r, "state")?,
         attempts: r.col::<i64, _>("attempts")? as u32,
-        next_at: r.col("next_at")?,
+        next_at: time_of(r, "next_at")?,
         last_error: r.col("last_error")?,
         last_status: r.col::<Option<i64>, _>("last_status")?.map(|s| s as u16),
         target_id: r.col("target_id")?,
-        delivered_at: r.col("delivered_at")?,
+        delivered_at: match r.col::<Option<&str>, _>("delivered_at")? {
+            Some(_) => Some(time_of(r, "delivered_at")?),
+            None => None,
+        },
         idempotency_key: r.col("idempotency_key")?,
-        updated_at: r.col("updated_at")?,
+        updated_at: time_of(r, "updated_at")?,
     })
 }
 
@@ -176,7 +189,7 @@ fn attempt_of(r: &SqliteRow) -> Result<AttemptExport, Undecoded> {
         attempt: match r.col::<Option<i64>, _>(6)? {
             Some(n) => Some(AttemptRow {
                 attempt: n as u32,
-                at: r.col(7)?,
+                at: time_of(r, "at")?,
                 outcome: r.col(8)?,
                 status: r.col::<Option<i64>, _>(9)?.map(|s| s as u16),
                 error: r.col(10)?,
@@ -504,7 +517,7 @@ impl DeliveryStore for SqliteStore {
         .map(|a| {
             Ok(AttemptRow {
                 attempt: a.col::<i64, _>(0)? as u32,
-                at: a.col(1)?,
+                at: time_of(a, "at")?,
                 outcome: a.col(2)?,
                 status: a.col::<Option<i64>, _>(3)?.map(|s| s as u16),
                 error: a.col(4)?,
