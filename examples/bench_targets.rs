@@ -670,10 +670,10 @@ async fn sync(routes: &str, records: &Path, run_started: impl FnOnce()) -> Timin
         .await
         .unwrap()
         .into_iter()
-        .map(|c| (c.destination, c.state, c.count))
+        .map(|c| (c.destination, c.state.to_string(), c.count))
         .collect();
     let dead = store
-        .deliveries_in("dead", 5)
+        .deliveries_in(doorstep::store::DeliveryState::Dead, 5)
         .await
         .unwrap()
         .into_iter()

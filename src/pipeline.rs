@@ -18,7 +18,7 @@ use crate::mapping::Trusts;
 use crate::policy::{Exception, evaluate};
 use crate::records::{ParsedRecord, Record, attribution_hint, parse_submission, record_id_hint};
 use crate::report::{Conflict, ExceptionReport, Rejection, Summary};
-use crate::store::{IngestOutcome, IntakeBatch, NewRecord, Store, StoreError};
+use crate::store::{IngestOutcome, IntakeBatch, NewRecord, RaisedException, Store, StoreError};
 
 /// Records written per transaction at most.
 pub const BATCH_RECORDS: usize = 1000;
@@ -58,6 +58,44 @@ pub fn policy_exceptions(record: &Record, trusts: &Trusts) -> Vec<Exception> {
             &trust.place(record.school().urn.as_str()),
         ),
         None => Vec::new(),
+    }
+}
+
+impl NewRecord {
+    /// The record to write for a parsed record and the policy exceptions it raises, read
+    /// from `file` at `line`.
+    pub fn from_parsed(
+        p: ParsedRecord,
+        exceptions: Vec<Exception>,
+        file: &str,
+        line: Option<u64>,
+    ) -> Self {
+        let r = &p.record;
+        Self {
+            kind: r.kind(),
+            id: r.id().to_string(),
+            revision: r.revision().0,
+            trust: r.trust().to_string(),
+            school_urn: r.school().urn.to_string(),
+            visit_id: r.visit_id().map(ToString::to_string),
+            urgency: r.urgency().map(|u| match u {
+                crate::records::Urgency::Immediate => "immediate",
+                crate::records::Urgency::SameDay => "same_day",
+                crate::records::Urgency::Routine => "routine",
+            }),
+            hash: p.hash,
+            canonical: p.canonical,
+            file: file.to_owned(),
+            line,
+            exceptions: exceptions
+                .into_iter()
+                .map(|e| RaisedException {
+                    rule: e.rule.as_str(),
+                    severity: e.severity,
+                    message: e.message,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -184,7 +222,8 @@ pub fn check(paths: &[PathBuf], trusts: &Trusts, reporter: &mut dyn Reporter) ->
 
 /// What the reader thread hands the store: only what is written, not the parsed trees.
 enum Msg {
-    Accepted(Vec<NewRecord>),
+    /// Records to write, each with the exceptions it raises as reported once stored.
+    Accepted(Vec<(NewRecord, Vec<ExceptionReport>)>),
     Rejected(Vec<Rejection>),
 }
 
@@ -202,7 +241,19 @@ pub async fn ingest<S: Store>(
                 Validated::Accepted { line, records } => Msg::Accepted(
                     records
                         .into_iter()
-                        .map(|c| NewRecord::from_parsed(c.parsed, c.exceptions, file, line))
+                        .map(|c| {
+                            let (id, revision) =
+                                (c.parsed.record.id().as_str(), c.parsed.record.revision().0);
+                            let reports = c
+                                .exceptions
+                                .iter()
+                                .map(|e| ExceptionReport::new(id, revision, e))
+                                .collect();
+                            (
+                                NewRecord::from_parsed(c.parsed, c.exceptions, file, line),
+                                reports,
+                            )
+                        })
                         .collect(),
                 ),
                 Validated::Rejected(r) => Msg::Rejected(r),
@@ -220,9 +271,15 @@ pub async fn ingest<S: Store>(
     let mut result = Ok(());
     while let Some(first) = rx.recv().await {
         let mut batch = IntakeBatch::default();
+        let mut raised: Vec<Vec<ExceptionReport>> = Vec::new();
         let mut rejected = 0u64;
         let mut add = |msg: Msg, batch: &mut IntakeBatch| match msg {
-            Msg::Accepted(records) => batch.records.extend(records),
+            Msg::Accepted(records) => {
+                for (record, reports) in records {
+                    batch.records.push(record);
+                    raised.push(reports);
+                }
+            }
             Msg::Rejected(r) => {
                 rejected += 1;
                 batch.rejections.extend(r);
@@ -246,13 +303,13 @@ pub async fn ingest<S: Store>(
                 for r in &batch.rejections {
                     reporter.rejection(r);
                 }
-                for (o, r) in outcomes.into_iter().zip(&batch.records) {
+                for (o, reports) in outcomes.into_iter().zip(&raised) {
                     match o {
                         IngestOutcome::Stored => {
                             summary.accepted += 1;
-                            for e in &r.exceptions {
+                            for e in reports {
                                 summary.exceptions += 1;
-                                reporter.exception(&ExceptionReport::new(&r.id, r.revision, e));
+                                reporter.exception(e);
                             }
                         }
                         IngestOutcome::Unchanged => summary.unchanged += 1,

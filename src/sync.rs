@@ -16,7 +16,7 @@ use crate::deployment::{Deployment, DeploymentError};
 use crate::pipeline::{self, Reporter};
 use crate::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
 use crate::store::deliveries::{DeliveryCount, DeliveryStore};
-use crate::store::{Store, StoreError};
+use crate::store::{DeliveryState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -140,12 +140,12 @@ impl Deployment {
         };
         let mut totals = DeliveryTotals::default();
         for c in &deliveries {
-            match c.state.as_str() {
-                "delivered" => totals.delivered += c.count,
-                "dead" => totals.dead += c.count,
+            match c.state {
+                DeliveryState::Delivered => totals.delivered += c.count,
+                DeliveryState::Dead => totals.dead += c.count,
                 _ if report.is_paused(&c.trust, &c.destination) => totals.paused += c.count,
-                "retrying" => totals.retrying += c.count,
-                _ => totals.pending += c.count,
+                DeliveryState::Retrying => totals.retrying += c.count,
+                DeliveryState::Pending | DeliveryState::InFlight => totals.pending += c.count,
             }
         }
         report.totals = totals;

@@ -3,6 +3,7 @@
 //!
 //! Owns: leaves, tree hashing, proofs, checkpoints, bundles. May not touch: delivery.
 
+pub mod events;
 pub mod leaf;
 pub mod tree;
 

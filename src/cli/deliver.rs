@@ -172,7 +172,10 @@ async fn deadletter_in(
     let mut out = Output::new(format);
     match action {
         DeadletterAction::List { .. } => {
-            let rows = store.deliveries_in("dead", 100_000).await.map_err(run)?;
+            let rows = store
+                .deliveries_in(doorstep::store::DeliveryState::Dead, 100_000)
+                .await
+                .map_err(run)?;
             for r in &rows {
                 let human = format!(
                     "{:>6}  {}/{}  {} {} r{}  attempts {}  {}",
@@ -228,7 +231,7 @@ async fn deadletter_in(
                         text.push_str(&format!(
                             "  attempt {} at {}: {}{}{}\n",
                             a.attempt,
-                            a.at,
+                            doorstep::store::time::format(&a.at),
                             a.outcome,
                             a.status.map(|s| format!(" ({s})")).unwrap_or_default(),
                             a.error

@@ -75,7 +75,7 @@ pub(super) async fn attempt_batch<S: DeliveryStore>(
                 vars,
             }) => {
                 let by = dest
-                    .endpoint(&c.kind)
+                    .endpoint(c.kind.as_str())
                     .map(|e| e.batch_by.clone())
                     .unwrap_or_default();
                 let group = match target_of(dest, &c, &vars) {
@@ -120,7 +120,7 @@ async fn send_batch(dest: &Arc<Dest>, members: Vec<Member>) -> Vec<Finished> {
         return Vec::new();
     };
     let pointer = dest
-        .endpoint(&first.kind)
+        .endpoint(first.kind.as_str())
         .and_then(|e| e.batch_pointer.clone())
         .unwrap_or_default();
     let merged = match merge_bodies(members.iter().map(|(_, b, _)| b), &pointer) {
@@ -236,7 +236,7 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
         of_visit: None,
     };
     // An incident or flag of a visit: the visit report, current revision, beside it.
-    if c.kind != "visit_report"
+    if c.kind != crate::records::Kind::VisitReport
         && let Some(visit_id) = record.get("visit_id").and_then(Value::as_str)
     {
         let revisions = env
@@ -353,7 +353,7 @@ fn target_of<'a>(
     ),
     String,
 > {
-    let endpoint = dest.endpoint(&c.kind).ok_or_else(|| {
+    let endpoint = dest.endpoint(c.kind.as_str()).ok_or_else(|| {
         format!(
             "connector `{}` has no endpoint for {}",
             dest.connector.name, c.kind

@@ -48,7 +48,7 @@ impl Dest {
     /// a create; 1 for an update (it names one target record) or an endpoint that does not
     /// batch.
     pub(super) fn batch_size(&self, c: &Claimed) -> usize {
-        match self.endpoint(&c.kind) {
+        match self.endpoint(c.kind.as_str()) {
             Some(e) if e.batch_pointer.is_some() && c.prior_target.is_none() => e.batch_size.max(1),
             _ => 1,
         }

@@ -308,7 +308,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|c| (c.trust, c.destination, c.state, c.count))
+            .map(|c| (c.trust, c.destination, c.state.to_string(), c.count))
             .collect();
         assert_eq!(
             counts,

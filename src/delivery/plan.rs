@@ -129,14 +129,14 @@ pub fn route_revision(trusts: &Trusts, r: &Unrouted) -> Vec<NewDelivery> {
     let new = |dest: &str, route: &str, map: &str, dead: Option<String>| NewDelivery {
         trust: r.trust.clone(),
         destination: dest.to_owned(),
-        kind: r.kind.clone(),
+        kind: r.kind,
         record_id: r.id.clone(),
         revision: r.revision,
         school: r.school.clone(),
         route: route.to_owned(),
         map: map.to_owned(),
-        priority: priority(&r.kind, r.urgency.as_deref()),
-        idempotency_key: idempotency_key(&r.trust, dest, &r.kind, &r.id, r.revision),
+        priority: priority(r.kind.as_str(), r.urgency.as_deref()),
+        idempotency_key: idempotency_key(&r.trust, dest, r.kind.as_str(), &r.id, r.revision),
         dead,
     };
     let mut out = Vec::new();

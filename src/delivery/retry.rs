@@ -450,7 +450,7 @@ mod tests {
             seq: 1,
             trust: "thrive".into(),
             destination: "api".into(),
-            kind: "visit_report".into(),
+            kind: crate::records::Kind::VisitReport,
             record_id: "V-1".into(),
             revision: 1,
             school: "117800".into(),

@@ -57,7 +57,7 @@ pub(super) fn claimed(kind: &str, prior_target: Option<&str>) -> Claimed {
         seq: 1,
         trust: "thrive".into(),
         destination: "api".into(),
-        kind: kind.into(),
+        kind: crate::records::Kind::from_name(kind).expect("a record kind"),
         record_id: "V-1".into(),
         revision: 1,
         school: "117800".into(),

@@ -12,37 +12,15 @@ mod rules;
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use config::{
     AfterDarkCfg, LocalTime, PairMode, PolicyError, PolicyFile, RulesFile, SignOutField,
 };
 pub use rules::{evaluate, rule_severity};
 
-/// How serious an exception is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Error,
-    Warning,
-    Info,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        }
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How serious an exception is (defined in `records`, below the store).
+pub use crate::records::severity::Severity;
 
 /// The policy rules of SPEC §2. Their ids are stable: routes, reports and auditors use them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

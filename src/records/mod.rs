@@ -10,6 +10,7 @@ mod fields;
 mod kinds;
 mod parse;
 mod schema;
+pub mod severity;
 mod value;
 
 use std::fmt;

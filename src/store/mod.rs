@@ -3,13 +3,22 @@
 //! SQLite (one instance, nothing to install) and PostgreSQL (several instances) sit side by
 //! side; callers are generic over it.
 //!
-//! Owns: the schema, migrations, revision rules (new / unchanged / conflict) and durability:
-//! a batch is acknowledged only after its transaction commits.
+//! Layout: this module and [`deliveries`], [`lookups`] declare the interface as plain data;
+//! [`rules`] holds the product rules every back end shares (revision decisions, conflicts,
+//! delivery states, claim and replay rules); [`sqlite`] is SQL only. The evidence-trail
+//! events are made in `audit::events` and handed to a back end, which appends them in the
+//! transaction of what they record.
+//!
+//! Owns: the schema, migrations and durability: a batch is acknowledged only after its
+//! transaction commits.
 //! May not touch: parsing, policy, delivery decisions.
 
 pub mod deliveries;
+pub mod issues;
 pub mod lookups;
+pub mod rules;
 mod sqlite;
+pub mod time;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,11 +27,13 @@ use serde::Serialize;
 
 use crate::audit::Event;
 use crate::audit::tree::{Hash, NodeId};
-use crate::policy::Exception;
-use crate::records::{ContentHash, Kind, ParsedRecord};
-use crate::report::{Conflict, Rejection};
+use crate::records::severity::Severity;
+use crate::records::{ContentHash, Kind};
 
 pub use deliveries::DeliveryStore;
+pub use issues::{Conflict, Rejection};
+pub use lookups::LookupStore;
+pub use rules::DeliveryState;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +52,22 @@ pub enum StoreError {
     },
     #[error("store {location}: {reason}")]
     Io { location: String, reason: String },
+    /// A stored value does not read as what it should be: a damaged or foreign store.
+    #[error("store {location}: column {column} does not read: {reason}")]
+    Decode {
+        location: String,
+        column: String,
+        reason: String,
+    },
+}
+
+/// A policy exception a revision raises, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaisedException {
+    /// The rule's stable id.
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub message: String,
 }
 
 /// A validated record ready to be written, with where it came from.
@@ -59,37 +86,10 @@ pub struct NewRecord {
     pub file: String,
     pub line: Option<u64>,
     /// Policy exceptions this revision raises.
-    pub exceptions: Vec<Exception>,
+    pub exceptions: Vec<RaisedException>,
 }
 
-impl NewRecord {
-    pub fn from_parsed(
-        p: ParsedRecord,
-        exceptions: Vec<Exception>,
-        file: &str,
-        line: Option<u64>,
-    ) -> Self {
-        let r = &p.record;
-        Self {
-            kind: r.kind(),
-            id: r.id().to_string(),
-            revision: r.revision().0,
-            trust: r.trust().to_string(),
-            school_urn: r.school().urn.to_string(),
-            visit_id: r.visit_id().map(ToString::to_string),
-            urgency: r.urgency().map(|u| match u {
-                crate::records::Urgency::Immediate => "immediate",
-                crate::records::Urgency::SameDay => "same_day",
-                crate::records::Urgency::Routine => "routine",
-            }),
-            hash: p.hash,
-            canonical: p.canonical,
-            file: file.to_owned(),
-            line,
-            exceptions,
-        }
-    }
-}
+// `NewRecord::from_parsed` (from a parsed record and its policy exceptions) is in `pipeline`.
 
 /// What the store did with one record of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +108,33 @@ pub struct IntakeBatch {
     pub records: Vec<NewRecord>,
     pub rejections: Vec<Rejection>,
 }
+
+/// An exception of an earlier revision closed by a revision a batch stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedException {
+    pub trust: String,
+    pub kind: String,
+    pub id: String,
+    pub school: String,
+    /// The revision that closed it.
+    pub closed_by_revision: u32,
+    pub rule: String,
+    pub state: rules::ExceptionState,
+}
+
+/// What happened to a batch, for its evidence-trail events (`audit::events::intake`).
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeFacts<'a> {
+    pub batch: &'a IntakeBatch,
+    /// One per record of the batch, in order.
+    pub outcomes: &'a [IngestOutcome],
+    pub closed: &'a [ClosedException],
+    /// When the batch was written (RFC 3339 UTC, as stored).
+    pub at: &'a str,
+}
+
+/// Makes a batch's evidence-trail events from what happened to it.
+pub type IntakeTrail<'a> = &'a (dyn Fn(&IntakeFacts<'_>) -> Vec<Event> + Sync);
 
 /// One row of `status`: how many records of a kind a school has, by state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,11 +200,22 @@ pub struct StoredRevision {
 /// The store, whichever database is behind it.
 pub trait Store: Send + Sync {
     /// Writes a batch in one transaction and returns, in order, what happened to each
-    /// record. Nothing is acknowledged before the commit.
+    /// record (decided by [`rules::decide_batch`]), with the evidence-trail events `trail`
+    /// makes of it appended in the same transaction. Nothing is acknowledged before the
+    /// commit.
+    fn ingest_with_trail(
+        &self,
+        batch: &IntakeBatch,
+        trail: IntakeTrail<'_>,
+    ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send;
+
+    /// [`Store::ingest_with_trail`] with the evidence trail's events (`audit::events`).
     fn ingest(
         &self,
         batch: &IntakeBatch,
-    ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send {
+        self.ingest_with_trail(batch, &crate::audit::events::intake)
+    }
 
     /// Counts by trust, school, kind and state; rejections and conflicts by rule; open
     /// exceptions by trust, school and rule.
@@ -211,7 +249,7 @@ pub trait Store: Send + Sync {
         size: u64,
     ) -> impl Future<Output = Result<Vec<(u64, String)>, StoreError>> + Send;
 
-    /// Appends events to their trusts' logs in one transaction.
+    /// Appends events (made by `audit`) to their trusts' logs in one transaction.
     fn audit_append(&self, events: &[Event])
     -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -217,7 +217,8 @@ pub async fn export<S: crate::store::DeliveryStore>(
                 d.record_id,
                 d.revision.to_string(),
                 a.map(|a| a.attempt.to_string()).unwrap_or_default(),
-                a.map(|a| a.at.clone()).unwrap_or_default(),
+                a.map(|a| crate::store::time::format(&a.at))
+                    .unwrap_or_default(),
                 a.map(|a| a.outcome.clone()).unwrap_or_default(),
                 a.and_then(|a| a.status)
                     .map(|s| s.to_string())

@@ -1,0 +1,131 @@
+//! Which evidence-trail events intake and delivery make (SPEC §5), from plain facts of what
+//! happened. The store appends what these return, in the transaction of what they record;
+//! it decides none of it.
+
+use std::collections::BTreeMap;
+
+use super::{Event, EventType};
+use crate::store::deliveries::{Claimed, Finished, Outcome, Replayed};
+use crate::store::rules::{DeliveryState, ExceptionState, REPLAYED_TO};
+use crate::store::{IngestOutcome, IntakeFacts, NewRecord};
+
+/// The events of one intake batch: what was stored (and the exceptions it raised),
+/// exceptions resolved, conflicts, and rejections that name a well-formed trust.
+pub fn intake(facts: &IntakeFacts<'_>) -> Vec<Event> {
+    let IntakeFacts {
+        batch,
+        outcomes,
+        closed,
+        at,
+    } = *facts;
+    let about = |event: EventType, r: &NewRecord| {
+        let mut e = Event::new(event, at, &r.trust);
+        e.school = Some(r.school_urn.clone());
+        e.kind = Some(r.kind.as_str().to_owned());
+        e.record_id = Some(r.id.clone());
+        e.revision = Some(r.revision);
+        e
+    };
+    let mut events = Vec::new();
+    for (o, r) in outcomes.iter().zip(&batch.records) {
+        if *o != IngestOutcome::Stored {
+            continue;
+        }
+        let mut e = about(EventType::Received, r);
+        e.content_hash = Some(r.hash.to_hex());
+        events.push(e);
+        if !r.exceptions.is_empty() {
+            let mut e = about(EventType::ExceptionRaised, r);
+            e.rules = r.exceptions.iter().map(|x| x.rule.to_owned()).collect();
+            events.push(e);
+        }
+    }
+    // Resolved exceptions, one event per record revision that resolved them.
+    let mut resolved: BTreeMap<(&str, &str, &str, &str, u32), Vec<String>> = BTreeMap::new();
+    for c in closed
+        .iter()
+        .filter(|c| c.state == ExceptionState::Resolved)
+    {
+        resolved
+            .entry((
+                c.trust.as_str(),
+                c.kind.as_str(),
+                c.id.as_str(),
+                c.school.as_str(),
+                c.closed_by_revision,
+            ))
+            .or_default()
+            .push(c.rule.clone());
+    }
+    for ((trust, kind, id, school, revision), mut rules) in resolved {
+        rules.sort();
+        let mut e = Event::new(EventType::ExceptionResolved, at, trust);
+        e.school = Some(school.to_owned());
+        e.kind = Some(kind.to_owned());
+        e.record_id = Some(id.to_owned());
+        e.revision = Some(revision);
+        e.rules = rules;
+        events.push(e);
+    }
+    for (o, r) in outcomes.iter().zip(&batch.records) {
+        if let IngestOutcome::Conflict(c) = o {
+            let mut e = about(EventType::Conflict, r);
+            e.rules = vec![c.rule.as_str().to_owned()];
+            e.content_hash = Some(r.hash.to_hex());
+            events.push(e);
+        }
+    }
+    for rej in &batch.rejections {
+        if let Some(trust) = &rej.trust {
+            let mut e = Event::new(EventType::Rejected, at, trust);
+            e.school.clone_from(&rej.school);
+            e.record_id.clone_from(&rej.record_id);
+            e.rules = vec![rej.rule.as_str().to_owned()];
+            events.push(e);
+        }
+    }
+    events
+}
+
+/// The event of one delivery attempt's outcome.
+pub fn delivery_outcome(c: &Claimed, outcome: &Outcome, at: &str) -> Event {
+    let event = match outcome {
+        Outcome::Delivered { .. } => EventType::Delivered,
+        Outcome::Retry { .. } => EventType::Failed,
+        Outcome::Dead { .. } => EventType::DeadLettered,
+    };
+    let state: DeliveryState = outcome.state();
+    let mut e = Event::new(event, at, &c.trust);
+    e.school = Some(c.school.clone());
+    e.kind = Some(c.kind.as_str().to_owned());
+    e.record_id = Some(c.record_id.clone());
+    e.revision = Some(c.revision);
+    e.destination = Some(c.destination.clone());
+    e.state = Some(state.as_str().to_owned());
+    e.content_hash = Some(c.content_hash.clone());
+    e
+}
+
+/// The events of attempts' outcomes, in order.
+pub fn finished(done: &[Finished]) -> Vec<Event> {
+    done.iter()
+        .map(|f| delivery_outcome(&f.claimed, &f.outcome, &f.at))
+        .collect()
+}
+
+/// The events of dead letters put back to be sent, in order.
+pub fn replayed(replayed: &[Replayed], at: &str) -> Vec<Event> {
+    replayed
+        .iter()
+        .map(|r| {
+            let mut e = Event::new(EventType::Replayed, at, &r.trust);
+            e.school = Some(r.school.clone());
+            e.kind = Some(r.kind.clone());
+            e.record_id = Some(r.record_id.clone());
+            e.revision = Some(r.revision);
+            e.destination = Some(r.destination.clone());
+            e.state = Some(REPLAYED_TO.as_str().to_owned());
+            e
+        })
+        .collect()
+}

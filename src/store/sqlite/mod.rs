@@ -1,0 +1,162 @@
+//! The SQLite store: one file, created readable by its owner only, WAL journal, full
+//! fsync at commit, migrations embedded in the binary. SQL only: what a revision means,
+//! which deliveries go and which trail events are made is decided in `store::rules` and
+//! `audit::events`.
+//!
+//! `mod.rs` opens, migrates and closes; `records.rs` intake and status; `deliveries.rs`
+//! the delivery half; `audit.rs` the evidence trail's log; `lookups.rs` the look-up cache.
+
+mod audit;
+mod deliveries;
+mod lookups;
+mod records;
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ColumnIndex, Row, SqlitePool};
+
+use super::StoreError;
+use audit::Edges;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pub(super) pool: SqlitePool,
+    path: PathBuf,
+    edges: Arc<Edges>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if need be, mode 0600) and migrates the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let io_err = |what: &str, e: std::io::Error| StoreError::Io {
+            location: location.clone(),
+            reason: format!("{what}: {}", e.kind()),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create its folder", e))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io_err("cannot create the file", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err("cannot make the file private", e))?;
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|source| StoreError::Database {
+                location: location.clone(),
+                source,
+            })?
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            // Checkpoint the write-ahead log every 64 MiB rather than 4 MiB: fewer, larger
+            // copies into the database during a bulk ingest.
+            .pragma("wal_autocheckpoint", "16384");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Database {
+                location: location.clone(),
+                source,
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: location.clone(),
+                source,
+            })?;
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+            edges: Arc::new(Edges::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn db_err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        move |source| StoreError::Database {
+            location: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Names the store in a column that did not read.
+    pub(super) fn undecoded(&self) -> impl Fn(Undecoded) -> StoreError + '_ {
+        move |u| StoreError::Decode {
+            location: self.path.display().to_string(),
+            column: u.column,
+            reason: u.reason,
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+/// Rows per INSERT statement: 12 parameters each, well under SQLite's 32766.
+pub(super) const INSERT_ROWS: usize = 500;
+
+/// Now, as every time is stored: RFC 3339 UTC with microseconds.
+pub(super) fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(super) fn json_param<T: serde::Serialize>(rows: &T) -> String {
+    serde_json::to_string(rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// A column that did not read as the type asked for.
+#[derive(Debug)]
+pub(super) struct Undecoded {
+    pub column: String,
+    pub reason: String,
+}
+
+/// Reads a column without panicking: a value of the wrong type (or a missing column) is an
+/// error naming the column.
+pub(super) trait Col {
+    fn col<'r, T, I>(&'r self, index: I) -> Result<T, Undecoded>
+    where
+        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+        I: ColumnIndex<SqliteRow> + Copy + std::fmt::Debug;
+}
+
+impl Col for SqliteRow {
+    fn col<'r, T, I>(&'r self, index: I) -> Result<T, Undecoded>
+    where
+        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+        I: ColumnIndex<SqliteRow> + Copy + std::fmt::Debug,
+    {
+        self.try_get(index).map_err(|e| {
+            let column = match index.index(self) {
+                Ok(i) => sqlx::Column::name(&self.columns()[i]).to_owned(),
+                Err(_) => format!("{index:?}"),
+            };
+            let reason = match e {
+                sqlx::Error::ColumnDecode { source, .. } => source.to_string(),
+                e => e.to_string(),
+            };
+            Undecoded { column, reason }
+        })
+    }
+}
