@@ -9,7 +9,7 @@ use std::path::Path;
 use doorstep::audit::{Event, EventType, tree};
 use doorstep::records::severity::Severity;
 use doorstep::records::{ContentHash, Kind};
-use doorstep::store::deliveries::{Claimed, Finished, NewDelivery, Outcome};
+use doorstep::store::deliveries::{AttemptOutcome, Claimed, Finished, NewDelivery};
 use doorstep::store::lookups::{Cached, LookupScope};
 use doorstep::store::{
     DeliveryState, DeliveryStore, IngestOutcome, IntakeBatch, LookupStore, NewRecord,
@@ -182,7 +182,7 @@ fn keys(claimed: &[Claimed]) -> Vec<(String, u32)> {
         .collect()
 }
 
-fn done(c: &Claimed, outcome: Outcome) -> Finished {
+fn done(c: &Claimed, outcome: AttemptOutcome) -> Finished {
     Finished {
         claimed: c.clone(),
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -190,15 +190,15 @@ fn done(c: &Claimed, outcome: Outcome) -> Finished {
     }
 }
 
-fn delivered(target: &str) -> Outcome {
-    Outcome::Delivered {
+fn delivered(target: &str) -> AttemptOutcome {
+    AttemptOutcome::Delivered {
         target_id: Some(target.to_owned()),
         status: Some(201),
     }
 }
 
-fn dead() -> Outcome {
-    Outcome::Dead {
+fn dead() -> AttemptOutcome {
+    AttemptOutcome::Dead {
         error: "422 unprocessable".to_owned(),
         status: Some(422),
         response: Some("{\"error\":\"no such pupil\"}".to_owned()),
@@ -401,7 +401,7 @@ async fn lifecycle<S: Store + DeliveryStore>(store: &S) {
     assert!(store.next_due(TRUST, DEST).await.unwrap().is_some());
 
     // Retrying, due at once: claimed again with its attempt counted.
-    let retry = Outcome::Retry {
+    let retry = AttemptOutcome::Retry {
         next_at: PAST.to_owned(),
         error: "503".to_owned(),
         status: Some(503),
@@ -578,7 +578,7 @@ async fn release<S: Store + DeliveryStore>(store: &S) {
     routed(store, &[("V-1", 1, 1), ("V-2", 1, 1)]).await;
     let claimed = store.claim(TRUST, DEST, 10).await.unwrap();
     assert_eq!(claimed.len(), 2);
-    let retry = Outcome::Retry {
+    let retry = AttemptOutcome::Retry {
         next_at: PAST.to_owned(),
         error: "timeout".to_owned(),
         status: None,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Event, EventType};
-use crate::store::deliveries::{Claimed, Finished, Outcome, Replayed};
+use crate::store::deliveries::{AttemptOutcome, Claimed, Finished, Replayed};
 use crate::store::rules::{DeliveryState, ExceptionState, REPLAYED_TO};
 use crate::store::{IngestOutcome, IntakeFacts, NewRecord};
 
@@ -88,11 +88,11 @@ pub fn intake(facts: &IntakeFacts<'_>) -> Vec<Event> {
 }
 
 /// The event of one delivery attempt's outcome.
-pub fn delivery_outcome(c: &Claimed, outcome: &Outcome, at: &str) -> Event {
+pub fn delivery_outcome(c: &Claimed, outcome: &AttemptOutcome, at: &str) -> Event {
     let event = match outcome {
-        Outcome::Delivered { .. } => EventType::Delivered,
-        Outcome::Retry { .. } => EventType::Failed,
-        Outcome::Dead { .. } => EventType::DeadLettered,
+        AttemptOutcome::Delivered { .. } => EventType::Delivered,
+        AttemptOutcome::Retry { .. } => EventType::Failed,
+        AttemptOutcome::Dead { .. } => EventType::DeadLettered,
     };
     let state: DeliveryState = outcome.state();
     let mut e = Event::new(event, at, &c.trust);

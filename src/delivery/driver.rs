@@ -15,7 +15,7 @@ use crate::connectors::Connectors;
 use crate::connectors::http::loggable;
 use crate::mapping::Trusts;
 use crate::store::StoreError;
-use crate::store::deliveries::{Claimed, DeliveryStore, Finished, Outcome};
+use crate::store::deliveries::{AttemptOutcome, Claimed, DeliveryStore, Finished};
 
 use super::attempt::{Env, attempt, attempt_batch};
 use super::destinations::Dest;
@@ -30,15 +30,15 @@ const AHEAD: usize = 4;
 pub(super) fn log_outcome(f: &Finished) {
     let c = &f.claimed;
     match &f.outcome {
-        Outcome::Delivered { status, .. } => tracing::info!(
+        AttemptOutcome::Delivered { status, .. } => tracing::info!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
             revision = c.revision, status, "delivered"
         ),
-        Outcome::Retry { error, next_at, .. } => tracing::warn!(
+        AttemptOutcome::Retry { error, next_at, .. } => tracing::warn!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
             revision = c.revision, error = %loggable(error), next_at = %next_at, "delivery failed; will retry"
         ),
-        Outcome::Dead { error, .. } => tracing::error!(
+        AttemptOutcome::Dead { error, .. } => tracing::error!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
             revision = c.revision, error = %loggable(error), "delivery dead-lettered"
         ),

@@ -9,7 +9,7 @@ use backon::BackoffBuilder;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::connectors::{Attempt, Limits};
-use crate::store::deliveries::{Claimed, Finished, Outcome};
+use crate::store::deliveries::{AttemptOutcome, Claimed, Finished};
 
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
@@ -75,7 +75,9 @@ pub(super) fn due_at(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
 pub(super) fn conclude(limits: &Limits, c: Claimed, result: Attempt) -> Finished {
     let next = decide(limits, c.attempts, Class::of(&result));
     let outcome = match (result, next) {
-        (Attempt::Delivered { target_id, status }, _) => Outcome::Delivered { target_id, status },
+        (Attempt::Delivered { target_id, status }, _) => {
+            AttemptOutcome::Delivered { target_id, status }
+        }
         (
             Attempt::Permanent {
                 reason,
@@ -83,12 +85,12 @@ pub(super) fn conclude(limits: &Limits, c: Claimed, result: Attempt) -> Finished
                 response,
             },
             _,
-        ) => Outcome::Dead {
+        ) => AttemptOutcome::Dead {
             error: reason,
             status,
             response,
         },
-        (Attempt::Retry { reason, status, .. }, Next::Retry(delay)) => Outcome::Retry {
+        (Attempt::Retry { reason, status, .. }, Next::Retry(delay)) => AttemptOutcome::Retry {
             next_at: due_at(Utc::now(), delay).to_rfc3339_opts(SecondsFormat::Micros, true),
             error: reason,
             status,
@@ -101,7 +103,7 @@ pub(super) fn conclude(limits: &Limits, c: Claimed, result: Attempt) -> Finished
                 ..
             },
             Next::Dead | Next::Delivered,
-        ) => Outcome::Dead {
+        ) => AttemptOutcome::Dead {
             error: format!("gave up after {} attempts: {reason}", c.attempts + 1),
             status,
             response,
@@ -481,7 +483,7 @@ mod tests {
             match (want, &f.outcome, &result) {
                 (
                     Want::Delivered,
-                    Outcome::Delivered { target_id, status },
+                    AttemptOutcome::Delivered { target_id, status },
                     Attempt::Delivered {
                         target_id: t,
                         status: s,
@@ -489,7 +491,7 @@ mod tests {
                 ) => assert_eq!((target_id, status), (t, s), "{case}"),
                 (
                     Want::Dead,
-                    Outcome::Dead {
+                    AttemptOutcome::Dead {
                         error,
                         status,
                         response,
@@ -502,7 +504,7 @@ mod tests {
                 ) => assert_eq!((error, status, response), (reason, s, r), "{case}"),
                 (
                     Want::Dead,
-                    Outcome::Dead {
+                    AttemptOutcome::Dead {
                         error,
                         status,
                         response,
@@ -519,7 +521,7 @@ mod tests {
                 }
                 (
                     Want::Retry(lo, hi),
-                    Outcome::Retry {
+                    AttemptOutcome::Retry {
                         next_at,
                         error,
                         status,

@@ -71,7 +71,7 @@ pub struct Claimed {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum AttemptOutcome {
     Delivered {
         target_id: Option<String>,
         status: Option<u16>,
@@ -88,22 +88,22 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
+impl AttemptOutcome {
     /// The state the delivery is left in.
     pub fn state(&self) -> DeliveryState {
         match self {
-            Outcome::Delivered { .. } => DeliveryState::Delivered,
-            Outcome::Retry { .. } => DeliveryState::Retrying,
-            Outcome::Dead { .. } => DeliveryState::Dead,
+            AttemptOutcome::Delivered { .. } => DeliveryState::Delivered,
+            AttemptOutcome::Retry { .. } => DeliveryState::Retrying,
+            AttemptOutcome::Dead { .. } => DeliveryState::Dead,
         }
     }
 
     /// The attempt's outcome as the attempt log keeps it.
     pub fn attempt_outcome(&self) -> &'static str {
         match self {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Retry { .. } => "failed",
-            Outcome::Dead { .. } => "dead",
+            AttemptOutcome::Delivered { .. } => "delivered",
+            AttemptOutcome::Retry { .. } => "failed",
+            AttemptOutcome::Dead { .. } => "dead",
         }
     }
 }
@@ -113,7 +113,7 @@ impl Outcome {
 pub struct Finished {
     pub claimed: Claimed,
     pub at: String,
-    pub outcome: Outcome,
+    pub outcome: AttemptOutcome,
 }
 
 /// One delivery as `deadletter` and `status` show it.

@@ -13,8 +13,8 @@ use crate::records::Kind;
 use crate::records::severity::Severity;
 use crate::store::StoreError;
 use crate::store::deliveries::{
-    AttemptExport, AttemptRow, Claimed, DeliveryCount, DeliveryDetail, DeliveryRow, DeliveryStore,
-    Finished, NewDelivery, Outcome, ReplayTrail, Replayed, Unrouted,
+    AttemptExport, AttemptOutcome, AttemptRow, Claimed, DeliveryCount, DeliveryDetail, DeliveryRow,
+    DeliveryStore, Finished, NewDelivery, ReplayTrail, Replayed, Unrouted,
 };
 use crate::store::rules::{
     CLAIM_ORDER, CLAIMABLE, ClaimOrder, DeliveryState, REPLAY_BLOCKED_BY, REPLAYABLE, REPLAYED_TO,
@@ -369,7 +369,7 @@ impl DeliveryStore for SqliteStore {
             let c = &f.claimed;
             let attempt = c.attempts + 1;
             let (outcome, status, error) = match &f.outcome {
-                Outcome::Delivered { target_id, status } => {
+                AttemptOutcome::Delivered { target_id, status } => {
                     sqlx::query(
                         "UPDATE deliveries SET state = ?6, attempts = ?2, target_id = COALESCE(?3, target_id), \
                          delivered_at = ?4, last_status = ?5, last_error = NULL, response = NULL, updated_at = ?4 \
@@ -386,7 +386,7 @@ impl DeliveryStore for SqliteStore {
                     .map_err(&err)?;
                     (f.outcome.attempt_outcome(), *status, None)
                 }
-                Outcome::Retry {
+                AttemptOutcome::Retry {
                     next_at,
                     error,
                     status,
@@ -407,7 +407,7 @@ impl DeliveryStore for SqliteStore {
                     .map_err(&err)?;
                     (f.outcome.attempt_outcome(), *status, Some(error.as_str()))
                 }
-                Outcome::Dead {
+                AttemptOutcome::Dead {
                     error,
                     status,
                     response,
