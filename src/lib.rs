@@ -31,3 +31,4 @@ pub mod store;
 pub mod sync;
 pub mod synthetic;
 pub mod toml_file;
+pub mod trail;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use rayon::prelude::*;
 
+use crate::audit::TrailedStore;
 use crate::intake::{Item, expand_paths, parse_text, read_file};
 use crate::mapping::Trusts;
 use crate::policy::{Exception, evaluate};

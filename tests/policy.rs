@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use doorstep::audit::TrailedStore;
 use doorstep::mapping::Trusts;
 use doorstep::pipeline::{self, policy_exceptions};
 use doorstep::records::{Kind, parse_submission};

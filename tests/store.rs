@@ -5,6 +5,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use doorstep::audit::TrailedStore;
 use doorstep::records::{Kind, parse_submission};
 use doorstep::store::{IngestOutcome, IntakeBatch, NewRecord, SqliteStore, Store};
 use serde_json::{Value, json};

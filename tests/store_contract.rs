@@ -7,6 +7,7 @@ use std::future::Future;
 use std::path::Path;
 
 use doorstep::audit::{Event, EventType, tree};
+use doorstep::audit::{TrailedDeliveries, TrailedStore};
 use doorstep::records::severity::Severity;
 use doorstep::records::{ContentHash, Kind};
 use doorstep::store::deliveries::{AttemptOutcome, Claimed, Finished, NewDelivery};

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use super::{Event, EventType};
 use crate::store::deliveries::{AttemptOutcome, Claimed, Finished, Replayed};
 use crate::store::rules::{DeliveryState, ExceptionState, REPLAYED_TO};
-use crate::store::{IngestOutcome, IntakeFacts, NewRecord};
+use std::future::Future;
+
+use crate::store::deliveries::DeliveryStore;
+use crate::store::{IngestOutcome, IntakeBatch, IntakeFacts, NewRecord, Store, StoreError};
 
 /// The events of one intake batch: what was stored (and the exceptions it raised),
 /// exceptions resolved, conflicts, and rejections that name a well-formed trust.
@@ -129,3 +132,41 @@ pub fn replayed(replayed: &[Replayed], at: &str) -> Vec<Event> {
         })
         .collect()
 }
+
+/// A store that writes intake with the trail's events: `ingest` is
+/// [`Store::ingest_with_trail`] with [`intake`]. Every [`Store`] is one.
+pub trait TrailedStore: Store {
+    /// Writes a batch in one transaction with its trail events; nothing is acknowledged
+    /// before the commit.
+    fn ingest(
+        &self,
+        batch: &IntakeBatch,
+    ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send {
+        self.ingest_with_trail(batch, &intake)
+    }
+}
+
+impl<S: Store> TrailedStore for S {}
+
+/// A delivery store that records outcomes and replays with the trail's events. Every
+/// [`DeliveryStore`] is one.
+pub trait TrailedDeliveries: DeliveryStore {
+    /// Records outcomes with their trail events ([`finished`]) in one transaction.
+    fn finish(&self, done: &[Finished]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let events = finished(done);
+            self.finish_with_trail(done, &events).await
+        }
+    }
+
+    /// [`DeliveryStore::replay_with_trail`] with the trail's events ([`replayed`]).
+    fn replay(
+        &self,
+        ids: &[i64],
+        destination: Option<(&str, &str)>,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send {
+        self.replay_with_trail(ids, destination, &replayed)
+    }
+}
+
+impl<S: DeliveryStore> TrailedDeliveries for S {}

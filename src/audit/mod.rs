@@ -1,20 +1,19 @@
-//! Evidence trail (SPEC §5): the per-trust RFC 9162 Merkle log of events, signed
-//! checkpoints, and the auditor's export bundle and offline verifier.
+//! Evidence trail (SPEC §5), above the store: which events intake and delivery make
+//! (`events`), signed checkpoints and consistency (`checkpoint`, `note`), and the auditor's
+//! export bundle and its offline verifier (`bundle`). The log itself — leaves and the
+//! Merkle tree — is `crate::trail`, below the store; re-exported here as `leaf` and `tree`.
 //!
-//! Owns: leaves, tree hashing, proofs, checkpoints, bundles. May not touch: delivery.
+//! Owns: events, checkpoints, bundles. May not touch: delivery.
 
-pub mod events;
-pub mod leaf;
-pub mod tree;
-
-pub use leaf::{Event, EventType};
-pub mod note;
-
-pub use note::{Checkpoint, NoteError, NoteSigner, Verifier};
 pub mod bundle;
 pub mod checkpoint;
+pub mod events;
+pub mod note;
 
+pub use crate::trail::{Event, EventType, leaf, tree};
 pub use bundle::{
     ExportError, ExportRequest, ExportSummary, Progress, Quiet, VerifyFailure, VerifyReport,
     export, verify,
 };
+pub use events::{TrailedDeliveries, TrailedStore};
+pub use note::{Checkpoint, NoteError, NoteSigner, Verifier};

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{
     Common, ConfigArg, Fatal, Format, Output, load_deployment, required_deployment, runtime,
 };
+use doorstep::audit::TrailedDeliveries;
 use doorstep::connectors::Connectors;
 use doorstep::deployment::Deployment;
 use doorstep::report::Summary;

@@ -27,6 +27,7 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
+use crate::audit::TrailedDeliveries;
 use crate::connectors::csv::CsvTransport;
 use crate::connectors::http::{Credentials, HttpTransport};
 use crate::connectors::{Connectors, TransportKind};

@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use super::StoreError;
 use super::rules::DeliveryState;
-use crate::audit::Event;
 use crate::records::Kind;
 use crate::records::severity::Severity;
+use crate::trail::Event;
 
 /// A stored revision not yet routed.
 #[derive(Debug, Clone)]
@@ -230,15 +230,6 @@ pub trait DeliveryStore: super::lookups::LookupStore {
         events: &[Event],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Records outcomes with their trail events (`audit::events::finished`) in one
-    /// transaction.
-    fn finish(&self, done: &[Finished]) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let events = crate::audit::events::finished(done);
-            self.finish_with_trail(done, &events).await
-        }
-    }
-
     /// When the destination's next delivery falls due (RFC 3339), if any is waiting; now,
     /// while any is in flight.
     fn next_due(
@@ -277,14 +268,4 @@ pub trait DeliveryStore: super::lookups::LookupStore {
         destination: Option<(&str, &str)>,
         trail: ReplayTrail<'_>,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
-
-    /// [`DeliveryStore::replay_with_trail`] with the evidence trail's events
-    /// (`audit::events::replayed`).
-    fn replay(
-        &self,
-        ids: &[i64],
-        destination: Option<(&str, &str)>,
-    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send {
-        self.replay_with_trail(ids, destination, &crate::audit::events::replayed)
-    }
 }

@@ -25,10 +25,10 @@ use std::future::Future;
 
 use serde::Serialize;
 
-use crate::audit::Event;
-use crate::audit::tree::{Hash, NodeId};
 use crate::records::severity::Severity;
 use crate::records::{ContentHash, Kind};
+use crate::trail::Event;
+use crate::trail::tree::{Hash, NodeId};
 
 pub use deliveries::DeliveryStore;
 pub use issues::{Conflict, Rejection};
@@ -209,14 +209,6 @@ pub trait Store: Send + Sync {
         trail: IntakeTrail<'_>,
     ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send;
 
-    /// [`Store::ingest_with_trail`] with the evidence trail's events (`audit::events`).
-    fn ingest(
-        &self,
-        batch: &IntakeBatch,
-    ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send {
-        self.ingest_with_trail(batch, &crate::audit::events::intake)
-    }
-
     /// Counts by trust, school, kind and state; rejections and conflicts by rule; open
     /// exceptions by trust, school and rule.
     fn status(&self) -> impl Future<Output = Result<StatusReport, StoreError>> + Send;
@@ -232,7 +224,7 @@ pub trait Store: Send + Sync {
     /// The size of every trust's evidence-trail log.
     fn audit_sizes(&self) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
 
-    /// Hashes of complete nodes of a trust's log (see `audit::tree`).
+    /// Hashes of complete nodes of a trust's log (see `trail::tree`).
     fn audit_nodes(
         &self,
         trust: &str,

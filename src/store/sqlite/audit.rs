@@ -9,8 +9,8 @@ use chrono::Utc;
 use sqlx::SqliteConnection;
 
 use super::{Col, INSERT_ROWS, SqliteStore, json_param, now};
-use crate::audit::{Event, tree};
 use crate::store::StoreError;
+use crate::trail::{Event, tree};
 
 /// The right edge of each trust's log as this store last appended it, so that the next append
 /// need not read it back. It is used only while the log still holds this store's mark (its
@@ -382,8 +382,8 @@ impl SqliteStore {
 mod tests {
     use super::super::MIGRATOR;
     use super::*;
-    use crate::audit::EventType;
     use crate::store::Store;
+    use crate::trail::EventType;
     use sqlx::SqlitePool;
     use sqlx::sqlite::SqliteConnectOptions;
     use std::str::FromStr;

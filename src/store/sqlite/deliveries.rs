@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 
 use super::{Col, SqliteStore, Undecoded, json_param, now};
-use crate::audit::Event;
 use crate::records::Kind;
 use crate::records::severity::Severity;
 use crate::store::StoreError;
@@ -20,6 +19,7 @@ use crate::store::rules::{
     CLAIM_ORDER, CLAIMABLE, ClaimOrder, DeliveryState, REPLAY_BLOCKED_BY, REPLAYABLE, REPLAYED_TO,
     UNFINISHED, sql_list,
 };
+use crate::trail::Event;
 
 /// `ORDER BY` of the claim order, on deliveries aliased `d`.
 fn claim_order() -> String {

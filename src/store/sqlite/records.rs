@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 
 use super::{Col, INSERT_ROWS, SqliteStore, json_param, now};
-use crate::audit::Event;
-use crate::audit::tree::{Hash, NodeId};
 use crate::records::Kind;
 use crate::store::rules::{self, ExceptionState, Key, KeyState};
 use crate::store::{
@@ -13,6 +11,8 @@ use crate::store::{
     RaisedException, RecordCount, RuleCount, StatusReport, Store, StoreError, StoredException,
     StoredRevision,
 };
+use crate::trail::Event;
+use crate::trail::tree::{Hash, NodeId};
 
 impl Store for SqliteStore {
     async fn ingest_with_trail(

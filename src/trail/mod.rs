@@ -1,0 +1,11 @@
+//! The evidence trail's log as data (SPEC §5): a leaf is one event's exact bytes, and the
+//! per-trust RFC 9162 Merkle tree over them is hashed, stored in tiles and proven here.
+//!
+//! Owns: the leaf format and the tree's arithmetic. A leaf below `store` (which keeps the
+//! tree) and `audit` (which decides the events, signs checkpoints and exports bundles):
+//! imports nothing of the crate but `records`.
+
+pub mod leaf;
+pub mod tree;
+
+pub use leaf::{Event, EventType};
