@@ -2,7 +2,7 @@
 //! set of rule ids `fixtures/policy/expected.toml` gives it. Plus: evaluation never panics and
 //! is deterministic, and exceptions are stored, reported and resolved by later revisions.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

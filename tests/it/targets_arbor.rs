@@ -16,7 +16,7 @@
 //! Arbor authenticates with a user and password on every request: there is no token and so
 //! no token expiry to test.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::fake::{Answer, Seen};
-use common::live::{Live, case_record};
+use crate::common::fake::{Answer, Seen};
+use crate::common::live::{Live, case_record};
 use serde_json::{Map, Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};

@@ -1,6 +1,6 @@
 //! The SQLite store: revision rules, batches, durability across a reopen and a kill -9.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

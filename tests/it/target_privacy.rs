@@ -3,9 +3,9 @@
 //! who fix it, and never written to the logs; a pupil the target does not have is named by
 //! the record's id, never by UPN or name.
 
-mod common;
+use crate::common;
 
-use common::live::{Live, case_record};
+use crate::common::live::{Live, case_record};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

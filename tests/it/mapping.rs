@@ -2,11 +2,11 @@
 //! them: `doorstep mapping test` passes on both trusts, a changed expectation fails with a
 //! diff naming the case, and a withdrawn attendance code is refused by `config check`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
-use common::{doorstep, root};
+use crate::common::{doorstep, root};
 
 /// Copies a folder and everything under it.
 fn copy_dir(from: &Path, to: &Path) {

@@ -19,14 +19,14 @@
 //! .NET counts a string (UTF-16 code units), and a request refused whole (no mark of a
 //! refused request is written).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fake::requests;
-use common::live::{Live, case_record};
+use crate::common::fake::requests;
+use crate::common::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 

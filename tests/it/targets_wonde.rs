@@ -15,7 +15,7 @@
 //!
 //! Wonde's token is a long-lived per-app token: there is no expiry or refresh to test.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::fake::{Answer, Seen};
-use common::live::{Live, case_record};
+use crate::common::fake::{Answer, Seen};
+use crate::common::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
