@@ -1,7 +1,7 @@
 //! The evidence trail: RFC 6962 / transparency-dev vectors, proofs for random trees, a
 //! tamper suite over a real exported bundle, and no personal data in any leaf.
 
-use crate::common;
+use crate::harness as common;
 
 use std::path::{Path, PathBuf};
 

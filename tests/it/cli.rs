@@ -1,10 +1,10 @@
 //! The CLI as scripts and cron see it: verbs, `--format json` lines, exit codes 0/1/2.
 
-use crate::common;
+use crate::harness as common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::common::{Deployment, doorstep, fixture, json_lines, read_fixture};
+use crate::harness::{Deployment, doorstep, fixture, json_lines, read_fixture};
 use serde_json::json;
 
 #[test]

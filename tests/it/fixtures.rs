@@ -1,7 +1,7 @@
 //! The shipped fixtures: every valid one is accepted; every invalid one is rejected with
 //! exactly the pointer and rule `fixtures/invalid/expected.toml` gives it, and nothing else.
 
-use crate::common;
+use crate::harness as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,9 @@
 //! process, so none may change process-wide state (environment variables, the current
 //! folder, a global subscriber): what a run of `doorstep` needs goes to that child process.
 
-mod common;
+mod fakes;
+mod harness;
+mod live;
 
 mod audit;
 mod cli;

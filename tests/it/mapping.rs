@@ -2,11 +2,11 @@
 //! them: `doorstep mapping test` passes on both trusts, a changed expectation fails with a
 //! diff naming the case, and a withdrawn attendance code is refused by `config check`.
 
-use crate::common;
+use crate::harness as common;
 
 use std::path::Path;
 
-use crate::common::{doorstep, root};
+use crate::harness::{doorstep, root};
 
 /// Copies a folder and everything under it.
 fn copy_dir(from: &Path, to: &Path) {

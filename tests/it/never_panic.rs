@@ -1,7 +1,7 @@
 //! Bad input gets a clear rejection, never a panic: the public JSONTestSuite files, and
 //! valid records mutated at random, fed through intake and validation.
 
-use crate::common;
+use crate::harness as common;
 
 use std::path::PathBuf;
 

@@ -1,9 +1,9 @@
 //! `doorstep config check --online` (issue 7): every destination reached as a sync would
 //! reach it — credentials, token, one read per school — a line each, exit 1 if any fails.
 
-use crate::common;
+use crate::harness as common;
 
-use crate::common::live::Live;
+use crate::harness::live::Live;
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -2,7 +2,7 @@
 //! set of rule ids `fixtures/policy/expected.toml` gives it. Plus: evaluation never panics and
 //! is deterministic, and exceptions are stored, reported and resolved by later revisions.
 
-use crate::common;
+use crate::harness as common;
 
 use std::collections::BTreeMap;
 

@@ -2,9 +2,9 @@
 //! unmistakable canaries with every log line on (DOORSTEP_LOG=trace, the store's own
 //! logging included) and find none of them in anything doorstep prints.
 
-use crate::common;
+use crate::harness as common;
 
-use crate::common::{Deployment, read_fixture};
+use crate::harness::{Deployment, read_fixture};
 use serde_json::json;
 
 const CANARY: &str = "CANARYq7Zx";

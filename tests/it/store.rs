@@ -1,6 +1,6 @@
 //! The SQLite store: revision rules, batches, durability across a reopen and a kill -9.
 
-use crate::common;
+use crate::harness as common;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -3,9 +3,9 @@
 //! who fix it, and never written to the logs; a pupil the target does not have is named by
 //! the record's id, never by UPN or name.
 
-use crate::common;
+use crate::harness as common;
 
-use crate::common::live::{Live, case_record};
+use crate::harness::live::{Live, case_record};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -23,16 +23,16 @@
 //! outside the resource refused (stricter than an ODS/API may be, so that only what the map
 //! names can pass), and 255 counted as .NET counts a string (UTF-16 code units).
 
-use crate::common;
+use crate::harness as common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::fake::requests;
+use crate::harness::live::{Live, case_record};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use crate::common::fake::requests;
-use crate::common::live::{Live, case_record};
 use serde_json::{Map, Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 

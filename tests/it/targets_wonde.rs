@@ -15,16 +15,16 @@
 //!
 //! Wonde's token is a long-lived per-app token: there is no expiry or refresh to test.
 
-use crate::common;
+use crate::harness as common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::fake::{Answer, Seen};
+use crate::harness::live::{Live, case_record};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use crate::common::fake::{Answer, Seen};
-use crate::common::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};

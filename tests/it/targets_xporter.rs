@@ -19,14 +19,14 @@
 //! .NET counts a string (UTF-16 code units), and a request refused whole (no mark of a
 //! refused request is written).
 
-use crate::common;
+use crate::harness as common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::fake::requests;
-use crate::common::live::{Live, case_record};
+use crate::harness::fake::requests;
+use crate::harness::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 

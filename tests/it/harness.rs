@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests: a throwaway deployment and the binary.
 #![allow(dead_code)]
 
-pub mod fake;
-pub mod live;
+pub use crate::fakes as fake;
+pub use crate::live;
 
 use std::path::{Path, PathBuf};
 
