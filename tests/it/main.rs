@@ -5,7 +5,6 @@
 
 mod fakes;
 mod harness;
-mod live;
 
 mod audit;
 mod cli;
