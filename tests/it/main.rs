@@ -9,6 +9,7 @@ mod harness;
 mod audit;
 mod cli;
 mod delivery;
+mod demo;
 mod fixtures;
 mod mapping;
 mod never_panic;
