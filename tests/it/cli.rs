@@ -1,11 +1,10 @@
 //! The CLI as scripts and cron see it: verbs, `--format json` lines, exit codes 0/1/2.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Deployment, doorstep, fixture, json_lines, read_fixture};
 use serde_json::json;
+
+use crate::harness::{Deployment, doorstep, fixture, json_lines, read_fixture};
 
 #[test]
 fn check_needs_no_config_and_exits_zero_on_valid_files() {

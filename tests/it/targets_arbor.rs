@@ -16,19 +16,18 @@
 //! Arbor authenticates with a user and password on every request: there is no token and so
 //! no token expiry to test.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::fake::{Answer, Seen};
-use common::live::{Live, case_record};
 use serde_json::{Map, Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::fakes::{Answer, Seen};
+use crate::harness::{Deployment, case_record};
 
 const USER: &str = "doorstep-stepney";
 const PASSWORD: &str = "c0rrect-h0rse";
@@ -531,8 +530,8 @@ fn mark_ref(v: &Value) -> Result<(), String> {
 // The deployment and records.
 
 /// The shipped mappings and connectors with Thrive's two Arbor destinations at `server`.
-fn live(server: &MockServer, password: &str) -> Live {
-    let mut live = Live::new("mappings");
+fn live(server: &MockServer, password: &str) -> Deployment {
+    let mut live = Deployment::copy_of("mappings");
     live.destination("thrive", "arbor_notes", &server.uri())
         .destination("thrive", "arbor_register", &server.uri())
         .env("THRIVE_ARBOR_USERNAME", USER)
@@ -893,7 +892,7 @@ async fn a_wrong_password_is_dead_at_once_without_a_retry_loop() {
     live.env("THRIVE_ARBOR_PASSWORD", PASSWORD);
     for dest in ["thrive/arbor_notes", "thrive/arbor_register"] {
         let r = live
-            .run("deadletter replay", &["--destination", dest])
+            .run_json("deadletter replay", &["--destination", dest])
             .await;
         assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
     }
@@ -1083,7 +1082,7 @@ async fn a_422_is_dead_with_arbors_message_and_a_replay_after_the_fix_delivers()
 
     // The map is fixed and the dead letter replayed.
     live.write(map, &shipped);
-    let r = live.run("deadletter replay", &[&id.to_string()]).await;
+    let r = live.run_json("deadletter replay", &[&id.to_string()]).await;
     assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
     let run = live.sync().await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
@@ -1198,7 +1197,7 @@ async fn a_replay_after_arbor_gets_the_pupil_delivers() {
     arbor.student(UPN, 12);
     for dest in ["thrive/arbor_notes", "thrive/arbor_register"] {
         let r = live
-            .run("deadletter replay", &["--destination", dest])
+            .run_json("deadletter replay", &["--destination", dest])
             .await;
         assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
     }
@@ -1248,7 +1247,7 @@ async fn a_replayed_older_revision_makes_no_second_note() {
     assert_eq!(arbor.notes().len(), 1);
 
     // The replay is refused: a later revision is already delivered there.
-    let r = live.run("deadletter replay", &[&id.to_string()]).await;
+    let r = live.run_json("deadletter replay", &[&id.to_string()]).await;
     assert_eq!(r.code, 1, "{:?} {}", r.lines, r.stderr);
     assert_eq!(
         r.lines[0]["not_dead"],

@@ -1,7 +1,5 @@
 //! The SQLite store: revision rules, batches, durability across a reopen and a kill -9.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -10,8 +8,10 @@ use doorstep::records::{Kind, parse_submission};
 use doorstep::store::{IngestOutcome, IntakeBatch, NewRecord, SqliteStore, Store};
 use serde_json::{Value, json};
 
+use crate::harness;
+
 fn record(revision: u32, summary: &str) -> NewRecord {
-    let mut v = common::read_fixture("valid/thrive-attendance-illness.json");
+    let mut v = harness::read_fixture("valid/thrive-attendance-illness.json");
     v["revision"] = json!(revision);
     v["summary"] = json!(summary);
     let parsed = parse_submission(v).unwrap().remove(0);
@@ -125,9 +125,9 @@ async fn stored_content_is_canonical_and_hashes_to_its_content_hash() {
 /// already there (unchanged) or new, never in conflict, and the database is sound.
 #[test]
 fn a_killed_ingest_loses_nothing_it_committed_and_recovers() {
-    let d = common::Deployment::new();
+    let d = harness::Deployment::new();
     let count = 40_000u64;
-    let records = common::doorstep()
+    let records = harness::doorstep()
         .args(["gen", "--count", &count.to_string(), "--seed", "77"])
         .assert()
         .code(0)
@@ -170,7 +170,7 @@ fn a_killed_ingest_loses_nothing_it_committed_and_recovers() {
         .get_output()
         .stdout
         .clone();
-    let summary = common::json_lines(&out).pop().unwrap();
+    let summary = harness::json_lines(&out).pop().unwrap();
     assert!(
         summary["unchanged"].as_u64().unwrap() > 0,
         "what the killed runs committed is kept"
@@ -191,5 +191,5 @@ fn a_killed_ingest_loses_nothing_it_committed_and_recovers() {
         .get_output()
         .stdout
         .clone();
-    assert_eq!(common::json_lines(&out).pop().unwrap()["records"], count);
+    assert_eq!(harness::json_lines(&out).pop().unwrap()["records"], count);
 }

@@ -2,34 +2,9 @@
 //! them: `doorstep mapping test` passes on both trusts, a changed expectation fails with a
 //! diff naming the case, and a withdrawn attendance code is refused by `config check`.
 
-mod common;
-
 use std::path::Path;
 
-use common::{doorstep, root};
-
-/// Copies a folder and everything under it.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// A throwaway copy of the shipped mappings with `connectors/` beside them, as the runner
-/// finds them with no config: `<dir>/mappings/<trust>` and `<dir>/connectors`.
-fn copy_of_mappings() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&root().join("mappings"), &dir.path().join("mappings"));
-    copy_dir(&root().join("connectors"), &dir.path().join("connectors"));
-    dir
-}
+use crate::harness::{Deployment, doorstep, root};
 
 /// Replaces exactly one occurrence of `from` in a file.
 fn edit_once(path: &Path, from: &str, to: &str) {
@@ -88,8 +63,8 @@ fn shipped_trusts_pass_their_mapping_tests() {
 
 #[test]
 fn a_changed_csv_cell_fails_with_a_diff_naming_the_case() {
-    let dir = copy_of_mappings();
-    let trust = dir.path().join("mappings/thrive");
+    let d = Deployment::copy_of("mappings");
+    let trust = d.path("mappings/thrive");
     // The attendance row's code: illness is I; say M instead.
     edit_once(
         &trust.join("tests/01-illness-visit.toml"),
@@ -128,8 +103,8 @@ fn a_changed_csv_cell_fails_with_a_diff_naming_the_case() {
 
 #[test]
 fn a_changed_body_value_fails_with_a_json_diff_naming_the_case() {
-    let dir = copy_of_mappings();
-    let trust = dir.path().join("mappings/celt");
+    let d = Deployment::copy_of("mappings");
+    let trust = d.path("mappings/celt");
     edit_once(
         &trust.join("tests/23-policy-errors-to-dsl.toml"),
         r#""alert": "policy exception: visit report","#,
@@ -157,15 +132,13 @@ fn a_changed_body_value_fails_with_a_json_diff_naming_the_case() {
 #[test]
 fn a_case_expecting_too_little_fails() {
     // An output no expectation names is a failure, not silently ignored.
-    let dir = copy_of_mappings();
-    let case = dir
-        .path()
-        .join("mappings/celt/tests/12-disclosure-flag-same-day.toml");
+    let d = Deployment::copy_of("mappings");
+    let case = d.path("mappings/celt/tests/12-disclosure-flag-same-day.toml");
     let text = std::fs::read_to_string(&case).unwrap();
     let last = text.rfind("[[expect]]").unwrap();
     assert!(text[last..].contains(r#"destination = "dsl_alerts""#));
     std::fs::write(&case, &text[..last]).unwrap();
-    let assert = mapping_test(&dir.path().join("mappings/celt")).code(1);
+    let assert = mapping_test(&d.path("mappings/celt")).code(1);
     let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
     assert!(
         stdout.contains("record celt-flag-212 also went to `dsl_alerts`"),
@@ -173,46 +146,21 @@ fn a_case_expecting_too_little_fails() {
     );
 }
 
-/// A deployment over a copy of the mappings: `doorstep.toml` with the store, and the
-/// webhook destinations paused so no secret is needed.
-fn write_config(dir: &Path) -> std::path::PathBuf {
-    let config = dir.join("doorstep.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "mappings = \"mappings\"\nconnectors = \"connectors\"\n\
-             [store]\nsqlite = \"var/doorstep.db\"\n{}",
-            common::PAUSED
-        ),
-    )
-    .unwrap();
-    config
-}
-
 #[test]
 fn a_withdrawn_attendance_code_is_refused_by_config_check() {
-    let dir = copy_of_mappings();
-    let config = write_config(dir.path());
+    // A deployment over a copy of the mappings, the webhook destinations paused so no
+    // secret is needed.
+    let d = Deployment::copy_of("mappings");
     // The copy as shipped is a good config: what follows is down to the code alone.
-    doorstep()
-        .current_dir(dir.path())
-        .args(["config", "check", "--config"])
-        .arg(&config)
-        .assert()
-        .code(0);
+    d.run("config check", &[]).code(0);
 
     // H (holiday authorised) was withdrawn in August 2024.
     edit_once(
-        &dir.path().join("mappings/thrive/codes.toml"),
+        &d.path("mappings/thrive/codes.toml"),
         "illness = \"I\"",
         "illness = \"H\"",
     );
-    let assert = doorstep()
-        .current_dir(dir.path())
-        .args(["config", "check", "--config"])
-        .arg(&config)
-        .assert()
-        .code(2);
+    let assert = d.run("config check", &[]).code(2);
     let out = assert.get_output();
     let text = format!(
         "{}{}",
@@ -224,7 +172,7 @@ fn a_withdrawn_attendance_code_is_refused_by_config_check() {
     assert!(text.contains("withdrawn"), "says why: {text}");
 
     // The mapping's own tests cannot run on it either.
-    mapping_test(&dir.path().join("mappings/thrive"))
+    mapping_test(&d.path("mappings/thrive"))
         .code(2)
         .stderr(predicates::str::contains("withdrawn"));
 }

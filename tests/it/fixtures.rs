@@ -1,13 +1,13 @@
 //! The shipped fixtures: every valid one is accepted; every invalid one is rejected with
 //! exactly the pointer and rule `fixtures/invalid/expected.toml` gives it, and nothing else.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use doorstep::mapping::Trusts;
 use doorstep::pipeline;
+
+use crate::harness;
 
 fn fixtures(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,7 +34,7 @@ fn every_valid_fixture_is_accepted() {
         files.len()
     );
     for file in files {
-        let mut seen = common::Collect::default();
+        let mut seen = harness::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert!(
             seen.rejections.is_empty(),
@@ -74,7 +74,7 @@ fn every_invalid_fixture_gives_its_exact_rejection() {
         let want = expected
             .get(&name)
             .unwrap_or_else(|| panic!("{name} has no entry in expected.toml"));
-        let mut seen = common::Collect::default();
+        let mut seen = harness::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert_eq!(summary.accepted, 0, "{name}: nothing may be accepted");
         assert_eq!(summary.rejected, 1, "{name}: one rejected submission");

@@ -2,10 +2,9 @@
 //! unmistakable canaries with every log line on (DOORSTEP_LOG=trace, the store's own
 //! logging included) and find none of them in anything doorstep prints.
 
-mod common;
-
-use common::{Deployment, read_fixture};
 use serde_json::json;
+
+use crate::harness::{self, Deployment, read_fixture};
 
 const CANARY: &str = "CANARYq7Zx";
 
@@ -75,7 +74,7 @@ fn no_personal_data_in_logs_or_output() {
 
     for verb in ["check", "ingest"] {
         for format in ["human", "json"] {
-            let out = common::doorstep()
+            let out = harness::doorstep()
                 .current_dir(d.dir.path())
                 .env("DOORSTEP_LOG", "trace")
                 .arg(verb)
@@ -112,7 +111,7 @@ fn no_personal_data_in_logs_or_output() {
     for format in ["human", "json"] {
         // `sync` moves the file away (to rejected/, with its report): drop it again.
         std::fs::copy(d.path("canary.jsonl"), d.path("drop/canary.jsonl")).unwrap();
-        let out = common::doorstep()
+        let out = harness::doorstep()
             .current_dir(d.dir.path())
             .env("DOORSTEP_LOG", "trace")
             .arg("sync")

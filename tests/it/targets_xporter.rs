@@ -19,16 +19,15 @@
 //! .NET counts a string (UTF-16 code units), and a request refused whole (no mark of a
 //! refused request is written).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fake::requests;
-use common::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::fakes::requests;
+use crate::harness::{Deployment, case_record};
 
 /// St Keverne's LA and establishment number, as the CELT routes give it.
 const ESTAB: &str = "9084123";
@@ -314,14 +313,14 @@ fn body_of(r: &Request) -> Value {
 
 /// A fake Xporter knowing `students`, and the shipped mappings with CELT's `xporter`
 /// pointed at it (its token service too) and every other HTTP destination paused.
-async fn start(students: &[&str]) -> (MockServer, Xporter, Live) {
+async fn start(students: &[&str]) -> (MockServer, Xporter, Deployment) {
     let server = MockServer::start().await;
     let fake = Xporter::new(students);
     Mock::given(wiremock::matchers::any())
         .respond_with(fake.clone())
         .mount(&server)
         .await;
-    let mut live = Live::new("mappings");
+    let mut live = Deployment::copy_of("mappings");
     // The token service is the deployment's override, as staging would give it.
     live.destination("celt", "xporter", &server.uri())
         .token_url("celt", "xporter", &format!("{}{TOKEN_PATH}", server.uri()))
@@ -366,10 +365,10 @@ fn mark(id: &str, date: &str, mis_id: &str, summary: &str) -> Value {
 }
 
 /// `deadletter show` of every delivery to `xporter` (ids are every delivery's, dead or not).
-async fn xporter_deliveries(live: &Live) -> Vec<Value> {
+async fn xporter_deliveries(live: &Deployment) -> Vec<Value> {
     let mut out = Vec::new();
     for id in 1..=40 {
-        let r = live.run("deadletter show", &[&id.to_string()]).await;
+        let r = live.run_json("deadletter show", &[&id.to_string()]).await;
         if r.code != 0 {
             break;
         }
@@ -381,7 +380,7 @@ async fn xporter_deliveries(live: &Live) -> Vec<Value> {
 }
 
 /// Deliveries to `xporter` delivered so far.
-async fn delivered(live: &Live) -> u64 {
+async fn delivered(live: &Deployment) -> u64 {
     xporter_state(&live.states().await)
         .get("delivered")
         .copied()
@@ -628,7 +627,7 @@ async fn a_validation_failure_is_dead_then_replayed_after_the_map_is_fixed() {
     // The map is fixed; the dead letter replays and the next sync writes the mark.
     live.write(map_path, &shipped);
     let id = dead[0]["id"].as_i64().unwrap();
-    let replay = live.run("deadletter replay", &[&id.to_string()]).await;
+    let replay = live.run_json("deadletter replay", &[&id.to_string()]).await;
     assert_eq!(replay.code, 0, "{:?} {}", replay.lines, replay.stderr);
     let run = live.sync().await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);

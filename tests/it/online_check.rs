@@ -1,25 +1,16 @@
 //! `doorstep config check --online` (issue 7): every destination reached as a sync would
 //! reach it — credentials, token, one read per school — a line each, exit 1 if any fails.
 
-mod common;
-
-use common::live::Live;
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::harness::Deployment;
+
 /// `config check --online` is human output: run it and keep stdout.
-async fn check(live: &Live) -> (i32, String) {
-    let config = live.path("doorstep.toml");
-    // Writes doorstep.toml with the test servers' URLs.
-    let _ = live.run("status", &[]).await;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_doorstep"));
-    cmd.current_dir(live.dir.path())
-        .env_remove("DOORSTEP_CONFIG")
-        .env_remove("DOORSTEP_LOG")
-        .args(["config", "check", "--online", "--config"])
-        .arg(config)
-        .env("THRIVE_ARBOR_USERNAME", "doorstep-app")
+async fn check(live: &Deployment) -> (i32, String) {
+    let mut cmd = live.command("config check --online", &[]);
+    cmd.env("THRIVE_ARBOR_USERNAME", "doorstep-app")
         .env("THRIVE_ARBOR_PASSWORD", "s3cret-pass")
         .env("CELT_WONDE_TOKEN", "wonde-token-1");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
@@ -59,7 +50,7 @@ async fn each_destination_is_reached_with_its_credentials_per_school() {
         .respond_with(ResponseTemplate::new(403).set_body_json(json!({"error": {"message": "School A2032141745 has not approved access for pupil Grace Gilbert"}})))
         .mount(&wonde)
         .await;
-    let mut live = Live::new("mappings");
+    let mut live = Deployment::copy_of("mappings");
     live.destination("thrive", "arbor_notes", &arbor.uri())
         .destination("thrive", "arbor_register", &arbor.uri())
         .destination("celt", "wonde", &wonde.uri());
@@ -90,7 +81,7 @@ async fn refused_credentials_are_a_failed_line() {
         )
         .mount(&arbor)
         .await;
-    let mut live = Live::new("mappings");
+    let mut live = Deployment::copy_of("mappings");
     live.destination("thrive", "arbor_notes", &arbor.uri());
     let (code, out) = check(&live).await;
     assert_eq!(code, 1, "{out}");

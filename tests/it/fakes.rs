@@ -1,6 +1,5 @@
-//! Pieces the target-system fakes share (`tests/targets_*.rs`): an answer with its status
+//! Pieces the target-system fakes share (`targets_*.rs`): an answer with its status
 //! kept, the log of what a fake received, and the requests a mock server saw on a path.
-#![allow(dead_code)]
 
 use std::time::Instant;
 

@@ -14,8 +14,6 @@
 //! ../shared/TARGETS.md). Status codes are chosen by each test, not guessed from a product.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,174 +24,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-const BIN: &str = env!("CARGO_BIN_EXE_doorstep");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-// ---------------------------------------------------------------------------------------
-// A throwaway deployment.
-
-struct Deploy {
-    dir: tempfile::TempDir,
-    /// Environment given to every run (secrets).
-    env: Vec<(String, String)>,
-}
-
-/// What one `doorstep` run printed and returned.
-struct Run {
-    code: i32,
-    lines: Vec<Value>,
-    stderr: String,
-}
-
-impl Run {
-    /// The last line: the JSON summary.
-    fn summary(&self) -> &Value {
-        self.lines.last().unwrap_or_else(|| {
-            panic!("no output; stderr: {}", self.stderr);
-        })
-    }
-
-    fn count(&self, key: &str) -> u64 {
-        self.summary()[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no `{key}` in {}", self.summary()))
-    }
-}
-
-impl Deploy {
-    fn new() -> Deploy {
-        let dir = tempfile::tempdir().unwrap();
-        for d in ["drop", "connectors", "mappings/thrive/maps"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        std::fs::copy(
-            Path::new(ROOT).join("mappings/thrive/trust.toml"),
-            dir.path().join("mappings/thrive/trust.toml"),
-        )
-        .unwrap();
-        Deploy {
-            dir,
-            env: Vec::new(),
-        }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn write(&self, p: &str, text: &str) {
-        let path = self.path(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    fn env(&mut self, name: &str, value: &str) {
-        self.env.push((name.to_owned(), value.to_owned()));
-    }
-
-    /// `doorstep.toml`: `dests` are (destination, url) overrides of trust `thrive`.
-    fn config(&self, max_wait_seconds: f64, dests: &[(&str, &str)]) {
-        let mut text = format!(
-            "connectors = \"connectors\"\nmappings = \"mappings\"\n\
-             [store]\nsqlite = \"var/doorstep.db\"\n\
-             [intake]\ndrop = \"drop\"\n\
-             [delivery]\nout = \"out\"\nmax_wait_seconds = {max_wait_seconds:?}\n"
-        );
-        for (name, url) in dests {
-            text.push_str(&format!("[destinations.thrive.{name}]\nurl = {url:?}\n"));
-        }
-        self.write("doorstep.toml", &text);
-    }
-
-    fn connector(&self, name: &str, text: &str) {
-        self.write(&format!("connectors/{name}.toml"), text);
-    }
-
-    fn routes(&self, text: &str) {
-        self.write("mappings/thrive/routes.toml", text);
-    }
-
-    fn map(&self, name: &str, text: &str) {
-        self.write(&format!("mappings/thrive/maps/{name}.toml"), text);
-    }
-
-    /// One JSON file of records in the drop folder.
-    fn drop_records(&self, file: &str, records: &[Value]) {
-        self.write(
-            &format!("drop/{file}"),
-            &serde_json::to_string_pretty(&Value::Array(records.to_vec())).unwrap(),
-        );
-    }
-
-    /// `doorstep VERB… --config <this> --format json ARGS…`, not yet run.
-    fn command(&self, verb: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.current_dir(self.dir.path())
-            .env_remove("DOORSTEP_CONFIG")
-            .env_remove("DOORSTEP_LOG")
-            .args(verb.split_whitespace())
-            .arg("--config")
-            .arg(self.path("doorstep.toml"))
-            .args(["--format", "json"])
-            .args(args);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    /// Runs a verb off the async threads, so the mock servers keep serving.
-    async fn run(&self, verb: &str, args: &[&str]) -> Run {
-        let mut cmd = self.command(verb, args);
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        parse(out)
-    }
-
-    async fn sync(&self) -> Run {
-        self.run("sync", &[]).await
-    }
-
-    /// `deadletter show ID` as JSON.
-    async fn show(&self, id: i64) -> Value {
-        let r = self.run("deadletter show", &[&id.to_string()]).await;
-        assert_eq!(r.code, 0, "deadletter show {id}: {}", r.stderr);
-        assert_eq!(r.lines.len(), 1, "{:?}", r.lines);
-        r.lines[0].clone()
-    }
-
-    /// Delivered counts by destination from `status --format json`.
-    async fn delivered(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
-        let r = self.run("status", &[]).await;
-        assert_eq!(r.code, 0, "status: {}", r.stderr);
-        let mut by: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        for l in r.lines.iter().filter(|l| l["kind"] == "deliveries") {
-            by.entry(l["destination"].as_str().unwrap().to_owned())
-                .or_default()
-                .insert(
-                    l["state"].as_str().unwrap().to_owned(),
-                    l["count"].as_u64().unwrap(),
-                );
-        }
-        by
-    }
-}
-
-fn parse(out: Output) -> Run {
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let lines = stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}\n{stderr}")))
-        .collect();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        lines,
-        stderr,
-    }
-}
+use crate::harness::{self, Deployment};
 
 // ---------------------------------------------------------------------------------------
 // Records, maps, connectors.
@@ -201,7 +32,7 @@ fn parse(out: Output) -> Run {
 /// The shipped Thrive attendance visit as record `id`, revision `revision`.
 fn visit(id: &str, revision: u32, summary: &str) -> Value {
     let text = std::fs::read_to_string(
-        Path::new(ROOT).join("fixtures/valid/thrive-attendance-illness.json"),
+        harness::root().join("fixtures/valid/thrive-attendance-illness.json"),
     )
     .unwrap();
     let mut v: Value = serde_json::from_str(&text).unwrap();
@@ -283,9 +114,14 @@ map = "visit_json"
 }
 
 /// A deployment sending visits to a bearer-token JSON API at `server`.
-fn api_deploy(server: &MockServer, concurrency: usize, timeout: f64, max_attempts: u32) -> Deploy {
-    let mut d = Deploy::new();
-    d.config(5.0, &[("api", &server.uri())]);
+fn api_deploy(
+    server: &MockServer,
+    concurrency: usize,
+    timeout: f64,
+    max_attempts: u32,
+) -> Deployment {
+    let mut d = Deployment::thrive_only();
+    d.max_wait(5.0).destination("thrive", "api", &server.uri());
     d.connector(
         "api",
         &api_connector("bearer", concurrency, timeout, max_attempts),
@@ -381,10 +217,11 @@ async fn webhook_is_signed_with_every_secret_and_sends_only_the_mapped_body() {
         })
         .mount(&server)
         .await;
-    let mut d = Deploy::new();
-    d.config(
-        5.0,
-        &[("cpoms", &format!("{}/hooks/doorstep", server.uri()))],
+    let mut d = Deployment::thrive_only();
+    d.max_wait(5.0).destination(
+        "thrive",
+        "cpoms",
+        &format!("{}/hooks/doorstep", server.uri()),
     );
     d.connector(
         "hook",
@@ -603,7 +440,7 @@ async fn a_refused_connection_is_retried_then_dead_after_max_attempts() {
         l.local_addr().unwrap().port()
     };
     let url = format!("http://127.0.0.1:{port}");
-    let mut d = Deploy::new();
+    let mut d = Deployment::thrive_only();
     d.connector("api", &api_connector("bearer", 2, 2.0, 3));
     d.routes(&api_routes(r#"token = { env = "TEST_API_TOKEN" }"#));
     d.map("visit_json", VISIT_MAP);
@@ -611,7 +448,7 @@ async fn a_refused_connection_is_retried_then_dead_after_max_attempts() {
     d.drop_records("v.json", &[visit("refused", 1, "Seen.")]);
 
     // No waiting: one attempt, then the delivery waits for its retry.
-    d.config(0.0, &[("api", &url)]);
+    d.max_wait(0.0).destination("thrive", "api", &url);
     let run = d.sync().await;
     assert_eq!(run.code, 1, "undelivered is exit 1: {}", run.stderr);
     assert_eq!(run.count("retrying"), 1, "{}", run.summary());
@@ -628,7 +465,7 @@ async fn a_refused_connection_is_retried_then_dead_after_max_attempts() {
     );
 
     // Waiting long enough: attempts 2 and 3, then dead.
-    d.config(3.0, &[("api", &url)]);
+    d.max_wait(3.0).destination("thrive", "api", &url);
     let run = d.sync().await;
     assert_eq!(run.code, 1);
     assert_eq!(run.count("dead"), 1, "{}", run.summary());
@@ -695,7 +532,7 @@ async fn a_422_is_dead_at_once_and_replays_with_the_same_key() {
     assert_eq!(first.len(), 1, "a 422 is not retried");
     let key = header_of(&first[0], "idempotency-key").expect("Idempotency-Key");
 
-    let list = d.run("deadletter list", &[]).await;
+    let list = d.run_json("deadletter list", &[]).await;
     assert_eq!(list.code, 0);
     assert_eq!(list.lines.len(), 1, "{:?}", list.lines);
     let dead = &list.lines[0];
@@ -721,7 +558,7 @@ async fn a_422_is_dead_at_once_and_replays_with_the_same_key() {
         .respond_with(created("T-422"))
         .mount(&server)
         .await;
-    let replay = d.run("deadletter replay", &[&id.to_string()]).await;
+    let replay = d.run_json("deadletter replay", &[&id.to_string()]).await;
     assert_eq!(replay.code, 0, "{:?} {}", replay.lines, replay.stderr);
     assert_eq!(replay.lines[0]["ids"], json!([id]));
     let run = d.sync().await;
@@ -736,7 +573,7 @@ async fn a_422_is_dead_at_once_and_replays_with_the_same_key() {
         "a replay keeps the idempotency key"
     );
     assert_eq!(again[0].body, first[0].body);
-    let list = d.run("deadletter list", &[]).await;
+    let list = d.run_json("deadletter list", &[]).await;
     assert!(list.lines.is_empty(), "{:?}", list.lines);
     assert_eq!(d.show(id).await["target_id"], "T-422");
 }
@@ -785,8 +622,8 @@ async fn oauth2_token_is_cached_and_refreshed_once_on_401() {
         })
         .mount(&server)
         .await;
-    let mut d = Deploy::new();
-    d.config(5.0, &[("api", &server.uri())]);
+    let mut d = Deployment::thrive_only();
+    d.max_wait(5.0).destination("thrive", "api", &server.uri());
     // One request at a time, so which request meets the revoked token is known.
     d.connector(
         "api",
@@ -938,8 +775,8 @@ async fn a_poisoned_record_does_not_hold_up_the_others() {
         .mount(&server)
         .await;
     // One slot: a record retried in place would block every other.
-    let d = api_deploy(&server, 1, 5.0, 1000);
-    d.config(1.5, &[("api", &server.uri())]);
+    let mut d = api_deploy(&server, 1, 5.0, 1000);
+    d.max_wait(1.5).destination("thrive", "api", &server.uri());
     let mut records = vec![visit("poison", 1, "Always refused.")];
     records.extend((1..=5).map(|i| visit(&format!("fine-{i}"), 1, "Seen.")));
     d.drop_records("v.json", &records);
@@ -985,7 +822,7 @@ async fn a_killed_sync_loses_nothing_and_resends_only_what_was_in_flight() {
     d.drop_records("v.json", &records);
 
     let mut child = d
-        .command("sync", &[])
+        .command("sync", &["--format", "json"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1064,8 +901,8 @@ async fn a_killed_sync_loses_nothing_and_resends_only_what_was_in_flight() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn csv_rows_are_written_once_with_formulas_neutralised() {
-    let d = Deploy::new();
-    d.config(2.0, &[]);
+    let mut d = Deployment::thrive_only();
+    d.max_wait(2.0);
     d.connector(
         "csvlog",
         r#"transport = "csv_file"
@@ -1170,8 +1007,8 @@ async fn an_immediate_flag_goes_before_routine_visits() {
         .respond_with(created("T"))
         .mount(&server)
         .await;
-    let mut d = Deploy::new();
-    d.config(5.0, &[("api", &server.uri())]);
+    let mut d = Deployment::thrive_only();
+    d.max_wait(5.0).destination("thrive", "api", &server.uri());
     d.connector(
         "api",
         &api_connector("bearer", 1, 5.0, 3)
@@ -1191,7 +1028,7 @@ async fn an_immediate_flag_goes_before_routine_visits() {
         .collect();
     let mut flag: Value = serde_json::from_str(
         &std::fs::read_to_string(
-            Path::new(ROOT).join("fixtures/valid/thrive-flag-disclosure.json"),
+            harness::root().join("fixtures/valid/thrive-flag-disclosure.json"),
         )
         .unwrap(),
     )
@@ -1224,8 +1061,8 @@ async fn a_batching_endpoint_takes_several_records_a_request() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
         .mount(&server)
         .await;
-    let mut d = Deploy::new();
-    d.config(5.0, &[("api", &server.uri())]);
+    let mut d = Deployment::thrive_only();
+    d.max_wait(5.0).destination("thrive", "api", &server.uri());
     d.connector(
         "api",
         &api_connector("bearer", 1, 5.0, 3).replace(
@@ -1366,7 +1203,7 @@ async fn a_200_whose_body_reports_an_error_is_not_success() {
         "{}",
         run.summary()
     );
-    let dead = d.run("deadletter list", &[]).await;
+    let dead = d.run_json("deadletter list", &[]).await;
     assert_eq!(dead.lines.len(), 1, "{:?}", dead.lines);
     assert_eq!(dead.lines[0]["record_id"], "refused");
     let error = dead.lines[0]["last_error"].as_str().unwrap();

@@ -1,14 +1,14 @@
 //! The evidence trail: RFC 6962 / transparency-dev vectors, proofs for random trees, a
 //! tamper suite over a real exported bundle, and no personal data in any leaf.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use doorstep::audit::bundle::{self, VerifyFailure};
 use doorstep::audit::tree::{self, Hash};
 use proptest::prelude::*;
 use sha2::Sha256;
+
+use crate::harness;
 
 // ---- Known answers -------------------------------------------------------------------
 // Leaves and expected proofs copied from transparency-dev/merkle, testonly/reference_test.go
@@ -172,17 +172,15 @@ proptest! {
 // ---- A real bundle ---------------------------------------------------------------------
 
 struct Exported {
-    _d: common::Deployment,
+    _d: harness::Deployment,
     bundle: PathBuf,
     verifier: String,
 }
 
 /// Ingests the valid and policy fixtures, with a signing key, and exports CELT school 136401.
 fn exported(pseudonymise: bool) -> Exported {
-    let d = common::Deployment::new();
-    let cfg = std::fs::read_to_string(d.config()).unwrap()
-        + "[audit]\nsigning_key = { file = \"keys/log.key\" }\n";
-    std::fs::write(d.config(), cfg).unwrap();
+    let mut d = harness::Deployment::new();
+    d.add_config("[audit]\nsigning_key = { file = \"keys/log.key\" }\n");
     let out = d
         .run(
             "audit keygen",
@@ -204,11 +202,11 @@ fn exported(pseudonymise: bool) -> Exported {
         "the private key is readable by its owner only"
     );
     for dir in ["valid", "policy/celt"] {
-        d.run("ingest", &[common::fixture(dir).to_str().unwrap()])
+        d.run("ingest", &[harness::fixture(dir).to_str().unwrap()])
             .code(0);
     }
     // A later revision, so that an exception is resolved too.
-    let mut v = common::read_fixture("policy/celt/08-no-buddy.json");
+    let mut v = harness::read_fixture("policy/celt/08-no-buddy.json");
     v["revision"] = serde_json::json!(2);
     v["buddy"] =
         serde_json::json!({"staff_id": "PEN-050", "name": "Tom Rowe", "code_word_agreed": true});
@@ -289,12 +287,12 @@ fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
         report
     );
     // The CLI agrees, with and without a key.
-    common::doorstep()
+    harness::doorstep()
         .args(["audit", "verify"])
         .arg(&e.bundle)
         .assert()
         .code(0);
-    common::doorstep()
+    harness::doorstep()
         .args(["audit", "verify", "--key", &e.verifier])
         .arg(&e.bundle)
         .assert()
@@ -308,7 +306,7 @@ fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
         let f = failure(dir.path());
         assert!(f.what.contains(want_what), "{name}: got {f}");
         // The CLI names it too and exits 1.
-        let out = common::doorstep()
+        let out = harness::doorstep()
             .args(["audit", "verify"])
             .arg(dir.path())
             .assert()
@@ -614,13 +612,11 @@ fn no_leaf_carries_personal_data() {
 
 #[test]
 fn checkpoint_and_consistency_from_the_cli() {
-    let d = common::Deployment::new();
-    let cfg = std::fs::read_to_string(d.config()).unwrap()
-        + "[audit]\nsigning_key = { env = \"DOORSTEP_TEST_KEY\" }\n";
-    std::fs::write(d.config(), cfg).unwrap();
+    let mut d = harness::Deployment::new();
+    d.add_config("[audit]\nsigning_key = { env = \"DOORSTEP_TEST_KEY\" }\n");
     let key = doorstep::audit::NoteSigner::generate("trail.example").unwrap();
     let run = |args: &[&str]| {
-        common::doorstep()
+        harness::doorstep()
             .current_dir(d.dir.path())
             .env("DOORSTEP_TEST_KEY", key.to_text())
             .args(args)
@@ -628,14 +624,14 @@ fn checkpoint_and_consistency_from_the_cli() {
             .arg(d.config())
             .assert()
     };
-    run(&["ingest", common::fixture("policy/celt").to_str().unwrap()]).code(0);
+    run(&["ingest", harness::fixture("policy/celt").to_str().unwrap()]).code(0);
     let old = run(&["audit", "checkpoint", "--trust", "celt"])
         .code(0)
         .get_output()
         .stdout
         .clone();
     std::fs::write(d.path("old.note"), &old).unwrap();
-    run(&["ingest", common::fixture("valid").to_str().unwrap()]).code(0);
+    run(&["ingest", harness::fixture("valid").to_str().unwrap()]).code(0);
     let new = run(&["audit", "checkpoint", "--trust", "celt"])
         .code(0)
         .get_output()
@@ -653,7 +649,7 @@ fn checkpoint_and_consistency_from_the_cli() {
     // Backwards is not a consistency proof.
     run(&["audit", "consistency", "new.note", "old.note"]).code(1);
     // Without a signing key, export and checkpoint are config errors.
-    common::doorstep()
+    harness::doorstep()
         .current_dir(d.dir.path())
         .args(["audit", "checkpoint", "--config"])
         .arg(d.config())

@@ -15,19 +15,18 @@
 //!
 //! Wonde's token is a long-lived per-app token: there is no expiry or refresh to test.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::fake::{Answer, Seen};
-use common::live::{Live, case_record};
 use serde_json::{Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::fakes::{Answer, Seen};
+use crate::harness::{Deployment, case_record};
 
 const TOKEN: &str = "wonde-app-token-3f9a";
 /// The Wonde ids of CELT's two Wonde schools (mappings/celt/routes.toml).
@@ -390,8 +389,8 @@ impl Respond for Wonde {
 // The deployment and records.
 
 /// The shipped mappings and connectors with CELT's Wonde destination at `server`.
-fn live(server: &MockServer, token: &str) -> Live {
-    let mut live = Live::new("mappings");
+fn live(server: &MockServer, token: &str) -> Deployment {
+    let mut live = Deployment::copy_of("mappings");
     live.destination("celt", "wonde", &server.uri())
         .env("CELT_WONDE_TOKEN", token)
         .max_wait(3.0);
@@ -641,7 +640,7 @@ async fn a_refused_token_is_dead_at_once_without_a_retry_loop() {
 
     live.env("CELT_WONDE_TOKEN", TOKEN);
     let r = live
-        .run("deadletter replay", &["--destination", "celt/wonde"])
+        .run_json("deadletter replay", &["--destination", "celt/wonde"])
         .await;
     assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
     let run = live.sync().await;
@@ -815,7 +814,7 @@ async fn a_422_is_dead_with_wondes_message_and_a_replay_after_the_fix_delivers()
     );
 
     live.write(map, &shipped);
-    let r = live.run("deadletter replay", &[&id.to_string()]).await;
+    let r = live.run_json("deadletter replay", &[&id.to_string()]).await;
     assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
     let run = live.sync().await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
@@ -892,7 +891,7 @@ async fn a_replay_after_wonde_lists_the_pupil_delivers() {
 
     wonde.add_student(PENMORVAH, UPN, "A1000000201");
     let r = live
-        .run("deadletter replay", &["--destination", "celt/wonde"])
+        .run_json("deadletter replay", &["--destination", "celt/wonde"])
         .await;
     assert_eq!(r.code, 0, "{:?} {}", r.lines, r.stderr);
     let run = live.sync().await;

@@ -1,8 +1,6 @@
 //! Bad input gets a clear rejection, never a panic: the public JSONTestSuite files, and
 //! valid records mutated at random, fed through intake and validation.
 
-mod common;
-
 use std::path::PathBuf;
 
 use doorstep::intake::{Item, parse_text};
@@ -11,8 +9,10 @@ use doorstep::pipeline::{self, Validated};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use crate::harness;
+
 fn suite_dir() -> PathBuf {
-    common::root().join("../shared/testdata/JSONTestSuite/test_parsing")
+    harness::root().join("../shared/testdata/JSONTestSuite/test_parsing")
 }
 
 /// Every file of the suite, as `.json` and as a one-line `.jsonl`, ends in a rejection
@@ -34,7 +34,7 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
     assert!(files.len() > 300, "the whole suite is there");
     let tmp = tempfile::tempdir().unwrap();
     for file in files {
-        let mut seen = common::Collect::default();
+        let mut seen = harness::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&file), &Trusts::default(), &mut seen);
         assert_eq!(summary.accepted, 0, "{}", file.display());
         assert!(
@@ -54,7 +54,7 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
             .path()
             .join(file.with_extension("jsonl").file_name().unwrap());
         std::fs::copy(&file, &as_lines).unwrap();
-        let mut seen = common::Collect::default();
+        let mut seen = harness::Collect::default();
         let summary = pipeline::check(
             std::slice::from_ref(&as_lines),
             &Trusts::default(),
@@ -67,7 +67,7 @@ fn every_json_test_suite_file_is_a_clear_rejection() {
 /// The CLI over the whole suite folder exits 1 (rejections), never 101 (a panic).
 #[test]
 fn cli_over_the_suite_exits_one() {
-    common::doorstep()
+    harness::doorstep()
         .arg("check")
         .arg(suite_dir())
         .assert()
@@ -82,7 +82,7 @@ fn base_records() -> Vec<Value> {
         "valid/celt-flag-immediate-danger-999.json",
     ]
     .iter()
-    .map(|p| common::read_fixture(p))
+    .map(|p| harness::read_fixture(p))
     .collect()
 }
 

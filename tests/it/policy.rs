@@ -2,8 +2,6 @@
 //! set of rule ids `fixtures/policy/expected.toml` gives it. Plus: evaluation never panics and
 //! is deterministic, and exceptions are stored, reported and resolved by later revisions.
 
-mod common;
-
 use std::collections::BTreeMap;
 
 use doorstep::audit::TrailedStore;
@@ -14,8 +12,10 @@ use doorstep::store::{IntakeBatch, NewRecord, SqliteStore, Store};
 use proptest::prelude::*;
 use serde_json::json;
 
+use crate::harness;
+
 fn shipped_trusts() -> Trusts {
-    Trusts::load(&common::root().join("mappings"), chrono_tz::Europe::London).unwrap()
+    Trusts::load(&harness::root().join("mappings"), chrono_tz::Europe::London).unwrap()
 }
 
 #[derive(serde::Deserialize)]
@@ -26,7 +26,7 @@ struct Expected {
 #[test]
 fn each_trust_raises_exactly_the_expected_rules() {
     let trusts = shipped_trusts();
-    let dir = common::fixture("policy");
+    let dir = harness::fixture("policy");
     let text = std::fs::read_to_string(dir.join("expected.toml")).unwrap();
     let expected: BTreeMap<String, Expected> = toml::from_str(&text).unwrap();
     for trust in ["thrive", "celt"] {
@@ -39,7 +39,7 @@ fn each_trust_raises_exactly_the_expected_rules() {
     let mut seen_rules = std::collections::BTreeSet::new();
     for (file, want) in &expected {
         let path = dir.join(file);
-        let mut got = common::Collect::default();
+        let mut got = harness::Collect::default();
         let summary = pipeline::check(std::slice::from_ref(&path), &trusts, &mut got);
         assert!(got.rejections.is_empty(), "{file}: {:?}", got.rejections);
         assert_eq!(summary.accepted, 1, "{file}");
@@ -60,15 +60,15 @@ fn each_trust_raises_exactly_the_expected_rules() {
 
 #[test]
 fn check_with_a_config_prints_exception_lines() {
-    let d = common::Deployment::new();
-    let file = common::fixture("policy/celt/07-lone-visit-not-approved.json");
+    let d = harness::Deployment::new();
+    let file = harness::fixture("policy/celt/07-lone-visit-not-approved.json");
     let out = d
         .run("check", &["--format", "json", file.to_str().unwrap()])
         .code(0)
         .get_output()
         .stdout
         .clone();
-    let lines = common::json_lines(&out);
+    let lines = harness::json_lines(&out);
     assert_eq!(
         lines[0],
         json!({"kind": "exception", "record_id": "celt-visit-306", "revision": 1, "rule": "pair-required",
@@ -76,7 +76,7 @@ fn check_with_a_config_prints_exception_lines() {
     );
     assert_eq!(lines[1]["exceptions"], 1);
     // Without a config, `check` runs the record rules only.
-    let out = common::doorstep()
+    let out = harness::doorstep()
         .args(["check", "--format", "json"])
         .arg(&file)
         .current_dir(d.path("drop"))
@@ -85,7 +85,7 @@ fn check_with_a_config_prints_exception_lines() {
         .get_output()
         .stdout
         .clone();
-    assert_eq!(common::json_lines(&out)[0]["exceptions"], 0);
+    assert_eq!(harness::json_lines(&out)[0]["exceptions"], 0);
 }
 
 #[tokio::test]
@@ -101,7 +101,7 @@ async fn exceptions_are_stored_and_resolved_by_a_later_revision() {
             rejections: vec![],
         }
     };
-    let mut v = common::read_fixture("policy/celt/24-headteacher-lone-no-buddy.json");
+    let mut v = harness::read_fixture("policy/celt/24-headteacher-lone-no-buddy.json");
     store.ingest(&ingest(v.clone())).await.unwrap();
     // Revision 2 fixes the buddy but is still a lone visit under a headteacher.
     v["revision"] = json!(2);
@@ -137,7 +137,7 @@ async fn exceptions_are_stored_and_resolved_by_a_later_revision() {
 
 #[test]
 fn config_check_reports_a_bad_policy_file_by_file_and_key() {
-    let d = common::Deployment::with_mappings("mappings");
+    let d = harness::Deployment::with_mappings("mappings");
     std::fs::create_dir_all(d.path("mappings/acme")).unwrap();
     std::fs::write(d.path("mappings/acme/trust.toml"), "name = \"Acme\"\n").unwrap();
     std::fs::write(
@@ -145,7 +145,7 @@ fn config_check_reports_a_bad_policy_file_by_file_and_key() {
         "[rules.pair-required]\nmode = \"always\"\ngrace = 1\n",
     )
     .unwrap();
-    let err = common::doorstep()
+    let err = harness::doorstep()
         .current_dir(d.dir.path())
         .args(["config", "check", "--config"])
         .arg(d.config())
@@ -162,7 +162,7 @@ fn config_check_reports_a_bad_policy_file_by_file_and_key() {
     // The same error stops ingest before anything is stored.
     std::fs::write(
         d.path("drop/a.json"),
-        common::read_fixture("valid/celt-incident-animal.json").to_string(),
+        harness::read_fixture("valid/celt-incident-animal.json").to_string(),
     )
     .unwrap();
     d.run("ingest", &[]).code(2);

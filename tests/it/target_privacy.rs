@@ -3,12 +3,11 @@
 //! who fix it, and never written to the logs; a pupil the target does not have is named by
 //! the record's id, never by UPN or name.
 
-mod common;
-
-use common::live::{Live, case_record};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::harness::{Deployment, case_record};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn target_messages_stay_out_of_logs_and_lookups_name_only_the_record() {
@@ -48,7 +47,7 @@ async fn target_messages_stay_out_of_logs_and_lookups_name_only_the_record() {
     other["id"] = "thr-visit-901".into();
     other["pupil"]["upn"] = "A123456789012".into();
     other["pupil"]["given_name"] = "Ottoline".into();
-    let mut live = Live::new("mappings");
+    let mut live = Deployment::copy_of("mappings");
     live.destination("thrive", "arbor_notes", &arbor.uri())
         .destination("thrive", "arbor_register", &arbor.uri())
         .env("THRIVE_ARBOR_USERNAME", "app")

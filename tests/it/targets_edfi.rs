@@ -23,18 +23,17 @@
 //! outside the resource refused (stricter than an ODS/API may be, so that only what the map
 //! names can pass), and 255 counted as .NET counts a string (UTF-16 code units).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::fake::requests;
-use common::live::{Live, case_record};
 use serde_json::{Map, Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::fakes::requests;
+use crate::harness::{Deployment, case_record};
 
 const KEY: &str = "northfield-ods-key";
 const SECRET: &str = "northfield-ods-secret";
@@ -477,14 +476,14 @@ const MAP: &str = "mappings/northfield/maps/edfi_attendance_event.toml";
 
 /// A fake ODS/API knowing `students`, and the example deployment's mapping with `edfi`
 /// (and its token endpoint) pointed at it.
-async fn start(students: &[&str]) -> (MockServer, EdFi, Live) {
+async fn start(students: &[&str]) -> (MockServer, EdFi, Deployment) {
     let server = MockServer::start().await;
     let fake = EdFi::new(students);
     Mock::given(wiremock::matchers::any())
         .respond_with(fake.clone())
         .mount(&server)
         .await;
-    let mut live = Live::new("examples/edfi/mappings");
+    let mut live = Deployment::copy_of("examples/edfi/mappings");
     // The token service is the deployment's override, as staging would give it.
     live.destination("northfield", "edfi", &server.uri())
         .token_url(
@@ -542,7 +541,7 @@ const SEEN: &str =
     "Pupil in bed with a high temperature; mother will ring the office each morning.";
 
 /// Deliveries to `edfi` by state.
-async fn edfi_states(live: &Live) -> BTreeMap<String, u64> {
+async fn edfi_states(live: &Deployment) -> BTreeMap<String, u64> {
     live.states()
         .await
         .remove("northfield/edfi")
@@ -827,7 +826,7 @@ async fn a_validation_failure_is_dead_then_replayed_after_the_map_is_fixed() {
     );
 
     live.write(MAP, &shipped);
-    let replay = live.run("deadletter replay", &[&id.to_string()]).await;
+    let replay = live.run_json("deadletter replay", &[&id.to_string()]).await;
     assert_eq!(replay.code, 0, "{:?} {}", replay.lines, replay.stderr);
     let run = live.sync().await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);

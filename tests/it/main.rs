@@ -1,0 +1,25 @@
+//! The integration tests: one binary, one module per area, the shared deployment harness and
+//! the pieces the target-system fakes share. Tests run in parallel threads of this one
+//! process, so none may change process-wide state (environment variables, the current
+//! folder, a global subscriber): what a run of `doorstep` needs goes to that child process.
+
+mod fakes;
+mod harness;
+
+mod audit;
+mod cli;
+mod delivery;
+mod demo;
+mod fixtures;
+mod mapping;
+mod never_panic;
+mod online_check;
+mod policy;
+mod privacy;
+mod schema;
+mod store;
+mod target_privacy;
+mod targets_arbor;
+mod targets_edfi;
+mod targets_wonde;
+mod targets_xporter;
