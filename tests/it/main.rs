@@ -18,6 +18,7 @@ mod policy;
 mod privacy;
 mod schema;
 mod store;
+mod store_contract;
 mod target_privacy;
 mod targets_arbor;
 mod targets_edfi;
