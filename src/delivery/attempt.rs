@@ -1,5 +1,5 @@
 //! One attempt at one delivery (or one batched request): look-ups made, body or row
-//! rendered, method and URL worked out, the sink called.
+//! rendered, method and URL worked out, the transport called.
 //! Owns: preparing and sending. May not touch: when to retry (`retry`), claiming or
 //! recording outcomes (`driver`).
 
@@ -263,8 +263,8 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
     )
     .map_err(|e| permanent(format!("mapping: {e}")))?;
     for need in needs {
-        let (Some(spec), Transport::Http(sink)) =
-            (dest.connector.lookups.get(&need.name), &dest.sink)
+        let (Some(spec), Transport::Http(transport)) =
+            (dest.connector.lookups.get(&need.name), &dest.transport)
         else {
             continue;
         };
@@ -275,7 +275,7 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
             name: need.name.clone(),
         };
         let target = lookup::Target {
-            sink,
+            transport,
             base_url: dest.url.as_deref().unwrap_or_default(),
             spec,
             vars: &extras.vars,
@@ -399,13 +399,13 @@ async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
     if let Some(l) = &dest.limiter {
         l.until_ready().await;
     }
-    match (&dest.sink, p.out.rendered) {
-        (Transport::Csv(sink), Rendered::Row { header, cells }) => {
+    match (&dest.transport, p.out.rendered) {
+        (Transport::Csv(transport), Rendered::Row { header, cells }) => {
             let file = p.out.file.unwrap_or_default();
             // CSV writes are blocking and one at a time per destination.
             let key = c.idempotency_key.clone();
-            let sink = sink.clone();
-            tokio::task::spawn_blocking(move || sink.append(&file, &header, &cells, &key))
+            let transport = transport.clone();
+            tokio::task::spawn_blocking(move || transport.append(&file, &header, &cells, &key))
                 .await
                 .unwrap_or_else(|e| Attempt::Retry {
                     reason: format!("CSV writer stopped: {e}"),
@@ -414,20 +414,21 @@ async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
                     response: None,
                 })
         }
-        (Transport::Http(sink), Rendered::Body(body)) => {
+        (Transport::Http(transport), Rendered::Body(body)) => {
             let (method, url, target_id) = match target_of(dest, c, &p.vars) {
                 Ok(t) => t,
                 Err(reason) => return permanent(reason),
             };
-            sink.send(&Request {
-                method,
-                url,
-                body: &body,
-                idempotency_key: &c.idempotency_key,
-                vars: &p.vars,
-                target_id,
-            })
-            .await
+            transport
+                .send(&Request {
+                    method,
+                    url,
+                    body: &body,
+                    idempotency_key: &c.idempotency_key,
+                    vars: &p.vars,
+                    target_id,
+                })
+                .await
         }
         _ => permanent("the map's output does not fit the connector".into()),
     }
@@ -679,16 +680,16 @@ target_id = { pointer = "/id" }
             (
                 "the endpoint's own target-id rule",
                 base,
-                None,
-                "note",
+                Some("note"),
+                "safeguarding_flag",
                 None,
                 want("POST", "https://api.test/v1/notes", None, Some("Location")),
             ),
             (
                 "a target id that is a URL on the destination's host",
                 base,
-                None,
-                "note",
+                Some("note"),
+                "safeguarding_flag",
                 Some("https://api.test/v1/notes/5"),
                 want("PUT", "https://api.test/v1/notes/5", None, Some("Location")),
             ),
@@ -701,20 +702,25 @@ target_id = { pointer = "/id" }
     fn target_of_refuses_what_it_cannot_send_to() {
         let base = "https://api.test/v1/";
         assert_eq!(
-            target(base, None, "flag", None),
-            Err("connector `api` has no endpoint for flag".into())
+            target(base, None, "safeguarding_flag", None),
+            Err("connector `api` has no endpoint for safeguarding_flag".into())
         );
         assert_eq!(
             target(
                 base,
-                None,
-                "note",
+                Some("note"),
+                "safeguarding_flag",
                 Some("https://elsewhere.test/v1/notes/5")
             ),
             Err("the target id is a URL on another host than the destination's".into())
         );
         assert_eq!(
-            target(base, None, "note", Some("http://api.test/v1/notes/5")),
+            target(
+                base,
+                Some("note"),
+                "safeguarding_flag",
+                Some("http://api.test/v1/notes/5")
+            ),
             Err("the target id is a URL on another host than the destination's".into())
         );
         let d = dest(connector("api", CONNECTOR), Some(base), None);

@@ -1,5 +1,5 @@
-//! A destination ready to send: its connector, sink (HTTP client or CSV writer), URL,
-//! rate limiter and look-up cache, and its sink built from its checked credentials.
+//! A destination ready to send: its connector, URL, rate limiter, look-up cache and the
+//! transport (HTTP client or CSV writer) built from its checked credentials.
 //! Owns: `Dest`, `Transport`, reading and checking a destination's secrets. May not touch:
 //! sending, retries or the store.
 
@@ -23,7 +23,7 @@ pub(super) struct Dest {
     pub(super) trust: String,
     pub(super) name: String,
     pub(super) connector: Arc<Connector>,
-    pub(super) sink: Transport,
+    pub(super) transport: Transport,
     pub(super) url: Option<String>,
     /// The endpoint every record goes to, instead of the one for its kind.
     pub(super) endpoint: Option<String>,

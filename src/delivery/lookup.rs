@@ -39,7 +39,7 @@ pub struct Lookups {
 
 /// Where and how to read one look-up.
 pub struct Target<'a> {
-    pub sink: &'a HttpTransport,
+    pub transport: &'a HttpTransport,
     /// The destination's base URL (a template of `vars`).
     pub base_url: &'a str,
     pub spec: &'a Lookup,
@@ -219,7 +219,7 @@ impl Lookups {
                 )));
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let page = target.sink.get(u.as_str(), target.vars).await?;
+            let page = target.transport.get(u.as_str(), target.vars).await?;
             let items = if spec.items.is_empty() {
                 Some(&page)
             } else {

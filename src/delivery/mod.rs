@@ -63,7 +63,7 @@ pub struct Engine {
 const FINISH_BATCH: usize = 512;
 
 impl Engine {
-    /// Resolves every destination of every trust: its connector, secrets and sink. A secret
+    /// Resolves every destination of every trust: its connector, secrets and transport. A secret
     /// that cannot be read fails here, naming the destination and key, never the value.
     pub fn new(
         trusts: Arc<Trusts>,
@@ -99,7 +99,7 @@ impl Engine {
                     ))
                 })?;
                 let url = ov.url.clone().or_else(|| d.url.clone());
-                let sink = if connector.transport == TransportKind::CsvFile {
+                let transport = if connector.transport == TransportKind::CsvFile {
                     Transport::Csv(Arc::new(CsvTransport::new(
                         settings.out_dir.join(&trust.id),
                         connector.csv.utf8_bom,
@@ -132,7 +132,7 @@ impl Engine {
                     trust: trust.id.clone(),
                     name: name.clone(),
                     connector,
-                    sink,
+                    transport,
                     url,
                     endpoint: d.endpoint.clone(),
                     config: d.clone(),

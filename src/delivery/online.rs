@@ -85,7 +85,7 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
         )];
     };
     // A paused destination's credentials were not read; read them now.
-    let sink = match (&d.sink, d.paused) {
+    let transport = match (&d.transport, d.paused) {
         (Transport::Http(s), false) => s.clone(),
         _ => match http_sink(&d.folder, &d.config, &d.connector, d.url.as_deref()) {
             Ok(s) => Arc::new(s),
@@ -105,7 +105,7 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
         let base = d.url.as_deref().unwrap_or_default().trim_end_matches('/');
         let outcome = match expand_path(&format!("{base}{}", check.path), &vars, None) {
             Err(reason) => Reach::Failed(reason),
-            Ok(url) => match sink.get(&url, &vars).await {
+            Ok(url) => match transport.get(&url, &vars).await {
                 Ok(_) => Reach::Ok(format!("authenticated; read {} answered", check.path)),
                 Err(Attempt::Retry { reason, .. } | Attempt::Permanent { reason, .. }) => {
                     Reach::Failed(loggable(&reason).to_owned())

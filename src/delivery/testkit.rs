@@ -35,7 +35,7 @@ pub(super) fn dest(connector: Arc<Connector>, url: Option<&str>, endpoint: Optio
     Dest {
         trust: "thrive".into(),
         name: "api".into(),
-        sink: Transport::Http(Arc::new(
+        transport: Transport::Http(Arc::new(
             HttpTransport::new(connector.clone(), Credentials::default()).unwrap(),
         )),
         connector,
