@@ -109,7 +109,7 @@ pub(crate) fn sync(common: Common) -> Result<ExitCode, Fatal> {
         print_counts(&mut out, &report.deliveries, &report.paused);
         let s = SyncSummary {
             kind: "summary",
-            intake: report.intake.clone(),
+            intake: report.intake,
             routed: report.routed,
             totals: report.totals,
         };

@@ -190,7 +190,7 @@ impl Engine {
             let mut keys = Vec::with_capacity(batch.len());
             for r in &batch {
                 deliveries.extend(plan::route_revision(&self.trusts, r));
-                keys.push((r.trust.clone(), r.kind.clone(), r.id.clone(), r.revision));
+                keys.push((r.trust.clone(), r.kind, r.id.clone(), r.revision));
             }
             made += deliveries.len();
             store.add_deliveries(&keys, &deliveries).await?;
