@@ -201,6 +201,10 @@ fn exported(pseudonymise: bool) -> Exported {
         0o600,
         "the private key is readable by its owner only"
     );
+    // The verifier key is PATH.pub, as the README says: keys/log.key.pub, not keys/log.pub.
+    let public = std::fs::read_to_string(d.path("keys/log.key.pub")).unwrap();
+    assert_eq!(public.trim(), verifier);
+    assert!(!d.path("keys/log.pub").exists());
     for dir in ["valid", "policy/celt"] {
         d.run("ingest", &[harness::fixture(dir).to_str().unwrap()])
             .code(0);
