@@ -375,22 +375,35 @@ fn target_of<'a>(
         vars,
         None,
     )?;
-    let path = expand_path(path, vars, c.prior_target.as_deref())?;
-    let url = if path.starts_with("https://") || path.starts_with("http://") {
-        // A target id that is a whole URL (a `Location`): only on the destination's host.
-        let same = |a: &str, b: &str| {
-            reqwest::Url::parse(a)
-                .ok()
-                .zip(reqwest::Url::parse(b).ok())
-                .is_some_and(|(a, b)| a.origin() == b.origin())
-        };
-        if !same(&path, &base) {
-            return Err("the target id is a URL on another host than the destination's".into());
-        }
+    // A target's id is data, never part of the URL's structure (SPEC §4).
+    let whole = path.trim() == "{{ target_id }}";
+    let id = c
+        .prior_target
+        .as_deref()
+        .map(|id| id_in_path(id, whole))
+        .transpose()?;
+    let path = expand_path(path, vars, id.as_deref())?;
+    let absolute = path.starts_with("https://") || path.starts_with("http://");
+    let url = if absolute {
         path
     } else {
         format!("{base}{path}")
     };
+    // Whatever the id, the request goes to the destination's scheme, host and port.
+    let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
+    let stays = match origin(&base) {
+        Some(want) => origin(&url).as_ref() == Some(&want),
+        // No URL to hold it to (a broken base fails when sent): no absolute id either.
+        None => !absolute,
+    };
+    if !stays {
+        return Err(if absolute {
+            "the target id is a URL on another host than the destination's (rule: target-id-other-host)".into()
+        } else {
+            "the target id would send the request to another host (rule: target-id-other-host)"
+                .into()
+        });
+    }
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
     Ok((method, url, dest.connector.target_id(Some(endpoint))))
 }
@@ -435,6 +448,76 @@ async fn send(dest: &Arc<Dest>, c: &Claimed, p: Prepared) -> Attempt {
 }
 
 /// An endpoint path with `{{ vars.NAME }}` and `{{ target_id }}` filled in.
+/// The longest target id taken into a URL.
+const MAX_TARGET_ID: usize = 1024;
+
+/// How a target's id stands in a request's path. Where the endpoint's update path is the id
+/// alone (`{{ target_id }}`: an href or a `Location`), it must be a URL (whose host
+/// [`target_of`] checks) or an absolute path of plain segments; anywhere else it is one
+/// path segment, percent-encoded. Refusals name the rule; the id is shown escaped and cut.
+fn id_in_path(id: &str, whole_path: bool) -> Result<String, String> {
+    let shown = || {
+        let cut: String = id.chars().take(64).collect();
+        format!("{cut:?}{}", if cut.len() < id.len() { "…" } else { "" })
+    };
+    let refuse =
+        |why: &str, rule: &str| Err(format!("the target id {} {why} (rule: {rule})", shown()));
+    if id.is_empty() {
+        return refuse("is empty", "target-id-not-a-path");
+    }
+    if id.len() > MAX_TARGET_ID {
+        return refuse(
+            &format!("is longer than {MAX_TARGET_ID} bytes"),
+            "target-id-too-long",
+        );
+    }
+    if id.chars().any(char::is_control) {
+        return refuse("holds a control character", "target-id-not-a-path");
+    }
+    let dot_segment = |seg: &str| {
+        let decoded = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+        decoded == "." || decoded == ".."
+    };
+    if !whole_path {
+        if dot_segment(id) {
+            return refuse("is a dot segment", "target-id-not-a-path");
+        }
+        return Ok(percent_encoding::utf8_percent_encode(id, SEGMENT).to_string());
+    }
+    let lower = id.to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        return Ok(id.to_owned());
+    }
+    if !id.starts_with('/') || id.starts_with("//") {
+        return refuse(
+            "is neither a URL nor a path from the root",
+            "target-id-not-a-path",
+        );
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c);
+    let escapes_ok = id.match_indices('%').all(|(i, _)| {
+        id.get(i + 1..i + 3)
+            .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+    });
+    if !id.chars().all(plain) || !escapes_ok {
+        return refuse(
+            "holds a character a path may not (a query, a fragment, a space…)",
+            "target-id-not-a-path",
+        );
+    }
+    if id.split('/').any(dot_segment) {
+        return refuse("holds a dot segment", "target-id-not-a-path");
+    }
+    Ok(id.to_owned())
+}
+
+/// What is escaped in an id that is one path segment: all but RFC 3986's unreserved.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 pub(super) fn expand_path(
     path: &str,
     vars: &BTreeMap<String, String>,
@@ -699,6 +782,68 @@ target_id = { pointer = "/id" }
     }
 
     #[test]
+    fn a_hostile_target_id_never_redirects_a_request() {
+        let base = "https://api.test/v1/";
+        // Where the update path is the id alone (an href): a path from the root or a URL on
+        // the destination's host, nothing else.
+        let href = |id: &str| target(base, Some("note"), "safeguarding_flag", Some(id));
+        assert_eq!(
+            href("/rest-v2/notes/5").map(|t| t.1),
+            Ok("https://api.test/v1/rest-v2/notes/5".to_owned())
+        );
+        let long = format!("/{}", "a".repeat(2000));
+        for (id, rule) in [
+            (":18083/x", "target-id-not-a-path"),
+            ("@other-host/x", "target-id-not-a-path"),
+            ("//other-host/x", "target-id-not-a-path"),
+            ("../x", "target-id-not-a-path"),
+            ("/../x", "target-id-not-a-path"),
+            ("/a/%2e%2e/x", "target-id-not-a-path"),
+            ("/a/%2E./x", "target-id-not-a-path"),
+            ("%2e%2e/x", "target-id-not-a-path"),
+            ("?x", "target-id-not-a-path"),
+            ("#x", "target-id-not-a-path"),
+            ("/notes/5?admin=1", "target-id-not-a-path"),
+            ("/notes/5#x", "target-id-not-a-path"),
+            ("/notes/5 x", "target-id-not-a-path"),
+            ("/notes/%zz", "target-id-not-a-path"),
+            ("/notes/5\r\nHost: evil.test", "target-id-not-a-path"),
+            ("", "target-id-not-a-path"),
+            (long.as_str(), "target-id-too-long"),
+            ("https://api.test:8443/v1/notes/5", "target-id-other-host"),
+            ("https://other.test/v1/notes/5", "target-id-other-host"),
+            ("https://api.test@other.test/x", "target-id-other-host"),
+        ] {
+            let err = href(id).unwrap_err();
+            assert!(err.ends_with(&format!("(rule: {rule})")), "{id:?}: {err}");
+            assert!(
+                err.len() < 200,
+                "{id:?}: the refusal quotes the id cut: {err}"
+            );
+            assert!(!err.contains('\r') && !err.contains('\n'), "{err}");
+        }
+        // Anywhere else the id is one path segment, percent-encoded: it cannot leave it.
+        let segment = |id: &str| target(base, None, "visit_report", Some(id)).map(|t| t.1);
+        let visits = "https://api.test/v1/schools/42/visits/";
+        for (id, encoded) in [
+            (":18083/x", "%3A18083%2Fx"),
+            ("@other-host/x", "%40other-host%2Fx"),
+            ("//other-host/x", "%2F%2Fother-host%2Fx"),
+            ("../x", "..%2Fx"),
+            ("?x", "%3Fx"),
+            ("#x", "%23x"),
+            ("%2e%2e%2fx", "%252e%252e%252fx"),
+            ("T-7.v2~x_y", "T-7.v2~x_y"),
+        ] {
+            assert_eq!(segment(id), Ok(format!("{visits}{encoded}")), "{id:?}");
+        }
+        for id in ["..", ".", "%2e%2E", "a\nb", long.as_str()] {
+            let err = segment(id).unwrap_err();
+            assert!(err.contains("(rule: target-id-"), "{id:?}: {err}");
+        }
+    }
+
+    #[test]
     fn target_of_refuses_what_it_cannot_send_to() {
         let base = "https://api.test/v1/";
         assert_eq!(
@@ -712,7 +857,7 @@ target_id = { pointer = "/id" }
                 "safeguarding_flag",
                 Some("https://elsewhere.test/v1/notes/5")
             ),
-            Err("the target id is a URL on another host than the destination's".into())
+            Err("the target id is a URL on another host than the destination's (rule: target-id-other-host)".into())
         );
         assert_eq!(
             target(
@@ -721,7 +866,7 @@ target_id = { pointer = "/id" }
                 "safeguarding_flag",
                 Some("http://api.test/v1/notes/5")
             ),
-            Err("the target id is a URL on another host than the destination's".into())
+            Err("the target id is a URL on another host than the destination's (rule: target-id-other-host)".into())
         );
         let d = dest(connector("api", CONNECTOR), Some(base), None);
         let Err(e) = target_of(&d, &claimed("visit_report", None), &vars(&[])) else {

@@ -1163,6 +1163,61 @@ async fn a_later_revision_updates_the_created_record() {
     );
 }
 
+/// A target's answer never redirects a request (SPEC §4): the id a create returns is data.
+/// Hostile ids that would have sent revision 2's update — with the bearer token and the
+/// record — to another host or port are dead letters naming the rule; the other server
+/// hears nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_target_id_is_a_dead_letter_not_a_redirect() {
+    let other = MockServer::start().await;
+    let port = other.address().port();
+    for hostile in [
+        format!("@127.0.0.1:{port}/steal"),
+        format!("//127.0.0.1:{port}/steal"),
+        format!(":{port}/steal"),
+        "/api/visits/../../steal".to_owned(),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(created(&hostile))
+            .mount(&server)
+            .await;
+        Mock::given(method("PUT"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+            .mount(&server)
+            .await;
+        let d = api_deploy(&server, 4, 5.0, 3);
+        d.connector(
+            "api",
+            &api_connector("bearer", 4, 5.0, 3).replace(
+                "path = \"/api/visits\"",
+                "path = \"/api/visits\"\nupdate_method = \"PUT\"\nupdate_path = \"{{ target_id }}\"",
+            ),
+        );
+        d.drop_records("v1.json", &[visit("hostile", 1, "first")]);
+        assert_eq!(d.sync().await.code, 0, "{hostile}");
+        d.drop_records("v2.json", &[visit("hostile", 2, "second")]);
+        let run = d.sync().await;
+        assert_eq!(run.code, 1, "{hostile}: {}", run.summary());
+        let dead = d.dead_letters().await;
+        assert_eq!(dead.len(), 1, "{hostile}: {dead:?}");
+        let error = dead[0]["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("(rule: target-id-"), "{hostile}: {error}");
+        let puts = server
+            .received_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.method.as_str() == "PUT")
+            .count();
+        assert_eq!(puts, 0, "{hostile}: no update was sent anywhere");
+    }
+    assert!(
+        other.received_requests().await.unwrap().is_empty(),
+        "the other server was reached"
+    );
+}
+
 /// TARGETS.md (Xporter): "a 200 is not success until the body says so". With
 /// `error_pointers = ["/ExceptionType"]`, a 200 carrying an exception is a dead letter with
 /// the body saved; a 200 with an empty one is delivered.
