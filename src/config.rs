@@ -100,6 +100,8 @@ struct RawDestination {
     url: Option<String>,
     #[serde(default)]
     token_url: Option<String>,
+    #[serde(default)]
+    allow_plain_http: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +143,9 @@ pub struct DestinationOverride {
     pub url: Option<String>,
     /// Replaces the mapping's `token_url` (a staging system has its own token service).
     pub token_url: Option<String>,
+    /// Lets the destination's URLs be plain `http://` beyond loopback (a test receiver on
+    /// the school's network); each start warns.
+    pub allow_plain_http: bool,
 }
 
 /// The delivery engine's settings from `doorstep.toml`.
@@ -222,6 +227,7 @@ impl Config {
                         paused: d.paused,
                         url: d.url,
                         token_url: d.token_url,
+                        allow_plain_http: d.allow_plain_http,
                     },
                 );
             }

@@ -97,6 +97,40 @@ fn credentials(
     Ok(c)
 }
 
+/// Whether a destination's `url` or `token_url` (`key`) may carry records: `https://`, or
+/// plain `http://` to a loopback host (a test receiver on this machine), or — only where the
+/// destination says `allow_plain_http = true` — plain `http://` anywhere. `Ok(true)` means
+/// plain HTTP allowed that way, for the start-up warning. The error names the host, never
+/// the path or query (which may carry a key).
+pub(super) fn check_plain_http(key: &str, url: &str, allowed: bool) -> Result<bool, String> {
+    let lower = url.trim().to_ascii_lowercase();
+    if !lower.starts_with("http://") {
+        return Ok(false);
+    }
+    let host = reqwest::Url::parse(url.trim())
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let loopback = host.as_deref().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if loopback {
+        return Ok(false);
+    }
+    if allowed {
+        return Ok(true);
+    }
+    let host = host.unwrap_or_else(|| "a host not known until sent".to_owned());
+    Err(format!(
+        "`{key}` is plain http:// to {host}, which is not loopback: safeguarding records go \
+         over TLS (https://); set `allow_plain_http = true` on the destination to allow it \
+         (rule: plain-http)"
+    ))
+}
+
 fn check_auth(c: &Connector, cred: &Credentials, url: Option<&str>) -> Result<(), String> {
     use crate::connectors::AuthScheme;
     if url.is_none_or(str::is_empty) {

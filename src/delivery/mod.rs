@@ -99,6 +99,23 @@ impl Engine {
                     ))
                 })?;
                 let url = ov.url.clone().or_else(|| d.url.clone());
+                if connector.transport != TransportKind::CsvFile {
+                    let allowed = d.allow_plain_http || ov.allow_plain_http;
+                    let mut plain = false;
+                    for (key, u) in [("url", &url), ("token_url", &d.token_url)] {
+                        if let Some(u) = u {
+                            plain |=
+                                destinations::check_plain_http(key, u, allowed).map_err(fail)?;
+                        }
+                    }
+                    if plain {
+                        tracing::warn!(
+                            trust = %trust.id,
+                            destination = %name,
+                            "plain http:// allowed by allow_plain_http: this destination's records travel unencrypted"
+                        );
+                    }
+                }
                 let transport = if connector.transport == TransportKind::CsvFile {
                     Transport::Csv(Arc::new(CsvTransport::new(
                         settings.out_dir.join(&trust.id),
@@ -362,6 +379,59 @@ mod tests {
             e.to_string(),
             "trust `thrive`, destination `nowhere`: the config's [destinations] names a \
              destination no routes.toml has"
+        );
+    }
+
+    #[test]
+    fn plain_http_is_refused_beyond_loopback_unless_allowed() {
+        let d = testkit::Deployment::new(&[]);
+        let connectors = Arc::new(Connectors::load(&d.path("connectors")).unwrap());
+        let engine = |url: &str, allow: bool| {
+            let mut settings = DeliverySettings::default();
+            settings.overrides.insert(
+                ("thrive".into(), "api".into()),
+                DestinationOverride {
+                    url: Some(url.into()),
+                    allow_plain_http: allow,
+                    ..DestinationOverride::default()
+                },
+            );
+            Engine::new(d.trusts(), connectors.clone(), &settings).map(|_| ())
+        };
+        for url in [
+            "https://records.example.org/api?key=k",
+            "http://127.0.0.1:9",
+            "http://127.8.9.10:9/x",
+            "http://localhost:9",
+            "http://[::1]:9",
+        ] {
+            assert!(engine(url, false).is_ok(), "{url}");
+        }
+        for url in [
+            "http://records.example.org/api?key=secret-in-query",
+            "HTTP://records.example.org",
+            "http://10.0.0.5:8080",
+            "http://{{ vars.host }}/x",
+        ] {
+            let e = engine(url, false).unwrap_err().to_string();
+            assert!(e.contains("(rule: plain-http)"), "{url}: {e}");
+            assert!(e.contains("allow_plain_http"), "{url}: {e}");
+            assert!(
+                !e.contains("secret-in-query"),
+                "the URL's query is never shown: {e}"
+            );
+            assert!(engine(url, true).is_ok(), "{url} with allow_plain_http");
+        }
+        assert_eq!(
+            destinations::check_plain_http("token_url", "http://auth.example.org/t", false)
+                .unwrap_err(),
+            "`token_url` is plain http:// to auth.example.org, which is not loopback: \
+             safeguarding records go over TLS (https://); set `allow_plain_http = true` on the \
+             destination to allow it (rule: plain-http)"
+        );
+        assert_eq!(
+            destinations::check_plain_http("url", "http://auth.example.org/t", true),
+            Ok(true)
         );
     }
 

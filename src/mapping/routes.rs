@@ -57,6 +57,10 @@ pub struct Destination {
     pub client_secret: Option<SecretRef>,
     #[serde(default)]
     pub token_url: Option<String>,
+    /// Lets `url` / `token_url` be plain `http://` to a host that is not loopback (each
+    /// start warns). Without it such a destination is refused: records travel over TLS.
+    #[serde(default)]
+    pub allow_plain_http: bool,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// CSV: the file a row goes to, a template under the deployment's `out` folder, e.g.
