@@ -1218,6 +1218,40 @@ async fn a_hostile_target_id_is_a_dead_letter_not_a_redirect() {
     );
 }
 
+/// TLS or loopback (SPEC §4): a destination over plain http:// to a host that is not
+/// loopback is refused at `config check` (exit 2, rule `plain-http`) unless it says
+/// `allow_plain_http = true`, and then the start warns.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_beyond_loopback_is_refused_unless_allowed() {
+    let server = MockServer::start().await;
+    let mut d = api_deploy(&server, 4, 5.0, 3);
+    d.run("config check", &[]).code(0);
+    d.destination("thrive", "api", "http://records.example.org/api");
+    let out = d
+        .run("config check", &[])
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8_lossy(&out);
+    assert!(
+        err.contains("(rule: plain-http)") && err.contains("records.example.org"),
+        "{err}"
+    );
+    d.run("sync", &[]).code(2);
+    d.routes(&api_routes(
+        "token = { env = \"TEST_API_TOKEN\" }\nallow_plain_http = true",
+    ));
+    let out = d
+        .run("config check", &[])
+        .code(0)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8_lossy(&out);
+    assert!(err.contains("plain http:// allowed"), "{err}");
+}
+
 /// TARGETS.md (Xporter): "a 200 is not success until the body says so". With
 /// `error_pointers = ["/ExceptionType"]`, a 200 carrying an exception is a dead letter with
 /// the body saved; a 200 with an empty one is delivered.
