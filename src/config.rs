@@ -40,11 +40,22 @@ pub struct SecretRef {
     pub file: Option<PathBuf>,
 }
 
+/// Set to `1` to use secret files that group or others can read (refused otherwise, as ssh
+/// refuses an open private key).
+pub const ALLOW_OPEN_SECRETS: &str = "DOORSTEP_ALLOW_OPEN_SECRETS";
+
 impl SecretRef {
     /// The secret's value: the variable's value, or the file's contents without the final
-    /// line break (a relative file is taken from `base`). The error names the variable or
+    /// line break (a relative file is taken from `base`). A file readable by group or others
+    /// is refused unless `DOORSTEP_ALLOW_OPEN_SECRETS=1`. The error names the variable or
     /// file, never the value.
     pub fn resolve(&self, base: &Path) -> Result<String, String> {
+        let allow_open = std::env::var(ALLOW_OPEN_SECRETS).is_ok_and(|v| v == "1");
+        self.resolve_with(base, allow_open)
+    }
+
+    /// [`SecretRef::resolve`], with whether open secret files are allowed given.
+    pub fn resolve_with(&self, base: &Path, allow_open: bool) -> Result<String, String> {
         match (&self.env, &self.file) {
             (Some(name), _) => std::env::var(name)
                 .ok()
@@ -52,9 +63,21 @@ impl SecretRef {
                 .ok_or_else(|| format!("environment variable `{name}` is not set")),
             (None, Some(file)) => {
                 let path = base.join(file);
+                let cannot =
+                    |e: std::io::Error| format!("cannot read `{}`: {}", path.display(), e.kind());
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&path).map_err(cannot)?.permissions(),
+                );
+                if mode & 0o077 != 0 && !allow_open {
+                    return Err(format!(
+                        "`{}` is readable by group or others (mode {:o}): `chmod 600` it, or set {ALLOW_OPEN_SECRETS}=1",
+                        path.display(),
+                        mode & 0o777
+                    ));
+                }
                 std::fs::read_to_string(&path)
                     .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-                    .map_err(|e| format!("cannot read `{}`: {}", path.display(), e.kind()))
+                    .map_err(cannot)
             }
             (None, None) => Err("neither `env` nor `file` is given".into()),
         }
@@ -282,6 +305,40 @@ pub fn check_secret(path: &Path, key: &str, s: &SecretRef) -> Result<(), ConfigE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret-canary\n").unwrap();
+        let secret = SecretRef {
+            env: None,
+            file: Some("token".into()),
+        };
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = secret.resolve_with(dir.path(), false).unwrap_err();
+            assert!(e.contains("readable by group or others"), "{e}");
+            assert!(e.contains(&format!("{mode:o}")), "{e}");
+            assert!(!e.contains("s3cret-canary"), "{e}");
+            assert_eq!(
+                secret.resolve_with(dir.path(), true).as_deref(),
+                Ok("s3cret-canary")
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            secret.resolve_with(dir.path(), false).as_deref(),
+            Ok("s3cret-canary")
+        );
+        let missing = SecretRef {
+            env: None,
+            file: Some("nope".into()),
+        };
+        let e = missing.resolve_with(dir.path(), false).unwrap_err();
+        assert!(e.starts_with("cannot read `"), "{e}");
+    }
 
     #[test]
     fn relative_paths_come_from_the_config_folder() {

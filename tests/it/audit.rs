@@ -660,3 +660,30 @@ fn checkpoint_and_consistency_from_the_cli() {
         .assert()
         .code(2);
 }
+
+/// A signing key group or others can read is refused, as ssh refuses an open private key,
+/// unless DOORSTEP_ALLOW_OPEN_SECRETS=1 says otherwise.
+#[test]
+fn an_open_signing_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = harness::Deployment::new();
+    d.add_config("[audit]\nsigning_key = { file = \"keys/log.key\" }\n");
+    d.run("audit keygen", &["--out", "keys/log.key"]).code(0);
+    std::fs::set_permissions(
+        d.path("keys/log.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = d.run("audit checkpoint", &[]).code(2).get_output().clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by group or others (mode 644)"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    // Allowed, the key is read: nothing is logged yet, so there is no checkpoint to sign.
+    d.env("DOORSTEP_ALLOW_OPEN_SECRETS", "1");
+    let out = d.run("audit checkpoint", &[]).code(1).get_output().clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no evidence-trail log yet"), "{err}");
+}
