@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError, SecretRef};
 use crate::connectors::{ConnectorError, Connectors};
 use crate::delivery::{DeliveryError, Engine};
 use crate::mapping::{MappingError, Trusts};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{LockError, SqliteStore, Store, StoreError, WriterLock};
 
 /// Why a deployment, or one of its parts, cannot be had. Each names its file.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,9 @@ pub enum DeploymentError {
     /// No `[audit] signing_key`, or one that cannot be read or parsed (never its text).
     #[error("{0}")]
     Signer(String),
+    /// Another process holds the store's writer lock (or the lock cannot be taken).
+    #[error(transparent)]
+    Locked(#[from] LockError),
 }
 
 /// One deployment, as `doorstep.toml` describes it.
@@ -139,6 +142,15 @@ impl Deployment {
                 config: self.config.path.display().to_string(),
                 source,
             })
+    }
+
+    /// The store's writer lock, for a run that writes (`sync`, `ingest`): one writer per
+    /// SQLite store. Waits up to `wait` for another writer to finish; hold it for the run.
+    pub fn lock_writer(&self, wait: std::time::Duration) -> Result<WriterLock, DeploymentError> {
+        Ok(crate::store::sqlite_lock_writer(
+            &self.config.sqlite_path,
+            wait,
+        )?)
     }
 
     /// The key that signs the trail's checkpoints, from the file or environment variable

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::{
-    Common, ConfigArg, Fatal, Format, Output, load_deployment, required_deployment, runtime,
+    Common, ConfigArg, Fatal, Format, Output, Writer, load_deployment, required_deployment, runtime,
 };
 use doorstep::audit::TrailedDeliveries;
 use doorstep::connectors::Connectors;
@@ -90,10 +90,12 @@ struct SyncSummary {
     totals: DeliveryTotals,
 }
 
-pub(crate) fn sync(common: Common) -> Result<ExitCode, Fatal> {
+pub(crate) fn sync(writer: Writer, common: Common) -> Result<ExitCode, Fatal> {
     let deployment = required_deployment(&common.config)?;
     // Fails before the store is touched when a part of the deployment is broken.
     deployment.engine()?;
+    // One writer per store: held until this run ends.
+    let _lock = writer.lock(&deployment)?;
     runtime()?.block_on(async {
         let store = Arc::new(deployment.open_store().await?);
         let mut out = Output::new(common.format);

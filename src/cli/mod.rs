@@ -36,7 +36,7 @@ use doorstep::mapping::Trusts;
 use doorstep::pipeline::{self, Reporter};
 use doorstep::policy::RuleId;
 use doorstep::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
-use doorstep::store::{StatusReport, Store};
+use doorstep::store::{LockError, StatusReport, Store, WriterLock};
 use doorstep::synthetic::{GenOptions, write_records};
 
 const ABOUT: &str = "doorstep: home-visit reports, incidents and safeguarding flags, checked \
@@ -44,7 +44,8 @@ against the trust's policy and delivered into each school's own systems, with a 
 tamper-evident evidence trail.";
 
 const AFTER_HELP: &str = "Exit codes: 0 success, 1 some records rejected or undelivered, \
-2 bad usage or config.\nEvery verb takes --config PATH after the verb name (default \
+2 bad usage or config, 75 another sync or ingest is writing to the store (try again later, \
+or pass --wait SECONDS).\nEvery verb takes --config PATH after the verb name (default \
 ./doorstep.toml, or the DOORSTEP_CONFIG environment variable). Logs go to standard error \
 (level from DOORSTEP_LOG, e.g. DOORSTEP_LOG=debug) and carry ids only.";
 
@@ -72,6 +73,8 @@ enum Command {
         /// Files or folders; none means the config's drop folder.
         paths: Vec<PathBuf>,
         #[command(flatten)]
+        writer: Writer,
+        #[command(flatten)]
         common: Common,
     },
     /// Counts of stored records by trust, school, kind and state; rejections and
@@ -84,6 +87,8 @@ enum Command {
     /// folder with its rejection report), route what is new, and deliver everything due;
     /// exit 1 if anything is rejected, left undelivered or dead. The cron job.
     Sync {
+        #[command(flatten)]
+        writer: Writer,
         #[command(flatten)]
         common: Common,
     },
@@ -161,6 +166,32 @@ pub(crate) struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+/// A verb that writes to the store: one at a time per SQLite store.
+#[derive(Debug, Args)]
+pub(crate) struct Writer {
+    /// How long to wait for another sync or ingest on the same store to finish before
+    /// giving up with exit code 75 (nothing is touched meanwhile).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    wait: f64,
+}
+
+impl Writer {
+    /// The store's writer lock, held until dropped.
+    pub(crate) fn lock(&self, deployment: &Deployment) -> Result<WriterLock, Fatal> {
+        if !(0.0..=86_400.0).contains(&self.wait) {
+            return Err(Fatal::Config(
+                "--wait must be from 0 to 86400 seconds".into(),
+            ));
+        }
+        deployment
+            .lock_writer(std::time::Duration::from_secs_f64(self.wait))
+            .map_err(|e| match e {
+                DeploymentError::Locked(LockError::Busy { .. }) => Fatal::Busy(e.to_string()),
+                e => Fatal::from(e),
+            })
+    }
+}
+
 #[derive(Debug, Args)]
 struct Common {
     #[command(flatten)]
@@ -185,6 +216,9 @@ pub(crate) enum Fatal {
     /// Something went wrong while working: exit 1.
     #[error("{0}")]
     Run(String),
+    /// Another process is writing to the store: exit 75 (EX_TEMPFAIL: try again later).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<DeploymentError> for Fatal {
@@ -217,6 +251,10 @@ pub fn main() -> ExitCode {
         Err(Fatal::Run(m)) => {
             eprintln!("doorstep: {m}");
             ExitCode::from(1)
+        }
+        Err(Fatal::Busy(m)) => {
+            eprintln!("doorstep: {m}");
+            ExitCode::from(75)
         }
     }
 }
@@ -254,9 +292,14 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             let summary = pipeline::check(&paths, trusts, &mut out);
             out.finish(&summary)
         }
-        Command::Ingest { paths, common } => {
+        Command::Ingest {
+            paths,
+            writer,
+            common,
+        } => {
             let deployment = required_deployment(&common.config)?;
             let trusts = deployment.trusts()?.clone();
+            let _lock = writer.lock(&deployment)?;
             let paths = if paths.is_empty() {
                 vec![deployment.config().drop_dir.clone()]
             } else {
@@ -362,7 +405,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             }
         }
         Command::Audit { action } => audit::run(action),
-        Command::Sync { common } => deliver::sync(common),
+        Command::Sync { writer, common } => deliver::sync(writer, common),
         Command::Deadletter { action } => deliver::deadletter(action),
         Command::Mapping {
             action: MappingAction::Test { folder, config },

@@ -35,6 +35,7 @@ pub use issues::{Conflict, Rejection};
 pub use lookups::LookupStore;
 pub use rules::DeliveryState;
 pub use sqlite::SqliteStore;
+pub use sqlite::lock::{LockError, WriterLock, lock_writer as sqlite_lock_writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1252,6 +1252,67 @@ async fn plain_http_beyond_loopback_is_refused_unless_allowed() {
     assert!(err.contains("plain http:// allowed"), "{err}");
 }
 
+/// One writer per store (SPEC §4): cron starts a second `sync` while the first is still
+/// sending to a slow target. The second exits 75 at once with a clear line and touches
+/// nothing; a third with `--wait` waits for the first and then finds nothing left to send.
+/// No idempotency key reaches the target twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sync_on_one_store_waits_or_gives_up_and_never_sends_twice() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(created("T-1").set_delay(Duration::from_millis(150)))
+        .mount(&server)
+        .await;
+    let d = api_deploy(&server, 1, 5.0, 3);
+    let records: Vec<Value> = (0..20)
+        .map(|i| visit(&format!("lock-{i}"), 1, "Seen."))
+        .collect();
+    d.drop_records("v.json", &records);
+    // The first: about 3 s of sending, one request at a time.
+    let mut first = d.command("sync", &[]).spawn().unwrap();
+    // Wait until it has taken the lock (its first request has arrived).
+    let started = Instant::now();
+    while server.received_requests().await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first sync never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = d.run_json("sync", &[]).await;
+    assert_eq!(second.code, 75, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("another doorstep sync or ingest is writing to this store"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.lines.is_empty(),
+        "the second printed {:?}",
+        second.lines
+    );
+    let third = d.run_json("sync", &["--wait", "60"]).await;
+    let first = tokio::task::spawn_blocking(move || first.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(first.code(), Some(0));
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert_eq!(third.count("routed"), 0, "{:?}", third.summary());
+    assert_eq!(third.count("delivered"), 20, "{:?}", third.summary());
+    let keys: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| header_of(r, "idempotency-key"))
+        .collect();
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), 20, "every record sent once");
+    assert_eq!(unique.len(), 20, "no key sent twice");
+}
+
 /// TARGETS.md (Xporter): "a 200 is not success until the body says so". With
 /// `error_pointers = ["/ExceptionType"]`, a 200 carrying an exception is a dead letter with
 /// the body saved; a 200 with an empty one is delivered.

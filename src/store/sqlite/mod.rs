@@ -8,6 +8,7 @@
 
 mod audit;
 mod deliveries;
+pub mod lock;
 mod lookups;
 mod records;
 
@@ -75,13 +76,25 @@ impl SqliteStore {
                 location: location.clone(),
                 source,
             })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                location: location.clone(),
-                source,
-            })?;
+        // Two processes opening a store not yet created both migrate; SQLite serialises
+        // them and the loser fails on a migration the winner applied. Running the migrator
+        // again then finds it applied: migrations are safe to race.
+        let mut tries = 0;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                Err(source) => {
+                    return Err(StoreError::Migrate {
+                        location: location.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         Ok(Self {
             pool,
             path: path.to_path_buf(),
