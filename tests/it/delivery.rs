@@ -1116,14 +1116,12 @@ async fn a_batching_endpoint_takes_several_records_a_request() {
 // ---------------------------------------------------------------------------------------
 // 14. Updates, 200-with-an-error, rate limits.
 
-/// SPEC §4 "a new revision updates the target record where the system allows" and "a stored
-/// target id is never created twice": revision 1 is created (POST) and its id kept; revision 2
-/// goes to `PUT {target_id}`, never to a second create.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_later_revision_updates_the_created_record() {
+/// A JSON API whose create answers with target id `id` and whose endpoint updates by
+/// `PUT {{ target_id }}` (answering 200), and a deployment sending visits to it.
+async fn updating_api(id: &str) -> (MockServer, Deployment) {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(created("/api/visits/77"))
+        .respond_with(created(id))
         .mount(&server)
         .await;
     Mock::given(method("PUT"))
@@ -1138,6 +1136,15 @@ async fn a_later_revision_updates_the_created_record() {
             "path = \"/api/visits\"\nupdate_method = \"PUT\"\nupdate_path = \"{{ target_id }}\"",
         ),
     );
+    (server, d)
+}
+
+/// SPEC §4 "a new revision updates the target record where the system allows" and "a stored
+/// target id is never created twice": revision 1 is created (POST) and its id kept; revision 2
+/// goes to `PUT {target_id}`, never to a second create.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_revision_updates_the_created_record() {
+    let (server, d) = updating_api("/api/visits/77").await;
     d.drop_records("v1.json", &[visit("upd", 1, "first")]);
     assert_eq!(d.sync().await.code, 0);
     d.drop_records("v2.json", &[visit("upd", 2, "second")]);
@@ -1177,23 +1184,7 @@ async fn a_hostile_target_id_is_a_dead_letter_not_a_redirect() {
         format!(":{port}/steal"),
         "/api/visits/../../steal".to_owned(),
     ] {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(created(&hostile))
-            .mount(&server)
-            .await;
-        Mock::given(method("PUT"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-            .mount(&server)
-            .await;
-        let d = api_deploy(&server, 4, 5.0, 3);
-        d.connector(
-            "api",
-            &api_connector("bearer", 4, 5.0, 3).replace(
-                "path = \"/api/visits\"",
-                "path = \"/api/visits\"\nupdate_method = \"PUT\"\nupdate_path = \"{{ target_id }}\"",
-            ),
-        );
+        let (server, d) = updating_api(&hostile).await;
         d.drop_records("v1.json", &[visit("hostile", 1, "first")]);
         assert_eq!(d.sync().await.code, 0, "{hostile}");
         d.drop_records("v2.json", &[visit("hostile", 2, "second")]);
