@@ -1304,6 +1304,67 @@ async fn a_second_sync_on_one_store_waits_or_gives_up_and_never_sends_twice() {
     assert_eq!(unique.len(), 20, "no key sent twice");
 }
 
+/// No secret leaves in an error (SPEC §4): a token endpoint whose refusal echoes the
+/// request — the client secret in its own error code and description — is classified, never
+/// quoted: the canary is in no output line, no log, no dead letter and no attempt row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_refusal_that_echoes_the_secret_is_never_quoted() {
+    const CANARY: &str = "s3cret-canary-7f3a";
+    for (status, error) in [
+        (400, format!("client_secret={CANARY}")),
+        (401, "invalid_client".to_owned()),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/oauth/token"))
+            .respond_with(ResponseTemplate::new(status).set_body_json(json!({
+                "error": error,
+                "error_description": format!("bad client_secret {CANARY}"),
+            })))
+            .mount(&server)
+            .await;
+        let mut d = Deployment::thrive_only();
+        d.max_wait(0.0).destination("thrive", "api", &server.uri());
+        d.connector(
+            "api",
+            &api_connector("oauth2_client_credentials", 1, 5.0, 3),
+        );
+        d.routes(&api_routes(&format!(
+            "client_id = {{ env = \"TEST_OAUTH_ID\" }}\n\
+             client_secret = {{ env = \"TEST_OAUTH_SECRET\" }}\n\
+             token_url = \"{}/oauth/token\"",
+            server.uri()
+        )));
+        d.map("visit_json", VISIT_MAP);
+        d.env("TEST_OAUTH_ID", "doorstep-client");
+        d.env("TEST_OAUTH_SECRET", CANARY);
+        d.drop_records("v.json", &[visit("canary", 1, "Seen.")]);
+        let run = d.sync().await;
+        assert_eq!(run.code, 1, "{status}: {}", run.stderr);
+        let dead = d.dead_letters().await;
+        assert_eq!(dead.len(), 1, "{status}: {dead:?}");
+        let error = dead[0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(error.contains("refused the client credentials"), "{error}");
+        if status == 401 {
+            assert!(error.contains("(invalid_client)"), "{error}");
+        }
+        let show = d.show(dead[0]["id"].as_i64().unwrap()).await;
+        let seen = format!("{:?}\n{}\n{dead:?}\n{show}", run.lines, run.stderr);
+        assert!(
+            !seen.contains(CANARY),
+            "{status}: the secret leaked: {seen}"
+        );
+        let db = std::fs::read(d.db()).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&db).contains(CANARY),
+            "{status}: the secret is in the store"
+        );
+    }
+}
+
 /// TARGETS.md (Xporter): "a 200 is not success until the body says so". With
 /// `error_pointers = ["/ExceptionType"]`, a 200 carrying an exception is a dead letter with
 /// the body saved; a 200 with an empty one is delivered.

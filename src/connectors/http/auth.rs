@@ -93,7 +93,7 @@ impl HttpTransport {
             Err(oauth2::RequestTokenError::ServerResponse(e)) => Err(permanent(
                 format!(
                     "the token endpoint refused the client credentials ({})",
-                    e.error()
+                    oauth_error_code(e.error())
                 ),
                 None,
                 None,
@@ -247,6 +247,21 @@ fn token_life(v: &Value) -> Option<Duration> {
 
 /// A 401 with this token.
 pub(super) struct Unauthorized(pub(super) String);
+
+/// An OAuth2 error answer as one of RFC 6749's codes (§5.2). A code of the service's own is
+/// never quoted: it is the service's text, which may echo the request and its secret.
+fn oauth_error_code(e: &oauth2::basic::BasicErrorResponseType) -> &'static str {
+    use oauth2::basic::BasicErrorResponseType as E;
+    match e {
+        E::InvalidClient => "invalid_client",
+        E::InvalidGrant => "invalid_grant",
+        E::InvalidRequest => "invalid_request",
+        E::InvalidScope => "invalid_scope",
+        E::UnauthorizedClient => "unauthorized_client",
+        E::UnsupportedGrantType => "unsupported_grant_type",
+        E::Extension(_) => "an error code of the service's own, not repeated",
+    }
+}
 
 #[cfg(test)]
 mod tests {
