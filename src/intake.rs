@@ -76,9 +76,13 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) {
         if hidden {
             continue;
         }
-        if p.is_dir() {
+        // Not followed: a link (to a file, or a folder loop) is listed and refused when read.
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
             walk_dir(&p, out);
-        } else if FileFormat::of(&p).is_some() {
+        } else if meta.file_type().is_symlink() || FileFormat::of(&p).is_some() {
             out.push(p);
         }
     }
@@ -110,12 +114,27 @@ pub fn read_file(path: &Path, sink: &mut dyn FnMut(Item) -> ControlFlow<()>) {
 }
 
 fn read_file_until(path: &Path, sink: &mut dyn FnMut(Item) -> bool) {
-    if path.is_dir() {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        sink(file_error(Rule::UnreadableFile, "no such file or folder"));
+        return;
+    };
+    if meta.file_type().is_symlink() {
+        sink(file_error(
+            Rule::UnreadableFile,
+            "a symbolic link: not followed (put the file itself in the folder)",
+        ));
+        return;
+    }
+    if meta.is_dir() {
         sink(file_error(Rule::UnreadableFile, "cannot read the folder"));
         return;
     }
-    if !path.exists() {
-        sink(file_error(Rule::UnreadableFile, "no such file or folder"));
+    if !meta.is_file() {
+        // A FIFO would block the run for ever; a device or socket is no record file.
+        sink(file_error(
+            Rule::UnreadableFile,
+            "not a regular file (a FIFO, socket or device): not read",
+        ));
         return;
     }
     let Some(format) = FileFormat::of(path) else {
@@ -500,5 +519,72 @@ mod tests {
             rules(&items),
             vec![(Some(1), Some(Rule::RecordTooLarge)), (Some(2), None)]
         );
+    }
+}
+
+#[cfg(test)]
+mod drop_folder_tests {
+    //! What a drop folder may hold besides record files: links, FIFOs, names with control
+    //! characters. None may hang a run or be read through.
+    use super::*;
+
+    fn errors_of(path: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        read_file(path, &mut |item| {
+            if let Item::Error { error, .. } = item {
+                out.push(error.message);
+            }
+            ControlFlow::Continue(())
+        });
+        out
+    }
+
+    #[test]
+    fn links_and_fifos_are_listed_and_refused_never_followed_or_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.jsonl"), "{}\n").unwrap();
+        std::os::unix::fs::symlink(d.join("a.jsonl"), d.join("link.jsonl")).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        // A folder loop: sub/loop → the drop folder itself.
+        std::os::unix::fs::symlink(d, d.join("sub/loop")).unwrap();
+        let fifo = d.join("pipe.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+
+        let files = expand_paths(&[d.to_path_buf()]);
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.strip_prefix(d).unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a.jsonl", "link.jsonl", "pipe.jsonl", "sub/loop"]);
+        assert!(errors_of(&d.join("a.jsonl")).len() <= 1);
+        let link = errors_of(&d.join("link.jsonl"));
+        assert_eq!(link.len(), 1);
+        assert!(link[0].contains("symbolic link: not followed"), "{link:?}");
+        assert!(errors_of(&d.join("sub/loop"))[0].contains("symbolic link"));
+        // Returns at once: a FIFO is never opened.
+        let pipe = errors_of(&fifo);
+        assert!(pipe[0].contains("not a regular file"), "{pipe:?}");
+    }
+
+    #[test]
+    fn a_file_name_cannot_forge_a_report_line() {
+        let r = crate::report::Rejection::new(
+            "day\nrejected other.jsonl: [x] forged\u{1b}[2J.jsonl",
+            Some(1),
+            Some("id\r\nx".into()),
+            FieldError::new("", Rule::JsonSyntax, "bad"),
+        );
+        let line = r.to_string();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains("day\\nrejected") && line.contains("\\u{1b}"),
+            "{line}"
+        );
+        assert!(line.contains("record id\\r\\nx"), "{line}");
     }
 }

@@ -163,11 +163,11 @@ const CHUNK: usize = 512;
 /// Reads and validates every file under `paths`, calling `each` per submission in file
 /// order, until `each` breaks. Parsing and validation run on all cores, a chunk at a time.
 pub fn read_and_validate(
-    paths: &[PathBuf],
+    files: &[PathBuf],
     trusts: &Trusts,
     each: &mut dyn FnMut(&str, Validated) -> ControlFlow<()>,
 ) {
-    for path in expand_paths(paths) {
+    for path in files {
         let file = path.display().to_string();
         tracing::info!(file = %file, "reading");
         let mut chunk = Vec::with_capacity(CHUNK);
@@ -179,7 +179,7 @@ pub fn read_and_validate(
             done.into_iter().try_for_each(|v| each(&file, v))
         };
         let mut stopped = false;
-        read_file(&path, &mut |item| {
+        read_file(path, &mut |item| {
             chunk.push(item);
             if chunk.len() == CHUNK && flush(&mut chunk).is_break() {
                 stopped = true;
@@ -196,7 +196,7 @@ pub fn read_and_validate(
 /// `doorstep check`: validates, changes nothing.
 pub fn check(paths: &[PathBuf], trusts: &Trusts, reporter: &mut dyn Reporter) -> Summary {
     let mut summary = Summary::default();
-    read_and_validate(paths, trusts, &mut |_, v| {
+    read_and_validate(&expand_paths(paths), trusts, &mut |_, v| {
         match v {
             Validated::Accepted { records, .. } => {
                 summary.accepted += records.len() as u64;
@@ -228,16 +228,47 @@ enum Msg {
     Rejected(Vec<Rejection>),
 }
 
-/// `doorstep ingest`: validates and stores durably, in batched transactions.
+/// `doorstep ingest`: validates and stores durably, in batched transactions. Folders among
+/// `paths` are walked (`intake::expand_paths`).
 pub async fn ingest<S: Store>(
     store: &S,
     paths: Vec<PathBuf>,
     trusts: Arc<Trusts>,
     reporter: &mut dyn Reporter,
 ) -> Result<Summary, StoreError> {
+    ingest_from(store, Source::Paths(paths), trusts, reporter).await
+}
+
+/// [`ingest`] of files already listed (a drop folder's, by `intake::expand_paths`): each is
+/// read as it is, never walked again, so a link listed there is refused, not followed.
+pub async fn ingest_files<S: Store>(
+    store: &S,
+    files: Vec<PathBuf>,
+    trusts: Arc<Trusts>,
+    reporter: &mut dyn Reporter,
+) -> Result<Summary, StoreError> {
+    ingest_from(store, Source::Files(files), trusts, reporter).await
+}
+
+/// What an ingest reads: paths to expand, or files already listed.
+enum Source {
+    Paths(Vec<PathBuf>),
+    Files(Vec<PathBuf>),
+}
+
+async fn ingest_from<S: Store>(
+    store: &S,
+    source: Source,
+    trusts: Arc<Trusts>,
+    reporter: &mut dyn Reporter,
+) -> Result<Summary, StoreError> {
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let reader = std::thread::spawn(move || {
-        read_and_validate(&paths, &trusts, &mut |file, v| {
+        let files = match source {
+            Source::Paths(paths) => expand_paths(&paths),
+            Source::Files(files) => files,
+        };
+        read_and_validate(&files, &trusts, &mut |file, v| {
             let msg = match v {
                 Validated::Accepted { line, records } => Msg::Accepted(
                     records

@@ -74,7 +74,27 @@ pub enum ReportLine<'a> {
     Summary(&'a Summary),
 }
 
+/// Text from outside (a file name, a record id) as one human line: control characters
+/// escaped (`\n`, `\u{1b}`), so a name cannot forge a line of the report or a terminal code.
+pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
 fn location(f: &mut fmt::Formatter<'_>, file: &str, line: Option<u64>) -> fmt::Result {
+    let file = escaped(file);
     match line {
         Some(l) => write!(f, "{file}:{l}"),
         None => write!(f, "{file}"),
@@ -86,7 +106,7 @@ impl fmt::Display for Rejection {
         f.write_str("rejected ")?;
         location(f, &self.file, self.line)?;
         if let Some(id) = &self.record_id {
-            write!(f, " record {id}")?;
+            write!(f, " record {}", escaped(id))?;
         }
         if let Some(p) = &self.path {
             write!(f, " at {}", if p.is_empty() { "(whole record)" } else { p })?;

@@ -110,7 +110,7 @@ impl Deployment {
         let intake = if files.is_empty() {
             Summary::default()
         } else {
-            pipeline::ingest(store.as_ref(), files.clone(), trusts, &mut sorting).await?
+            pipeline::ingest_files(store.as_ref(), files.clone(), trusts, &mut sorting).await?
         };
         let mut warnings = Vec::new();
         // Only real files move (a missing drop folder is reported above, not moved).

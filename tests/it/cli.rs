@@ -307,3 +307,47 @@ fn unreadable_and_unsupported_files_are_rejections() {
 }
 
 use predicates::prelude::*;
+
+/// A FIFO, a link and a folder loop in the drop folder: `sync` neither hangs nor follows
+/// them, rejects each with a line of its own, and still takes the good file beside them.
+#[test]
+fn a_fifo_or_link_in_the_drop_folder_cannot_hang_or_redirect_sync() {
+    let d = Deployment::new();
+    d.drop_records(
+        "good.json",
+        &[read_fixture("valid/celt-attendance-caring.json")],
+    );
+    let drop = d.path("drop");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(drop.join("pipe.jsonl"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink(fixture("valid"), drop.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(&drop, drop.join("loop")).unwrap();
+    let out = assert_cmd::Command::from_std(d.command("sync", &["--format", "json"]))
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let lines = json_lines(&out);
+    let rejected: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["kind"] == "rejection")
+        .map(|l| l["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(rejected.len(), 3, "{lines:?}");
+    for name in ["pipe.jsonl", "elsewhere", "loop"] {
+        assert!(
+            rejected.iter().any(|f| f.ends_with(name)),
+            "{name}: {rejected:?}"
+        );
+    }
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["accepted"], 1, "{summary}");
+    assert_eq!(summary["rejected"], 3, "{summary}");
+}
