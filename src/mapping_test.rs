@@ -182,7 +182,7 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
                 *dest == want.destination && want.record_id.as_ref().is_none_or(|w| w == id)
             })
         });
-        let Some(slot) = slot else {
+        let Some((id, got)) = slot.and_then(Option::take) else {
             result.failures.push(format!(
                 "expect[{i}]: nothing went to `{}`{}",
                 want.destination,
@@ -193,7 +193,6 @@ fn run_case(file: &Path, trust: &Trust, trusts: &Trusts, connectors: &Connectors
             ));
             continue;
         };
-        let (id, got) = slot.take().unwrap_or_else(|| unreachable!("found Some"));
         match (got.map_err(|b| *b), &want.error) {
             (Ok(got), None) => compare(i, want, &got, connectors, &mut result.failures),
             (Err((_, e)), Some(words)) if e.to_string().contains(words.as_str()) => {}

@@ -85,16 +85,15 @@ impl CsvTransport {
         key: &str,
     ) -> std::io::Result<()> {
         let journal_path = journal_path(path);
-        if !journals.contains_key(path) {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+        let journal = match journals.entry(path.to_path_buf()) {
+            std::collections::hash_map::Entry::Occupied(j) => j.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                slot.insert(recover(path, &journal_path)?)
             }
-            let j = recover(path, &journal_path)?;
-            journals.insert(path.to_path_buf(), j);
-        }
-        let journal = journals
-            .get_mut(path)
-            .unwrap_or_else(|| unreachable!("inserted above"));
+        };
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if let Some(&(offset, length)) = journal.rows.get(key)
             && offset + length <= len
