@@ -597,6 +597,28 @@ impl Respond for RevokesT1 {
     }
 }
 
+/// Visits to an OAuth2 client-credentials API at `server` (token at `/oauth/token`, client
+/// `doorstep-client` with `secret`), one request at a time.
+fn oauth_api(server: &MockServer, secret: &str, max_wait: f64) -> Deployment {
+    let mut d = Deployment::thrive_only();
+    d.max_wait(max_wait)
+        .destination("thrive", "api", &server.uri());
+    d.connector(
+        "api",
+        &api_connector("oauth2_client_credentials", 1, 5.0, 3),
+    );
+    d.routes(&api_routes(&format!(
+        "client_id = {{ env = \"TEST_OAUTH_ID\" }}\n\
+         client_secret = {{ env = \"TEST_OAUTH_SECRET\" }}\n\
+         token_url = \"{}/oauth/token\"",
+        server.uri()
+    )));
+    d.map("visit_json", VISIT_MAP);
+    d.env("TEST_OAUTH_ID", "doorstep-client");
+    d.env("TEST_OAUTH_SECRET", secret);
+    d
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth2_token_is_cached_and_refreshed_once_on_401() {
     let server = MockServer::start().await;
@@ -622,22 +644,8 @@ async fn oauth2_token_is_cached_and_refreshed_once_on_401() {
         })
         .mount(&server)
         .await;
-    let mut d = Deployment::thrive_only();
-    d.max_wait(5.0).destination("thrive", "api", &server.uri());
     // One request at a time, so which request meets the revoked token is known.
-    d.connector(
-        "api",
-        &api_connector("oauth2_client_credentials", 1, 5.0, 3),
-    );
-    d.routes(&api_routes(&format!(
-        "client_id = {{ env = \"TEST_OAUTH_ID\" }}\n\
-         client_secret = {{ env = \"TEST_OAUTH_SECRET\" }}\n\
-         token_url = \"{}/oauth/token\"",
-        server.uri()
-    )));
-    d.map("visit_json", VISIT_MAP);
-    d.env("TEST_OAUTH_ID", "doorstep-client");
-    d.env("TEST_OAUTH_SECRET", "s3cret");
+    let d = oauth_api(&server, "s3cret", 5.0);
     let records: Vec<Value> = (1..=5)
         .map(|i| visit(&format!("oa-{i}"), 1, "Seen."))
         .collect();
@@ -1323,21 +1331,7 @@ async fn a_token_refusal_that_echoes_the_secret_is_never_quoted() {
             })))
             .mount(&server)
             .await;
-        let mut d = Deployment::thrive_only();
-        d.max_wait(0.0).destination("thrive", "api", &server.uri());
-        d.connector(
-            "api",
-            &api_connector("oauth2_client_credentials", 1, 5.0, 3),
-        );
-        d.routes(&api_routes(&format!(
-            "client_id = {{ env = \"TEST_OAUTH_ID\" }}\n\
-             client_secret = {{ env = \"TEST_OAUTH_SECRET\" }}\n\
-             token_url = \"{}/oauth/token\"",
-            server.uri()
-        )));
-        d.map("visit_json", VISIT_MAP);
-        d.env("TEST_OAUTH_ID", "doorstep-client");
-        d.env("TEST_OAUTH_SECRET", CANARY);
+        let d = oauth_api(&server, CANARY, 0.0);
         d.drop_records("v.json", &[visit("canary", 1, "Seen.")]);
         let run = d.sync().await;
         assert_eq!(run.code, 1, "{status}: {}", run.stderr);
