@@ -48,7 +48,6 @@ pub struct SyncReport {
     pub deliveries: Vec<DeliveryCount>,
     /// Paused destinations, as (trust, destination).
     pub paused: Vec<(String, String)>,
-    pub totals: DeliveryTotals,
     /// Things that went wrong without failing the run (a drop file that could not be filed
     /// away, a checkpoint not signed), one line each, for standard error.
     pub warnings: Vec<String>,
@@ -61,10 +60,25 @@ impl SyncReport {
             .any(|(t, d)| t == trust && d == destination)
     }
 
+    /// The deliveries across destinations, by where they stand.
+    pub fn totals(&self) -> DeliveryTotals {
+        let mut totals = DeliveryTotals::default();
+        for c in &self.deliveries {
+            match c.state {
+                DeliveryState::Delivered => totals.delivered += c.count,
+                DeliveryState::Dead => totals.dead += c.count,
+                _ if self.is_paused(&c.trust, &c.destination) => totals.paused += c.count,
+                DeliveryState::Retrying => totals.retrying += c.count,
+                DeliveryState::Pending | DeliveryState::InFlight => totals.pending += c.count,
+            }
+        }
+        totals
+    }
+
     /// Nothing rejected or kept out, nothing left undelivered or dead (deliveries held by
     /// paused destinations do not count against a run).
     pub fn is_clean(&self) -> bool {
-        let t = &self.totals;
+        let t = self.totals();
         self.intake.is_clean() && t.pending == 0 && t.retrying == 0 && t.dead == 0
     }
 }
@@ -129,28 +143,13 @@ impl Deployment {
             .await;
         warnings.extend(self.sign_checkpoints(store.as_ref()).await);
         ran?;
-        let deliveries = store.delivery_counts().await?;
-        let paused = engine.paused();
-        let mut report = SyncReport {
+        Ok(SyncReport {
             intake,
             routed: routed as u64,
-            paused,
+            deliveries: store.delivery_counts().await?,
+            paused: engine.paused(),
             warnings,
-            ..SyncReport::default()
-        };
-        let mut totals = DeliveryTotals::default();
-        for c in &deliveries {
-            match c.state {
-                DeliveryState::Delivered => totals.delivered += c.count,
-                DeliveryState::Dead => totals.dead += c.count,
-                _ if report.is_paused(&c.trust, &c.destination) => totals.paused += c.count,
-                DeliveryState::Retrying => totals.retrying += c.count,
-                DeliveryState::Pending | DeliveryState::InFlight => totals.pending += c.count,
-            }
-        }
-        report.totals = totals;
-        report.deliveries = deliveries;
-        Ok(report)
+        })
     }
 }
 
@@ -271,7 +270,7 @@ mod tests {
         assert_eq!(seen.exceptions as u64, report.intake.exceptions);
         assert!(report.routed > 0, "{report:?}");
         // The CSV logs are delivered; the paused webhooks and MIS write-backs hold theirs.
-        let t = report.totals;
+        let t = report.totals();
         assert!(t.delivered > 0 && t.paused > 0, "{report:?}");
         assert_eq!((t.pending, t.retrying, t.dead), (0, 0, 0), "{report:?}");
         assert_eq!(t.delivered + t.paused, report.routed, "{report:?}");
@@ -291,7 +290,7 @@ mod tests {
         let again = deployment.sync(store.clone(), &mut seen).await.unwrap();
         assert_eq!(again.intake.accepted, 0, "{again:?}");
         assert_eq!(again.routed, 0, "{again:?}");
-        assert_eq!(again.totals, report.totals);
+        assert_eq!(again.totals(), report.totals());
         store.close().await;
     }
 

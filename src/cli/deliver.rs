@@ -113,7 +113,7 @@ pub(crate) fn sync(writer: Writer, common: Common) -> Result<ExitCode, Fatal> {
             kind: "summary",
             intake: report.intake,
             routed: report.routed,
-            totals: report.totals,
+            totals: report.totals(),
         };
         let t = &s.totals;
         let human = format!(
