@@ -77,20 +77,18 @@ pub enum ReportLine<'a> {
 /// Text from outside (a file name, a record id) as one human line: control characters
 /// escaped (`\n`, `\u{1b}`), so a name cannot forge a line of the report or a terminal code.
 pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_control) {
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        s.into()
+    if !s.chars().any(char::is_control) {
+        return s.into();
     }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 fn location(f: &mut fmt::Formatter<'_>, file: &str, line: Option<u64>) -> fmt::Result {
