@@ -1,31 +1,28 @@
 //! Intake from files (SPEC §6): `.json` (one record or an array) and `.jsonl` (a record a
 //! line), streamed so memory does not grow with the file. Yields raw JSON values, or an
 //! error naming the line and rule; never panics on input, and one bad record never stops
-//! the others (a syntax error in a `.json` array ends that file: what came before is kept).
+//! the others: a record over [`MAX_RECORD_BYTES`] is skipped without being held, in either
+//! format; a syntax error inside one record of a `.json` array rejects that record, a broken
+//! array (a missing comma, a truncated file) ends the file, keeping what came before.
 //!
 //! Owns: finding files, reading bytes, JSON syntax. May not touch: validation, the store.
 
-use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use crate::records::{
-    DuplicateKey, FieldError, Rule, parse_json_value, record_id_hint, value_from_map,
-};
+use crate::records::{DuplicateKey, FieldError, Rule, parse_json_value, record_id_hint};
+
+mod document;
+use document::read_json_document;
 
 /// The largest record accepted on one JSON line; longer lines are skipped, not buffered.
 pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// Ends a streamed array early when the sink asks to stop.
-const STOPPED: &str = "doorstep: reading stopped";
 
 /// One item read from a file: a JSON value to validate, or an error.
 #[derive(Debug)]
@@ -330,74 +327,6 @@ fn json_error(e: &serde_json::Error) -> FieldError {
     FieldError::whole(rule, message)
 }
 
-/// Streams a `.json` file: one record (an object) or an array of records.
-fn read_json_document(reader: impl Read, sink: &mut dyn FnMut(Item) -> bool) {
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    let mut count = 0u64;
-    let result = (&mut de).deserialize_any(TopLevel {
-        sink: &mut *sink,
-        count: &mut count,
-    });
-    let result = result.and_then(|()| de.end());
-    let last = match result {
-        Err(e) if e.to_string().starts_with(STOPPED) => None,
-        Ok(()) if count == 0 => Some(file_error(
-            Rule::NoRecords,
-            "the file holds no record: a .json file holds one record or an array of records",
-        )),
-        Ok(()) => None,
-        Err(e) if e.classify() == serde_json::error::Category::Data => Some(Item::Error {
-            line: None,
-            record_id: None,
-            error: FieldError::new(
-                "",
-                Rule::NotAnObject,
-                "a .json file holds one record (an object) or an array of records",
-            ),
-        }),
-        Err(e) => Some(Item::Error {
-            line: Some(e.line() as u64),
-            record_id: None,
-            error: json_error(&e),
-        }),
-    };
-    if let Some(item) = last {
-        sink(item);
-    }
-}
-
-struct TopLevel<'a> {
-    sink: &'a mut dyn FnMut(Item) -> bool,
-    count: &'a mut u64,
-}
-
-impl<'de> Visitor<'de> for TopLevel<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("one record (an object) or an array of records")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let (value, dup) = value_from_map(map)?;
-        *self.count += 1;
-        (self.sink)(checked(value, dup, None));
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        // Each element is only scanned here; it is parsed on the worker threads.
-        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            *self.count += 1;
-            let bytes = raw.get().as_bytes().to_vec();
-            if !(self.sink)(Item::Text { line: None, bytes }) {
-                return Err(serde::de::Error::custom(STOPPED));
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +418,59 @@ mod tests {
         assert_eq!(
             rules(&read_bytes("a.jsonl", b"[1e999]")),
             vec![(Some(1), Some(Rule::NumberOutOfRange))]
+        );
+    }
+
+    #[test]
+    fn a_json_array_is_split_into_records_each_judged_alone() {
+        let items = read_bytes(
+            "a.json",
+            b"[ {\"a\":\"x]}\\\"\"},\n{\"b\":tru},\n[1],7, \"s\" ,{\"c\":{\"d\":[]}} ]\n",
+        );
+        assert_eq!(
+            rules(&items),
+            vec![
+                (None, None),
+                (None, Some(Rule::JsonSyntax)),
+                (None, None),
+                (None, None),
+                (None, None),
+                (None, None),
+            ]
+        );
+        // A broken array ends the file where it broke, keeping what came before.
+        let items = read_bytes("a.json", b"[{},\n{} {}]");
+        assert_eq!(
+            rules(&items),
+            vec![(None, None), (None, None), (Some(2), Some(Rule::JsonSyntax))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.json", b"[{},]")),
+            vec![(None, None), (Some(1), Some(Rule::JsonSyntax))]
+        );
+        assert_eq!(
+            rules(&read_bytes("a.json", b"x")),
+            vec![(Some(1), Some(Rule::JsonSyntax))]
+        );
+    }
+
+    #[test]
+    fn an_oversized_record_in_a_json_file_is_skipped_not_held() {
+        // One record of 2 × the cap inside an array, between two good ones; another alone.
+        let mut big = b"{\"note\":\"".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 2 * MAX_RECORD_BYTES));
+        big.extend_from_slice(b"\"}");
+        let mut data = b"[{\"a\":1},".to_vec();
+        data.extend_from_slice(&big);
+        data.extend_from_slice(b",{\"b\":2}]");
+        let items = read_bytes("big.json", &data);
+        assert_eq!(
+            rules(&items),
+            vec![(None, None), (None, Some(Rule::RecordTooLarge)), (None, None)]
+        );
+        assert_eq!(
+            rules(&read_bytes("one.json", &big)),
+            vec![(None, Some(Rule::RecordTooLarge))]
         );
     }
 
