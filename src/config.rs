@@ -140,6 +140,9 @@ struct RawIntake {
     /// `false`: `sync` leaves ingested files in the drop folder (a read-only share; each
     /// run re-reads them and finds them unchanged).
     move_files: Option<bool>,
+    /// A drop file changed less than this many seconds ago is watched until it has been
+    /// still that long; one that changes meanwhile is left for the next run.
+    settle_seconds: Option<f64>,
     archive: Option<PathBuf>,
     rejected: Option<PathBuf>,
 }
@@ -190,6 +193,8 @@ pub struct Config {
     pub rejected_dir: PathBuf,
     /// Whether `sync` moves ingested files to the archive or rejected folder.
     pub move_files: bool,
+    /// How long a drop file must have been still before `sync` reads it.
+    pub settle: std::time::Duration,
     pub connectors_dir: PathBuf,
     pub mappings_dir: PathBuf,
     pub time_zone: chrono_tz::Tz,
@@ -240,6 +245,10 @@ impl Config {
         if !(0.0..=86_400.0).contains(&max_wait) {
             return Err(invalid("delivery.max_wait_seconds", "from 0 to 86400".into()).into());
         }
+        let settle = raw.intake.settle_seconds.unwrap_or(2.0);
+        if !(0.0..=3_600.0).contains(&settle) {
+            return Err(invalid("intake.settle_seconds", "from 0 to 3600".into()).into());
+        }
         let out_dir = at(raw.delivery.out.as_deref().unwrap_or(Path::new("out")));
         let mut overrides = BTreeMap::new();
         for (trust, dests) in raw.destinations {
@@ -257,6 +266,7 @@ impl Config {
         }
         Ok(Config {
             move_files: raw.intake.move_files.unwrap_or(true),
+            settle: std::time::Duration::from_secs_f64(settle),
             max_wait: std::time::Duration::from_secs_f64(max_wait),
             delivery: DeliverySettings {
                 out_dir: out_dir.clone(),

@@ -228,7 +228,9 @@ fn take_record<R: BufRead>(
             record_id: None,
             error: FieldError::whole(
                 Rule::RecordTooLarge,
-                format!("a record is at most {MAX_RECORD_BYTES} bytes (the one starting on line {start})"),
+                format!(
+                    "a record is at most {MAX_RECORD_BYTES} bytes (the one starting on line {start})"
+                ),
             ),
         },
         Scanned::Whole { too_large: false } => Item::Text {

@@ -85,6 +85,37 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// What a regular file looked like at one moment (size, modification time, identity): a
+/// drop file whose stamp changes while it is read is still being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    device: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of a regular file (a link is not followed); `None` for anything else.
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        meta.is_file().then(|| Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
+    }
+
+    /// How long ago the file last changed (zero when that is unknown or in the future).
+    pub fn age(&self) -> std::time::Duration {
+        self.modified
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
     Json,
@@ -442,7 +473,11 @@ mod tests {
         let items = read_bytes("a.json", b"[{},\n{} {}]");
         assert_eq!(
             rules(&items),
-            vec![(None, None), (None, None), (Some(2), Some(Rule::JsonSyntax))]
+            vec![
+                (None, None),
+                (None, None),
+                (Some(2), Some(Rule::JsonSyntax))
+            ]
         );
         assert_eq!(
             rules(&read_bytes("a.json", b"[{},]")),
@@ -466,7 +501,11 @@ mod tests {
         let items = read_bytes("big.json", &data);
         assert_eq!(
             rules(&items),
-            vec![(None, None), (None, Some(Rule::RecordTooLarge)), (None, None)]
+            vec![
+                (None, None),
+                (None, Some(Rule::RecordTooLarge)),
+                (None, None)
+            ]
         );
         assert_eq!(
             rules(&read_bytes("one.json", &big)),

@@ -47,6 +47,9 @@ pub struct Deployment {
     mappings: String,
     /// `[delivery]`: `out = "out"` and this `max_wait_seconds`; none: the defaults.
     max_wait_seconds: Option<f64>,
+    /// `[intake] settle_seconds`: 0 unless a test sets it (a test's drop files are whole
+    /// when written).
+    settle_seconds: f64,
     /// Pause every HTTP destination of the mappings without a test server.
     pause_others: bool,
     /// (trust, destination) → URL of the test server.
@@ -68,6 +71,7 @@ impl Deployment {
             connectors,
             mappings,
             max_wait_seconds: None,
+            settle_seconds: 0.0,
             pause_others: true,
             urls: BTreeMap::new(),
             token_urls: BTreeMap::new(),
@@ -148,6 +152,13 @@ impl Deployment {
         self
     }
 
+    /// How long a drop file must have been still before `sync` reads it.
+    pub fn settle_seconds(&mut self, seconds: f64) -> &mut Self {
+        self.settle_seconds = seconds;
+        self.write_config();
+        self
+    }
+
     /// How long `sync` waits for retries falling due (`[delivery] max_wait_seconds`).
     pub fn max_wait(&mut self, seconds: f64) -> &mut Self {
         self.max_wait_seconds = Some(seconds);
@@ -215,8 +226,8 @@ impl Deployment {
         let mut text = format!(
             "connectors = {:?}\nmappings = {:?}\n\
              [store]\nsqlite = \"var/doorstep.db\"\n\
-             [intake]\ndrop = \"drop\"\n",
-            self.connectors, self.mappings
+             [intake]\ndrop = \"drop\"\nsettle_seconds = {:?}\n",
+            self.connectors, self.mappings, self.settle_seconds
         );
         if let Some(seconds) = self.max_wait_seconds {
             text.push_str(&format!(

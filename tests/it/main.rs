@@ -10,6 +10,7 @@ mod audit;
 mod cli;
 mod delivery;
 mod demo;
+mod drop_folder;
 mod fixtures;
 mod mapping;
 mod never_panic;

@@ -8,13 +8,16 @@
 //! (the shells').
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod drop_folder;
+pub use drop_folder::file_away;
+
 use crate::deployment::{Deployment, DeploymentError};
 use crate::pipeline::{self, Reporter};
-use crate::report::{Conflict, ExceptionReport, Rejection, ReportLine, Summary};
+use crate::report::{self, Conflict, ExceptionReport, Rejection, Summary};
 use crate::store::deliveries::{DeliveryCount, DeliveryStore};
 use crate::store::{DeliveryState, Store, StoreError};
 
@@ -48,8 +51,11 @@ pub struct SyncReport {
     pub deliveries: Vec<DeliveryCount>,
     /// Paused destinations, as (trust, destination).
     pub paused: Vec<(String, String)>,
+    /// Drop files still being written (changed while watched or read), left for the next
+    /// run.
+    pub left: Vec<PathBuf>,
     /// Things that went wrong without failing the run (a drop file that could not be filed
-    /// away, a checkpoint not signed), one line each, for standard error.
+    /// away or was left, a checkpoint not signed), one line each, for standard error.
     pub warnings: Vec<String>,
 }
 
@@ -116,26 +122,43 @@ impl Deployment {
         let config = self.config();
         let trusts = self.trusts()?.clone();
         let engine = self.engine()?.clone();
-        let files = crate::intake::expand_paths(std::slice::from_ref(&config.drop_dir));
+        let ready = drop_folder::list_settled(&config.drop_dir, config.settle).await;
+        let mut left = ready.left;
         let mut sorting = Sorting {
             inner: reporter,
             rejected_files: BTreeMap::new(),
         };
+        let files: Vec<PathBuf> = ready.files.iter().map(|f| f.path.clone()).collect();
         let intake = if files.is_empty() {
             Summary::default()
         } else {
-            pipeline::ingest_files(store.as_ref(), files.clone(), trusts, &mut sorting).await?
+            pipeline::ingest_files(store.as_ref(), files, trusts, &mut sorting).await?
         };
         let mut warnings = Vec::new();
-        // Only real files move (a missing drop folder is reported above, not moved).
-        for f in files.iter().filter(|f| config.move_files && f.is_file()) {
-            let moved = match sorting.rejected_files.get(&f.display().to_string()) {
-                Some(rejections) => file_away(f, &config.rejected_dir, Some(rejections)),
-                None => file_away(f, &config.archive_dir, None),
+        // Only regular files move (a missing drop folder is reported above, not moved); one
+        // that changed while read is read again, whole, next run.
+        for f in ready.files.iter().filter(|f| f.is_regular()) {
+            if !f.unchanged() {
+                left.push(f.path.clone());
+                continue;
+            }
+            if !config.move_files {
+                continue;
+            }
+            let moved = match sorting.rejected_files.get(&f.path.display().to_string()) {
+                Some(rejections) => file_away(&f.path, &config.rejected_dir, Some(rejections)),
+                None => file_away(&f.path, &config.archive_dir, None),
             };
             if let Err(e) = moved {
                 warnings.push(e);
             }
+        }
+        for f in &left {
+            tracing::warn!(file = %report::escaped(&f.display().to_string()), "drop file still being written: left for the next run");
+            warnings.push(format!(
+                "{}: still being written (changed within settle_seconds or while read): left in the drop folder for the next run",
+                report::escaped(&f.display().to_string())
+            ));
         }
         let routed = engine.route(store.as_ref()).await?;
         let ran = engine
@@ -148,49 +171,10 @@ impl Deployment {
             routed: routed as u64,
             deliveries: store.delivery_counts().await?,
             paused: engine.paused(),
+            left,
             warnings,
         })
     }
-}
-
-/// Moves an ingested file out of the drop folder, named with the time it was taken so
-/// nothing is overwritten; a file with rejections gets its report beside it.
-pub fn file_away(
-    file: &Path,
-    dir: &Path,
-    rejections: Option<&Vec<Rejection>>,
-) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("{}: cannot create: {}", dir.display(), e.kind()))?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let target = dir.join(format!("{stamp}-{name}"));
-    if let Some(rejections) = rejections {
-        let report = dir.join(format!("{stamp}-{name}.rejections.jsonl"));
-        let mut text = String::new();
-        for r in rejections {
-            text.push_str(&serde_json::to_string(&ReportLine::Rejection(r)).unwrap_or_default());
-            text.push('\n');
-        }
-        std::fs::write(&report, text)
-            .map_err(|e| format!("{}: cannot write: {}", report.display(), e.kind()))?;
-    }
-    if std::fs::rename(file, &target).is_err() {
-        std::fs::copy(file, &target)
-            .and_then(|_| std::fs::remove_file(file))
-            .map_err(|e| {
-                format!(
-                    "{}: cannot move to {}: {}",
-                    file.display(),
-                    dir.display(),
-                    e.kind()
-                )
-            })?;
-    }
-    Ok(target)
 }
 
 #[cfg(test)]
@@ -199,6 +183,7 @@ mod tests {
     //! connectors and mappings, the example drop folder) in a temporary folder.
     use super::*;
     use crate::config::Config;
+    use std::path::Path;
     use crate::store::SqliteStore;
 
     #[derive(Default)]
@@ -316,24 +301,5 @@ mod tests {
         assert_eq!(second.intake.unchanged, first.intake.accepted);
         assert_eq!(second.routed, 0);
         store.close().await;
-    }
-
-    #[test]
-    fn a_file_with_rejections_is_filed_with_its_report() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("day.jsonl");
-        std::fs::write(&file, "{}\n").unwrap();
-        let r = Rejection::new(
-            "day.jsonl",
-            Some(1),
-            None,
-            crate::records::FieldError::new("/kind", crate::records::Rule::MissingField, "x"),
-        );
-        let moved = file_away(&file, &dir.path().join("rejected"), Some(&vec![r])).unwrap();
-        assert!(!file.exists() && moved.exists());
-        let report = std::fs::read_to_string(format!("{}.rejections.jsonl", moved.display()));
-        let report = report.unwrap();
-        assert!(report.contains("\"kind\":\"rejection\""), "{report}");
-        assert_eq!(report.lines().count(), 1);
     }
 }
