@@ -183,8 +183,8 @@ mod tests {
     //! connectors and mappings, the example drop folder) in a temporary folder.
     use super::*;
     use crate::config::Config;
-    use std::path::Path;
     use crate::store::SqliteStore;
+    use std::path::Path;
 
     #[derive(Default)]
     struct Collect {

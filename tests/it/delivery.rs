@@ -30,7 +30,7 @@ use crate::harness::{self, Deployment};
 // Records, maps, connectors.
 
 /// The shipped Thrive attendance visit as record `id`, revision `revision`.
-fn visit(id: &str, revision: u32, summary: &str) -> Value {
+pub(crate) fn visit(id: &str, revision: u32, summary: &str) -> Value {
     let text = std::fs::read_to_string(
         harness::root().join("fixtures/valid/thrive-attendance-illness.json"),
     )
@@ -43,7 +43,7 @@ fn visit(id: &str, revision: u32, summary: &str) -> Value {
 }
 
 /// A JSON body with a few fields; the pupil's name, date of birth and address are not mapped.
-const VISIT_MAP: &str = r#"
+pub(crate) const VISIT_MAP: &str = r#"
 [body]
 event = "visit_report"
 record_id = { field = "id" }
@@ -70,7 +70,12 @@ fn visit_body(id: &str, revision: u32, summary: &str) -> Value {
 }
 
 /// An `http_json` connector posting visits to `/api/visits`, the created id at `/id`.
-fn api_connector(auth: &str, concurrency: usize, timeout: f64, max_attempts: u32) -> String {
+pub(crate) fn api_connector(
+    auth: &str,
+    concurrency: usize,
+    timeout: f64,
+    max_attempts: u32,
+) -> String {
     format!(
         r#"description = "a test JSON API"
 transport = "http_json"
@@ -98,7 +103,7 @@ target_id = {{ pointer = "/id" }}
 
 /// Routes every visit to destination `api` (connector `api`) through `VISIT_MAP`; `extra`
 /// is added to the destination's table (its credentials).
-fn api_routes(extra: &str) -> String {
+pub(crate) fn api_routes(extra: &str) -> String {
     format!(
         r#"[destinations.api]
 connector = "api"

@@ -18,6 +18,7 @@ mod online_check;
 mod policy;
 mod privacy;
 mod schema;
+mod secret_canaries;
 mod store;
 mod store_contract;
 mod target_privacy;

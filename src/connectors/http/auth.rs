@@ -61,8 +61,11 @@ impl HttpTransport {
         if let Some(s) = &c.client_secret {
             client = client.set_client_secret(ClientSecret::new(s.clone()));
         }
+        // The token endpoint's status and Retry-After, kept for classifying a failure.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<(u16, Option<Duration>)>));
         let http = |request: oauth2::HttpRequest| {
             let client = self.client.clone();
+            let seen = seen.clone();
             async move {
                 let (parts, body) = request.into_parts();
                 let response = client
@@ -71,7 +74,16 @@ impl HttpTransport {
                     .body(body)
                     .send()
                     .await?;
-                let mut out = http::Response::builder().status(response.status().as_u16());
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                if let Ok(mut s) = seen.lock() {
+                    *s = Some((status, retry_after));
+                }
+                let mut out = http::Response::builder().status(status);
                 for (k, v) in response.headers() {
                     out = out.header(k.as_str(), v.as_bytes());
                 }
@@ -83,34 +95,56 @@ impl HttpTransport {
         for s in &c.scopes {
             request = request.add_scope(Scope::new(s.clone()));
         }
-        match request.request_async(&http).await {
+        let failure = match request.request_async(&http).await {
             Ok(token) => {
                 let life = token.expires_in().unwrap_or(TOKEN_DEFAULT_LIFE);
                 let secret = token.access_token().secret().clone();
                 tokens.insert(String::new(), (secret.clone(), Instant::now() + life));
-                Ok(secret)
+                return Ok(secret);
             }
-            Err(oauth2::RequestTokenError::ServerResponse(e)) => Err(permanent(
+            Err(oauth2::RequestTokenError::Request(e)) => {
+                return Err(Attempt::Retry {
+                    reason: format!("token endpoint: {}", error_kind(&e)),
+                    status: None,
+                    retry_after: None,
+                    response: None,
+                });
+            }
+            Err(e) => e,
+        };
+        let (status, retry_after) = seen.lock().ok().and_then(|s| *s).unwrap_or((0, None));
+        // Classified like any answer; the endpoint's own words are never quoted (they may
+        // echo the request and its secret).
+        Err(match failure {
+            _ if status >= 500 || status == 429 || status == 408 => Attempt::Retry {
+                reason: format!("token endpoint: {status} {}", reason_phrase(status)),
+                status: Some(status),
+                retry_after,
+                response: None,
+            },
+            oauth2::RequestTokenError::ServerResponse(e) => permanent(
                 format!(
                     "the token endpoint refused the client credentials ({})",
                     oauth_error_code(e.error())
                 ),
+                Some(status),
                 None,
-                None,
-            )),
-            Err(oauth2::RequestTokenError::Request(e)) => Err(Attempt::Retry {
-                reason: format!("token endpoint: {}", error_kind(&e)),
-                status: None,
+            ),
+            _ if (200..300).contains(&status) => Attempt::Retry {
+                reason: format!("token endpoint: {status} with an answer that is not a token"),
+                status: Some(status),
                 retry_after: None,
                 response: None,
-            }),
-            Err(_) => Err(Attempt::Retry {
-                reason: "token endpoint: unreadable answer".into(),
-                status: None,
-                retry_after: None,
-                response: None,
-            }),
-        }
+            },
+            _ => permanent(
+                format!(
+                    "the token endpoint refused the client credentials ({status} {})",
+                    reason_phrase(status)
+                ),
+                Some(status),
+                None,
+            ),
+        })
     }
 
     /// A token for the connector's `[token]` body filled in for these `vars` (one per

@@ -5,6 +5,7 @@
 
 mod auth;
 mod classify;
+mod redact;
 mod signing;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,7 @@ use classify::{kept, permanent, transport_error};
 
 pub use auth::Credentials;
 pub use classify::{TARGET_SAYS, loggable, parse_retry_after};
+pub use redact::REDACTED;
 pub use signing::{webhook_key, webhook_signature};
 
 /// One request to send.
@@ -51,6 +53,8 @@ pub struct HttpTransport {
     client: reqwest::Client,
     connector: std::sync::Arc<Connector>,
     credentials: Credentials,
+    /// The credentials' echoed forms, taken out of every attempt (`redact`).
+    secrets: redact::Secrets,
     /// Tokens by scope (OAuth2: one; a token exchange: one per distinct body), with when
     /// they expire.
     tokens: Mutex<HashMap<String, (String, Instant)>>,
@@ -71,14 +75,20 @@ impl HttpTransport {
         Ok(HttpTransport {
             client,
             connector,
+            secrets: redact::Secrets::of(&credentials),
             credentials,
             tokens: Mutex::new(HashMap::new()),
         })
     }
 
     /// Sends one record (or batch); with a token, a 401 fetches a new token and tries once
-    /// more.
+    /// more. What comes back holds no secret (`redact`).
     pub async fn send(&self, req: &Request<'_>) -> Attempt {
+        let attempt = self.send_unredacted(req).await;
+        self.redacted(attempt).await
+    }
+
+    async fn send_unredacted(&self, req: &Request<'_>) -> Attempt {
         let body = match serde_json::to_vec(req.body) {
             Ok(b) => b,
             Err(e) => return permanent(format!("cannot serialise the body: {e}"), None, None),
@@ -99,8 +109,19 @@ impl HttpTransport {
     }
 
     /// Reads one JSON document (a look-up's page, `config check --online`): the body of a
-    /// 2xx, or what the failure comes to.
+    /// 2xx, or what the failure comes to (holding no secret, `redact`).
     pub async fn get(&self, url: &str, vars: &BTreeMap<String, String>) -> Result<Value, Attempt> {
+        match self.get_unredacted(url, vars).await {
+            Ok(v) => Ok(v),
+            Err(a) => Err(self.redacted(a).await),
+        }
+    }
+
+    async fn get_unredacted(
+        &self,
+        url: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Value, Attempt> {
         let raw = self
             .exchange(reqwest::Method::GET, url, None, None, vars)
             .await?;
