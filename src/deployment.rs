@@ -138,10 +138,22 @@ impl Deployment {
     pub async fn open_store(&self) -> Result<SqliteStore, DeploymentError> {
         SqliteStore::open(&self.config.sqlite_path)
             .await
-            .map_err(|source| DeploymentError::Store {
-                config: self.config.path.display().to_string(),
-                source,
-            })
+            .map_err(|source| self.store_error(source))
+    }
+
+    fn store_error(&self, source: crate::store::StoreError) -> DeploymentError {
+        DeploymentError::Store {
+            config: self.config.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// The store for a reading verb: read-only where it cannot be written (an auditor's
+    /// copy), never migrated there ([`SqliteStore::open_for_reading`]).
+    pub async fn open_store_for_reading(&self) -> Result<SqliteStore, DeploymentError> {
+        SqliteStore::open_for_reading(&self.config.sqlite_path)
+            .await
+            .map_err(|source| self.store_error(source))
     }
 
     /// The store's writer lock, for a run that writes (`sync`, `ingest`): one writer per

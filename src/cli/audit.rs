@@ -209,7 +209,7 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 pseudonymise,
             };
             runtime()?.block_on(async {
-                let store = deployment.open_store().await?;
+                let store = deployment.open_store_for_reading().await?;
                 let bar = Bar::new();
                 let result = bundle::export(&store, &signer, &req, &bar).await;
                 bar.done();
@@ -224,6 +224,11 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                     s.tree_size,
                     out.display()
                 );
+                if !s.recorded {
+                    eprintln!(
+                        "doorstep: the store is read-only: this export and its checkpoint are not recorded in its trail"
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             })
         }

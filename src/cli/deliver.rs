@@ -159,7 +159,10 @@ pub(crate) fn deadletter(action: DeadletterAction) -> Result<ExitCode, Fatal> {
     let format = common.format;
     let deployment = required_deployment(&common.config)?;
     runtime()?.block_on(async {
-        let store = deployment.open_store().await?;
+        let store = match action {
+            DeadletterAction::Replay { .. } => deployment.open_store().await?,
+            _ => deployment.open_store_for_reading().await?,
+        };
         let result = deadletter_in(&store, &action, format).await;
         store.close().await;
         result

@@ -323,7 +323,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             let deployment = required_deployment(&common.config)?;
             let config = deployment.config();
             runtime()?.block_on(async {
-                let store = deployment.open_store().await?;
+                let store = deployment.open_store_for_reading().await?;
                 let report = store.status().await.map_err(|e| Fatal::Run(e.to_string()));
                 let deliveries = doorstep::store::DeliveryStore::delivery_counts(&store)
                     .await

@@ -191,6 +191,12 @@ pub struct Replayed {
 pub type ReplayTrail<'a> = &'a (dyn Fn(&[Replayed], &str) -> Vec<Event> + Sync);
 
 pub trait DeliveryStore: super::lookups::LookupStore {
+    /// Opened read-only (an auditor's copy): a reading verb writes nothing, not even the
+    /// trail's record of itself.
+    fn is_read_only(&self) -> bool {
+        false
+    }
+
     /// Every delivery of the given record revisions with every attempt, in order.
     fn attempts_by_key(
         &self,

@@ -1297,6 +1297,11 @@ async fn a_second_sync_on_one_store_waits_or_gives_up_and_never_sends_twice() {
         "the second printed {:?}",
         second.lines
     );
+    // Reading verbs work beside the running sync.
+    for verb in ["status", "deadletter list"] {
+        let r = d.run_json(verb, &[]).await;
+        assert_eq!(r.code, 0, "{verb} beside a sync: {}", r.stderr);
+    }
     let third = d.run_json("sync", &["--wait", "60"]).await;
     let first = tokio::task::spawn_blocking(move || first.wait().unwrap())
         .await

@@ -193,3 +193,76 @@ fn a_killed_ingest_loses_nothing_it_committed_and_recovers() {
         .clone();
     assert_eq!(harness::json_lines(&out).pop().unwrap()["records"], count);
 }
+
+/// Reading verbs on a read-only copy of a store (an auditor's copy; SPEC §4): `status`,
+/// `deadletter list` / `show` and `audit export` work, write nothing, and `audit export`
+/// says its export is not recorded there. A verb that writes is refused cleanly.
+#[test]
+fn reading_verbs_work_on_a_read_only_copy() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = harness::Deployment::new();
+    d.add_config("[audit]\nsigning_key = { file = \"keys/log.key\" }\n");
+    d.run(
+        "audit keygen",
+        &["--name", "trail.example", "--out", "keys/log.key"],
+    )
+    .code(0);
+    d.run("ingest", &[harness::fixture("valid").to_str().unwrap()])
+        .code(0);
+    d.run("sync", &[]).code(0);
+    // The copy: the store alone (its log checkpointed into it), file and folder read-only.
+    let ro = d.path("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::copy(d.db(), ro.join("doorstep.db")).unwrap();
+    let config = std::fs::read_to_string(d.config())
+        .unwrap()
+        .replace("var/doorstep.db", "ro/doorstep.db");
+    std::fs::write(d.path("ro.toml"), config).unwrap();
+    let set_mode = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(&ro.join("doorstep.db"), 0o444);
+    set_mode(&ro, 0o555);
+    let before = std::fs::read(ro.join("doorstep.db")).unwrap();
+    let run = |args: &[&str]| {
+        harness::doorstep()
+            .current_dir(d.dir.path())
+            .args(args)
+            .args(["--config", "ro.toml"])
+            .assert()
+    };
+    let status = run(&["status", "--format", "json"]).code(0);
+    let lines = harness::json_lines(&status.get_output().stdout);
+    assert!(!lines.is_empty());
+    run(&["deadletter", "list"]).code(0);
+    run(&["deadletter", "show", "1"]).code(0);
+    let export = run(&[
+        "audit",
+        "export",
+        "--trust",
+        "celt",
+        "--school",
+        "136401",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2030-12-31",
+        "--out",
+        "ro-bundle",
+    ])
+    .code(0);
+    let stderr = String::from_utf8_lossy(&export.get_output().stderr).into_owned();
+    assert!(stderr.contains("not recorded"), "{stderr}");
+    let key = d.path("keys/log.key.pub");
+    harness::doorstep()
+        .args(["audit", "verify"])
+        .arg(d.path("ro-bundle"))
+        .arg("--key")
+        .arg(&key)
+        .assert()
+        .code(0);
+    // A writing verb is refused, naming the store; nothing changed.
+    run(&["ingest", harness::fixture("valid").to_str().unwrap()]).code(predicates::ord::ne(0));
+    assert_eq!(std::fs::read(ro.join("doorstep.db")).unwrap(), before);
+    set_mode(&ro, 0o755);
+}

@@ -49,6 +49,9 @@ pub struct ExportSummary {
     pub entries: u64,
     pub records: u64,
     pub tree_size: u64,
+    /// Whether the export and its checkpoint were recorded in the store's trail (not on a
+    /// read-only copy).
+    pub recorded: bool,
 }
 
 fn utc_start(day: NaiveDate, tz: chrono_tz::Tz) -> String {
@@ -136,7 +139,10 @@ pub async fn export<S: crate::store::DeliveryStore>(
         .ok_or_else(|| ExportError::NoLog(req.trust.clone()))?;
     let checkpoint = checkpoint_at(store, signer, &req.trust, size).await?;
     let note = signer.sign(&checkpoint.to_text());
-    store.audit_save_checkpoint(&req.trust, size, &note).await?;
+    let recorded = !store.is_read_only();
+    if recorded {
+        store.audit_save_checkpoint(&req.trust, size, &note).await?;
+    }
 
     let period = Period {
         from: req.from.to_string(),
@@ -312,11 +318,14 @@ pub async fn export<S: crate::store::DeliveryStore>(
         }
         .into(),
     );
-    store.audit_append(&[exported]).await?;
+    if recorded {
+        store.audit_append(&[exported]).await?;
+    }
     Ok(ExportSummary {
         entries: entries.len() as u64,
         records: revisions.len() as u64,
         tree_size: size,
+        recorded,
     })
 }
 

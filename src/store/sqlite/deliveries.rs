@@ -219,6 +219,10 @@ fn claimed_of(r: &SqliteRow) -> Result<Claimed, Undecoded> {
 }
 
 impl DeliveryStore for SqliteStore {
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     async fn attempts_by_key(
         &self,
         trust: &str,

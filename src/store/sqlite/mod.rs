@@ -34,6 +34,8 @@ pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     path: PathBuf,
     edges: Arc<Edges>,
+    /// Opened read-only (an auditor's copy, a read-only file system): nothing is written.
+    pub(super) read_only: bool,
 }
 
 impl SqliteStore {
@@ -44,6 +46,12 @@ impl SqliteStore {
             location: location.clone(),
             reason: format!("{what}: {}", e.kind()),
         };
+        if !writable(path) {
+            return Err(StoreError::Io {
+                location,
+                reason: "read-only (the file or its folder cannot be written); status, deadletter list/show and audit export read it as it is".into(),
+            });
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create its folder", e))?;
         }
@@ -99,6 +107,65 @@ impl SqliteStore {
             pool,
             path: path.to_path_buf(),
             edges: Arc::new(Edges::new()),
+            read_only: false,
+        })
+    }
+
+    /// Opens the store for a reading verb (`status`, `deadletter list/show`, `audit
+    /// export`): as [`open`](Self::open) when it can be written, else read-only — a file or
+    /// folder without write permission, or on a read-only file system (an auditor's copy).
+    /// A read-only store must already be at this version's schema.
+    pub async fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
+        if writable(path) {
+            return Self::open(path).await;
+        }
+        Self::open_read_only(path).await
+    }
+
+    async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let db_err = |source| StoreError::Database {
+            location: location.clone(),
+            source,
+        };
+        if !path.is_file() {
+            return Err(StoreError::Io {
+                location,
+                reason: "no store here (a reading verb does not create one)".into(),
+            });
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db_err)?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let connect = |options: SqliteConnectOptions| {
+            SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(options)
+        };
+        // A write-ahead-log store needs its shared-memory file; where that cannot be made (a
+        // read-only folder), the file is read as it stands.
+        let pool = match connect(options.clone()).await {
+            Ok(pool) if sqlx::query("SELECT 1").execute(&pool).await.is_ok() => pool,
+            _ => connect(options.immutable(true)).await.map_err(db_err)?,
+        };
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&pool)
+            .await
+            .map_err(db_err)?;
+        if MIGRATOR.iter().any(|m| !applied.contains(&m.version)) {
+            return Err(StoreError::Io {
+                location,
+                reason: "read-only, and made by an earlier doorstep: open it once where it can be written to bring it up to date".into(),
+            });
+        }
+        tracing::info!("store opened read-only");
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+            edges: Arc::new(Edges::new()),
+            read_only: true,
         })
     }
 
@@ -126,6 +193,22 @@ impl SqliteStore {
         self.pool.close().await;
     }
 }
+/// Whether a store (and its folder, where SQLite keeps its journal files) may be written,
+/// by permission bits and by trying: a missing store is created, so counts as writable.
+fn writable(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return true;
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir_writable = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o222 != 0);
+    !meta.permissions().readonly()
+        && dir_writable
+        && std::fs::OpenOptions::new().append(true).open(path).is_ok()
+}
+
 /// Rows per INSERT statement: 12 parameters each, well under SQLite's 32766.
 pub(super) const INSERT_ROWS: usize = 500;
 
