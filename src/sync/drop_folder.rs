@@ -275,6 +275,26 @@ mod tests {
         assert!(names(&rejected).is_empty(), "{:?}", names(&rejected));
     }
 
+    #[tokio::test]
+    async fn a_file_changed_after_listing_is_seen_as_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("day.jsonl");
+        std::fs::write(&file, "{}\n").unwrap();
+        let ready = list_settled(dir.path(), Duration::ZERO).await;
+        assert_eq!(ready.files.len(), 1);
+        assert!(ready.files[0].unchanged());
+        // Appended to while (say) it was being read.
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(b"{}\n").unwrap();
+        assert!(!ready.files[0].unchanged());
+        // Replaced by another file of the same size under the same name.
+        let ready = list_settled(dir.path(), Duration::ZERO).await;
+        let other = dir.path().join("other");
+        std::fs::write(&other, "{}\n{}\n").unwrap();
+        std::fs::rename(&other, &file).unwrap();
+        assert!(!ready.files[0].unchanged());
+    }
+
     #[test]
     fn names_never_collide() {
         let dir = tempfile::tempdir().unwrap();
