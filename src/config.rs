@@ -125,6 +125,70 @@ struct RawDestination {
     token_url: Option<String>,
     #[serde(default)]
     allow_plain_http: bool,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    #[serde(default)]
+    schools: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    limits: LimitOverrides,
+    #[serde(default)]
+    username: Option<SecretRef>,
+    #[serde(default)]
+    password: Option<SecretRef>,
+    #[serde(default)]
+    token: Option<SecretRef>,
+    #[serde(default)]
+    client_id: Option<SecretRef>,
+    #[serde(default)]
+    client_secret: Option<SecretRef>,
+    #[serde(default)]
+    secrets: Option<Vec<SecretRef>>,
+}
+
+/// `[destinations.<trust>.<name>.limits]`: the connector's `[limits]`, replaced one by one
+/// (checked by the same rules once applied).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub concurrency: Option<usize>,
+    pub rate_per_second: Option<u32>,
+    pub timeout_seconds: Option<f64>,
+    pub max_attempts: Option<u32>,
+    pub backoff_min_seconds: Option<f64>,
+    pub backoff_max_seconds: Option<f64>,
+}
+
+/// Credentials the deployment gives a destination in place of the mapping's (each a
+/// reference, never a value; files from the config's folder).
+#[derive(Debug, Clone, Default)]
+pub struct SecretOverrides {
+    pub username: Option<SecretRef>,
+    pub password: Option<SecretRef>,
+    pub token: Option<SecretRef>,
+    pub client_id: Option<SecretRef>,
+    pub client_secret: Option<SecretRef>,
+    /// Webhook signing secrets, all of them (the mapping's list is replaced).
+    pub secrets: Option<Vec<SecretRef>>,
+}
+
+impl SecretOverrides {
+    /// Each reference by its key, the list's as `secrets[i]`.
+    fn each_mut(&mut self) -> Vec<(String, &mut SecretRef)> {
+        let mut out: Vec<(String, &mut SecretRef)> = [
+            ("username", &mut self.username),
+            ("password", &mut self.password),
+            ("token", &mut self.token),
+            ("client_id", &mut self.client_id),
+            ("client_secret", &mut self.client_secret),
+        ]
+        .into_iter()
+        .filter_map(|(k, s)| s.as_mut().map(|s| (k.to_owned(), s)))
+        .collect();
+        for (i, s) in self.secrets.iter_mut().flatten().enumerate() {
+            out.push((format!("secrets[{i}]"), s));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +236,12 @@ pub struct DestinationOverride {
     /// Lets the destination's URLs be plain `http://` beyond loopback (a test receiver on
     /// the school's network); each start warns.
     pub allow_plain_http: bool,
+    /// Over the mapping's `vars`.
+    pub vars: BTreeMap<String, String>,
+    /// Over the mapping's `schools."URN"` vars, key by key.
+    pub schools: BTreeMap<String, BTreeMap<String, String>>,
+    pub limits: LimitOverrides,
+    pub secrets: SecretOverrides,
 }
 
 /// The delivery engine's settings from `doorstep.toml`.
@@ -253,6 +323,18 @@ impl Config {
         let mut overrides = BTreeMap::new();
         for (trust, dests) in raw.destinations {
             for (name, d) in dests {
+                let mut secrets = SecretOverrides {
+                    username: d.username,
+                    password: d.password,
+                    token: d.token,
+                    client_id: d.client_id,
+                    client_secret: d.client_secret,
+                    secrets: d.secrets,
+                };
+                for (key, secret) in secrets.each_mut() {
+                    check_secret(path, &format!("destinations.{trust}.{name}.{key}"), secret)?;
+                    secret.file = secret.file.as_deref().map(&at);
+                }
                 overrides.insert(
                     (trust.clone(), name),
                     DestinationOverride {
@@ -260,6 +342,10 @@ impl Config {
                         url: d.url,
                         token_url: d.token_url,
                         allow_plain_http: d.allow_plain_http,
+                        vars: d.vars,
+                        schools: d.schools,
+                        limits: d.limits,
+                        secrets,
                     },
                 );
             }

@@ -138,7 +138,7 @@ pub struct OnlineCheck {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Requests in flight at once to one destination.
@@ -192,6 +192,45 @@ impl Default for Limits {
 impl Limits {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_seconds)
+    }
+
+    /// These limits with a deployment's overrides applied, each in its place.
+    pub fn overridden(&self, o: &crate::config::LimitOverrides) -> Limits {
+        Limits {
+            concurrency: o.concurrency.unwrap_or(self.concurrency),
+            rate_per_second: o.rate_per_second.or(self.rate_per_second),
+            timeout_seconds: o.timeout_seconds.unwrap_or(self.timeout_seconds),
+            max_attempts: o.max_attempts.unwrap_or(self.max_attempts),
+            backoff_min_seconds: o.backoff_min_seconds.unwrap_or(self.backoff_min_seconds),
+            backoff_max_seconds: o.backoff_max_seconds.unwrap_or(self.backoff_max_seconds),
+        }
+    }
+
+    /// The first rule these limits break, as (key under `limits.`, what it must be).
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(1..=1024).contains(&self.concurrency) {
+            return Err(("concurrency", "from 1 to 1024"));
+        }
+        if self.rate_per_second == Some(0) {
+            return Err(("rate_per_second", "at least 1 (leave it out for no limit)"));
+        }
+        if !(self.timeout_seconds > 0.0 && self.timeout_seconds <= 600.0) {
+            return Err(("timeout_seconds", "above 0 and at most 600"));
+        }
+        if self.max_attempts == 0 {
+            return Err(("max_attempts", "at least 1"));
+        }
+        if !(self.backoff_min_seconds > 0.0 && self.backoff_max_seconds >= self.backoff_min_seconds)
+        {
+            return Err((
+                "backoff_min_seconds",
+                "above 0 and at most backoff_max_seconds",
+            ));
+        }
+        if self.backoff_max_seconds > 86_400.0 {
+            return Err(("backoff_max_seconds", "at most 86400 (a day)"));
+        }
+        Ok(())
     }
 }
 

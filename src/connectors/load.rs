@@ -16,33 +16,8 @@ impl Connector {
         let mut c: Connector = crate::toml_file::parse(path, text)?;
         c.name = name.to_owned();
         let invalid = |key: &str, reason: &str| ConnectorError::invalid(path, key, reason);
-        let l = &c.limits;
-        if !(1..=1024).contains(&l.concurrency) {
-            return Err(invalid("limits.concurrency", "from 1 to 1024"));
-        }
-        if l.rate_per_second == Some(0) {
-            return Err(invalid(
-                "limits.rate_per_second",
-                "at least 1 (leave it out for no limit)",
-            ));
-        }
-        if !(l.timeout_seconds > 0.0 && l.timeout_seconds <= 600.0) {
-            return Err(invalid("limits.timeout_seconds", "above 0 and at most 600"));
-        }
-        if l.max_attempts == 0 {
-            return Err(invalid("limits.max_attempts", "at least 1"));
-        }
-        if !(l.backoff_min_seconds > 0.0 && l.backoff_max_seconds >= l.backoff_min_seconds) {
-            return Err(invalid(
-                "limits.backoff_min_seconds",
-                "above 0 and at most backoff_max_seconds",
-            ));
-        }
-        if l.backoff_max_seconds > 86_400.0 {
-            return Err(invalid(
-                "limits.backoff_max_seconds",
-                "at most 86400 (a day)",
-            ));
+        if let Err((key, rule)) = c.limits.check() {
+            return Err(invalid(&format!("limits.{key}"), rule));
         }
         for (kind, e) in &c.endpoints {
             if kind.is_empty()

@@ -68,6 +68,80 @@ pub(super) fn http_sink(
     HttpTransport::new(connector.clone(), c)
 }
 
+/// The mapping's destination with the deployment's say over it (`[destinations.<trust>.
+/// <name>]` in `doorstep.toml`): `token_url`, `vars`, each school's vars key by key, and
+/// the credentials it gives in place of the mapping's.
+pub(super) fn with_override(
+    d: &crate::mapping::Destination,
+    ov: &crate::config::DestinationOverride,
+) -> crate::mapping::Destination {
+    let mut d = d.clone();
+    if let Some(t) = &ov.token_url {
+        d.token_url = Some(t.clone());
+    }
+    d.vars.extend(ov.vars.clone());
+    for (urn, vars) in &ov.schools {
+        d.schools
+            .entry(urn.clone())
+            .or_default()
+            .extend(vars.clone());
+    }
+    let s = &ov.secrets;
+    for (mine, theirs) in [
+        (&mut d.username, &s.username),
+        (&mut d.password, &s.password),
+        (&mut d.token, &s.token),
+        (&mut d.client_id, &s.client_id),
+        (&mut d.client_secret, &s.client_secret),
+    ] {
+        if theirs.is_some() {
+            mine.clone_from(theirs);
+        }
+    }
+    if let Some(secrets) = &s.secrets {
+        d.secrets.clone_from(secrets);
+    }
+    d
+}
+
+/// Refuses a deployment that moves `url` to another host but leaves the token service where
+/// the mapping put it: the credentials would go to that service (production, when `url` was
+/// pointed at staging). Both hosts are named.
+pub(super) fn check_token_host(
+    connector: &Connector,
+    mapped: &crate::mapping::Destination,
+    ov: &crate::config::DestinationOverride,
+) -> Result<(), String> {
+    use crate::connectors::AuthScheme;
+    let (Some(url), None, Some(token_url)) = (&ov.url, &ov.token_url, &mapped.token_url) else {
+        return Ok(());
+    };
+    if !matches!(
+        connector.auth,
+        AuthScheme::Oauth2ClientCredentials | AuthScheme::TokenExchange
+    ) {
+        return Ok(());
+    }
+    let origin = |u: &str| {
+        reqwest::Url::parse(u.trim()).ok().map(|u| {
+            let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
+            match u.port_or_known_default() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            }
+        })
+    };
+    let new = origin(url);
+    if new == mapped.url.as_deref().and_then(origin) || new == origin(token_url) {
+        return Ok(());
+    }
+    Err(format!(
+        "the config moves `url` to {} but `token_url` still goes to {}: the client credentials          would be sent there; set `token_url` beside `url` in the config's [destinations]          (rule: token-host-mismatch)",
+        new.unwrap_or_else(|| "a host not known".into()),
+        origin(token_url).unwrap_or_else(|| "a host not known".into())
+    ))
+}
+
 /// A destination's credentials, read from its secret references (relative files from the
 /// trust's folder). The error names the key, never a value.
 fn credentials(

@@ -87,18 +87,29 @@ impl Engine {
                     .get(&(trust.id.clone(), name.clone()))
                     .cloned()
                     .unwrap_or_default();
-                let mut overridden = d.clone();
-                if let Some(t) = &ov.token_url {
-                    overridden.token_url = Some(t.clone());
-                }
+                let mapped = d;
+                let overridden = destinations::with_override(d, &ov);
                 let d = &overridden;
-                let connector = connectors.get(&d.connector).cloned().ok_or_else(|| {
+                let mut connector = connectors.get(&d.connector).cloned().ok_or_else(|| {
                     fail(format!(
                         "no connector `{}` in the connectors folder",
                         d.connector
                     ))
                 })?;
+                let limits = connector.limits.overridden(&ov.limits);
+                if let Err((key, rule)) = limits.check() {
+                    return Err(fail(format!(
+                        "the config's [destinations.{}.{name}.limits] {key}: {rule}",
+                        trust.id
+                    )));
+                }
+                if limits != connector.limits {
+                    let mut tuned = (*connector).clone();
+                    tuned.limits = limits;
+                    connector = Arc::new(tuned);
+                }
                 let url = ov.url.clone().or_else(|| d.url.clone());
+                destinations::check_token_host(&connector, mapped, &ov).map_err(fail)?;
                 if connector.transport != TransportKind::CsvFile {
                     let allowed = d.allow_plain_http || ov.allow_plain_http;
                     let mut plain = false;

@@ -15,6 +15,7 @@ mod fixtures;
 mod mapping;
 mod never_panic;
 mod online_check;
+mod overrides;
 mod policy;
 mod privacy;
 mod schema;
