@@ -714,6 +714,50 @@ async fn oauth2_token_is_cached_and_refreshed_once_on_401() {
     }
 }
 
+/// A token service that is down (503) and then rate-limits (429 with `Retry-After: 1`) is
+/// retried with the destination's backoff, honouring `Retry-After`: the delivery arrives,
+/// nothing is dead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_service_that_fails_first_is_retried_not_dead_lettered() {
+    let server = MockServer::start().await;
+    let (tokens, token_times) = Script::new(|n, _: &Request| match n {
+        0 => ResponseTemplate::new(503).set_body_json(json!({"error": "temporarily_unavailable"})),
+        1 => ResponseTemplate::new(429)
+            .insert_header("retry-after", "1")
+            .set_body_json(json!({"error": "slow_down"})),
+        _ => ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "t-ok", "token_type": "bearer", "expires_in": 3600,
+        })),
+    });
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(tokens)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/visits"))
+        .respond_with(created("T-1"))
+        .mount(&server)
+        .await;
+    let d = oauth_api(&server, "s3cret", 10.0);
+    d.drop_records("v.json", &[visit("tok-retry", 1, "Seen.")]);
+    let run = d.sync().await;
+    assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
+    assert_eq!(run.count("delivered"), 1);
+    let times = token_times.lock().unwrap().clone();
+    assert_eq!(times.len(), 3, "503, 429, then a token");
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(950),
+        "Retry-After: 1 was not honoured: {:?}",
+        times[2] - times[1]
+    );
+    assert!(
+        !run.stderr.contains("temporarily_unavailable") && !run.stderr.contains("slow_down"),
+        "the service's words in a log line: {}",
+        run.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 8–9. Order, and a failing record holding up no other.
 
