@@ -279,6 +279,7 @@ async fn prepare<S: DeliveryStore>(env: &Env<S>, c: &Claimed) -> Result<Prepared
             base_url: dest.url.as_deref().unwrap_or_default(),
             spec,
             vars: &extras.vars,
+            limits: &dest.connector.limits,
         };
         match dest
             .lookups

@@ -3,6 +3,11 @@
 //! target once and cached: in memory for the run (one request however many deliveries
 //! ask at once) and in the store until it expires (so the next run asks nothing).
 //!
+//! A listing is read by one delivery at a time per (school, look-up), however many wait for
+//! it. A page that fails with something worth retrying stops the read where it is: what was
+//! read is kept, nobody asks again before the destination's backoff (or the target's
+//! `Retry-After`) has passed, and the next read resumes at the page that failed.
+//!
 //! Owns: reading look-ups from a target and caching them. May not touch: rendering (the
 //! values go to the map through `plan::Extras`), delivery outcomes.
 
@@ -16,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::connectors::http::HttpTransport;
-use crate::connectors::{Attempt, Lookup};
+use crate::connectors::{Attempt, Limits, Lookup};
 use crate::store::lookups::{Cached, LookupScope, LookupStore, WHOLE_LISTING};
 
 /// Pages of one listing read at most (a guard against a `next` that never ends).
@@ -32,9 +37,36 @@ type Slot<T> = Arc<OnceCell<(T, Instant)>>;
 pub struct Lookups {
     /// By (school, look-up, key).
     answers: Mutex<HashMap<(String, String, String), Slot<Cached>>>,
-    /// By (school, look-up).
-    listings: Mutex<HashMap<(String, String), Slot<Listing>>>,
+    /// By (school, look-up); a delivery holds one's lock while it reads the listing.
+    listings: Mutex<HashMap<(String, String), ListingSlot>>,
     requests: AtomicU64,
+}
+
+/// One listing's state, locked by the delivery reading it.
+type ListingSlot = Arc<Mutex<ListingState>>;
+
+/// One listing in memory: read whole, or stopped at a page that failed.
+#[derive(Default)]
+struct ListingState {
+    read: Option<(Listing, Instant)>,
+    /// What a read that stopped had, and the page to resume at.
+    partial: Option<Partial>,
+    /// Failed reads in a row, and no request before this.
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+struct Partial {
+    found: HashMap<String, String>,
+    next: reqwest::Url,
+    pages: usize,
+}
+
+/// A page that failed: what it came to, its URL, and how many pages came before it.
+struct PageFailure {
+    attempt: Attempt,
+    at: reqwest::Url,
+    pages: usize,
 }
 
 /// Where and how to read one look-up.
@@ -44,6 +76,8 @@ pub struct Target<'a> {
     pub base_url: &'a str,
     pub spec: &'a Lookup,
     pub vars: &'a BTreeMap<String, String>,
+    /// The destination's limits: the backoff after a failed page.
+    pub limits: &'a Limits,
 }
 
 impl Lookups {
@@ -96,7 +130,7 @@ impl Lookups {
                 }
                 let url = page_url(target, Some(key))?;
                 let mut answer = Cached::NotFound;
-                let pages = self.read_pages(target, url, |item| {
+                let pages = self.read_pages(target, url, 0, |item| {
                     let matches = match &spec.match_pointer {
                         Some(p) => text_at(item, p).is_some_and(|v| v == key),
                         None => true,
@@ -108,7 +142,7 @@ impl Lookups {
                         answer = Cached::Found(v);
                     }
                 });
-                match pages.await {
+                match pages.await.map_err(|f| f.attempt) {
                     Ok(()) => {}
                     // A filtered read answering 404 has found nothing.
                     Err(Attempt::Permanent {
@@ -135,23 +169,23 @@ impl Lookups {
         key: &str,
     ) -> Result<Cached, Attempt> {
         let spec = target.spec;
-        let cell = {
-            let mut listings = self.listings.lock().await;
-            let slot = listings
-                .entry((scope.school.clone(), scope.name.clone()))
-                .or_default();
-            let stale = slot.get().is_some_and(|(listing, read)| {
-                // A key missing from a listing read a while ago may have been added since.
-                !listing.contains_key(key) && read.elapsed() > not_found_life(spec)
-                    || read.elapsed() > found_life(spec)
-            });
-            if stale {
-                *slot = Arc::default();
+        let slot = self
+            .listings
+            .lock()
+            .await
+            .entry((scope.school.clone(), scope.name.clone()))
+            .or_default()
+            .clone();
+        // Held while reading: every other delivery wanting this listing waits here.
+        let mut state = slot.lock().await;
+        if let Some((listing, read)) = &state.read {
+            // A key missing from a listing read a while ago may have been added since.
+            let stale = !listing.contains_key(key) && read.elapsed() > not_found_life(spec)
+                || read.elapsed() > found_life(spec);
+            if !stale {
+                return Ok(answer_in(listing, key));
             }
-            slot.clone()
-        };
-        if let Some((listing, _)) = cell.get() {
-            return Ok(answer_in(listing, key));
+            state.read = None;
         }
         // Not read in this run: the store may hold it from an earlier one.
         if let Some(c) = store.lookup_get(scope, key).await.map_err(store_failed)? {
@@ -165,61 +199,120 @@ impl Lookups {
         {
             return Ok(Cached::NotFound);
         }
-        let (listing, _) = cell
-            .get_or_try_init(|| async {
-                let url = page_url(target, None)?;
-                let mut all = HashMap::new();
-                let match_pointer = spec.match_pointer.as_deref().unwrap_or_default();
-                self.read_pages(target, url, |item| {
-                    if let (Some(k), Some(v)) =
-                        (text_at(item, match_pointer), text_at(item, &spec.value))
-                    {
-                        all.entry(k).or_insert(v);
-                    }
-                })
-                .await?;
-                let entries: Vec<(String, Cached)> = all
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Cached::Found(v.clone())))
-                    .collect();
-                store
-                    .lookup_put(scope, &entries, &expiry(found_life(spec)))
-                    .await
-                    .map_err(store_failed)?;
-                // The mark that the listing was read whole lasts as long as "not found".
-                store
-                    .lookup_put(
-                        scope,
-                        &[(WHOLE_LISTING.to_owned(), Cached::NotFound)],
-                        &expiry(not_found_life(spec)),
-                    )
-                    .await
-                    .map_err(store_failed)?;
-                Ok::<_, Attempt>((Arc::new(all), Instant::now()))
+        if let Some(wait) = state
+            .not_before
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+        {
+            return Err(Attempt::Retry {
+                reason: "look-up: its listing failed a moment ago; waiting before reading on"
+                    .into(),
+                status: None,
+                retry_after: Some(wait),
+                response: None,
+            });
+        }
+        let (mut found, start, pages) = match state.partial.take() {
+            Some(p) => (p.found, p.next, p.pages),
+            None => (HashMap::new(), page_url(target, None)?, 0),
+        };
+        let match_pointer = spec.match_pointer.as_deref().unwrap_or_default();
+        let read = self
+            .read_pages(target, start, pages, |item| {
+                if let (Some(k), Some(v)) =
+                    (text_at(item, match_pointer), text_at(item, &spec.value))
+                {
+                    found.entry(k).or_insert(v);
+                }
             })
-            .await?;
-        Ok(answer_in(listing, key))
+            .await;
+        match read {
+            Ok(()) => {}
+            Err(PageFailure {
+                attempt:
+                    Attempt::Retry {
+                        reason,
+                        status,
+                        retry_after,
+                        response,
+                    },
+                at,
+                pages,
+            }) => {
+                state.failures += 1;
+                let wait = super::retry::backoff(target.limits, state.failures - 1)
+                    .max(retry_after.unwrap_or_default());
+                state.not_before = Some(Instant::now() + wait);
+                state.partial = Some(Partial {
+                    found,
+                    next: at,
+                    pages,
+                });
+                return Err(Attempt::Retry {
+                    reason,
+                    status,
+                    retry_after: Some(wait),
+                    response,
+                });
+            }
+            Err(f) => {
+                state.failures = 0;
+                state.not_before = None;
+                return Err(f.attempt);
+            }
+        }
+        state.failures = 0;
+        state.not_before = None;
+        let entries: Vec<(String, Cached)> = found
+            .iter()
+            .map(|(k, v)| (k.clone(), Cached::Found(v.clone())))
+            .collect();
+        store
+            .lookup_put(scope, &entries, &expiry(found_life(spec)))
+            .await
+            .map_err(store_failed)?;
+        // The mark that the listing was read whole lasts as long as "not found".
+        store
+            .lookup_put(
+                scope,
+                &[(WHOLE_LISTING.to_owned(), Cached::NotFound)],
+                &expiry(not_found_life(spec)),
+            )
+            .await
+            .map_err(store_failed)?;
+        let answer = answer_in(&found, key);
+        state.read = Some((Arc::new(found), Instant::now()));
+        Ok(answer)
     }
 
-    /// Reads a page and every `next` page after it, giving each result to `each`.
+    /// Reads a page and every `next` page after it, giving each result to `each`;
+    /// `pages` were read before `first`. A page that fails says where the read stopped.
     async fn read_pages(
         &self,
         target: &Target<'_>,
         first: reqwest::Url,
+        mut pages: usize,
         mut each: impl FnMut(&Value),
-    ) -> Result<(), Attempt> {
+    ) -> Result<(), PageFailure> {
         let spec = target.spec;
         let mut url = Some(first);
-        let mut pages = 0;
         while let Some(u) = url.take() {
-            pages += 1;
-            if pages > MAX_PAGES {
-                return Err(permanent(format!(
+            let stop = |attempt| PageFailure {
+                attempt,
+                at: u.clone(),
+                pages,
+            };
+            if pages >= MAX_PAGES {
+                return Err(stop(permanent(format!(
                     "a look-up read more than {MAX_PAGES} pages"
-                )));
+                ))));
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let page = target.transport.get(u.as_str(), target.vars).await?;
+            let page = target
+                .transport
+                .get(u.as_str(), target.vars)
+                .await
+                .map_err(stop)?;
+            pages += 1;
             let items = if spec.items.is_empty() {
                 Some(&page)
             } else {
@@ -237,7 +330,11 @@ impl Lookups {
                 .and_then(Value::as_str)
                 .filter(|n| !n.is_empty())
             {
-                url = Some(same_origin(&u, next)?);
+                url = Some(same_origin(&u, next).map_err(|a| PageFailure {
+                    attempt: a,
+                    at: u.clone(),
+                    pages,
+                })?);
             }
         }
         Ok(())

@@ -119,7 +119,7 @@ pub(super) fn conclude(limits: &Limits, c: Claimed, result: Attempt) -> Finished
 /// The delay before retry number `attempts + 1`: exponential from the connector's minimum,
 /// doubling to its maximum, with jitter (which adds up to as much again: the delay is in
 /// `[d, 2d)` for the capped step `d`).
-fn backoff(limits: &Limits, attempts: u32) -> Duration {
+pub(super) fn backoff(limits: &Limits, attempts: u32) -> Duration {
     let min = Duration::from_secs_f64(limits.backoff_min_seconds);
     let max = Duration::from_secs_f64(limits.backoff_max_seconds);
     backon::ExponentialBuilder::default()

@@ -55,6 +55,8 @@ struct WondeState {
     writebacks: u64,
     /// 429s still to answer to write-backs.
     throttle: usize,
+    /// (page of a student listing, 503s still to answer to it).
+    failing_page: Option<(usize, usize)>,
     seen: Vec<Seen>,
 }
 
@@ -142,6 +144,11 @@ impl Wonde {
         self.state.lock().unwrap().throttle = n;
     }
 
+    /// Page `page` of every student listing answers 503 with `Retry-After: 1`, `times` times.
+    fn fail_page(&self, page: usize, times: usize) {
+        self.state.lock().unwrap().failing_page = Some((page, times));
+    }
+
     /// A pupil Wonde gets later (as the MIS syncs it).
     fn add_student(&self, school: &str, upn: &str, id: &str) {
         self.state
@@ -187,6 +194,11 @@ impl Wonde {
         let path = r.url.path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (r.method.as_str(), segments.as_slice()) {
+            ("GET", ["v1.0", "schools", school, "students"])
+                if st.students.contains_key(*school) && failing(st, r) =>
+            {
+                wonde_error(503, "Service Unavailable").header("Retry-After", "1")
+            }
             ("GET", ["v1.0", "schools", school, "students"]) => match st.students.get(*school) {
                 Some(list) => {
                     let rows: Vec<Value> = list
@@ -330,6 +342,23 @@ impl Wonde {
             200,
             json!({ "writeback_id": format!("W{}", st.writebacks) }),
         )
+    }
+}
+
+/// Whether this listing page is to fail now (and one failure fewer is left).
+fn failing(st: &mut WondeState, r: &Request) -> bool {
+    let page: usize = r
+        .url
+        .query_pairs()
+        .find(|(k, _)| k == "page")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(1);
+    match &mut st.failing_page {
+        Some((p, left)) if *p == page && *left > 0 => {
+            *left -= 1;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -873,6 +902,52 @@ async fn a_429_is_retried_after_retry_after() {
     let d = live.delivery("wonde", "celt-429", 1).await;
     assert_eq!(d["attempts"], 2);
     assert_eq!(d["attempt_log"][0]["status"], 429);
+}
+
+/// A listing page that fails (503, `Retry-After: 1`) twice while ten deliveries wait for the
+/// listing: nobody starts the listing again from page 1; the read resumes at the failed page
+/// after the wait, so the pages are read once each plus the two failures, and every visit
+/// is written back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_listing_page_is_resumed_after_its_wait_not_restarted() {
+    let wonde = Wonde::new(
+        TOKEN,
+        &[
+            (PENMORVAH, UPN, "A1000000201"),
+            (PENMORVAH, OTHER_UPN, "A1000000202"),
+        ],
+    );
+    wonde.fail_page(2, 2);
+    let server = wonde.start().await;
+    let mut live = live(&server, TOKEN);
+    live.max_wait(30.0);
+    let visits: Vec<Value> = (0..10)
+        .map(|i| on_day(visit(&format!("celt-resume-{i}"), 1), i))
+        .collect();
+    live.drop_records("many.json", &visits);
+    let run = live.sync().await;
+    assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
+    assert_eq!(run.count("dead"), 0);
+    let pages: Vec<Seen> = wonde
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == students_path(PENMORVAH))
+        .collect();
+    let first_pages = pages
+        .iter()
+        .filter(|s| s.query.as_deref() == Some("per_page=100"))
+        .count();
+    assert_eq!(first_pages, 1, "the listing was started again: {pages:?}");
+    assert_eq!(pages.len(), 5, "3 pages and 2 failures: {pages:?}");
+    let failed: Vec<&Seen> = pages.iter().filter(|s| s.status == 503).collect();
+    assert_eq!(failed.len(), 2);
+    for w in pages.windows(2).filter(|w| w[0].status == 503) {
+        assert!(
+            w[1].at - w[0].at >= Duration::from_millis(950),
+            "Retry-After: 1 was not honoured: {pages:?}"
+        );
+    }
+    assert_eq!(wonde.register().len(), 10);
 }
 
 // ---------------------------------------------------------------------------------------
