@@ -260,6 +260,15 @@ pub struct Endpoint {
     pub update_method: Option<String>,
     #[serde(default)]
     pub update_path: Option<String>,
+    /// What an update carries: the whole body (`full`, the default), or only the fields that
+    /// changed since the revision the target has (`changed`) — the fields of the object at
+    /// `fields_at`, each compared whole; when none changed, no request is made.
+    #[serde(default)]
+    pub update_body: UpdateBody,
+    /// The JSON pointer of the object whose fields `update_body = "changed"` compares
+    /// (Arbor: `/request/pastoralNote`); default: the body itself.
+    #[serde(default)]
+    pub fields_at: String,
     /// Records a create request carries at most (for systems that take a list); with
     /// `batch_pointer`, the JSON pointer of the list in the map's body.
     #[serde(default = "one")]
@@ -276,6 +285,15 @@ pub struct Endpoint {
     /// Where this endpoint's created id is, when it differs from `[response] target_id`.
     #[serde(default)]
     pub target_id: Option<TargetId>,
+}
+
+/// What an update carries (`update_body`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateBody {
+    #[default]
+    Full,
+    Changed,
 }
 
 fn one() -> usize {

@@ -30,6 +30,20 @@ impl Connector {
                     "a record kind, `default`, or a name of letters, digits and _ that a destination picks with `endpoint`",
                 ));
             }
+            if e.update_body == super::UpdateBody::Changed
+                && (e.update_method.is_none() || e.update_path.is_none())
+            {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.update_body"),
+                    "`changed` needs `update_method` and `update_path` (how an update is sent)",
+                ));
+            }
+            if !e.fields_at.is_empty() && !e.fields_at.starts_with('/') {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.fields_at"),
+                    "a JSON pointer (starting with /), or left out for the body itself",
+                ));
+            }
             for l in &e.lookups {
                 if !c.lookups.contains_key(l) {
                     return Err(invalid(

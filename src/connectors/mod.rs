@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use file::{
     AuthScheme, Connector, CsvRules, Endpoint, Limits, Lookup, OnlineCheck, RequestRules,
-    ResponseRules, TargetId, TokenExchange, TransportKind,
+    ResponseRules, TargetId, TokenExchange, TransportKind, UpdateBody,
 };
 pub use load::{ConnectorError, Connectors};
 

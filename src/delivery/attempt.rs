@@ -9,13 +9,13 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::connectors::http::Request;
-use crate::connectors::{Attempt, Connectors};
+use crate::connectors::{Attempt, Connectors, UpdateBody};
 use crate::mapping::{RaisedException, Rendered, Trusts};
-use crate::store::deliveries::{Claimed, DeliveryStore, Finished};
+use crate::store::deliveries::{AttemptOutcome, Claimed, DeliveryStore, Finished};
 
 use super::destinations::{Dest, Transport};
 use super::retry::conclude;
-use super::{lookup, plan};
+use super::{changes, lookup, plan};
 
 /// What the senders of one destination share.
 pub(super) struct Env<S> {
@@ -44,11 +44,53 @@ struct Prepared {
 
 /// Makes one attempt and decides what it comes to.
 pub(super) async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finished {
-    let result = match prepare(env, &c).await {
-        Err(a) => a,
-        Ok(p) => send(&env.dest, &c, p).await,
+    let limits = &env.dest.connector.limits;
+    let mut p = match prepare(env, &c).await {
+        Err(a) => return conclude(limits, c, a),
+        Ok(p) => p,
     };
-    conclude(&env.dest.connector.limits, c, result)
+    let endpoint = env.dest.endpoint(c.kind.as_str());
+    let updates = endpoint.is_some_and(|e| e.update_method.is_some() && e.update_path.is_some())
+        && c.prior_target.is_some();
+    // With `update_body = "changed"`: what the target will have, field by field, and an
+    // update that carries only what differs from what it has.
+    let mut sent = None;
+    if let (Some(e), Rendered::Body(body)) = (endpoint, &p.out.rendered)
+        && e.update_body == UpdateBody::Changed
+    {
+        let now = changes::field_hashes(body, &e.fields_at);
+        if let (true, Some(now), Some(before)) = (updates, &now, &c.prior_sent) {
+            match changes::only_changed(body, &e.fields_at, now, before) {
+                Some(smaller) => p.out.rendered = Rendered::Body(smaller),
+                None => {
+                    let target_id = c.prior_target.clone();
+                    let mut f = conclude(
+                        limits,
+                        c,
+                        Attempt::Delivered {
+                            target_id,
+                            status: None,
+                        },
+                    );
+                    f.unchanged = true;
+                    f.sent = Some(now.clone());
+                    return f;
+                }
+            }
+        }
+        sent = now;
+    }
+    let prior = c.prior_target.clone();
+    let result = send(&env.dest, &c, p).await;
+    let mut f = conclude(limits, c, result);
+    if let AttemptOutcome::Delivered { target_id, .. } = &mut f.outcome {
+        f.sent = sent;
+        // An update answered without an id updated the record the id names.
+        if target_id.is_none() && updates {
+            *target_id = prior;
+        }
+    }
+    f
 }
 
 /// Sends several deliveries of one kind as few requests as the endpoint allows: bodies

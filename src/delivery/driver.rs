@@ -30,6 +30,10 @@ const AHEAD: usize = 4;
 pub(super) fn log_outcome(f: &Finished) {
     let c = &f.claimed;
     match &f.outcome {
+        AttemptOutcome::Delivered { .. } if f.unchanged => tracing::info!(
+            trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+            revision = c.revision, "delivered without a request: nothing the target sees changed"
+        ),
         AttemptOutcome::Delivered { status, .. } => tracing::info!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
             revision = c.revision, status, "delivered"

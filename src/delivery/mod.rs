@@ -10,6 +10,7 @@
 //! May not touch: intake or validation; how a body is built (the mapping's).
 
 mod attempt;
+mod changes;
 mod destinations;
 mod driver;
 pub mod lookup;

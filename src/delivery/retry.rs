@@ -113,6 +113,8 @@ pub(super) fn conclude(limits: &Limits, c: Claimed, result: Attempt) -> Finished
         claimed: c,
         at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
         outcome,
+        sent: None,
+        unchanged: false,
     }
 }
 
@@ -463,6 +465,7 @@ mod tests {
             content_hash: "h".into(),
             exceptions: Vec::new(),
             prior_target: None,
+            prior_sent: None,
         }
     }
 

@@ -68,6 +68,7 @@ pub(super) fn claimed(kind: &str, prior_target: Option<&str>) -> Claimed {
         content_hash: "h".into(),
         exceptions: Vec::new(),
         prior_target: prior_target.map(str::to_owned),
+        prior_sent: None,
     }
 }
 

@@ -68,7 +68,14 @@ pub struct Claimed {
     pub exceptions: Vec<(String, Severity)>,
     /// The target's id for an earlier revision of the record at this destination.
     pub prior_target: Option<String>,
+    /// What the target last received of the record, field by field (see [`SentFields`]),
+    /// when its connector updates with changed fields only.
+    pub prior_sent: Option<SentFields>,
 }
+
+/// Field name → SHA-256 (hex) of the field's value as a target received it: enough to tell
+/// which fields a later revision changes, without keeping the values twice.
+pub type SentFields = std::collections::BTreeMap<String, String>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
@@ -114,6 +121,12 @@ pub struct Finished {
     pub claimed: Claimed,
     pub at: String,
     pub outcome: AttemptOutcome,
+    /// On delivery: what the target now has of the record, field by field (kept for the
+    /// next revision's update; connectors with `update_body = "changed"` only).
+    pub sent: Option<SentFields>,
+    /// Delivered without a request: nothing the target sees changed since the revision it
+    /// has. The attempt is recorded as `unchanged`.
+    pub unchanged: bool,
 }
 
 /// One delivery as `deadletter` and `status` show it.

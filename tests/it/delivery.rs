@@ -1227,6 +1227,49 @@ async fn a_later_revision_updates_the_created_record() {
     );
 }
 
+/// `update_body = "changed"`: an update carries only the fields that changed since the
+/// revision the target has; a revision that changes nothing the target sees makes no
+/// request, and its delivery says so (`unchanged` in its attempt log).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_sends_only_what_changed_and_nothing_when_nothing_did() {
+    let (server, d) = updating_api("/api/visits/77").await;
+    d.connector(
+        "api",
+        &api_connector("bearer", 4, 5.0, 3).replace(
+            "path = \"/api/visits\"",
+            "path = \"/api/visits\"\nupdate_method = \"PUT\"\nupdate_path = \"{{ target_id }}\"\n\
+             update_body = \"changed\"",
+        ),
+    );
+    // No revision in the body: what the target sees is the record id, summary and pupil.
+    d.map(
+        "visit_json",
+        "[body]\nrecord_id = { field = \"id\" }\nsummary = { field = \"summary\" }\n\
+         [body.student]\nupn = { field = \"pupil.upn\" }\n",
+    );
+    d.drop_records("v1.json", &[visit("chg", 1, "first")]);
+    assert_eq!(d.sync().await.code, 0);
+    // Revision 2 changes only what is not mapped: nothing to send.
+    let mut r2 = visit("chg", 2, "first");
+    r2["outcome"] = "no_one_home".into();
+    d.drop_records("v2.json", &[r2]);
+    let run = d.sync().await;
+    assert_eq!(run.code, 0, "{}\n{}", run.summary(), run.stderr);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    let r2 = d.delivery("api", "chg", 2).await;
+    assert_eq!(r2["state"], "delivered");
+    assert_eq!(r2["target_id"], "/api/visits/77");
+    assert_eq!(r2["attempt_log"][0]["outcome"], "unchanged", "{r2}");
+    // Revision 3 changes the summary: a PUT with the summary alone.
+    d.drop_records("v3.json", &[visit("chg", 3, "third")]);
+    assert_eq!(d.sync().await.code, 0);
+    let got = server.received_requests().await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].method.as_str(), "PUT");
+    assert_eq!(got[1].url.path(), "/api/visits/77");
+    assert_eq!(body_of(&got[1]), json!({"summary": "third"}));
+}
+
 /// A target's answer never redirects a request (SPEC §4): the id a create returns is data.
 /// Hostile ids that would have sent revision 2's update — with the bearer token and the
 /// record — to another host or port are dead letters naming the rule; the other server

@@ -188,6 +188,8 @@ fn done(c: &Claimed, outcome: AttemptOutcome) -> Finished {
         claimed: c.clone(),
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         outcome,
+        sent: None,
+        unchanged: false,
     }
 }
 

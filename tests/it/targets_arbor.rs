@@ -344,6 +344,14 @@ impl Arbor {
             return e;
         }
         let note = st.notes.get_mut(href).unwrap();
+        // TARGETS.md: "PUT to the href with only changed fields". The fake holds the client
+        // to it: a field sent with the value the note already has is refused.
+        if let Some(k) = fields
+            .keys()
+            .find(|k| note.fields.get(*k) == fields.get(*k))
+        {
+            return invalid(format!("{entity}.{k}: unchanged; send only changed fields"));
+        }
         note.fields.extend(fields);
         let mut out = note.fields.clone();
         out.insert("entityType".into(), json!(entity));
@@ -797,6 +805,9 @@ async fn a_new_revision_is_a_put_to_the_stored_href_never_a_second_create() {
         fields["summary"],
         "Home visit (attendance): completed [doorstep thr-upd-1 r2]"
     );
+    // Only what changed: the student and the note's date are as Arbor has them.
+    let sent: Vec<&String> = fields.as_object().unwrap().keys().collect();
+    assert_eq!(sent, ["content", "summary"], "{fields}");
     let notes = arbor.notes();
     assert_eq!(notes.len(), 1, "one note, updated");
     assert_eq!(notes[&href].key, "pastoralNote");

@@ -56,7 +56,10 @@ static CLAIMED: LazyLock<String> = LazyLock::new(|| {
            d.idempotency_key, d.attempts, r.content, r.content_hash, {EXCEPTIONS_OF} AS ex, \
            (SELECT p.target_id FROM deliveries p WHERE p.trust = d.trust AND p.destination = d.destination \
               AND p.kind = d.kind AND p.record_id = d.record_id AND p.revision < d.revision \
-              AND p.state = '{delivered}' AND p.target_id IS NOT NULL ORDER BY p.revision DESC LIMIT 1) AS prior \
+              AND p.state = '{delivered}' AND p.target_id IS NOT NULL ORDER BY p.revision DESC LIMIT 1) AS prior, \
+           (SELECT p.sent_fields FROM deliveries p WHERE p.trust = d.trust AND p.destination = d.destination \
+              AND p.kind = d.kind AND p.record_id = d.record_id AND p.revision < d.revision \
+              AND p.state = '{delivered}' AND p.target_id IS NOT NULL ORDER BY p.revision DESC LIMIT 1) AS prior_sent \
          FROM deliveries d JOIN records r ON r.trust = d.trust AND r.kind = d.kind AND r.id = d.record_id \
            AND r.revision = d.revision \
          WHERE d.seq IN (SELECT value FROM json_each(?1)) ORDER BY {order}",
@@ -215,6 +218,14 @@ fn claimed_of(r: &SqliteRow) -> Result<Claimed, Undecoded> {
         content_hash: r.col(11)?,
         exceptions: severities(r.col(12)?),
         prior_target: r.col(13)?,
+        prior_sent: r
+            .col::<Option<String>, _>(14)?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| Undecoded {
+                column: "sent_fields".into(),
+                reason: e.to_string(),
+            })?,
     })
 }
 
@@ -376,8 +387,8 @@ impl DeliveryStore for SqliteStore {
                 AttemptOutcome::Delivered { target_id, status } => {
                     sqlx::query(
                         "UPDATE deliveries SET state = ?6, attempts = ?2, target_id = COALESCE(?3, target_id), \
-                         delivered_at = ?4, last_status = ?5, last_error = NULL, response = NULL, updated_at = ?4 \
-                         WHERE seq = ?1",
+                         delivered_at = ?4, last_status = ?5, last_error = NULL, response = NULL, updated_at = ?4, \
+                         sent_fields = COALESCE(?7, sent_fields) WHERE seq = ?1",
                     )
                     .bind(c.seq)
                     .bind(attempt as i64)
@@ -385,6 +396,7 @@ impl DeliveryStore for SqliteStore {
                     .bind(&f.at)
                     .bind(status.map(i64::from))
                     .bind(f.outcome.state().as_str())
+                    .bind(f.sent.as_ref().map(json_param))
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
@@ -439,7 +451,7 @@ impl DeliveryStore for SqliteStore {
             .bind(c.seq)
             .bind(attempt as i64)
             .bind(&f.at)
-            .bind(outcome)
+            .bind(if f.unchanged { "unchanged" } else { outcome })
             .bind(status.map(i64::from))
             .bind(error)
             .execute(&mut *tx)
