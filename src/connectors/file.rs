@@ -189,6 +189,22 @@ impl Default for Limits {
     }
 }
 
+impl Connector {
+    /// What an endpoint does before sending a create again after a lost answer.
+    pub fn lost_answer(&self, endpoint: &Endpoint) -> LostAnswer {
+        match endpoint.lost_answer {
+            Some(l) => l,
+            None if endpoint.reconcile.is_some() => LostAnswer::Reconcile,
+            None if self.request.idempotency_header.is_some()
+                || self.transport == TransportKind::Webhook =>
+            {
+                LostAnswer::Resend
+            }
+            None => LostAnswer::Check,
+        }
+    }
+}
+
 impl Limits {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_seconds)
@@ -269,6 +285,14 @@ pub struct Endpoint {
     /// (Arbor: `/request/pastoralNote`); default: the body itself.
     #[serde(default)]
     pub fields_at: String,
+    /// What happens before a create is sent again after an attempt whose answer was lost
+    /// (it may have taken effect); see [`LostAnswer`]. Default: `resend` where the
+    /// connector sends an idempotency key or is a webhook, else `check`.
+    #[serde(default)]
+    pub lost_answer: Option<LostAnswer>,
+    /// How to find what a create made (`lost_answer = "reconcile"`).
+    #[serde(default)]
+    pub reconcile: Option<Reconcile>,
     /// Records a create request carries at most (for systems that take a list); with
     /// `batch_pointer`, the JSON pointer of the list in the map's body.
     #[serde(default = "one")]
@@ -285,6 +309,40 @@ pub struct Endpoint {
     /// Where this endpoint's created id is, when it differs from `[response] target_id`.
     #[serde(default)]
     pub target_id: Option<TargetId>,
+}
+
+/// Before a create is sent again after a lost answer (`lost_answer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LostAnswer {
+    /// The target makes no duplicate (an upsert by natural key, create-or-update, an
+    /// idempotency key it honours): send again.
+    Resend,
+    /// Look for it (`reconcile`): found, its id is adopted and nothing is sent; not
+    /// found, it is sent.
+    Reconcile,
+    /// No way to tell: the delivery is held as a dead letter naming rule `needs-check`
+    /// until a person has looked at the target and replays it.
+    Check,
+}
+
+/// How to find what a create made: a read whose items are matched against the create's
+/// body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconcile {
+    /// Appended to the destination's `url`: a template of `vars` and `body` (the create's
+    /// body), e.g. `/rest-v2/pastoral-notes?filters.student.equals={{ body.request.pastoralNote.student.href | urlencode }}`.
+    pub path: String,
+    /// JSON pointer of the list in the answer; empty: the answer is the list.
+    #[serde(default)]
+    pub items: String,
+    /// Item pointer → body pointer: an item is the create's when every pair holds equal,
+    /// present values (a reference doorstep wrote, such as `[doorstep ID rN]` in a summary).
+    #[serde(rename = "match")]
+    pub match_fields: BTreeMap<String, String>,
+    /// JSON pointer of the target's id in the item found.
+    pub value: String,
 }
 
 /// What an update carries (`update_body`).

@@ -38,6 +38,24 @@ impl Connector {
                     "`changed` needs `update_method` and `update_path` (how an update is sent)",
                 ));
             }
+            if e.lost_answer == Some(super::LostAnswer::Reconcile) && e.reconcile.is_none() {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.lost_answer"),
+                    "`reconcile` needs a [endpoints.<kind>.reconcile] table (how to find what a create made)",
+                ));
+            }
+            if let Some(r) = &e.reconcile
+                && (r.match_fields.is_empty()
+                    || !r.value.starts_with('/')
+                    || r.match_fields
+                        .iter()
+                        .any(|(a, b)| !a.starts_with('/') || !b.starts_with('/')))
+            {
+                return Err(invalid(
+                    &format!("endpoints.{kind}.reconcile"),
+                    "`match` pairs JSON pointers (item → body), at least one; `value` is a JSON pointer",
+                ));
+            }
             if !e.fields_at.is_empty() && !e.fields_at.starts_with('/') {
                 return Err(invalid(
                     &format!("endpoints.{kind}.fields_at"),

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub use file::{
     AuthScheme, Connector, CsvRules, Endpoint, Limits, Lookup, OnlineCheck, RequestRules,
     ResponseRules, TargetId, TokenExchange, TransportKind, UpdateBody,
+    LostAnswer, Reconcile,
 };
 pub use load::{ConnectorError, Connectors};
 
@@ -37,6 +38,9 @@ pub enum Attempt {
         retry_after: Option<Duration>,
         response: Option<String>,
     },
+    /// Sent, and no answer came (a timeout, a connection dropped after sending): worth
+    /// trying again, but the request may have taken effect — a create may exist.
+    Unanswered { reason: String },
     /// Will not succeed as it stands: goes to the dead letters with the response.
     Permanent {
         reason: String,

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::connectors::http::Request;
-use crate::connectors::{Attempt, Connectors, UpdateBody};
+use crate::connectors::{Attempt, Connectors, LostAnswer, UpdateBody};
 use crate::mapping::{RaisedException, Rendered, Trusts};
-use crate::store::deliveries::{AttemptOutcome, Claimed, DeliveryStore, Finished};
+use crate::store::deliveries::{
+    AttemptOutcome, Claimed, DeliveryStore, Finished, WithoutRequest,
+};
 
 use super::destinations::{Dest, Transport};
 use super::retry::conclude;
-use super::{changes, lookup, plan};
+use super::{changes, lookup, plan, reconcile};
 
 /// What the senders of one destination share.
 pub(super) struct Env<S> {
@@ -72,13 +74,50 @@ pub(super) async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finis
                             status: None,
                         },
                     );
-                    f.unchanged = true;
+                    f.without_request = Some(WithoutRequest::Unchanged);
                     f.sent = Some(now.clone());
                     return f;
                 }
             }
         }
         sent = now;
+    }
+    // A create sent before without an answer may exist at the target.
+    if c.unsure
+        && !updates
+        && let (Some(e), Transport::Http(transport), Rendered::Body(body)) =
+            (endpoint, &env.dest.transport, &p.out.rendered)
+    {
+        match env.dest.connector.lost_answer(e) {
+            LostAnswer::Resend => {}
+            LostAnswer::Check => return conclude(limits, c, reconcile::needs_check(&env.dest)),
+            LostAnswer::Reconcile => {
+                let Some(spec) = &e.reconcile else {
+                    return conclude(limits, c, reconcile::needs_check(&env.dest));
+                };
+                match reconcile::find(&env.dest, transport, spec, body, &p.vars).await {
+                    Ok(None) => {}
+                    Ok(Some(id)) => {
+                        tracing::info!(
+                            trust = %c.trust, destination = %c.destination, record_id = %c.record_id,
+                            revision = c.revision, "a create whose answer was lost was found at the target"
+                        );
+                        let mut f = conclude(
+                            limits,
+                            c,
+                            Attempt::Delivered {
+                                target_id: Some(id),
+                                status: None,
+                            },
+                        );
+                        f.without_request = Some(WithoutRequest::Adopted);
+                        f.sent = sent;
+                        return f;
+                    }
+                    Err(a) => return conclude(limits, c, a),
+                }
+            }
+        }
     }
     let prior = c.prior_target.clone();
     let result = send(&env.dest, &c, p).await;

@@ -30,9 +30,10 @@ const AHEAD: usize = 4;
 pub(super) fn log_outcome(f: &Finished) {
     let c = &f.claimed;
     match &f.outcome {
-        AttemptOutcome::Delivered { .. } if f.unchanged => tracing::info!(
+        AttemptOutcome::Delivered { .. } if f.without_request.is_some() => tracing::info!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
-            revision = c.revision, "delivered without a request: nothing the target sees changed"
+            revision = c.revision, why = f.without_request.map(|w| w.as_str()),
+            "delivered without a request"
         ),
         AttemptOutcome::Delivered { status, .. } => tracing::info!(
             trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,

@@ -11,6 +11,7 @@
 
 mod attempt;
 mod changes;
+mod reconcile;
 mod destinations;
 mod driver;
 pub mod lookup;

@@ -107,7 +107,11 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
             Err(reason) => Reach::Failed(reason),
             Ok(url) => match transport.get(&url, &vars).await {
                 Ok(_) => Reach::Ok(format!("authenticated; read {} answered", check.path)),
-                Err(Attempt::Retry { reason, .. } | Attempt::Permanent { reason, .. }) => {
+                Err(
+                    Attempt::Retry { reason, .. }
+                    | Attempt::Permanent { reason, .. }
+                    | Attempt::Unanswered { reason },
+                ) => {
                     Reach::Failed(loggable(&reason).to_owned())
                 }
                 Err(Attempt::Delivered { .. }) => Reach::Ok("answered".into()),

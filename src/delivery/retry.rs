@@ -33,6 +33,7 @@ impl Class {
             Attempt::Retry { retry_after, .. } => Class::Retryable {
                 retry_after: *retry_after,
             },
+            Attempt::Unanswered { .. } => Class::Retryable { retry_after: None },
             Attempt::Permanent { .. } => Class::Permanent,
         }
     }
@@ -74,7 +75,22 @@ pub(super) fn due_at(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
 /// `decide`'s; this puts the attempt's words and the time on it.
 pub(super) fn conclude(limits: &Limits, c: Claimed, result: Attempt) -> Finished {
     let next = decide(limits, c.attempts, Class::of(&result));
+    // The request may have taken effect: a create may exist at the target.
+    let unsure = matches!(result, Attempt::Unanswered { .. });
     let outcome = match (result, next) {
+        (Attempt::Unanswered { reason }, Next::Retry(delay)) => AttemptOutcome::Retry {
+            next_at: due_at(Utc::now(), delay).to_rfc3339_opts(SecondsFormat::Micros, true),
+            error: format!("{reason} (no answer: it may have taken effect)"),
+            status: None,
+        },
+        (Attempt::Unanswered { reason }, _) => AttemptOutcome::Dead {
+            error: format!(
+                "gave up after {} attempts: {reason} (no answer: it may have taken effect)",
+                c.attempts + 1
+            ),
+            status: None,
+            response: None,
+        },
         (Attempt::Delivered { target_id, status }, _) => {
             AttemptOutcome::Delivered { target_id, status }
         }
@@ -114,7 +130,8 @@ pub(super) fn conclude(limits: &Limits, c: Claimed, result: Attempt) -> Finished
         at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
         outcome,
         sent: None,
-        unchanged: false,
+        without_request: None,
+        unsure,
     }
 }
 
@@ -466,6 +483,7 @@ mod tests {
             exceptions: Vec::new(),
             prior_target: None,
             prior_sent: None,
+            unsure: false,
         }
     }
 

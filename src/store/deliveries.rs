@@ -71,6 +71,9 @@ pub struct Claimed {
     /// What the target last received of the record, field by field (see [`SentFields`]),
     /// when its connector updates with changed fields only.
     pub prior_sent: Option<SentFields>,
+    /// An earlier attempt was sent and no answer came (or the run stopped while it was in
+    /// flight): it may have taken effect.
+    pub unsure: bool,
 }
 
 /// Field name → SHA-256 (hex) of the field's value as a target received it: enough to tell
@@ -124,9 +127,30 @@ pub struct Finished {
     /// On delivery: what the target now has of the record, field by field (kept for the
     /// next revision's update; connectors with `update_body = "changed"` only).
     pub sent: Option<SentFields>,
-    /// Delivered without a request: nothing the target sees changed since the revision it
-    /// has. The attempt is recorded as `unchanged`.
-    pub unchanged: bool,
+    /// Delivered without a request, and why (recorded as the attempt's outcome).
+    pub without_request: Option<WithoutRequest>,
+    /// The attempt was sent and no answer came: it may have taken effect (a create may
+    /// exist). Kept on the delivery until it is delivered or replayed.
+    pub unsure: bool,
+}
+
+/// Why a delivery was delivered without a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithoutRequest {
+    /// Nothing the target sees changed since the revision it has (`update_body = "changed"`).
+    Unchanged,
+    /// A create whose answer was lost was found at the target; its id was adopted.
+    Adopted,
+}
+
+impl WithoutRequest {
+    /// The attempt's outcome as recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithoutRequest::Unchanged => "unchanged",
+            WithoutRequest::Adopted => "adopted",
+        }
+    }
 }
 
 /// One delivery as `deadletter` and `status` show it.

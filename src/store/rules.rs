@@ -344,3 +344,7 @@ mod tests {
         assert_eq!(released(2), DeliveryState::Retrying);
     }
 }
+
+/// The rule a dead letter names when a create's answer was lost and its connector offers no
+/// way to find what it made: a person checks the target, then replays (which sends again).
+pub const NEEDS_CHECK: &str = "needs-check";

@@ -189,7 +189,8 @@ fn done(c: &Claimed, outcome: AttemptOutcome) -> Finished {
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         outcome,
         sent: None,
-        unchanged: false,
+        without_request: None,
+        unsure: false,
     }
 }
 

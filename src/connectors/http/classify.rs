@@ -166,13 +166,20 @@ pub(super) fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// Timeouts and connection errors are retried; the message names the kind, never the URL's
-/// query or a credential.
+/// query or a credential. A connection never made sent nothing; anything else may have
+/// reached the target ([`Attempt::Unanswered`]).
 pub(super) fn transport_error(e: &reqwest::Error) -> Attempt {
-    Attempt::Retry {
-        reason: error_kind(e),
-        status: None,
-        retry_after: None,
-        response: None,
+    if e.is_connect() {
+        Attempt::Retry {
+            reason: error_kind(e),
+            status: None,
+            retry_after: None,
+            response: None,
+        }
+    } else {
+        Attempt::Unanswered {
+            reason: error_kind(e),
+        }
     }
 }
 

@@ -113,6 +113,15 @@ impl HttpTransport {
     pub async fn get(&self, url: &str, vars: &BTreeMap<String, String>) -> Result<Value, Attempt> {
         match self.get_unredacted(url, vars).await {
             Ok(v) => Ok(v),
+            // A read changes nothing: a lost answer is only worth another try.
+            Err(Attempt::Unanswered { reason }) => Err(self
+                .redacted(Attempt::Retry {
+                    reason,
+                    status: None,
+                    retry_after: None,
+                    response: None,
+                })
+                .await),
             Err(a) => Err(self.redacted(a).await),
         }
     }

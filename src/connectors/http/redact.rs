@@ -94,6 +94,7 @@ impl Secrets {
     fn scrub_all(&self, attempt: &mut Attempt) {
         match attempt {
             Attempt::Delivered { .. } => {}
+            Attempt::Unanswered { reason } => self.scrub_in_place(reason),
             Attempt::Retry {
                 reason, response, ..
             }

@@ -59,7 +59,8 @@ static CLAIMED: LazyLock<String> = LazyLock::new(|| {
               AND p.state = '{delivered}' AND p.target_id IS NOT NULL ORDER BY p.revision DESC LIMIT 1) AS prior, \
            (SELECT p.sent_fields FROM deliveries p WHERE p.trust = d.trust AND p.destination = d.destination \
               AND p.kind = d.kind AND p.record_id = d.record_id AND p.revision < d.revision \
-              AND p.state = '{delivered}' AND p.target_id IS NOT NULL ORDER BY p.revision DESC LIMIT 1) AS prior_sent \
+              AND p.state = '{delivered}' AND p.target_id IS NOT NULL ORDER BY p.revision DESC LIMIT 1) AS prior_sent, \
+           d.unsure \
          FROM deliveries d JOIN records r ON r.trust = d.trust AND r.kind = d.kind AND r.id = d.record_id \
            AND r.revision = d.revision \
          WHERE d.seq IN (SELECT value FROM json_each(?1)) ORDER BY {order}",
@@ -71,7 +72,7 @@ static CLAIMED: LazyLock<String> = LazyLock::new(|| {
 static RELEASE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN '{tried}' ELSE '{untried}' END, \
-         updated_at = ?1 WHERE state = '{in_flight}'",
+         unsure = 1, updated_at = ?1 WHERE state = '{in_flight}'",
         tried = crate::store::rules::released(1).as_str(),
         untried = crate::store::rules::released(0).as_str(),
         in_flight = DeliveryState::InFlight.as_str(),
@@ -104,7 +105,8 @@ static ADD: LazyLock<String> = LazyLock::new(|| {
 static REPLAY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE deliveries SET state = '{to}', attempts = 0, next_at = ?1, last_error = NULL, \
-         response = NULL, updated_at = ?1 \
+         response = NULL, updated_at = ?1, \
+         unsure = CASE WHEN last_error LIKE '%(rule: {needs_check})%' THEN 0 ELSE unsure END \
          WHERE state = '{from}' AND (seq IN (SELECT value FROM json_each(?2)) OR (?5 AND trust = ?3 AND destination = ?4)) \
          AND NOT EXISTS (SELECT 1 FROM deliveries later WHERE later.trust = deliveries.trust \
              AND later.destination = deliveries.destination AND later.kind = deliveries.kind \
@@ -114,6 +116,7 @@ static REPLAY: LazyLock<String> = LazyLock::new(|| {
         to = REPLAYED_TO.as_str(),
         from = REPLAYABLE.as_str(),
         blocked_by = REPLAY_BLOCKED_BY.as_str(),
+        needs_check = crate::store::rules::NEEDS_CHECK,
     )
 });
 
@@ -217,6 +220,7 @@ fn claimed_of(r: &SqliteRow) -> Result<Claimed, Undecoded> {
         canonical: r.col(10)?,
         content_hash: r.col(11)?,
         exceptions: severities(r.col(12)?),
+        unsure: r.col::<i64, _>(15)? != 0,
         prior_target: r.col(13)?,
         prior_sent: r
             .col::<Option<String>, _>(14)?
@@ -409,7 +413,7 @@ impl DeliveryStore for SqliteStore {
                 } => {
                     sqlx::query(
                         "UPDATE deliveries SET state = ?7, attempts = ?2, next_at = ?3, last_error = ?4, \
-                         last_status = ?5, updated_at = ?6 WHERE seq = ?1",
+                         last_status = ?5, updated_at = ?6, unsure = MAX(unsure, ?8) WHERE seq = ?1",
                     )
                     .bind(c.seq)
                     .bind(attempt as i64)
@@ -418,6 +422,7 @@ impl DeliveryStore for SqliteStore {
                     .bind(status.map(i64::from))
                     .bind(&f.at)
                     .bind(f.outcome.state().as_str())
+                    .bind(i64::from(f.unsure))
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
@@ -430,7 +435,7 @@ impl DeliveryStore for SqliteStore {
                 } => {
                     sqlx::query(
                         "UPDATE deliveries SET state = ?7, attempts = ?2, last_error = ?3, last_status = ?4, \
-                         response = ?5, updated_at = ?6 WHERE seq = ?1",
+                         response = ?5, updated_at = ?6, unsure = MAX(unsure, ?8) WHERE seq = ?1",
                     )
                     .bind(c.seq)
                     .bind(attempt as i64)
@@ -439,6 +444,7 @@ impl DeliveryStore for SqliteStore {
                     .bind(response)
                     .bind(&f.at)
                     .bind(f.outcome.state().as_str())
+                    .bind(i64::from(f.unsure))
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
@@ -451,7 +457,7 @@ impl DeliveryStore for SqliteStore {
             .bind(c.seq)
             .bind(attempt as i64)
             .bind(&f.at)
-            .bind(if f.unchanged { "unchanged" } else { outcome })
+            .bind(f.without_request.map_or(outcome, |w| w.as_str()))
             .bind(status.map(i64::from))
             .bind(error)
             .execute(&mut *tx)
