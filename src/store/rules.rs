@@ -297,6 +297,10 @@ pub fn sql_list(states: &[DeliveryState]) -> String {
         .join(", ")
 }
 
+/// The rule a dead letter names when a create's answer was lost and its connector offers no
+/// way to find what it made: a person checks the target, then replays (which sends again).
+pub const NEEDS_CHECK: &str = "needs-check";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +348,3 @@ mod tests {
         assert_eq!(released(2), DeliveryState::Retrying);
     }
 }
-
-/// The rule a dead letter names when a create's answer was lost and its connector offers no
-/// way to find what it made: a person checks the target, then replays (which sends again).
-pub const NEEDS_CHECK: &str = "needs-check";
