@@ -18,9 +18,8 @@ mod load;
 use std::time::Duration;
 
 pub use file::{
-    AuthScheme, Connector, CsvRules, Endpoint, Limits, Lookup, OnlineCheck, RequestRules,
-    ResponseRules, TargetId, TokenExchange, TransportKind, UpdateBody,
-    LostAnswer, Reconcile,
+    AuthScheme, Connector, CsvRules, Endpoint, Limits, Lookup, LostAnswer, OnlineCheck, Reconcile,
+    RequestRules, ResponseRules, TargetId, TokenExchange, TransportKind, UpdateBody,
 };
 pub use load::{ConnectorError, Connectors};
 

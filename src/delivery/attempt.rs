@@ -11,9 +11,7 @@ use serde_json::Value;
 use crate::connectors::http::Request;
 use crate::connectors::{Attempt, Connectors, LostAnswer, UpdateBody};
 use crate::mapping::{RaisedException, Rendered, Trusts};
-use crate::store::deliveries::{
-    AttemptOutcome, Claimed, DeliveryStore, Finished, WithoutRequest,
-};
+use crate::store::deliveries::{AttemptOutcome, Claimed, DeliveryStore, Finished, WithoutRequest};
 
 use super::destinations::{Dest, Transport};
 use super::retry::conclude;

@@ -11,12 +11,12 @@
 
 mod attempt;
 mod changes;
-mod reconcile;
 mod destinations;
 mod driver;
 pub mod lookup;
 pub mod online;
 pub mod plan;
+mod reconcile;
 mod retry;
 #[cfg(test)]
 mod testkit;

@@ -111,9 +111,7 @@ async fn reach(d: &Arc<Dest>, out_dir: &std::path::Path) -> Vec<Reached> {
                     Attempt::Retry { reason, .. }
                     | Attempt::Permanent { reason, .. }
                     | Attempt::Unanswered { reason },
-                ) => {
-                    Reach::Failed(loggable(&reason).to_owned())
-                }
+                ) => Reach::Failed(loggable(&reason).to_owned()),
                 Err(Attempt::Delivered { .. }) => Reach::Ok("answered".into()),
             },
         };

@@ -113,11 +113,16 @@ mod tests {
         };
         let body = json!({"request": {"note": {"summary": "Visit [doorstep v-1 r1]", "student": {"href": "/s/12"}}}});
         let same = json!({"summary": "Visit [doorstep v-1 r1]", "student": {"href": "/s/12"}, "href": "/n/1"});
-        let other_revision = json!({"summary": "Visit [doorstep v-1 r2]", "student": {"href": "/s/12"}});
-        let other_pupil = json!({"summary": "Visit [doorstep v-1 r1]", "student": {"href": "/s/13"}});
+        let other_revision =
+            json!({"summary": "Visit [doorstep v-1 r2]", "student": {"href": "/s/12"}});
+        let other_pupil =
+            json!({"summary": "Visit [doorstep v-1 r1]", "student": {"href": "/s/13"}});
         assert!(matches(&same, &body, &spec));
         assert!(!matches(&other_revision, &body, &spec));
         assert!(!matches(&other_pupil, &body, &spec));
-        assert!(!matches(&json!({}), &json!({}), &spec), "absent is not equal");
+        assert!(
+            !matches(&json!({}), &json!({}), &spec),
+            "absent is not equal"
+        );
     }
 }

@@ -69,7 +69,7 @@ pub(super) fn claimed(kind: &str, prior_target: Option<&str>) -> Claimed {
         exceptions: Vec::new(),
         prior_target: prior_target.map(str::to_owned),
         prior_sent: None,
-            unsure: false,
+        unsure: false,
     }
 }
 

@@ -1270,6 +1270,50 @@ async fn an_update_sends_only_what_changed_and_nothing_when_nothing_did() {
     assert_eq!(body_of(&got[1]), json!({"summary": "third"}));
 }
 
+/// A create whose answer is lost, at a target with no idempotency key and no way to find
+/// what it made: held as a dead letter naming rule `needs-check`, never sent a second time
+/// on its own; after a person has checked, a replay sends it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_create_with_no_way_to_find_it_waits_for_a_check() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(created("T-1").set_delay(Duration::from_secs(3)))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(created("T-1"))
+        .mount(&server)
+        .await;
+    let d = api_deploy(&server, 1, 1.0, 5);
+    d.connector(
+        "api",
+        &api_connector("bearer", 1, 1.0, 5)
+            .replace("idempotency_header = \"Idempotency-Key\"\n", ""),
+    );
+    d.drop_records("v.json", &[visit("lost-1", 1, "Seen.")]);
+    let run = d.sync().await;
+    assert_eq!(run.count("dead"), 1, "{:?}\n{}", run.lines, run.stderr);
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        1,
+        "sent once"
+    );
+    let dead = d.dead_letters().await;
+    let reason = dead[0]["last_error"].as_str().unwrap();
+    assert!(reason.contains("(rule: needs-check)"), "{reason}");
+    // Another sync sends nothing.
+    d.sync().await;
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    // Checked: not there. Replayed, it is sent and delivered.
+    let id = dead[0]["id"].as_i64().unwrap().to_string();
+    let r = d.run_json("deadletter replay", &[&id]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = d.sync().await;
+    assert_eq!(run.count("delivered"), 1, "{:?}", run.lines);
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
 /// A target's answer never redirects a request (SPEC §4): the id a create returns is data.
 /// Hostile ids that would have sent revision 2's update — with the bearer token and the
 /// record — to another host or port are dead letters naming the rule; the other server

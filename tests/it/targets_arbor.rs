@@ -55,6 +55,9 @@ struct ArborState {
     register: BTreeMap<(String, String), (String, Option<String>)>,
     /// 429s still to answer to the next writes to a path.
     throttle: BTreeMap<String, usize>,
+    /// Creates still to take effect with their answer lost (answered too late for the
+    /// client), by path.
+    lose: BTreeMap<String, usize>,
     seen: Vec<Seen>,
 }
 
@@ -135,6 +138,12 @@ impl Arbor {
             .students
             .insert(upn.to_owned(), id);
         self
+    }
+
+    /// The next `n` creates (POST) to `path` take effect, and their answers come 3 s late:
+    /// past a client's 1 s timeout, as if the connection dropped after the write.
+    fn lose_answers(&self, path: &str, n: usize) {
+        self.state.lock().unwrap().lose.insert(path.to_owned(), n);
     }
 
     /// The next `n` writes (POST, PUT) to `path` answer 429 with `Retry-After: 1`.
@@ -242,6 +251,38 @@ impl Arbor {
                 Answer::json(200, json!({ "attendanceMarks": marks }))
             }
             ("POST", ["rest-v2", "attendance-registration"]) => self.registration(r, st),
+            // Not public: how Arbor filters a listing of notes. The fake answers
+            // `filters.student.equals=<student href>`, the guess connectors/arbor.toml makes.
+            ("GET", ["rest-v2", resource]) if NOTE_KINDS.iter().any(|k| k.0 == *resource) => {
+                let kind = NOTE_KINDS.iter().find(|k| k.0 == *resource).unwrap();
+                let student: Option<String> = r
+                    .url
+                    .query_pairs()
+                    .find(|(k, _)| k == "filters.student.equals")
+                    .map(|(_, v)| v.into_owned());
+                let Some(student) = student else {
+                    return arbor_error(
+                        400,
+                        "Bad Request",
+                        "InvalidFilterException",
+                        "the fake lists notes by filters.student.equals only",
+                    );
+                };
+                let notes: Vec<Value> = st
+                    .notes
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.key == kind.1 && n.fields["student"]["href"] == student.as_str()
+                    })
+                    .map(|(href, n)| {
+                        let mut out = n.fields.clone();
+                        out.insert("entityType".into(), json!(kind.2));
+                        out.insert("href".into(), json!(href));
+                        Value::Object(out)
+                    })
+                    .collect();
+                Answer::json(200, json!({ format!("{}s", kind.1): notes }))
+            }
             ("POST", ["rest-v2", resource]) => match NOTE_KINDS.iter().find(|k| k.0 == *resource) {
                 Some(kind) => self.create(r, st, kind),
                 None => not_found(&path),
@@ -418,6 +459,13 @@ impl Respond for Arbor {
     fn respond(&self, r: &Request) -> ResponseTemplate {
         let mut st = self.state.lock().unwrap();
         let answer = self.answer(r, &mut st);
+        let path = r.url.path().to_owned();
+        let lost = r.method.as_str() == "POST"
+            && answer.status == 201
+            && st.lose.get(&path).is_some_and(|n| *n > 0);
+        if lost {
+            *st.lose.get_mut(&path).unwrap() -= 1;
+        }
         st.seen.push(Seen {
             method: r.method.to_string(),
             path: r.url.path().to_owned(),
@@ -426,7 +474,12 @@ impl Respond for Arbor {
             at: Instant::now(),
             body: serde_json::from_slice(&r.body).ok(),
         });
-        answer.template()
+        let template = answer.template();
+        if lost {
+            template.set_delay(Duration::from_secs(3))
+        } else {
+            template
+        }
     }
 }
 
@@ -1157,6 +1210,50 @@ async fn a_429_is_retried_after_retry_after() {
     let d = live.delivery("arbor_notes", "thr-429", 1).await;
     assert_eq!(d["attempts"], 2);
     assert_eq!(d["attempt_log"][0]["status"], 429);
+}
+
+/// TARGETS.md: Arbor's creates are not idempotent. A create that takes effect but whose
+/// answer is lost (the client times out) is not sent again blindly: the pupil's notes are
+/// read, the note carrying this create's summary is found and its href adopted. One note,
+/// one POST; a later revision updates that note.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_whose_answer_was_lost_is_found_not_made_twice() {
+    let arbor = Arbor::new(USER, PASSWORD);
+    arbor.student(UPN, 12);
+    arbor.lose_answers("/rest-v2/pastoral-notes", 1);
+    let server = arbor.start().await;
+    let mut live = live(&server, PASSWORD);
+    live.add_config(
+        "[destinations.thrive.arbor_notes.limits]\ntimeout_seconds = 1\n\
+         backoff_min_seconds = 0.1\nbackoff_max_seconds = 0.5\n",
+    );
+    live.drop_records("v.json", &[visit("thr-lost", 1, UPN)]);
+    let run = live.sync().await;
+    assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
+    assert_eq!(
+        arbor.count("POST", "/rest-v2/pastoral-notes"),
+        1,
+        "one create"
+    );
+    let notes = arbor.notes();
+    assert_eq!(notes.len(), 1, "one note: {notes:?}");
+    let href = notes.keys().next().unwrap().clone();
+    let d = live.delivery("arbor_notes", "thr-lost", 1).await;
+    assert_eq!(d["target_id"], href.as_str());
+    let outcomes: Vec<&str> = d["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "adopted"], "{d}");
+    // The adopted href is the note's: revision 2 updates it.
+    let mut r2 = visit("thr-lost", 2, UPN);
+    r2["summary"] = "Seen again.".into();
+    live.drop_records("r2.json", &[r2]);
+    assert_eq!(live.sync().await.code, 0);
+    assert_eq!(arbor.count("PUT", &href), 1);
+    assert_eq!(arbor.notes().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
