@@ -83,6 +83,10 @@ struct State {
     token_uses: Option<usize>,
     /// Answers forced on the next resource calls, after the token is checked.
     forced: VecDeque<ResponseTemplate>,
+    /// Answers forced on the next token requests (the token service down, then busy).
+    token_forced: VecDeque<ResponseTemplate>,
+    /// When each token request came.
+    token_calls: Vec<Instant>,
     events: BTreeMap<NaturalKey, Event>,
     created: usize,
     updated: usize,
@@ -108,6 +112,8 @@ impl EdFi {
                 token_life: 1800,
                 token_uses: None,
                 forced: VecDeque::new(),
+                token_forced: VecDeque::new(),
+                token_calls: Vec::new(),
                 events: BTreeMap::new(),
                 created: 0,
                 updated: 0,
@@ -122,6 +128,13 @@ impl EdFi {
 
     /// `POST /oauth/token`: client credentials, the client authenticated by HTTP Basic.
     fn token(&self, r: &Request) -> ResponseTemplate {
+        {
+            let mut s = self.state();
+            s.token_calls.push(Instant::now());
+            if let Some(answer) = s.token_forced.pop_front() {
+                return answer;
+            }
+        }
         let oauth_error = |status: u16, error: &str| {
             ResponseTemplate::new(status).set_body_json(json!({ "error": error }))
         };
@@ -649,6 +662,32 @@ async fn the_examples_records_reach_both_schools() {
 
 // ---------------------------------------------------------------------------------------
 // 2. Update by a later revision.
+
+/// The ODS's token endpoint down (503), then busy (429, `Retry-After: 1`): retried with the
+/// destination's backoff and the endpoint's wait, never a dead letter; then the event goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_that_fails_first_is_retried() {
+    let (_server, fake, mut live) = start(&[AMIRA]).await;
+    live.max_wait(20.0);
+    fake.state().token_forced.extend([
+        ResponseTemplate::new(503).set_body_json(json!({"error": "temporarily_unavailable"})),
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+    ]);
+    live.drop_records("v.json", &[illness("nf-tok", 1, "Seen.")]);
+    let run = live.sync().await;
+    assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
+    assert_eq!(
+        edfi_states(&live).await,
+        BTreeMap::from([("delivered".to_owned(), 1)])
+    );
+    let s = fake.state();
+    assert_eq!(s.token_calls.len(), 3, "503, 429, then a token");
+    assert!(
+        s.token_calls[2] - s.token_calls[1] >= Duration::from_millis(950),
+        "Retry-After: 1 was not honoured"
+    );
+    assert_eq!(s.created, 1);
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_later_revision_is_posted_again_and_the_ods_updates_the_event() {

@@ -72,6 +72,10 @@ struct State {
     token_uses: Option<usize>,
     /// Answers forced on the next attendance calls, after the token is checked.
     forced: VecDeque<ResponseTemplate>,
+    /// Answers forced on the next token requests (the token service down, then busy).
+    token_forced: VecDeque<ResponseTemplate>,
+    /// When each token request came.
+    token_calls: Vec<Instant>,
     /// (StudentId, Date, Session) → the mark.
     marks: BTreeMap<(String, String, String), Mark>,
     created: usize,
@@ -94,6 +98,8 @@ impl Xporter {
                 token_life: Duration::from_secs(3600),
                 token_uses: None,
                 forced: VecDeque::new(),
+                token_forced: VecDeque::new(),
+                token_calls: Vec::new(),
                 marks: BTreeMap::new(),
                 created: 0,
                 updated: 0,
@@ -108,6 +114,13 @@ impl Xporter {
 
     /// The token service: a token for a school's estab and password.
     fn token(&self, r: &Request) -> ResponseTemplate {
+        {
+            let mut s = self.state();
+            s.token_calls.push(Instant::now());
+            if let Some(answer) = s.token_forced.pop_front() {
+                return answer;
+            }
+        }
         // GUESS: a refusal is a 401 with the exception named in the body.
         let refuse = |why: &str| {
             ResponseTemplate::new(401).set_body_json(json!({
@@ -441,6 +454,37 @@ async fn a_mark_is_written_with_its_token_and_exactly_the_mapped_body() {
 
 // ---------------------------------------------------------------------------------------
 // 2. Update by a later revision.
+
+/// The token service down (503), then busy (429, `Retry-After: 1`): retried with the
+/// destination's backoff and the service's wait, never a dead letter; then the mark goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_service_that_fails_first_is_retried() {
+    let (_server, fake, mut live) = start(&["40206"]).await;
+    live.max_wait(20.0).add_config(
+        "[destinations.celt.xporter.limits]\nbackoff_min_seconds = 0.2\nbackoff_max_seconds = 1\n",
+    );
+    fake.state().token_forced.extend([
+        ResponseTemplate::new(503),
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+    ]);
+    live.drop_records(
+        "v.json",
+        &[visit("celt-visit-206", 1, "2026-05-12", "40206", SEEN)],
+    );
+    let run = live.sync().await;
+    assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
+    assert_eq!(
+        xporter_state(&live.states().await),
+        BTreeMap::from([("delivered".to_owned(), 1)])
+    );
+    let s = fake.state();
+    assert_eq!(s.token_calls.len(), 3, "503, 429, then a token");
+    assert!(
+        s.token_calls[2] - s.token_calls[1] >= Duration::from_millis(950),
+        "Retry-After: 1 was not honoured"
+    );
+    assert_eq!(s.created, 1);
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_later_revision_is_posted_again_and_updates_the_mark() {
