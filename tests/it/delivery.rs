@@ -1487,6 +1487,12 @@ async fn a_token_refusal_that_echoes_the_secret_is_never_quoted() {
             assert!(error.contains("(invalid_client)"), "{error}");
         }
         let show = d.show(dead[0]["id"].as_i64().unwrap()).await;
+        // The service's words are kept for whoever fixes it, with the secret taken out.
+        let response = show["response"].as_str().unwrap_or_default();
+        assert!(
+            response.contains("bad client_secret [redacted]"),
+            "{status}: {show}"
+        );
         let seen = format!("{:?}\n{}\n{dead:?}\n{show}", run.lines, run.stderr);
         assert!(
             !seen.contains(CANARY),

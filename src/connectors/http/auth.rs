@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::HttpTransport;
-use super::classify::{error_kind, parse_retry_after, permanent, reason_phrase, transport_error};
+use super::classify::{
+    error_kind, kept, parse_retry_after, permanent, reason_phrase, transport_error,
+};
 use crate::connectors::{Attempt, TokenExchange, template};
 
 /// A cached OAuth2 token is renewed this long before it expires.
@@ -61,8 +63,9 @@ impl HttpTransport {
         if let Some(s) = &c.client_secret {
             client = client.set_client_secret(ClientSecret::new(s.clone()));
         }
-        // The token endpoint's status and Retry-After, kept for classifying a failure.
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<(u16, Option<Duration>)>));
+        // The token endpoint's status, Retry-After and answer, kept for classifying a
+        // failure (the answer goes to the dead letter only, redacted, never to a log).
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<Seen>));
         let http = |request: oauth2::HttpRequest| {
             let client = self.client.clone();
             let seen = seen.clone();
@@ -80,14 +83,18 @@ impl HttpTransport {
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
-                if let Ok(mut s) = seen.lock() {
-                    *s = Some((status, retry_after));
-                }
                 let mut out = http::Response::builder().status(status);
                 for (k, v) in response.headers() {
                     out = out.header(k.as_str(), v.as_bytes());
                 }
                 let bytes = response.bytes().await?;
+                if let Ok(mut s) = seen.lock() {
+                    *s = Some(Seen {
+                        status,
+                        retry_after,
+                        answer: kept(&bytes),
+                    });
+                }
                 Ok::<_, reqwest::Error>(out.body(bytes.to_vec()).unwrap_or_default())
             }
         };
@@ -112,7 +119,15 @@ impl HttpTransport {
             }
             Err(e) => e,
         };
-        let (status, retry_after) = seen.lock().ok().and_then(|s| *s).unwrap_or((0, None));
+        let Seen {
+            status,
+            retry_after,
+            answer,
+        } = seen
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .unwrap_or_default();
         // Classified like any answer; the endpoint's own words are never quoted (they may
         // echo the request and its secret).
         Err(match failure {
@@ -128,7 +143,7 @@ impl HttpTransport {
                     oauth_error_code(e.error())
                 ),
                 Some(status),
-                None,
+                answer,
             ),
             _ if (200..300).contains(&status) => Attempt::Retry {
                 reason: format!("token endpoint: {status} with an answer that is not a token"),
@@ -142,7 +157,7 @@ impl HttpTransport {
                     reason_phrase(status)
                 ),
                 Some(status),
-                None,
+                answer,
             ),
         })
     }
@@ -201,7 +216,8 @@ impl HttpTransport {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty() && (200..300).contains(&status));
         let Some(token) = token else {
-            // The answer is not kept: it may echo the credentials.
+            // The answer goes to the dead letter only (redacted: it may echo the
+            // credentials), never into the reason a log line carries.
             return Err(permanent(
                 format!(
                     "the token service refused the credentials ({status} {}, no token at {})",
@@ -209,7 +225,7 @@ impl HttpTransport {
                     spec.token_pointer
                 ),
                 Some(status),
-                None,
+                kept(&bytes),
             ));
         };
         let life = spec
@@ -277,6 +293,14 @@ fn token_life(v: &Value) -> Option<Duration> {
         })
         .ok()?;
     (at - chrono::Utc::now()).to_std().ok()
+}
+
+/// What the OAuth2 token endpoint answered, for classifying a failure.
+#[derive(Default)]
+struct Seen {
+    status: u16,
+    retry_after: Option<Duration>,
+    answer: Option<String>,
 }
 
 /// A 401 with this token.
