@@ -447,14 +447,7 @@ fn target_of<'a>(
         (Some(_), Some(m), Some(p)) => (m.as_str(), p.as_str()),
         _ => (endpoint.method.as_str(), endpoint.path.as_str()),
     };
-    let base = expand_path(
-        dest.url
-            .as_deref()
-            .unwrap_or_default()
-            .trim_end_matches('/'),
-        vars,
-        None,
-    )?;
+    let base = dest.base_url(vars)?;
     // A target's id is data, never part of the URL's structure (SPEC §4).
     let whole = path.trim() == "{{ target_id }}";
     let id = c

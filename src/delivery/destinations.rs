@@ -40,6 +40,18 @@ pub(super) struct Dest {
 }
 
 impl Dest {
+    /// The destination's URL for a school, its `vars` filled in, without a trailing `/`.
+    pub(super) fn base_url(
+        &self,
+        vars: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, String> {
+        super::attempt::expand_path(
+            self.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+            vars,
+            None,
+        )
+    }
+
     pub(super) fn endpoint(&self, kind: &str) -> Option<&crate::connectors::Endpoint> {
         self.connector.endpoint(self.endpoint.as_deref(), kind)
     }

@@ -15,7 +15,6 @@ use crate::connectors::http::HttpTransport;
 use crate::connectors::{Attempt, Reconcile};
 use crate::store::rules::NEEDS_CHECK;
 
-use super::attempt::expand_path;
 use super::destinations::Dest;
 
 /// The dead letter of a create that may exist where the target offers no way to find it.
@@ -56,15 +55,7 @@ pub(super) async fn find(
             "reconcile path must be a path on the destination's host".into(),
         ));
     }
-    let base = expand_path(
-        dest.url
-            .as_deref()
-            .unwrap_or_default()
-            .trim_end_matches('/'),
-        vars,
-        None,
-    )
-    .map_err(permanent)?;
+    let base = dest.base_url(vars).map_err(permanent)?;
     let page = transport.get(&format!("{base}{path}"), vars).await?;
     let items = if spec.items.is_empty() {
         Some(&page)
