@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::connectors::http::Request;
-use crate::connectors::{Attempt, Connectors, LostAnswer, UpdateBody};
+use crate::connectors::{Attempt, Connectors, UpdateBody};
 use crate::mapping::{RaisedException, Rendered, Trusts};
 use crate::store::deliveries::{AttemptOutcome, Claimed, DeliveryStore, Finished, WithoutRequest};
 
@@ -64,17 +64,8 @@ pub(super) async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finis
                 Some(smaller) => p.out.rendered = Rendered::Body(smaller),
                 None => {
                     let target_id = c.prior_target.clone();
-                    let mut f = conclude(
-                        limits,
-                        c,
-                        Attempt::Delivered {
-                            target_id,
-                            status: None,
-                        },
-                    );
-                    f.without_request = Some(WithoutRequest::Unchanged);
-                    f.sent = Some(now.clone());
-                    return f;
+                    let sent = Some(now.clone());
+                    return without_request(limits, c, target_id, WithoutRequest::Unchanged, sent);
                 }
             }
         }
@@ -86,35 +77,12 @@ pub(super) async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finis
         && let (Some(e), Transport::Http(transport), Rendered::Body(body)) =
             (endpoint, &env.dest.transport, &p.out.rendered)
     {
-        match env.dest.connector.lost_answer(e) {
-            LostAnswer::Resend => {}
-            LostAnswer::Check => return conclude(limits, c, reconcile::needs_check(&env.dest)),
-            LostAnswer::Reconcile => {
-                let Some(spec) = &e.reconcile else {
-                    return conclude(limits, c, reconcile::needs_check(&env.dest));
-                };
-                match reconcile::find(&env.dest, transport, spec, body, &p.vars).await {
-                    Ok(None) => {}
-                    Ok(Some(id)) => {
-                        tracing::info!(
-                            trust = %c.trust, destination = %c.destination, record_id = %c.record_id,
-                            revision = c.revision, "a create whose answer was lost was found at the target"
-                        );
-                        let mut f = conclude(
-                            limits,
-                            c,
-                            Attempt::Delivered {
-                                target_id: Some(id),
-                                status: None,
-                            },
-                        );
-                        f.without_request = Some(WithoutRequest::Adopted);
-                        f.sent = sent;
-                        return f;
-                    }
-                    Err(a) => return conclude(limits, c, a),
-                }
+        match reconcile::before_resending(&env.dest, e, transport, body, &p.vars).await {
+            Ok(None) => {}
+            Ok(Some(id)) => {
+                return without_request(limits, c, Some(id), WithoutRequest::Adopted, sent);
             }
+            Err(a) => return conclude(limits, c, a),
         }
     }
     let prior = c.prior_target.clone();
@@ -127,6 +95,24 @@ pub(super) async fn attempt<S: DeliveryStore>(env: &Env<S>, c: Claimed) -> Finis
             *target_id = prior;
         }
     }
+    f
+}
+
+/// A delivery delivered without a request, and why; `sent` is what the target has of it.
+fn without_request(
+    limits: &crate::connectors::Limits,
+    c: Claimed,
+    target_id: Option<String>,
+    why: WithoutRequest,
+    sent: Option<crate::store::deliveries::SentFields>,
+) -> Finished {
+    let delivered = Attempt::Delivered {
+        target_id,
+        status: None,
+    };
+    let mut f = conclude(limits, c, delivered);
+    f.without_request = Some(why);
+    f.sent = sent;
     f
 }
 

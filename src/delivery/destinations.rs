@@ -46,7 +46,10 @@ impl Dest {
         vars: &std::collections::BTreeMap<String, String>,
     ) -> Result<String, String> {
         super::attempt::expand_path(
-            self.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+            self.url
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('/'),
             vars,
             None,
         )

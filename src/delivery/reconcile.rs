@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::connectors::http::HttpTransport;
-use crate::connectors::{Attempt, Reconcile};
+use crate::connectors::{Attempt, Endpoint, LostAnswer, Reconcile};
 use crate::store::rules::NEEDS_CHECK;
 
 use super::destinations::Dest;
 
 /// The dead letter of a create that may exist where the target offers no way to find it.
-pub(super) fn needs_check(dest: &Dest) -> Attempt {
+fn needs_check(dest: &Dest) -> Attempt {
     Attempt::Permanent {
         reason: format!(
             "an earlier attempt of this create got no answer and may have made the record; \
@@ -31,8 +31,24 @@ pub(super) fn needs_check(dest: &Dest) -> Attempt {
     }
 }
 
+/// Before a create that may exist at the target is sent again: `Ok(None)` send it,
+/// `Ok(Some(id))` it is there as `id`, `Err` what the attempt comes to instead.
+pub(super) async fn before_resending(
+    dest: &Dest,
+    endpoint: &Endpoint,
+    transport: &HttpTransport,
+    body: &Value,
+    vars: &BTreeMap<String, String>,
+) -> Result<Option<String>, Attempt> {
+    match (dest.connector.lost_answer(endpoint), &endpoint.reconcile) {
+        (LostAnswer::Resend, _) => Ok(None),
+        (LostAnswer::Reconcile, Some(spec)) => find(dest, transport, spec, body, vars).await,
+        (LostAnswer::Check | LostAnswer::Reconcile, _) => Err(needs_check(dest)),
+    }
+}
+
 /// The target's id for what an earlier attempt of this create made, if the target has it.
-pub(super) async fn find(
+async fn find(
     dest: &Dest,
     transport: &HttpTransport,
     spec: &Reconcile,
