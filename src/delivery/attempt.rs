@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::connectors::http::Request;
-use crate::connectors::{Attempt, Connectors, UpdateBody};
+use crate::connectors::{Attempt, Connectors, LostAnswer, UpdateBody};
 use crate::mapping::{RaisedException, Rendered, Trusts};
 use crate::store::deliveries::{AttemptOutcome, Claimed, DeliveryStore, Finished, WithoutRequest};
 
@@ -130,6 +130,14 @@ pub(super) async fn attempt_batch<S: DeliveryStore>(
     // Members by (URL, batch_by values), in claim order.
     let mut groups: Vec<(String, Vec<Member>)> = Vec::new();
     for c in batch {
+        // A create that may already exist is resolved on its own before it is sent again.
+        let resend = dest
+            .endpoint(c.kind.as_str())
+            .is_none_or(|e| dest.connector.lost_answer(e) == LostAnswer::Resend);
+        if c.unsure && !resend {
+            done.push(attempt(env, c).await);
+            continue;
+        }
         match prepare(env, &c).await {
             Ok(Prepared {
                 out:

@@ -1314,6 +1314,53 @@ async fn a_lost_create_with_no_way_to_find_it_waits_for_a_check() {
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 }
 
+/// The same for a batch: a batched create whose answer is lost is not sent again as a batch
+/// — each of its records is held for a check on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_batch_is_held_for_a_check_record_by_record() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true}))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&server)
+        .await;
+    let mut d = Deployment::thrive_only();
+    d.max_wait(5.0).destination("thrive", "api", &server.uri());
+    d.connector(
+        "api",
+        &api_connector("bearer", 1, 1.0, 5)
+            .replace("idempotency_header = \"Idempotency-Key\"\n", "")
+            .replace(
+                "path = \"/api/visits\"",
+                "path = \"/api/marks\"\nbatch_size = 3\nbatch_pointer = \"/marks\"",
+            ),
+    );
+    d.routes(&api_routes(r#"token = { env = "TEST_API_TOKEN" }"#));
+    d.map(
+        "visit_json",
+        "[body]\n[[body.marks]]\nrecord_id = { field = \"id\" }\n",
+    );
+    d.env("TEST_API_TOKEN", "tok-123");
+    let records: Vec<Value> = (1..=3)
+        .map(|i| visit(&format!("lost-mark-{i}"), 1, "Seen."))
+        .collect();
+    d.drop_records("day.json", &records);
+    let run = d.sync().await;
+    assert_eq!(run.count("dead"), 3, "{}\n{}", run.summary(), run.stderr);
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        1,
+        "one request"
+    );
+    for dead in d.dead_letters().await {
+        let reason = dead["last_error"].as_str().unwrap();
+        assert!(reason.contains("(rule: needs-check)"), "{reason}");
+    }
+}
+
 /// A target's answer never redirects a request (SPEC §4): the id a create returns is data.
 /// Hostile ids that would have sent revision 2's update — with the bearer token and the
 /// record — to another host or port are dead letters naming the rule; the other server
