@@ -6,15 +6,29 @@
 //!
 //! Run: `cargo run --release --example bench_targets` (or scripts/bench-targets.sh).
 //! Options: `--records N` (default 50,000), `--pupils N` (default 500, spread over 4 schools).
+//!
+//! `--faults PERCENT` (issue 17; default 0, today's run): each fake answers that share of the
+//! requests it gets (tokens, look-up and listing pages, reconcile reads, writes alike) with a
+//! fault, chosen evenly from a seeded RNG (`--fault-seed N`, default 7): a 503 with
+//! `Retry-After: 0`; a 429 with `Retry-After: 1`; or, for a write (POST/PUT), the write done
+//! and its answer held back 3 s, past the client's timeout (a lost answer; a read gets the
+//! 503 instead). Every HTTP destination then gets the limits override `timeout_seconds = 1`,
+//! `backoff_min_seconds = 0.2`, `backoff_max_seconds = 2`, `max_attempts = 30`, and the run a
+//! 10-minute deadline. The fakes keep what they were written (Arbor's notes, with their
+//! fields, listed back for a lost create's reconcile read; Wonde's, Xporter's and Ed-Fi's
+//! marks by natural key), and a section after the table counts per target the deliveries by
+//! state, the duplicates (Arbor: notes per `[doorstep <id> r<rev>]`), the writes sent again,
+//! the requests by kind and the faults by kind. Given at all (`--faults 0` too), the flag
+//! prints that section; without it the output is as before.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use doorstep::config::DeliverySettings;
+use doorstep::config::{DeliverySettings, DestinationOverride, LimitOverrides};
 use doorstep::connectors::Connectors;
 use doorstep::delivery::Engine;
 use doorstep::mapping::Trusts;
@@ -22,6 +36,8 @@ use doorstep::pipeline;
 use doorstep::report::{Conflict, ExceptionReport, Rejection};
 use doorstep::store::{DeliveryStore, SqliteStore};
 use doorstep::synthetic::{GenOptions, write_records};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -84,14 +100,71 @@ impl pipeline::Reporter for Quiet {
     fn conflict(&mut self, _: &Conflict) {}
 }
 
-fn arg(name: &str, default: usize) -> usize {
+/// The value after the last `name` (so a later one wins: scripts/bench-targets.sh passes
+/// `--records` first), or `default`.
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
-        .position(|a| a == name)
+        .rposition(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+fn has_arg(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// A lost answer comes this late: past the 1 s timeout fault mode gives every destination.
+const LOST_DELAY: Duration = Duration::from_secs(3);
+/// The run's deadline in fault mode: long enough for every retry.
+const FAULT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// `--faults`: the percentage of requests faulted, and the seed of the draws.
+#[derive(Clone, Copy)]
+struct FaultPlan {
+    percent: f64,
+    seed: u64,
+}
+
+/// A fault, chosen evenly.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// 503, `Retry-After: 0`.
+    Unavailable,
+    /// 429, `Retry-After: 1`.
+    Throttled,
+    /// A write done, its answer `LOST_DELAY` late (a read: `Unavailable`).
+    Lost,
+}
+const FAULT_NAMES: [&str; 3] = ["503", "429", "lost"];
+
+/// What a request to a fake is.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Token,
+    Lookup,
+    Reconcile,
+    Create,
+    Update,
+    Other,
+}
+const KINDS: [Kind; 6] = [
+    Kind::Token,
+    Kind::Lookup,
+    Kind::Reconcile,
+    Kind::Create,
+    Kind::Update,
+    Kind::Other,
+];
+const KIND_NAMES: [&str; 6] = [
+    "tokens",
+    "look-ups",
+    "reconcile",
+    "creates",
+    "updates",
+    "other",
+];
 
 struct Pupil {
     school: usize,
@@ -181,6 +254,12 @@ struct Counts {
     other: AtomicU64,
     /// Nanoseconds after `Fake::base` of the last create.
     last_create: AtomicU64,
+    /// Every request received, by `Kind` (faulted ones too).
+    received: [AtomicU64; 6],
+    /// Faults answered, by `Fault` and `Kind`.
+    faults: [[AtomicU64; 6]; 3],
+    /// What the fake was written.
+    stored: Mutex<Stored>,
 }
 
 impl Counts {
@@ -196,7 +275,88 @@ impl Counts {
         ] {
             c.store(0, Ordering::Relaxed);
         }
+        for c in self.received.iter().chain(self.faults.iter().flatten()) {
+            c.store(0, Ordering::Relaxed);
+        }
+        *self.stored.lock().unwrap() = Stored::default();
     }
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// One Arbor note as created (its fields as sent, later PUTs merged in).
+struct Note {
+    /// `pastoral-notes` or `safeguarding-notes`.
+    resource: String,
+    fields: serde_json::Map<String, Value>,
+}
+
+/// One entity of a create-or-update target (Wonde's and Xporter's marks, Ed-Fi's events),
+/// by its natural key.
+struct Entity {
+    /// Its number (Ed-Fi's Location).
+    id: u64,
+    /// The visit reports whose writes set it (from `Home visit <id>` in its comment).
+    records: BTreeSet<String>,
+}
+
+/// What a fake was written.
+#[derive(Default)]
+struct Stored {
+    /// Arbor: note number → note (its href `/rest-v2/<resource>/<number>`).
+    notes: BTreeMap<u64, Note>,
+    /// Arbor: student href → its notes' numbers.
+    by_student: HashMap<String, Vec<u64>>,
+    /// The others: natural key → entity.
+    entities: HashMap<String, Entity>,
+    /// The others: items (marks, events) written, and how many of them were written before
+    /// (same key, same visit report): sent again.
+    item_writes: u64,
+    resent: u64,
+    next: u64,
+}
+
+impl Stored {
+    /// One item written to a create-or-update target: its entity's number, and whether
+    /// the write made it.
+    fn upsert(&mut self, key: String, record: String) -> (u64, bool) {
+        self.item_writes += 1;
+        let next = self.next + 1;
+        let mut created = false;
+        let e = self.entities.entry(key).or_insert_with(|| {
+            created = true;
+            Entity {
+                id: next,
+                records: BTreeSet::new(),
+            }
+        });
+        let id = e.id;
+        if !e.records.insert(record) {
+            self.resent += 1;
+        }
+        if created {
+            self.next = next;
+        }
+        (id, created)
+    }
+}
+
+/// The visit report an item names: `Home visit <id>: …` or `Home visit <id> (…`.
+fn visit_of(text: Option<&Value>) -> String {
+    text.and_then(Value::as_str)
+        .and_then(|t| t.strip_prefix("Home visit "))
+        .map(|t| t.split([' ', ':']).next().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+/// The `[doorstep <id> r<rev>]` reference in an Arbor note's summary.
+fn reference_of(note: &Note) -> Option<String> {
+    let summary = note.fields.get("summary")?.as_str()?;
+    let at = summary.rfind("[doorstep ")?;
+    let end = summary[at..].find(']')?;
+    Some(summary[at..at + end + 1].to_owned())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -208,7 +368,8 @@ enum System {
 }
 
 /// One target system's fake: what the connector files' guesses and TARGETS.md say it
-/// answers, after `LATENCY`; a request without the right credentials gets a 401.
+/// answers, after `LATENCY`; a request without the right credentials gets a 401. With
+/// `--faults`, a share of the requests get a `Fault` instead.
 struct Fake {
     system: System,
     uri: String,
@@ -219,12 +380,33 @@ struct Fake {
     /// Wonde: school id → its pupils' (Wonde id, UPN).
     wonde: Arc<HashMap<String, Vec<(String, String)>>>,
     arbor_auth: String,
+    /// The percentage of requests faulted, and the draws.
+    faults: f64,
+    rng: Mutex<ChaCha8Rng>,
 }
 
 fn ok(status: u16, body: Value) -> ResponseTemplate {
     ResponseTemplate::new(status)
         .set_body_json(body)
         .set_delay(LATENCY)
+}
+
+/// A fault's answer: `status` with `Retry-After`, in Arbor's error envelope.
+fn busy(status: u16, retry_after: &str) -> ResponseTemplate {
+    ok(
+        status,
+        json!({ "response": { "code": status, "reason": "injected fault" } }),
+    )
+    .insert_header("Retry-After", retry_after)
+}
+
+/// Arbor's entity key for a notes resource.
+fn note_key(resource: &str) -> Option<&'static str> {
+    match resource {
+        "pastoral-notes" => Some("pastoralNote"),
+        "safeguarding-notes" => Some("safeguardingNote"),
+        _ => None,
+    }
 }
 
 impl Fake {
@@ -253,10 +435,167 @@ impl Fake {
         self.counts.other.fetch_add(1, Ordering::Relaxed);
         ResponseTemplate::new(404).set_delay(LATENCY)
     }
-}
 
-impl Respond for Fake {
-    fn respond(&self, r: &Request) -> ResponseTemplate {
+    fn stored(&self) -> std::sync::MutexGuard<'_, Stored> {
+        self.counts.stored.lock().unwrap()
+    }
+
+    /// This request's fault, if it draws one.
+    fn draw(&self) -> Option<Fault> {
+        if self.faults <= 0.0 {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        if rng.random_range(0.0..100.0) >= self.faults {
+            return None;
+        }
+        Some(match rng.random_range(0..3u8) {
+            0 => Fault::Unavailable,
+            1 => Fault::Throttled,
+            _ => Fault::Lost,
+        })
+    }
+
+    /// What the request is, by method and path.
+    fn kind(&self, r: &Request) -> Kind {
+        let path = r.url.path();
+        let method = r.method.as_str();
+        match self.system {
+            System::Arbor => {
+                let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                match (method, segments.as_slice()) {
+                    ("GET", ["rest-v2", "students"]) => Kind::Lookup,
+                    ("GET", ["rest-v2", res]) if note_key(res).is_some() => Kind::Reconcile,
+                    ("POST", ["rest-v2", res]) if note_key(res).is_some() => Kind::Create,
+                    ("PUT", ["rest-v2", res, _]) if note_key(res).is_some() => Kind::Update,
+                    _ => Kind::Other,
+                }
+            }
+            System::Wonde => match method {
+                "GET" if path.ends_with("/students") || path.ends_with("/attendance-codes") => {
+                    Kind::Lookup
+                }
+                "POST" if path.ends_with("/attendance/session/") => Kind::Create,
+                _ => Kind::Other,
+            },
+            System::Xporter => match (method, path) {
+                ("POST", XPORTER_TOKEN_PATH) => Kind::Token,
+                ("POST", "/api/v1/Attendance/9084123/") => Kind::Create,
+                _ => Kind::Other,
+            },
+            System::Edfi => match (method, path) {
+                ("POST", "/oauth/token") => Kind::Token,
+                ("POST", "/data/v3/ed-fi/studentSchoolAttendanceEvents") => Kind::Create,
+                _ => Kind::Other,
+            },
+        }
+    }
+
+    /// Arbor: the notes listing (a lost create's reconcile read), a create, an update.
+    fn arbor_notes(&self, r: &Request, resource: &str, number: Option<&str>) -> ResponseTemplate {
+        let Some(key) = note_key(resource) else {
+            return self.unknown();
+        };
+        let invalid = |message: &str| {
+            ok(
+                422,
+                json!({ "response": { "code": 422, "reason": "Unprocessable Entity",
+                    "errors": [{ "exception": "ValidationException", "message": message }] } }),
+            )
+        };
+        let fields = || {
+            serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v.pointer(&format!("/request/{key}")).cloned())
+                .and_then(|v| match v {
+                    Value::Object(m) => Some(m),
+                    _ => None,
+                })
+        };
+        match (r.method.as_str(), number) {
+            // Not public: how Arbor filters a listing of notes; connectors/arbor.toml's guess.
+            ("GET", None) => {
+                let Some(student) = r
+                    .url
+                    .query_pairs()
+                    .find(|(k, _)| k == "filters.student.equals")
+                    .map(|(_, v)| v.into_owned())
+                else {
+                    return ok(
+                        400,
+                        json!({ "response": { "code": 400, "reason": "the fake lists notes by filters.student.equals only" } }),
+                    );
+                };
+                let st = self.stored();
+                let notes: Vec<Value> = st
+                    .by_student
+                    .get(&student)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| {
+                        let note = st.notes.get(n)?;
+                        (note.resource == resource).then(|| {
+                            let mut out = note.fields.clone();
+                            out.insert("href".into(), json!(format!("/rest-v2/{resource}/{n}")));
+                            Value::Object(out)
+                        })
+                    })
+                    .collect();
+                ok(200, json!({ format!("{key}s"): notes }))
+            }
+            ("POST", None) => {
+                let Some(fields) = fields() else {
+                    return invalid("no entity in the request");
+                };
+                self.create();
+                let student = fields
+                    .get("student")
+                    .and_then(|s| s.get("href"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut st = self.stored();
+                st.next += 1;
+                let n = st.next;
+                st.notes.insert(
+                    n,
+                    Note {
+                        resource: resource.to_owned(),
+                        fields,
+                    },
+                );
+                st.by_student.entry(student).or_default().push(n);
+                ok(
+                    200,
+                    json!({ key: { "href": format!("/rest-v2/{resource}/{n}") } }),
+                )
+            }
+            ("PUT", Some(number)) => {
+                let Some(changed) = fields() else {
+                    return invalid("no entity in the request");
+                };
+                let mut st = self.stored();
+                let Some(note) = number
+                    .parse()
+                    .ok()
+                    .and_then(|n: u64| st.notes.get_mut(&n))
+                    .filter(|note| note.resource == resource)
+                else {
+                    drop(st);
+                    return self.unknown();
+                };
+                note.fields.extend(changed);
+                ok(
+                    200,
+                    json!({ key: { "href": format!("/rest-v2/{resource}/{number}") } }),
+                )
+            }
+            _ => self.unknown(),
+        }
+    }
+
+    /// The answer without a fault (the fake's state changes here).
+    fn answer(&self, r: &Request) -> ResponseTemplate {
         let auth = r
             .headers
             .get("authorization")
@@ -284,14 +623,11 @@ impl Respond for Fake {
                         .collect();
                     return ok(200, json!({ "students": students }));
                 }
-                if post && path == "/rest-v2/pastoral-notes" {
-                    let n = self.create();
-                    return ok(
-                        200,
-                        json!({ "pastoralNote": { "href": format!("/rest-v2/pastoral-notes/{n}") } }),
-                    );
+                match path.trim_start_matches('/').split('/').collect::<Vec<_>>()[..] {
+                    ["rest-v2", resource] => self.arbor_notes(r, resource, None),
+                    ["rest-v2", resource, n] => self.arbor_notes(r, resource, Some(n)),
+                    _ => self.unknown(),
                 }
-                self.unknown()
             }
             System::Wonde => {
                 if auth != format!("Bearer {WONDE_TOKEN}") {
@@ -341,6 +677,16 @@ impl Respond for Fake {
                     (true, "attendance/session") => {
                         self.create();
                         self.items(&r.body, "/attendance");
+                        // A mark per pupil, date and session: a write sets it again.
+                        let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                        let mut st = self.stored();
+                        for m in body["attendance"].as_array().into_iter().flatten() {
+                            let key = format!(
+                                "{school} {} {} {}",
+                                m["student_id"], m["date"], m["session"]
+                            );
+                            st.upsert(key, visit_of(m.get("comment")));
+                        }
                         ok(200, json!({ "writeback_id": "W1" }))
                     }
                     _ => self.unknown(),
@@ -357,6 +703,13 @@ impl Respond for Fake {
                 if post && path == "/api/v1/Attendance/9084123/" {
                     self.create();
                     self.items(&r.body, "/Marks");
+                    // Create-or-update per pupil, date and session.
+                    let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                    let mut st = self.stored();
+                    for m in body["Marks"].as_array().into_iter().flatten() {
+                        let key = format!("{} {} {}", m["StudentId"], m["Date"], m["Session"]);
+                        st.upsert(key, visit_of(m.get("Notes")));
+                    }
                     return ok(200, json!({ "ExceptionType": null }));
                 }
                 self.unknown()
@@ -376,8 +729,23 @@ impl Respond for Fake {
                     return self.refuse();
                 }
                 if post && path == "/data/v3/ed-fi/studentSchoolAttendanceEvents" {
-                    let n = self.create();
-                    return ResponseTemplate::new(201)
+                    self.create();
+                    // An upsert by natural key: 201 when it made the event, 200 when it
+                    // updated it.
+                    let e: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                    let key = format!(
+                        "{} {} {} {} {} {}",
+                        e["studentReference"]["studentUniqueId"],
+                        e["schoolReference"]["schoolId"],
+                        e["sessionReference"]["schoolYear"],
+                        e["sessionReference"]["sessionName"],
+                        e["eventDate"],
+                        e["attendanceEventCategoryDescriptor"]
+                    );
+                    let (n, created) = self
+                        .stored()
+                        .upsert(key, visit_of(e.get("attendanceEventReason")));
+                    return ResponseTemplate::new(if created { 201 } else { 200 })
                         .insert_header(
                             "Location",
                             format!(
@@ -393,12 +761,35 @@ impl Respond for Fake {
     }
 }
 
+impl Respond for Fake {
+    fn respond(&self, r: &Request) -> ResponseTemplate {
+        let kind = self.kind(r);
+        self.counts.received[kind as usize].fetch_add(1, Ordering::Relaxed);
+        let write = matches!(r.method.as_str(), "POST" | "PUT");
+        let fault = match self.draw() {
+            // A read changes nothing: its lost answer is a 503.
+            Some(Fault::Lost) if !write => Some(Fault::Unavailable),
+            f => f,
+        };
+        if let Some(f) = fault {
+            self.counts.faults[f as usize][kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        match fault {
+            None => self.answer(r),
+            // Done, and answered after the client stopped waiting.
+            Some(Fault::Lost) => self.answer(r).set_delay(LOST_DELAY),
+            Some(Fault::Unavailable) => busy(503, "0"),
+            Some(Fault::Throttled) => busy(429, "1"),
+        }
+    }
+}
+
 struct Fakes {
     servers: Vec<(System, &'static str, MockServer, Arc<Counts>)>,
 }
 
 impl Fakes {
-    async fn start(pupils: &[Pupil], base: Instant) -> Fakes {
+    async fn start(pupils: &[Pupil], base: Instant, faults: Option<FaultPlan>) -> Fakes {
         let students: Arc<HashMap<String, usize>> = Arc::new(
             pupils
                 .iter()
@@ -426,12 +817,16 @@ impl Fakes {
                 .encode(format!("{ARBOR_USER}:{ARBOR_PASSWORD}"))
         );
         let mut servers = Vec::new();
-        for (system, name) in [
+        for (i, (system, name)) in [
             (System::Arbor, "arbor"),
             (System::Wonde, "wonde"),
             (System::Xporter, "xporter"),
             (System::Edfi, "edfi"),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = faults.map_or(0, |f| f.seed);
             let server = MockServer::builder()
                 .disable_request_recording()
                 .start()
@@ -446,6 +841,11 @@ impl Fakes {
                     students: students.clone(),
                     wonde: wonde.clone(),
                     arbor_auth: arbor_auth.clone(),
+                    faults: faults.map_or(0.0, |f| f.percent),
+                    // Each fake draws on its own: one's traffic does not shift another's.
+                    rng: Mutex::new(ChaCha8Rng::seed_from_u64(
+                        seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+                    )),
                 })
                 .mount(&server)
                 .await;
@@ -519,7 +919,11 @@ fn deployment(dir: &Path, routes: &str) {
         ("edfi_key", "bench-edfi-key"),
         ("edfi_secret", "bench-edfi-secret"),
     ] {
-        std::fs::write(trust.join("secrets").join(file), secret).unwrap();
+        // Readable by the owner alone: doorstep refuses a secret others can read.
+        let path = trust.join("secrets").join(file);
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
     }
     std::fs::write(trust.join("routes.toml"), routes).unwrap();
 }
@@ -631,11 +1035,98 @@ struct Timings {
     states: Vec<(String, String, u64)>,
     lookups: u64,
     dead: Vec<String>,
+    /// From the store after the run, for `--faults`' report.
+    attempts: Attempts,
+}
+
+/// What the store recorded of the run's attempts.
+#[derive(Default)]
+struct Attempts {
+    /// destination → attempt outcome (delivered, failed, dead, adopted, unchanged) → count.
+    by_outcome: BTreeMap<String, BTreeMap<String, u64>>,
+    /// destination → (deliveries marked unsure, most attempts of one delivery).
+    unsure_max: BTreeMap<String, (u64, u64)>,
+    /// Arbor's delivered deliveries: (record id, revision, target id).
+    arbor: Vec<(String, i64, Option<String>)>,
+}
+
+/// Reads the attempts of a closed store.
+async fn attempts_in(db: &Path) -> Attempts {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(db)
+                .read_only(true),
+        )
+        .await
+        .unwrap();
+    let mut a = Attempts::default();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT d.destination, a.outcome, COUNT(*) FROM delivery_attempts a \
+         JOIN deliveries d ON d.seq = a.delivery GROUP BY d.destination, a.outcome",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (dest, outcome, n) in rows {
+        a.by_outcome
+            .entry(dest)
+            .or_default()
+            .insert(outcome, n as u64);
+    }
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT destination, SUM(unsure), MAX(attempts) FROM deliveries GROUP BY destination",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (dest, unsure, max) in rows {
+        a.unsure_max.insert(dest, (unsure as u64, max as u64));
+    }
+    a.arbor = sqlx::query_as(
+        "SELECT record_id, revision, target_id FROM deliveries \
+         WHERE destination = 'arbor_notes' AND state = 'delivered'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    a
+}
+
+/// Fault mode's limits for every HTTP destination: a 1 s timeout (a lost answer's 3 s is
+/// past it), a short backoff and room for many attempts.
+fn fault_overrides() -> BTreeMap<(String, String), DestinationOverride> {
+    ["arbor_notes", "wonde", "xporter", "edfi"]
+        .into_iter()
+        .map(|name| {
+            (
+                (TRUST.to_owned(), name.to_owned()),
+                DestinationOverride {
+                    limits: LimitOverrides {
+                        timeout_seconds: Some(1.0),
+                        backoff_min_seconds: Some(0.2),
+                        backoff_max_seconds: Some(2.0),
+                        max_attempts: Some(30),
+                        ..LimitOverrides::default()
+                    },
+                    ..DestinationOverride::default()
+                },
+            )
+        })
+        .collect()
 }
 
 /// Ingests the records into a fresh store of a deployment with `routes`, routes them and
 /// runs the engine until nothing is due; `run_started` is told the instant the run begins.
-async fn sync(routes: &str, records: &Path, run_started: impl FnOnce()) -> Timings {
+/// With `faults`, the HTTP destinations get fault mode's limits and the run its deadline.
+async fn sync(
+    routes: &str,
+    records: &Path,
+    faults: Option<FaultPlan>,
+    run_started: impl FnOnce(),
+) -> Timings {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path();
     deployment(path, routes);
@@ -643,7 +1134,11 @@ async fn sync(routes: &str, records: &Path, run_started: impl FnOnce()) -> Timin
     let connectors = Arc::new(Connectors::load(&path.join("connectors")).unwrap());
     let settings = DeliverySettings {
         out_dir: path.join("out"),
-        ..Default::default()
+        overrides: if faults.is_some_and(|f| f.percent > 0.0) {
+            fault_overrides()
+        } else {
+            BTreeMap::new()
+        },
     };
     let engine = Engine::new(trusts.clone(), connectors, &settings).unwrap();
     let store = Arc::new(SqliteStore::open(&path.join("bench.db")).await.unwrap());
@@ -663,7 +1158,12 @@ async fn sync(routes: &str, records: &Path, run_started: impl FnOnce()) -> Timin
     let route = t.elapsed().as_secs_f64();
     run_started();
     let t = Instant::now();
-    engine.run(store.clone(), Instant::now()).await.unwrap();
+    let deadline = if faults.is_some_and(|f| f.percent > 0.0) {
+        Instant::now() + FAULT_DEADLINE
+    } else {
+        Instant::now()
+    };
+    engine.run(store.clone(), deadline).await.unwrap();
     let run = t.elapsed().as_secs_f64();
     let states = store
         .delivery_counts()
@@ -688,6 +1188,11 @@ async fn sync(routes: &str, records: &Path, run_started: impl FnOnce()) -> Timin
         .collect();
     let lookups = engine.lookup_requests();
     store.close().await;
+    let attempts = if faults.is_some() {
+        attempts_in(&path.join("bench.db")).await
+    } else {
+        Attempts::default()
+    };
     Timings {
         ingest,
         route,
@@ -696,6 +1201,7 @@ async fn sync(routes: &str, records: &Path, run_started: impl FnOnce()) -> Timin
         states,
         lookups,
         dead,
+        attempts,
     }
 }
 
@@ -715,10 +1221,10 @@ fn not_delivered(t: &Timings) -> Vec<String> {
         .collect()
 }
 
-async fn bench(n: usize, pupil_count: usize) {
+async fn bench(n: usize, pupil_count: usize, faults: Option<FaultPlan>) {
     let base = Instant::now();
     let pupils = pupils(pupil_count);
-    let fakes = Fakes::start(&pupils, base).await;
+    let fakes = Fakes::start(&pupils, base, faults).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("records.jsonl");
     let absences = records(n, &pupils, &file);
@@ -741,7 +1247,7 @@ async fn bench(n: usize, pupil_count: usize) {
 
     // The four target systems.
     let mut run_start = 0u64;
-    let t = sync(&target_routes(&fakes), &file, || {
+    let t = sync(&target_routes(&fakes), &file, faults, || {
         for (.., c) in &fakes.servers {
             c.reset();
         }
@@ -834,6 +1340,8 @@ async fn bench(n: usize, pupil_count: usize) {
         WONDE_SCHOOLS.len(),
         if t.lookups <= bound {
             "within it"
+        } else if faults.is_some_and(|f| f.percent > 0.0) {
+            "above it, faulted ones included: see the faults section"
         } else {
             "ABOVE IT"
         }
@@ -845,9 +1353,12 @@ async fn bench(n: usize, pupil_count: usize) {
             println!("    dead: {d}");
         }
     }
+    if let Some(plan) = faults {
+        fault_report(&fakes, &t, plan, bound);
+    }
 
     // The same records to one CSV destination alone.
-    let c = sync(CSV_ROUTES, &file, || {}).await;
+    let c = sync(CSV_ROUTES, &file, None, || {}).await;
     let csv_secs = c.route + c.run;
     println!();
     println!(
@@ -871,12 +1382,249 @@ async fn bench(n: usize, pupil_count: usize) {
     }
 }
 
+/// `--faults`' report: per target, the deliveries by state and their attempts as the store
+/// recorded them; what the fake holds (Arbor: notes per `[doorstep <id> r<rev>]`, and
+/// whether each delivered delivery's target id is its own note; the others: entities by
+/// natural key, and the writes sent again); the requests by kind and the faults by kind;
+/// and the engine's look-ups against the bound once the faulted ones are taken out.
+fn fault_report(fakes: &Fakes, t: &Timings, plan: FaultPlan, bound: u64) {
+    println!();
+    println!(
+        "faults: {}% of the requests at each fake (seed {}), evenly a 503 (Retry-After: 0), a 429 \
+         (Retry-After: 1) or a write done and its answer {} s late (a read: the 503)",
+        plan.percent,
+        plan.seed,
+        LOST_DELAY.as_secs()
+    );
+    if plan.percent > 0.0 {
+        println!(
+            "  every HTTP destination's limits: timeout 1 s, backoff 0.2-2 s, 30 attempts; the run's \
+             deadline {} s; the run took {:.2} s",
+            FAULT_DEADLINE.as_secs(),
+            t.run
+        );
+    }
+    let dest_of = |system: &System, name: &'static str| match system {
+        System::Arbor => "arbor_notes",
+        _ => name,
+    };
+    let state = |dest: &str, s: &str| -> u64 {
+        t.states
+            .iter()
+            .filter(|(d, st, _)| d == dest && st == s)
+            .map(|(.., n)| n)
+            .sum()
+    };
+    println!(
+        "  {:<12} {:>9} {:>8} {:>5} {:>6} | {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "deliveries",
+        "delivered",
+        "retrying",
+        "dead",
+        "other",
+        "attempts",
+        "failed",
+        "adopted",
+        "unsure",
+        "most"
+    );
+    for (system, name, ..) in &fakes.servers {
+        let dest = dest_of(system, name);
+        let total: u64 = t
+            .states
+            .iter()
+            .filter(|(d, ..)| d == dest)
+            .map(|(.., n)| n)
+            .sum();
+        let (delivered, retrying, dead) = (
+            state(dest, "delivered"),
+            state(dest, "retrying"),
+            state(dest, "dead"),
+        );
+        let outcomes = t.attempts.by_outcome.get(dest);
+        let outcome = |o: &str| outcomes.and_then(|m| m.get(o)).copied().unwrap_or(0);
+        let (unsure, most) = t.attempts.unsure_max.get(dest).copied().unwrap_or((0, 0));
+        println!(
+            "  {:<12} {:>9} {:>8} {:>5} {:>6} | {:>8} {:>7} {:>7} {:>7} {:>7}",
+            dest,
+            delivered,
+            retrying,
+            dead,
+            total - delivered - retrying - dead,
+            outcomes.map_or(0, |m| m.values().sum::<u64>()),
+            outcome("failed"),
+            outcome("adopted"),
+            unsure,
+            most
+        );
+    }
+    println!(
+        "  (attempts: as the store recorded them; failed: retried after; adopted: a lost create \
+         found by the reconcile read, nothing sent; unsure: deliveries with an attempt whose \
+         answer was lost; most: attempts of the delivery that took the most)"
+    );
+
+    println!("  what each target holds:");
+    for (system, name, _, c) in &fakes.servers {
+        let dest = dest_of(system, name);
+        let st = c.stored.lock().unwrap();
+        if *system == System::Arbor {
+            let mut by_ref: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            let mut by_record: BTreeMap<String, u64> = BTreeMap::new();
+            let mut unreferenced = 0;
+            for (n, note) in &st.notes {
+                match reference_of(note) {
+                    Some(r) => {
+                        let record = r
+                            .trim_start_matches("[doorstep ")
+                            .rsplit_once(' ')
+                            .map_or(r.as_str(), |(id, _)| id)
+                            .to_owned();
+                        *by_record.entry(record).or_default() += 1;
+                        by_ref.entry(r).or_default().push(*n);
+                    }
+                    None => unreferenced += 1,
+                }
+            }
+            let dup_refs: Vec<(&String, &Vec<u64>)> =
+                by_ref.iter().filter(|(_, ns)| ns.len() > 1).collect();
+            let dup_records = by_record.values().filter(|n| **n > 1).count();
+            // Each delivered delivery's target id is the note of its own revision; a note
+            // no delivered delivery names was made and lost track of.
+            let mut named = BTreeSet::new();
+            let mut wrong = Vec::new();
+            for (id, rev, target) in &t.attempts.arbor {
+                let n = target
+                    .as_deref()
+                    .and_then(|h| h.rsplit('/').next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                let own = n.and_then(|n| st.notes.get(&n)).and_then(reference_of)
+                    == Some(format!("[doorstep {id} r{rev}]"));
+                match n {
+                    Some(n) if own => {
+                        named.insert(n);
+                    }
+                    _ => wrong.push(format!("{id} r{rev} -> {target:?}")),
+                }
+            }
+            let orphans: Vec<u64> = st
+                .notes
+                .keys()
+                .filter(|n| !named.contains(*n))
+                .copied()
+                .collect();
+            println!(
+                "    {dest}: {} notes for {} references ({} records); DUPLICATES: {} references \
+                 with more than one note, {} records with more than one note; {} notes without \
+                 a reference; delivered deliveries whose target id is not their own note: {}; \
+                 notes no delivered delivery names: {}",
+                st.notes.len(),
+                by_ref.len(),
+                by_record.len(),
+                dup_refs.len(),
+                dup_records,
+                unreferenced,
+                wrong.len(),
+                orphans.len()
+            );
+            for (r, ns) in dup_refs.iter().take(10) {
+                println!("      duplicate {r}: notes {ns:?}");
+            }
+            for w in wrong.iter().take(10) {
+                println!("      not its own note: {w}");
+            }
+            for n in orphans.iter().take(10) {
+                let r = st.notes.get(n).and_then(reference_of).unwrap_or_default();
+                println!("      orphan note {n}: {r}");
+            }
+        } else {
+            let records: BTreeSet<&String> =
+                st.entities.values().flat_map(|e| &e.records).collect();
+            let shared = st.entities.values().filter(|e| e.records.len() > 1).count();
+            println!(
+                "    {dest}: {} entities by natural key (create-or-update: a second write of a \
+                 key updates it, so no duplicate can be made) for {} visits; {} items written, \
+                 {} of them sent again (same key, same visit); keys written by two visits \
+                 (same pupil, date and session; not a fault's doing): {shared}",
+                st.entities.len(),
+                records.len(),
+                st.item_writes,
+                st.resent
+            );
+        }
+    }
+
+    println!(
+        "  {:<12} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>6} {:>6} {:>6}",
+        "requests",
+        KIND_NAMES[0],
+        KIND_NAMES[1],
+        KIND_NAMES[2],
+        KIND_NAMES[3],
+        KIND_NAMES[4],
+        KIND_NAMES[5],
+        FAULT_NAMES[0],
+        FAULT_NAMES[1],
+        FAULT_NAMES[2]
+    );
+    let mut faulted_lookups = 0;
+    for (system, name, _, c) in &fakes.servers {
+        let cells: Vec<String> = KINDS
+            .iter()
+            .map(|k| {
+                let i = *k as usize;
+                let faulted: u64 = c.faults.iter().map(|f| Counts::get(&f[i])).sum();
+                format!("{} ({faulted})", Counts::get(&c.received[i]))
+            })
+            .collect();
+        faulted_lookups += c
+            .faults
+            .iter()
+            .map(|f| Counts::get(&f[Kind::Lookup as usize]))
+            .sum::<u64>();
+        let by_fault: Vec<u64> = c
+            .faults
+            .iter()
+            .map(|f| f.iter().map(Counts::get).sum())
+            .collect();
+        println!(
+            "  {:<12} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>6} {:>6} {:>6}",
+            dest_of(system, name),
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            by_fault[0],
+            by_fault[1],
+            by_fault[2]
+        );
+    }
+    println!("  (requests received by kind, the faulted ones in brackets; then faults by kind)");
+    let answered = t.lookups.saturating_sub(faulted_lookups);
+    println!(
+        "  look-ups: engine.lookup_requests() = {}, of which {faulted_lookups} faulted at the fakes; \
+         the {answered} answered against the bound {bound}: {}",
+        t.lookups,
+        if answered <= bound {
+            "within it"
+        } else {
+            "ABOVE IT"
+        }
+    );
+}
+
 fn main() {
     let n = arg("--records", 50_000);
     let pupil_count = arg("--pupils", 500).max(SCHOOLS.len());
+    let faults = has_arg("--faults").then(|| FaultPlan {
+        percent: arg("--faults", 0.0_f64).clamp(0.0, 100.0),
+        seed: arg("--fault-seed", 7),
+    });
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(bench(n, pupil_count));
+        .block_on(bench(n, pupil_count, faults));
 }
