@@ -20,6 +20,7 @@ pub mod connectors;
 pub mod delivery;
 pub mod deployment;
 pub mod intake;
+pub mod keys;
 pub mod mapping;
 pub mod mapping_test;
 pub mod pipeline;

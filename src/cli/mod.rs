@@ -29,6 +29,7 @@ macro_rules! say_raw {
 
 mod audit;
 mod deliver;
+mod keys;
 
 use doorstep::config;
 use doorstep::deployment::{Deployment, DeploymentError};
@@ -96,6 +97,11 @@ enum Command {
     Deadletter {
         #[command(subcommand)]
         action: deliver::DeadletterAction,
+    },
+    /// API keys for `serve`: create (shown once), list, revoke.
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysAction,
     },
     /// A trust's mapping: run its test cases.
     Mapping {
@@ -407,6 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         Command::Audit { action } => audit::run(action),
         Command::Sync { writer, common } => deliver::sync(writer, common),
         Command::Deadletter { action } => deliver::deadletter(action),
+        Command::Keys { action } => keys::run(action),
         Command::Mapping {
             action: MappingAction::Test { folder, config },
         } => deliver::mapping_test(&folder, &config),

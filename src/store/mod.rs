@@ -15,6 +15,7 @@
 
 pub mod deliveries;
 pub mod issues;
+pub mod keys;
 pub mod lookups;
 pub mod rules;
 mod sqlite;
@@ -32,6 +33,7 @@ use crate::trail::tree::{Hash, NodeId};
 
 pub use deliveries::DeliveryStore;
 pub use issues::{Conflict, Rejection};
+pub use keys::KeyStore;
 pub use lookups::LookupStore;
 pub use rules::DeliveryState;
 pub use sqlite::SqliteStore;

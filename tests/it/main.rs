@@ -12,6 +12,7 @@ mod delivery;
 mod demo;
 mod drop_folder;
 mod fixtures;
+mod keys;
 mod mapping;
 mod never_panic;
 mod online_check;

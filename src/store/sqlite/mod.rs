@@ -8,6 +8,7 @@
 
 mod audit;
 mod deliveries;
+mod keys;
 pub mod lock;
 mod lookups;
 mod records;
