@@ -1,2 +1,374 @@
-//! HTTP service (SPEC §6, `doorstep serve`): a thin shell over [`crate::pipeline`], as the
-//! CLI is. Not built yet: a later issue fills this in.
+//! HTTP service (SPEC §6, `doorstep serve`): a thin shell over the same library as the CLI.
+//! `POST /v1/records` reads a body as a file is read (`intake::read_body`), validates and
+//! runs policy (`pipeline::validate`), stores durably (`TrailedStore::ingest`) before it
+//! answers, then wakes the delivery loop, which routes and delivers in process.
+//! `GET /healthz`, `GET /readyz`. Every error is RFC 9457 problem JSON with the CLI's
+//! `path` and `rule`. Each request presents an API key (`keys`): a key reaches only its
+//! trust's named schools.
+//!
+//! Built so far: intake, health, keys, in-process delivery. Still to come (issue 18): the
+//! record status endpoint, metrics, OpenAPI, rate limits, group commit, the drop-folder sweep.
+//!
+//! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
+//! touch: validation, policy, storage or delivery logic (the library's).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::audit::TrailedStore;
+use crate::delivery::Engine;
+use crate::intake::{FileFormat, Item, read_body};
+use crate::keys::{self, KeyError};
+use crate::mapping::Trusts;
+use crate::pipeline::{Validated, validate};
+use crate::store::keys::{KeyStore, Scope, StoredKey};
+use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteStore};
+
+/// The largest request body taken.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<SqliteStore>,
+    pub trusts: Arc<Trusts>,
+    /// Woken when a request stores new work.
+    pub work: Arc<Notify>,
+}
+
+/// `doorstep serve`: the deployment's store, trusts and delivery engine behind the routes
+/// on `listener`, with the delivery loop running beside them, until `shutdown` completes;
+/// then in-flight requests finish, the loop stops after its current run, and each trust's
+/// checkpoint is signed. Warnings (a checkpoint not signed) come back as lines.
+pub async fn serve(
+    deployment: &crate::deployment::Deployment,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Vec<String>, ServeError> {
+    let trusts = deployment.trusts()?.clone();
+    let engine = deployment.engine()?.clone();
+    let store = Arc::new(deployment.open_store().await?);
+    let work = Arc::new(Notify::new());
+    let stop = Arc::new(Notify::new());
+    let deliveries = tokio::spawn(delivery_loop(
+        engine,
+        store.clone(),
+        work.clone(),
+        stop.clone(),
+    ));
+    let app = router(Arc::new(AppState {
+        store: store.clone(),
+        trusts,
+        work,
+    }));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    stop.notify_one();
+    let _ = deliveries.await;
+    let warnings = deployment.sign_checkpoints(store.as_ref()).await;
+    store.close().await;
+    served.map_err(ServeError::Io)?;
+    Ok(warnings)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Deployment(#[from] crate::deployment::DeploymentError),
+    #[error("serving stopped: {0}")]
+    Io(std::io::Error),
+}
+
+/// The routes, over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/records", post(post_records))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Routes and delivers in process until `stop` is notified: at once when a request stores
+/// new work, and every second for retries falling due. Once stopped, it routes and delivers
+/// what is due one last time, so nothing accepted before the stop waits for the next start.
+pub async fn delivery_loop(
+    engine: Arc<Engine>,
+    store: Arc<SqliteStore>,
+    work: Arc<Notify>,
+    stop: Arc<Notify>,
+) {
+    let mut stopping = false;
+    loop {
+        let woken = work.notified();
+        if let Err(e) = engine.route(store.as_ref()).await {
+            tracing::error!(error = %e, "routing failed");
+        }
+        if let Err(e) = engine.run(store.clone(), Instant::now()).await {
+            tracing::error!(error = %e, "delivery failed");
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.notified() => stopping = true,
+        }
+    }
+}
+
+/// An RFC 9457 problem.
+fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Response {
+    let mut body = json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        b.extend(extra);
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    match app.store.delivery_counts().await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not ready",
+            "the store cannot be read",
+            Value::Null,
+        ),
+    }
+}
+
+/// The key a request presents, checked; the problem to answer otherwise (401, one answer
+/// for every kind of bad key).
+async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    match keys::authenticate(app.store.as_ref(), presented).await {
+        Ok(k) => {
+            let now = crate::store::time::format(&chrono::Utc::now());
+            if let Err(e) = app.store.key_used(&k.id, &now).await {
+                tracing::warn!(key = %k.id, error = %e, "cannot note the key's use");
+            }
+            Ok(k)
+        }
+        Err(KeyError::Store(e)) => {
+            tracing::error!(error = %e, "key check failed");
+            Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                "the key could not be checked; try again",
+                Value::Null,
+            ))
+        }
+        Err(e) => {
+            if let KeyError::Revoked(id) = &e {
+                tracing::info!(key = %id, "a revoked key was presented");
+            }
+            Err((
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                problem(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "present a valid API key as `Authorization: Bearer <key>`",
+                    Value::Null,
+                ),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// One record's line in the answer.
+fn outcome_line(
+    index: usize,
+    record_id: Option<&str>,
+    revision: Option<u32>,
+    outcome: &str,
+) -> Value {
+    json!({"index": index, "record_id": record_id, "revision": revision, "outcome": outcome})
+}
+
+async fn post_records(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = match caller(&app, &headers).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if key.scope != Scope::Write {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this key may read, not post records",
+            Value::Null,
+        );
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let format = match content_type.as_str() {
+        "application/json" => FileFormat::Json,
+        "application/x-ndjson" | "application/jsonl" => FileFormat::JsonLines,
+        _ => {
+            return problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+                "send application/json (one record or an array) or application/x-ndjson",
+                Value::Null,
+            );
+        }
+    };
+    let mut items = Vec::new();
+    read_body(format, &body, &mut |item: Item| {
+        items.push(item);
+        true
+    });
+    let file = format!("api:{}", key.id);
+    let mut lines = Vec::new();
+    let mut batch = IntakeBatch::default();
+    // For each record written, its line's index and the exceptions it raises.
+    let mut written: Vec<(usize, Vec<Value>)> = Vec::new();
+    let (mut stored, mut refused) = (0usize, 0usize);
+    for item in items {
+        match validate(&file, item, &app.trusts) {
+            Validated::Rejected(rejections) => {
+                refused += 1;
+                let first = &rejections[0];
+                let mut line =
+                    outcome_line(lines.len(), first.record_id.as_deref(), None, "rejected");
+                line["errors"] = json!(rejections
+                    .iter()
+                    .map(|r| json!({"path": r.path, "rule": r.rule.as_str(), "message": r.message}))
+                    .collect::<Vec<_>>());
+                lines.push(line);
+                batch.rejections.extend(rejections);
+            }
+            Validated::Accepted { records, .. } => {
+                for c in records {
+                    let r = &c.parsed.record;
+                    let (id, revision) = (r.id().to_string(), r.revision().0);
+                    if !key.reaches(r.trust().as_str(), r.school().urn.as_str()) {
+                        refused += 1;
+                        tracing::warn!(key = %key.id, record_id = %id, "a record for a school the key does not reach");
+                        let mut line =
+                            outcome_line(lines.len(), Some(&id), Some(revision), "forbidden");
+                        line["detail"] = "this key does not reach the record's school".into();
+                        lines.push(line);
+                        continue;
+                    }
+                    let exceptions: Vec<Value> = c
+                        .exceptions
+                        .iter()
+                        .map(|e| json!({"rule": e.rule.as_str(), "severity": e.severity, "message": e.message}))
+                        .collect();
+                    written.push((lines.len(), exceptions));
+                    lines.push(outcome_line(
+                        lines.len(),
+                        Some(&id),
+                        Some(revision),
+                        "accepted",
+                    ));
+                    batch
+                        .records
+                        .push(NewRecord::from_parsed(c.parsed, c.exceptions, &file, None));
+                }
+            }
+        }
+    }
+    // Durable before the answer: one transaction for the request.
+    if !batch.records.is_empty() || !batch.rejections.is_empty() {
+        match app.store.ingest(&batch).await {
+            Ok(outcomes) => {
+                for ((index, exceptions), o) in written.into_iter().zip(outcomes) {
+                    let line = &mut lines[index];
+                    match o {
+                        IngestOutcome::Stored => {
+                            stored += 1;
+                            line["exceptions"] = Value::Array(exceptions);
+                        }
+                        IngestOutcome::Unchanged => {
+                            stored += 1;
+                            line["outcome"] = "unchanged".into();
+                        }
+                        IngestOutcome::Conflict(c) => {
+                            refused += 1;
+                            line["outcome"] = "conflict".into();
+                            line["detail"] = c.to_string().into();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storing a request's records failed");
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Not stored",
+                    "the records could not be stored; nothing was accepted; try again",
+                    Value::Null,
+                );
+            }
+        }
+    }
+    if stored > 0 {
+        app.work.notify_one();
+    }
+    tracing::info!(key = %key.id, stored, refused, "records posted");
+    let status = match (stored, refused) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    if lines.len() == 1 && status != StatusCode::OK {
+        // One record refused: a problem with its first error's path and rule.
+        let line = &lines[0];
+        let first = &line["errors"][0];
+        let (title, code) = match line["outcome"].as_str() {
+            Some("forbidden") => ("Forbidden", StatusCode::FORBIDDEN),
+            Some("conflict") => ("Conflict", StatusCode::CONFLICT),
+            _ => ("Record rejected", StatusCode::UNPROCESSABLE_ENTITY),
+        };
+        let detail = first["message"]
+            .as_str()
+            .or(line["detail"].as_str())
+            .unwrap_or("refused")
+            .to_owned();
+        return problem(
+            code,
+            title,
+            &detail,
+            json!({"path": first["path"], "rule": first["rule"], "records": lines}),
+        );
+    }
+    (status, axum::Json(json!({"records": lines}))).into_response()
+}

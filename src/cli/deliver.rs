@@ -90,6 +90,51 @@ struct SyncSummary {
     totals: DeliveryTotals,
 }
 
+pub(crate) fn serve(
+    listen: Option<std::net::SocketAddr>,
+    writer: Writer,
+    common: Common,
+) -> Result<ExitCode, Fatal> {
+    let deployment = required_deployment(&common.config)?;
+    deployment.engine()?;
+    // `serve` does the cron job's writing: one writer per store.
+    let _lock = writer.lock(&deployment)?;
+    let addr = listen.unwrap_or(deployment.config().listen);
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Fatal::Config(format!("cannot listen on {addr}: {}", e.kind())))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Fatal::Run(e.to_string()))?;
+        eprintln!("doorstep: listening on http://{bound}");
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+            eprintln!("doorstep: stopping: finishing requests and deliveries in flight");
+        };
+        let warnings = doorstep::server::serve(&deployment, listener, shutdown)
+            .await
+            .map_err(|e| match e {
+                doorstep::server::ServeError::Deployment(e) => Fatal::from(e),
+                e => Fatal::Run(e.to_string()),
+            })?;
+        for w in warnings {
+            eprintln!("doorstep: {w}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub(crate) fn sync(writer: Writer, common: Common) -> Result<ExitCode, Fatal> {
     let deployment = required_deployment(&common.config)?;
     // Fails before the store is touched when a part of the deployment is broken.

@@ -93,6 +93,17 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Take records over HTTP (POST /v1/records with an API key from `keys create`) and
+    /// deliver in process, woken by each request; stop on SIGTERM or Ctrl-C.
+    Serve {
+        /// Address to listen on; default: the config's `[server] listen`.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        writer: Writer,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Deliveries that gave up: list them, show one with its saved response, replay them.
     Deadletter {
         #[command(subcommand)]
@@ -413,6 +424,11 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         Command::Audit { action } => audit::run(action),
         Command::Sync { writer, common } => deliver::sync(writer, common),
         Command::Deadletter { action } => deliver::deadletter(action),
+        Command::Serve {
+            listen,
+            writer,
+            common,
+        } => deliver::serve(listen, writer, common),
         Command::Keys { action } => keys::run(action),
         Command::Mapping {
             action: MappingAction::Test { folder, config },

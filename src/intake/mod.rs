@@ -206,6 +206,22 @@ fn read_file_until(path: &Path, sink: &mut dyn FnMut(Item) -> bool) {
     }
 }
 
+/// Reads a request body as a file of `format` would be read: each record an item, judged on
+/// its own (the HTTP API's `POST /v1/records`).
+pub fn read_body(format: FileFormat, body: &[u8], sink: &mut dyn FnMut(Item) -> bool) {
+    if body.starts_with(BOM) {
+        sink(file_error(
+            Rule::Utf8Bom,
+            "the body starts with a UTF-8 byte order mark; send UTF-8 without a BOM",
+        ));
+        return;
+    }
+    match format {
+        FileFormat::JsonLines => read_json_lines(body, sink),
+        FileFormat::Json => read_json_document(body, sink),
+    }
+}
+
 fn file_error(rule: Rule, message: impl Into<String>) -> Item {
     Item::Error {
         line: None,

@@ -21,6 +21,7 @@ mod policy;
 mod privacy;
 mod schema;
 mod secret_canaries;
+mod serve;
 mod store;
 mod store_contract;
 mod target_privacy;

@@ -1,0 +1,269 @@
+//! `doorstep serve` (SPEC §6), so far: `POST /v1/records` with API keys, problem JSON,
+//! delivery in process woken by the request, `healthz` / `readyz`, SIGTERM. A real server
+//! process, real HTTP through reqwest, a wiremock target.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::delivery::{VISIT_MAP, api_connector, api_routes, visit};
+use crate::harness::{Deployment, json_lines};
+
+/// A running `doorstep serve` and its base URL; stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    /// Everything it wrote to standard error (its log).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(d: &Deployment) -> Server {
+        let mut child = d
+            .command("serve", &["--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("serve ended before listening").unwrap();
+            if let Some(url) = line.strip_prefix("doorstep: listening on ") {
+                break url.to_owned();
+            }
+        };
+        // Keep draining standard error so the server never blocks on it.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut l = kept.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Server { child, url, log }
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Visits to a bearer JSON API at `server`, and an API key for Thrive's school 117800.
+fn deployment(server: &MockServer) -> (Deployment, String, String) {
+    let mut d = Deployment::thrive_only();
+    d.destination("thrive", "api", &server.uri());
+    d.connector("api", &api_connector("bearer", 2, 5.0, 3));
+    d.routes(&api_routes(r#"token = { env = "TEST_API_TOKEN" }"#));
+    d.map("visit_json", VISIT_MAP);
+    d.env("TEST_API_TOKEN", "tok-123");
+    d.env("DOORSTEP_LOG", "debug");
+    let out = d
+        .run(
+            "keys create",
+            &[
+                "--trust", "thrive", "--school", "117800", "--format", "json",
+            ],
+        )
+        .code(0)
+        .get_output()
+        .clone();
+    let made = json_lines(&out.stdout).remove(0);
+    let key = made["key"].as_str().unwrap().to_owned();
+    let id = made["id"].as_str().unwrap().to_owned();
+    (d, key, id)
+}
+
+async fn post(
+    url: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: String,
+) -> (u16, String, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/v1/records"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, ct, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced() {
+    let target = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "T-1"})))
+        .mount(&target)
+        .await;
+    let (d, key, key_id) = deployment(&target);
+    let mut server = Server::start(&d);
+    let url = server.url.clone();
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{url}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // One record: stored before the answer, delivered within moments (no cron run).
+    let sent = Instant::now();
+    let (status, _, body) = post(
+        &url,
+        Some(&key),
+        "application/json",
+        visit("api-1", 1, "Seen.").to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["records"][0]["outcome"], "accepted", "{body}");
+    loop {
+        if !target.received_requests().await.unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "not delivered in process"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same again: unchanged.
+    let (status, _, body) = post(
+        &url,
+        Some(&key),
+        "application/json",
+        visit("api-1", 1, "Seen.").to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["records"][0]["outcome"].as_str()),
+        (200, Some("unchanged"))
+    );
+
+    // A batch with a bad sibling: 207, the good one stored, the bad one's path and rule.
+    let mut bad = visit("api-bad", 1, "Seen.");
+    bad["pupil"]["upn"] = "not-a-upn".into();
+    let batch = json!([visit("api-2", 1, "Seen."), bad]).to_string();
+    let (status, _, body) = post(&url, Some(&key), "application/json", batch).await;
+    assert_eq!(status, 207, "{body}");
+    assert_eq!(body["records"][0]["outcome"], "accepted");
+    assert_eq!(body["records"][1]["outcome"], "rejected");
+    assert_eq!(
+        body["records"][1]["errors"][0]["path"], "/pupil/upn",
+        "{body}"
+    );
+    assert!(
+        body["records"][1]["errors"][0]["rule"].is_string(),
+        "{body}"
+    );
+
+    // JSON lines.
+    let ndjson = format!("{}\n{}\n", visit("api-3", 1, "a"), visit("api-4", 1, "b"));
+    let (status, _, body) = post(&url, Some(&key), "application/x-ndjson", ndjson).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["records"].as_array().unwrap().len(), 2);
+
+    // Problems: a school the key does not reach, no key, a bad key, a wrong media type,
+    // one malformed record.
+    let mut elsewhere = visit("api-5", 1, "Seen.");
+    elsewhere["school"]["urn"] = "117801".into();
+    let (status, ct, body) =
+        post(&url, Some(&key), "application/json", elsewhere.to_string()).await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (403, "application/problem+json"),
+        "{body}"
+    );
+    let (status, ct, _) = post(&url, None, "application/json", "{}".into()).await;
+    assert_eq!((status, ct.as_str()), (401, "application/problem+json"));
+    let forged = format!("{}x", &key[..key.len() - 1]);
+    assert_eq!(
+        post(&url, Some(&forged), "application/json", "{}".into())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(&url, Some(&key), "text/plain", "{}".into()).await.0,
+        415
+    );
+    let (status, _, body) = post(&url, Some(&key), "application/json", "{\"kind\": ".into()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["rule"], "json-syntax", "{body}");
+    assert_eq!(body["status"], 422);
+
+    // Revoked while the server runs: refused at once.
+    d.run("keys revoke", &[&key_id]).code(0);
+    let (status, _, _) = post(
+        &url,
+        Some(&key),
+        "application/json",
+        visit("api-6", 1, "x").to_string(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // SIGTERM: a clean stop; everything accepted was delivered, each record once.
+    assert_eq!(server.terminate(), Some(0));
+    let got = target.received_requests().await.unwrap();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["record_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique, ["api-1", "api-2", "api-3", "api-4"], "{ids:?}");
+    assert_eq!(ids.len(), 4, "each once: {ids:?}");
+
+    // The log names keys and records by id: never a key, a name or a summary.
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains(&key_id), "{log}");
+    let secret = &key[key.len() - 20..];
+    let pupil = visit("x", 1, "")["pupil"]["given_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for leak in [secret, pupil.as_str(), "Seen."] {
+        assert!(!log.contains(leak), "`{leak}` in the log:\n{log}");
+    }
+}
