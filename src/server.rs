@@ -2,12 +2,13 @@
 //! `POST /v1/records` reads a body as a file is read (`intake::read_body`), validates and
 //! runs policy (`pipeline::validate`), stores durably (`TrailedStore::ingest`) before it
 //! answers, then wakes the delivery loop, which routes and delivers in process.
-//! `GET /healthz`, `GET /readyz`. Every error is RFC 9457 problem JSON with the CLI's
+//! `GET /v1/records/{trust}/{kind}/{id}` (state, never content), `GET /healthz`,
+//! `GET /readyz`. Every error is RFC 9457 problem JSON with the CLI's
 //! `path` and `rule`. Each request presents an API key (`keys`): a key reaches only its
 //! trust's named schools.
 //!
-//! Built so far: intake, health, keys, in-process delivery. Still to come (issue 18): the
-//! record status endpoint, metrics, OpenAPI, rate limits, group commit, the drop-folder sweep.
+//! Built so far: intake, record state, health, keys, in-process delivery. Still to come
+//! (issue 18): metrics, OpenAPI, rate limits, timeouts, group commit, the drop-folder sweep.
 //!
 //! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
 //! touch: validation, policy, storage or delivery logic (the library's).
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -94,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/records", post(post_records))
+        .route("/v1/records/{trust}/{kind}/{id}", get(get_record))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -197,6 +199,47 @@ async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Respon
                 ),
             )
                 .into_response())
+        }
+    }
+}
+
+/// `GET /v1/records/{trust}/{kind}/{id}`: the record's revisions, exceptions and the
+/// delivery state per destination — never its content. A record of a school the key does
+/// not reach is 404, as if it did not exist.
+async fn get_record(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((trust, kind, id)): Path<(String, String, String)>,
+) -> Response {
+    let key = match caller(&app, &headers).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let not_found = || {
+        problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "no such record",
+            Value::Null,
+        )
+    };
+    let Some(kind) = crate::records::Kind::from_name(&kind) else {
+        return not_found();
+    };
+    if key.trust != trust {
+        return not_found();
+    }
+    match app.store.record_state(&trust, kind, &id).await {
+        Ok(Some(state)) if key.reaches(&trust, &state.school) => axum::Json(state).into_response(),
+        Ok(_) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a record's state failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                "the record could not be read; try again",
+                Value::Null,
+            )
         }
     }
 }

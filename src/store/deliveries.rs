@@ -134,6 +134,38 @@ pub struct Finished {
     pub unsure: bool,
 }
 
+/// One record as `GET /v1/records/{trust}/{kind}/{id}` shows it: never its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordState {
+    pub trust: String,
+    pub kind: Kind,
+    pub id: String,
+    /// The school of its latest revision.
+    pub school: String,
+    pub revisions: Vec<RevisionState>,
+    pub exceptions: Vec<ExceptionState>,
+    /// Every revision's delivery to each destination.
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevisionState {
+    pub revision: u32,
+    pub received_at: String,
+    pub content_hash: String,
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExceptionState {
+    pub revision: u32,
+    pub rule: String,
+    pub severity: String,
+    pub message: String,
+    /// open, resolved or superseded.
+    pub state: String,
+}
+
 /// Why a delivery was delivered without a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WithoutRequest {
@@ -291,6 +323,15 @@ pub trait DeliveryStore: super::lookups::LookupStore {
         state: DeliveryState,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeliveryRow>, StoreError>> + Send;
+
+    /// One record's revisions, exceptions and deliveries — ids, states and times, never its
+    /// content; `None` when the trust has no such record.
+    fn record_state(
+        &self,
+        trust: &str,
+        kind: Kind,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<RecordState>, StoreError>> + Send;
 
     /// One delivery with its saved response and every attempt.
     fn delivery(

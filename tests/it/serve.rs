@@ -226,6 +226,42 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
     assert_eq!(body["rule"], "json-syntax", "{body}");
     assert_eq!(body["status"], 422);
 
+    // The record's state: revisions and deliveries, never its content; another school's
+    // record or a missing one: 404 alike.
+    let get = |path: String, key: String| async move {
+        let r = reqwest::Client::new()
+            .get(path)
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (status, text) = get(
+        format!("{url}/v1/records/thrive/visit_report/api-1"),
+        key.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let state: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(state["revisions"][0]["revision"], 1, "{state}");
+    assert_eq!(state["deliveries"][0]["destination"], "api", "{state}");
+    assert!(
+        !text.contains("Seen.") && !text.contains("given_name"),
+        "content shown: {text}"
+    );
+    for path in [
+        "/v1/records/thrive/visit_report/no-such",
+        "/v1/records/celt/visit_report/api-1",
+        "/v1/records/thrive/nonsense/api-1",
+    ] {
+        assert_eq!(
+            get(format!("{url}{path}"), key.clone()).await.0,
+            404,
+            "{path}"
+        );
+    }
+
     // Revoked while the server runs: refused at once.
     d.run("keys revoke", &[&key_id]).code(0);
     let (status, _, _) = post(

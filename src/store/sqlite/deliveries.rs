@@ -13,7 +13,8 @@ use crate::records::severity::Severity;
 use crate::store::StoreError;
 use crate::store::deliveries::{
     AttemptExport, AttemptOutcome, AttemptRow, Claimed, DeliveryCount, DeliveryDetail, DeliveryRow,
-    DeliveryStore, Finished, NewDelivery, ReplayTrail, Replayed, Unrouted,
+    DeliveryStore, ExceptionState, Finished, NewDelivery, RecordState, ReplayTrail, Replayed,
+    RevisionState, Unrouted,
 };
 use crate::store::rules::{
     CLAIM_ORDER, CLAIMABLE, ClaimOrder, DeliveryState, REPLAY_BLOCKED_BY, REPLAYABLE, REPLAYED_TO,
@@ -516,6 +517,86 @@ impl DeliveryStore for SqliteStore {
             .map(row_of)
             .collect::<Result<_, _>>()
             .map_err(self.undecoded())
+    }
+
+    async fn record_state(
+        &self,
+        trust: &str,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<RecordState>, StoreError> {
+        let err = self.db_err();
+        let revisions = sqlx::query(
+            "SELECT revision, received_at, content_hash, current, school_urn FROM records \
+             WHERE trust = ?1 AND kind = ?2 AND id = ?3 ORDER BY revision",
+        )
+        .bind(trust)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&err)?;
+        let Some(last) = revisions.last() else {
+            return Ok(None);
+        };
+        let school: String = last.col(4).map_err(self.undecoded())?;
+        let revisions = revisions
+            .iter()
+            .map(|r| {
+                Ok(RevisionState {
+                    revision: r.col::<i64, _>(0)? as u32,
+                    received_at: r.col(1)?,
+                    content_hash: r.col(2)?,
+                    current: r.col::<i64, _>(3)? != 0,
+                })
+            })
+            .collect::<Result<Vec<_>, Undecoded>>()
+            .map_err(self.undecoded())?;
+        let exceptions = sqlx::query(
+            "SELECT revision, rule, severity, message, state FROM exceptions \
+             WHERE trust = ?1 AND kind = ?2 AND id = ?3 ORDER BY revision, rule",
+        )
+        .bind(trust)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&err)?
+        .iter()
+        .map(|r| {
+            Ok(ExceptionState {
+                revision: r.col::<i64, _>(0)? as u32,
+                rule: r.col(1)?,
+                severity: r.col(2)?,
+                message: r.col(3)?,
+                state: r.col(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, Undecoded>>()
+        .map_err(self.undecoded())?;
+        let deliveries = sqlx::query(
+            "SELECT * FROM deliveries WHERE trust = ?1 AND kind = ?2 AND record_id = ?3 \
+             ORDER BY revision, destination",
+        )
+        .bind(trust)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&err)?
+        .iter()
+        .map(row_of)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(self.undecoded())?;
+        Ok(Some(RecordState {
+            trust: trust.to_owned(),
+            kind,
+            id: id.to_owned(),
+            school,
+            revisions,
+            exceptions,
+            deliveries,
+        }))
     }
 
     async fn delivery(&self, id: i64) -> Result<Option<DeliveryDetail>, StoreError> {
