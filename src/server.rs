@@ -7,8 +7,9 @@
 //! `path` and `rule`. Each request presents an API key (`keys`): a key reaches only its
 //! trust's named schools.
 //!
-//! Built so far: intake, record state, health, keys, in-process delivery. Still to come
-//! (issue 18): metrics, OpenAPI, rate limits, timeouts, group commit, the drop-folder sweep.
+//! Built so far: intake, record state, health, keys, a rate per key, a concurrency limit and
+//! a request timeout, in-process delivery. Still to come (issue 18): metrics, OpenAPI, group
+//! commit, the drop-folder sweep and periodic checkpoints.
 //!
 //! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
 //! touch: validation, policy, storage or delivery logic (the library's).
@@ -36,6 +37,15 @@ use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteS
 
 /// The largest request body taken.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Requests served at once; more wait.
+const MAX_CONCURRENT: usize = 256;
+/// A request not answered in this long is answered 408 (a slow client, a stuck store).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests a second one key may make (bursts up to twice that).
+const KEY_RATE: u32 = 100;
+
+/// Requests per key, over a window.
+type KeyLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 /// What every handler shares.
 pub struct AppState {
@@ -43,6 +53,22 @@ pub struct AppState {
     pub trusts: Arc<Trusts>,
     /// Woken when a request stores new work.
     pub work: Arc<Notify>,
+    limiter: KeyLimiter,
+}
+
+impl AppState {
+    pub fn new(store: Arc<SqliteStore>, trusts: Arc<Trusts>, work: Arc<Notify>) -> AppState {
+        let per_second = std::num::NonZeroU32::new(KEY_RATE).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = per_second.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
+        AppState {
+            store,
+            trusts,
+            work,
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            ),
+        }
+    }
 }
 
 /// `doorstep serve`: the deployment's store, trusts and delivery engine behind the routes
@@ -65,11 +91,7 @@ pub async fn serve(
         work.clone(),
         stop.clone(),
     ));
-    let app = router(Arc::new(AppState {
-        store: store.clone(),
-        trusts,
-        work,
-    }));
+    let app = router(Arc::new(AppState::new(store.clone(), trusts, work)));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -97,6 +119,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/records", post(post_records))
         .route("/v1/records/{trust}/{kind}/{id}", get(get_record))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
         .with_state(state)
 }
 
@@ -170,6 +197,25 @@ async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Respon
         .unwrap_or_default();
     match keys::authenticate(app.store.as_ref(), presented).await {
         Ok(k) => {
+            if let Err(wait) = app.limiter.check_key(&k.id) {
+                let after = wait
+                    .wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    ))
+                    .as_secs()
+                    .max(1);
+                tracing::info!(key = %k.id, "rate limited");
+                return Err((
+                    [(header::RETRY_AFTER, after.to_string())],
+                    problem(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too many requests",
+                        "this key's request rate is spent; try again after Retry-After",
+                        Value::Null,
+                    ),
+                )
+                    .into_response());
+            }
             let now = crate::store::time::format(&chrono::Utc::now());
             if let Err(e) = app.store.key_used(&k.id, &now).await {
                 tracing::warn!(key = %k.id, error = %e, "cannot note the key's use");

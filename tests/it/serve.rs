@@ -262,6 +262,29 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
         );
     }
 
+    // A key's rate: a burst far over it meets 429s with Retry-After.
+    let client = reqwest::Client::new();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..400 {
+        let (client, path, key) = (
+            client.clone(),
+            format!("{url}/v1/records/thrive/visit_report/api-1"),
+            key.clone(),
+        );
+        calls.spawn(async move {
+            let r = client.get(path).bearer_auth(key).send().await.unwrap();
+            (r.status().as_u16(), r.headers().contains_key("retry-after"))
+        });
+    }
+    let answers = calls.join_all().await;
+    let limited = answers.iter().filter(|(s, _)| *s == 429).count();
+    assert!(limited > 0, "no 429 in 400 calls at once");
+    assert!(
+        answers.iter().all(|(s, r)| *s == 200 || (*s == 429 && *r)),
+        "{answers:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
     // Revoked while the server runs: refused at once.
     d.run("keys revoke", &[&key_id]).code(0);
     let (status, _, _) = post(
