@@ -207,6 +207,8 @@ struct RawIntake {
     /// A drop file changed less than this many seconds ago is watched until it has been
     /// still that long; one that changes meanwhile is left for the next run.
     settle_seconds: Option<f64>,
+    /// How often `serve` takes the drop folder.
+    sweep_seconds: Option<f64>,
     archive: Option<PathBuf>,
     rejected: Option<PathBuf>,
 }
@@ -221,6 +223,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     signing_key: Option<SecretRef>,
+    /// How often `serve` signs each trust's checkpoint.
+    checkpoint_seconds: Option<f64>,
 }
 
 /// What the deployment says about one destination beyond the mapping
@@ -265,6 +269,10 @@ pub struct Config {
     pub move_files: bool,
     /// How long a drop file must have been still before `sync` reads it.
     pub settle: std::time::Duration,
+    /// How often `serve` takes the drop folder.
+    pub sweep: std::time::Duration,
+    /// How often `serve` signs each trust's checkpoint.
+    pub checkpoint_every: std::time::Duration,
     pub connectors_dir: PathBuf,
     pub mappings_dir: PathBuf,
     pub time_zone: chrono_tz::Tz,
@@ -319,6 +327,14 @@ impl Config {
         if !(0.0..=3_600.0).contains(&settle) {
             return Err(invalid("intake.settle_seconds", "from 0 to 3600".into()).into());
         }
+        let sweep = raw.intake.sweep_seconds.unwrap_or(30.0);
+        if !(1.0..=86_400.0).contains(&sweep) {
+            return Err(invalid("intake.sweep_seconds", "from 1 to 86400".into()).into());
+        }
+        let checkpoint_every = raw.audit.checkpoint_seconds.unwrap_or(300.0);
+        if !(1.0..=86_400.0).contains(&checkpoint_every) {
+            return Err(invalid("audit.checkpoint_seconds", "from 1 to 86400".into()).into());
+        }
         let out_dir = at(raw.delivery.out.as_deref().unwrap_or(Path::new("out")));
         let mut overrides = BTreeMap::new();
         for (trust, dests) in raw.destinations {
@@ -353,6 +369,8 @@ impl Config {
         Ok(Config {
             move_files: raw.intake.move_files.unwrap_or(true),
             settle: std::time::Duration::from_secs_f64(settle),
+            sweep: std::time::Duration::from_secs_f64(sweep),
+            checkpoint_every: std::time::Duration::from_secs_f64(checkpoint_every),
             max_wait: std::time::Duration::from_secs_f64(max_wait),
             delivery: DeliverySettings {
                 out_dir: out_dir.clone(),

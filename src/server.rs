@@ -8,8 +8,8 @@
 //! trust's named schools.
 //!
 //! Built so far: intake, record state, health, keys, a rate per key, a concurrency limit and
-//! a request timeout, in-process delivery. Still to come (issue 18): metrics, OpenAPI, group
-//! commit, the drop-folder sweep and periodic checkpoints.
+//! a request timeout, in-process delivery with the drop-folder sweep and periodic
+//! checkpoints. Still to come (issue 18): metrics, OpenAPI, group commit.
 //!
 //! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
 //! touch: validation, policy, storage or delivery logic (the library's).
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::audit::TrailedStore;
-use crate::delivery::Engine;
+use crate::deployment::Deployment;
 use crate::intake::{FileFormat, Item, read_body};
 use crate::keys::{self, KeyError};
 use crate::mapping::Trusts;
@@ -76,29 +76,30 @@ impl AppState {
 /// then in-flight requests finish, the loop stops after its current run, and each trust's
 /// checkpoint is signed. Warnings (a checkpoint not signed) come back as lines.
 pub async fn serve(
-    deployment: &crate::deployment::Deployment,
+    deployment: &Deployment,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Vec<String>, ServeError> {
     let trusts = deployment.trusts()?.clone();
-    let engine = deployment.engine()?.clone();
+    deployment.engine()?;
     let store = Arc::new(deployment.open_store().await?);
     let work = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
-    let deliveries = tokio::spawn(delivery_loop(
-        engine,
-        store.clone(),
-        work.clone(),
-        stop.clone(),
-    ));
-    let app = router(Arc::new(AppState::new(store.clone(), trusts, work)));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    stop.notify_one();
-    let _ = deliveries.await;
+    let app = router(Arc::new(AppState::new(store.clone(), trusts, work.clone())));
+    let serving = async {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        stop.notify_one();
+        served
+    };
+    let (served, delivered) = tokio::join!(
+        serving,
+        delivery_loop(deployment, store.clone(), work, stop.clone())
+    );
     let warnings = deployment.sign_checkpoints(store.as_ref()).await;
     store.close().await;
+    delivered?;
     served.map_err(ServeError::Io)?;
     Ok(warnings)
 }
@@ -127,26 +128,52 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Routes and delivers in process until `stop` is notified: at once when a request stores
-/// new work, and every second for retries falling due. Once stopped, it routes and delivers
-/// what is due one last time, so nothing accepted before the stop waits for the next start.
+/// Takes the drop folder, routes and delivers in process until `stop` is notified: at once
+/// when a request stores new work, every second for retries falling due, the drop folder
+/// every `[intake] sweep_seconds`, checkpoints signed every `[audit] checkpoint_seconds`.
+/// Once stopped, it routes and delivers what is due one last time, so nothing accepted before
+/// the stop waits for the next start. One task does it all: one delivery run at a time.
 pub async fn delivery_loop(
-    engine: Arc<Engine>,
+    deployment: &Deployment,
     store: Arc<SqliteStore>,
     work: Arc<Notify>,
     stop: Arc<Notify>,
-) {
+) -> Result<(), crate::deployment::DeploymentError> {
+    let engine = deployment.engine()?.clone();
+    let config = deployment.config();
+    let (mut next_sweep, mut next_checkpoint) =
+        (Instant::now(), Instant::now() + config.checkpoint_every);
     let mut stopping = false;
     loop {
         let woken = work.notified();
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now() + config.sweep;
+            match deployment
+                .take_drop_folder(store.as_ref(), &mut Quiet)
+                .await
+            {
+                Ok(r) => {
+                    for w in r.warnings {
+                        tracing::warn!(warning = %w, "drop folder");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "taking the drop folder failed"),
+            }
+        }
         if let Err(e) = engine.route(store.as_ref()).await {
             tracing::error!(error = %e, "routing failed");
         }
         if let Err(e) = engine.run(store.clone(), Instant::now()).await {
             tracing::error!(error = %e, "delivery failed");
         }
+        if Instant::now() >= next_checkpoint {
+            next_checkpoint = Instant::now() + config.checkpoint_every;
+            for w in deployment.sign_checkpoints(store.as_ref()).await {
+                tracing::warn!(warning = %w, "checkpoint");
+            }
+        }
         if stopping {
-            return;
+            return Ok(());
         }
         tokio::select! {
             () = woken => {}
@@ -154,6 +181,15 @@ pub async fn delivery_loop(
             () = stop.notified() => stopping = true,
         }
     }
+}
+
+/// Reports of a sweep go to the store (rejections are kept there) and the log's counts.
+struct Quiet;
+
+impl crate::pipeline::Reporter for Quiet {
+    fn rejection(&mut self, _: &crate::report::Rejection) {}
+    fn exception(&mut self, _: &crate::report::ExceptionReport) {}
+    fn conflict(&mut self, _: &crate::report::Conflict) {}
 }
 
 /// An RFC 9457 problem.

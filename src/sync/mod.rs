@@ -89,6 +89,16 @@ impl SyncReport {
     }
 }
 
+/// What taking the drop folder did.
+#[derive(Debug, Default)]
+pub struct DropFolderReport {
+    pub intake: Summary,
+    /// Files still being written, left for the next run.
+    pub left: Vec<PathBuf>,
+    /// Lines for standard error (a file not filed away, a file left).
+    pub warnings: Vec<String>,
+}
+
 /// Passes every report on, remembering which files had rejections.
 struct Sorting<'a> {
     inner: &'a mut dyn Reporter,
@@ -119,9 +129,37 @@ impl Deployment {
         store: Arc<S>,
         reporter: &mut dyn Reporter,
     ) -> Result<SyncReport, SyncError> {
+        let engine = self.engine()?.clone();
+        let DropFolderReport {
+            intake,
+            left,
+            mut warnings,
+        } = self.take_drop_folder(store.as_ref(), reporter).await?;
+        let routed = engine.route(store.as_ref()).await?;
+        let ran = engine
+            .run(store.clone(), Instant::now() + self.config().max_wait)
+            .await;
+        warnings.extend(self.sign_checkpoints(store.as_ref()).await);
+        ran?;
+        Ok(SyncReport {
+            intake,
+            routed: routed as u64,
+            deliveries: store.delivery_counts().await?,
+            paused: engine.paused(),
+            left,
+            warnings,
+        })
+    }
+
+    /// The drop folder's part of a sync: files settled and read, each filed away (archive or
+    /// rejected), those still being written left. `serve` sweeps with it too.
+    pub async fn take_drop_folder<S: Store>(
+        &self,
+        store: &S,
+        reporter: &mut dyn Reporter,
+    ) -> Result<DropFolderReport, SyncError> {
         let config = self.config();
         let trusts = self.trusts()?.clone();
-        let engine = self.engine()?.clone();
         let ready = drop_folder::list_settled(&config.drop_dir, config.settle).await;
         let mut left = ready.left;
         let mut sorting = Sorting {
@@ -132,7 +170,7 @@ impl Deployment {
         let intake = if files.is_empty() {
             Summary::default()
         } else {
-            pipeline::ingest_files(store.as_ref(), files, trusts, &mut sorting).await?
+            pipeline::ingest_files(store, files, trusts, &mut sorting).await?
         };
         let mut warnings = Vec::new();
         // Only regular files move (a missing drop folder is reported above, not moved); one
@@ -160,17 +198,8 @@ impl Deployment {
                 report::escaped(&f.display().to_string())
             ));
         }
-        let routed = engine.route(store.as_ref()).await?;
-        let ran = engine
-            .run(store.clone(), Instant::now() + config.max_wait)
-            .await;
-        warnings.extend(self.sign_checkpoints(store.as_ref()).await);
-        ran?;
-        Ok(SyncReport {
+        Ok(DropFolderReport {
             intake,
-            routed: routed as u64,
-            deliveries: store.delivery_counts().await?,
-            paused: engine.paused(),
             left,
             warnings,
         })
