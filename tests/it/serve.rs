@@ -264,6 +264,24 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
         );
     }
 
+    // Metrics: counted as they went, deliveries from the store; no id of a record in them.
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "doorstep_records_received_total{kind=\"visit_report\"}",
+        "doorstep_records_refused_total{rule=\"forbidden\"} 1",
+        "doorstep_http_request_duration_seconds_bucket{",
+        "route=\"/v1/records\"",
+        "doorstep_deliveries{trust=\"thrive\",destination=\"api\",state=\"delivered\"}",
+    ] {
+        assert!(text.contains(want), "`{want}` not in:\n{text}");
+    }
+    assert!(!text.contains("api-1"), "{text}");
+
     // A key's rate: a burst far over it meets 429s with Retry-After.
     let client = reqwest::Client::new();
     let mut calls = tokio::task::JoinSet::new();

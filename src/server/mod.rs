@@ -7,15 +7,19 @@
 //! `path` and `rule`. Each request presents an API key (`keys`): a key reaches only its
 //! trust's named schools.
 //!
-//! Built so far: intake, record state, health, keys, a rate per key, a concurrency limit and
-//! a request timeout, in-process delivery with the drop-folder sweep and periodic
-//! checkpoints. Still to come (issue 18): metrics, OpenAPI, group commit.
+//! Built so far: intake, record state, health, metrics (`metrics`), keys, a rate per key, a
+//! concurrency limit and a request timeout, in-process delivery with the drop-folder sweep
+//! and periodic checkpoints. Still to come (issue 18): OpenAPI, queue depth and age in the
+//! metrics, group commit, the load benchmark.
 //!
 //! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
 //! touch: validation, policy, storage or delivery logic (the library's).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod metrics;
+pub use metrics::Metrics;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -54,6 +58,7 @@ pub struct AppState {
     /// Woken when a request stores new work.
     pub work: Arc<Notify>,
     limiter: KeyLimiter,
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -67,6 +72,7 @@ impl AppState {
             limiter: governor::RateLimiter::keyed(
                 governor::Quota::per_second(per_second).allow_burst(burst),
             ),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -117,8 +123,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/v1/records", post(post_records))
         .route("/v1/records/{trust}/{kind}/{id}", get(get_record))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -207,6 +215,34 @@ fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Respo
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],
         body.to_string(),
+    )
+        .into_response()
+}
+
+/// Times every routed request by its route's pattern (never its path: ids stay out).
+async fn timed(
+    State(app): State<Arc<AppState>>,
+    matched: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = matched.map_or_else(|| "other".to_owned(), |m| m.as_str().to_owned());
+    let started = Instant::now();
+    let answer = next.run(req).await;
+    app.metrics.took(&route, started.elapsed());
+    answer
+}
+
+/// `GET /metrics`: Prometheus text (OpenMetrics), no key needed (bind it to loopback or a
+/// scraper's network).
+async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
+    let counts = app.store.delivery_counts().await.unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(&counts),
     )
         .into_response()
 }
@@ -383,12 +419,13 @@ async fn post_records(
     let mut lines = Vec::new();
     let mut batch = IntakeBatch::default();
     // For each record written, its line's index and the exceptions it raises.
-    let mut written: Vec<(usize, Vec<Value>)> = Vec::new();
+    let mut written: Vec<(usize, crate::records::Kind, Vec<Value>)> = Vec::new();
     let (mut stored, mut refused) = (0usize, 0usize);
     for item in items {
         match validate(&file, item, &app.trusts) {
             Validated::Rejected(rejections) => {
                 refused += 1;
+                app.metrics.refused(rejections[0].rule.as_str());
                 let first = &rejections[0];
                 let mut line =
                     outcome_line(lines.len(), first.record_id.as_deref(), None, "rejected");
@@ -405,6 +442,7 @@ async fn post_records(
                     let (id, revision) = (r.id().to_string(), r.revision().0);
                     if !key.reaches(r.trust().as_str(), r.school().urn.as_str()) {
                         refused += 1;
+                        app.metrics.refused("forbidden");
                         tracing::warn!(key = %key.id, record_id = %id, "a record for a school the key does not reach");
                         let mut line =
                             outcome_line(lines.len(), Some(&id), Some(revision), "forbidden");
@@ -417,7 +455,7 @@ async fn post_records(
                         .iter()
                         .map(|e| json!({"rule": e.rule.as_str(), "severity": e.severity, "message": e.message}))
                         .collect();
-                    written.push((lines.len(), exceptions));
+                    written.push((lines.len(), r.kind(), exceptions));
                     lines.push(outcome_line(
                         lines.len(),
                         Some(&id),
@@ -435,8 +473,11 @@ async fn post_records(
     if !batch.records.is_empty() || !batch.rejections.is_empty() {
         match app.store.ingest(&batch).await {
             Ok(outcomes) => {
-                for ((index, exceptions), o) in written.into_iter().zip(outcomes) {
+                for ((index, kind, exceptions), o) in written.into_iter().zip(outcomes) {
                     let line = &mut lines[index];
+                    if !matches!(o, IngestOutcome::Conflict(_)) {
+                        app.metrics.received(kind.as_str());
+                    }
                     match o {
                         IngestOutcome::Stored => {
                             stored += 1;
@@ -448,6 +489,7 @@ async fn post_records(
                         }
                         IngestOutcome::Conflict(c) => {
                             refused += 1;
+                            app.metrics.refused("conflict");
                             line["outcome"] = "conflict".into();
                             line["detail"] = c.to_string().into();
                         }
