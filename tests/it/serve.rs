@@ -252,17 +252,31 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
         !text.contains("Seen.") && !text.contains("given_name"),
         "content shown: {text}"
     );
+    let long = "x".repeat(5000);
     for path in [
-        "/v1/records/thrive/visit_report/no-such",
-        "/v1/records/celt/visit_report/api-1",
-        "/v1/records/thrive/nonsense/api-1",
+        "/v1/records/thrive/visit_report/no-such".to_owned(),
+        "/v1/records/celt/visit_report/api-1".to_owned(),
+        "/v1/records/THRIVE/visit_report/api-1".to_owned(),
+        "/v1/records/thrive/nonsense/api-1".to_owned(),
+        "/v1/records/thrive/visit_report/api-1%00".to_owned(),
+        "/v1/records/thrive/visit_report/..%2Fapi-1".to_owned(),
+        "/v1/records/thrive/visit_report/api-1%27%20OR%201=1--".to_owned(),
+        format!("/v1/records/thrive/visit_report/{long}"),
     ] {
-        assert_eq!(
-            get(format!("{url}{path}"), key.clone()).await.0,
-            404,
-            "{path}"
-        );
+        let (status, text) = get(format!("{url}{path}"), key.clone()).await;
+        assert_eq!(status, 404, "{path}: {text}");
     }
+    // A record of another trust, posted with this trust's key: refused, never stored.
+    let mut other_trust = visit("api-celt", 1, "Seen.");
+    other_trust["trust"] = "celt".into();
+    let (status, _, body) = post(
+        &url,
+        Some(&key),
+        "application/json",
+        other_trust.to_string(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
 
     // Metrics: counted as they went, deliveries from the store; no id of a record in them.
     let text = reqwest::get(format!("{url}/metrics"))
@@ -273,7 +287,7 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
         .unwrap();
     for want in [
         "doorstep_records_received_total{kind=\"visit_report\"}",
-        "doorstep_records_refused_total{rule=\"forbidden\"} 1",
+        "doorstep_records_refused_total{rule=\"forbidden\"} 2",
         "doorstep_http_request_duration_seconds_bucket{",
         "route=\"/v1/records\"",
         "doorstep_deliveries{trust=\"thrive\",destination=\"api\",state=\"delivered\"}",
