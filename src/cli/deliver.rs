@@ -101,27 +101,26 @@ pub(crate) fn serve(
     let _lock = writer.lock(&deployment)?;
     let addr = listen.unwrap_or(deployment.config().listen);
     runtime()?.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Taken over before the first line says the server is up: a SIGTERM from then on
+        // stops it cleanly, never by the default action.
+        let no_signal = |e: std::io::Error| Fatal::Run(format!("cannot take signals: {e}"));
+        let mut term = signal(SignalKind::terminate()).map_err(no_signal)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(no_signal)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Fatal::Config(format!("cannot listen on {addr}: {}", e.kind())))?;
         let bound = listener
             .local_addr()
             .map_err(|e| Fatal::Run(e.to_string()))?;
-        eprintln!("doorstep: listening on http://{bound}");
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let shutdown = async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async {
-                    match term.as_mut() {
-                        Some(t) => { t.recv().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
             eprintln!("doorstep: stopping: finishing requests and deliveries in flight");
         };
+        eprintln!("doorstep: listening on http://{bound}");
         let warnings = doorstep::server::serve(&deployment, listener, shutdown)
             .await
             .map_err(|e| match e {
