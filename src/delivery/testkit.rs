@@ -1,7 +1,8 @@
 //! Test helpers for the delivery unit tests: a destination from connector text, a claimed
 //! delivery, and a throwaway deployment (connector, trust, routes, map, records) that an
 //! `Engine` runs in process against a mock server.
-//! Owns: nothing the engine uses (tests only). May not touch: production code paths.
+//! Compiled for tests only (`#[cfg(test)] mod testkit` in `delivery/mod.rs`): its unwraps
+//! never meet input. Owns: nothing the engine uses. May not touch: production code paths.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -15,7 +15,9 @@
 //! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
 //! touch: validation, policy, storage or delivery logic (the library's).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod metrics;
@@ -45,8 +47,18 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const MAX_CONCURRENT: usize = 256;
 /// A request not answered in this long is answered 408 (a slow client, a stuck store).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Requests a second one key may make (bursts up to twice that).
-const KEY_RATE: u32 = 100;
+/// Requests a second one key may make, and the burst it may spend at once.
+const KEY_RATE: NonZeroU32 = non_zero(100);
+const KEY_BURST: NonZeroU32 = non_zero(200);
+
+const fn non_zero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
+/// A key's last use is written at most this often (not a store write per request).
+const KEY_USE_NOTED_EVERY: Duration = Duration::from_secs(60);
 
 /// Requests per key, over a window.
 type KeyLimiter = governor::DefaultKeyedRateLimiter<String>;
@@ -58,21 +70,37 @@ pub struct AppState {
     /// Woken when a request stores new work.
     pub work: Arc<Notify>,
     limiter: KeyLimiter,
+    /// When each key's use was last written to the store.
+    uses_noted: Mutex<HashMap<String, Instant>>,
     pub metrics: Metrics,
 }
 
 impl AppState {
     pub fn new(store: Arc<SqliteStore>, trusts: Arc<Trusts>, work: Arc<Notify>) -> AppState {
-        let per_second = std::num::NonZeroU32::new(KEY_RATE).unwrap_or(std::num::NonZeroU32::MIN);
-        let burst = per_second.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
         AppState {
             store,
             trusts,
             work,
             limiter: governor::RateLimiter::keyed(
-                governor::Quota::per_second(per_second).allow_burst(burst),
+                governor::Quota::per_second(KEY_RATE).allow_burst(KEY_BURST),
             ),
+            uses_noted: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+        }
+    }
+
+    /// Whether this key's use is due to be written (and, if so, marks it written now).
+    fn use_due(&self, key: &str) -> bool {
+        let Ok(mut noted) = self.uses_noted.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        match noted.get(key) {
+            Some(at) if now.duration_since(*at) < KEY_USE_NOTED_EVERY => false,
+            _ => {
+                noted.insert(key.to_owned(), now);
+                true
+            }
         }
     }
 }
@@ -288,9 +316,11 @@ async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Respon
                 )
                     .into_response());
             }
-            let now = crate::store::time::format(&chrono::Utc::now());
-            if let Err(e) = app.store.key_used(&k.id, &now).await {
-                tracing::warn!(key = %k.id, error = %e, "cannot note the key's use");
+            if app.use_due(&k.id) {
+                let now = crate::store::time::format(&chrono::Utc::now());
+                if let Err(e) = app.store.key_used(&k.id, &now).await {
+                    tracing::warn!(key = %k.id, error = %e, "cannot note the key's use");
+                }
             }
             Ok(k)
         }

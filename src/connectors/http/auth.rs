@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::HttpTransport;
 use super::classify::{
-    error_kind, kept, parse_retry_after, permanent, reason_phrase, transport_error,
+    error_kind, kept, permanent, reason_phrase, retry_after_of, token_service_busy,
 };
 use crate::connectors::{Attempt, TokenExchange, template};
 
@@ -78,11 +78,7 @@ impl HttpTransport {
                     .send()
                     .await?;
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
+                let retry_after = retry_after_of(&response);
                 let mut out = http::Response::builder().status(status);
                 for (k, v) in response.headers() {
                     out = out.header(k.as_str(), v.as_bytes());
@@ -131,7 +127,7 @@ impl HttpTransport {
         // Classified like any answer; the endpoint's own words are never quoted (they may
         // echo the request and its secret).
         Err(match failure {
-            _ if status >= 500 || status == 429 || status == 408 => Attempt::Retry {
+            _ if token_service_busy(status) => Attempt::Retry {
                 reason: format!("token endpoint: {status} {}", reason_phrase(status)),
                 status: Some(status),
                 retry_after,
@@ -195,13 +191,15 @@ impl HttpTransport {
                 response: None,
             })?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
-        if status >= 500 || status == 429 || status == 408 {
+        let retry_after = retry_after_of(&response);
+        // A token request makes nothing at the target: a lost answer is a plain retry.
+        let bytes = response.bytes().await.map_err(|e| Attempt::Retry {
+            reason: format!("token service: {}", error_kind(&e)),
+            status: Some(status),
+            retry_after: None,
+            response: None,
+        })?;
+        if token_service_busy(status) {
             return Err(Attempt::Retry {
                 reason: format!("token service: {status} {}", reason_phrase(status)),
                 status: Some(status),

@@ -195,6 +195,20 @@ pub(super) fn error_kind(e: &reqwest::Error) -> String {
     }
 }
 
+/// A response's `Retry-After`, if it gives one that reads.
+pub(super) fn retry_after_of(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// A token service that is down or busy, not one that refused: worth another try.
+pub(super) fn token_service_busy(status: u16) -> bool {
+    status >= 500 || status == 429 || status == 408
+}
+
 /// `Retry-After`: seconds, or an HTTP date.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();

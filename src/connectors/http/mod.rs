@@ -261,11 +261,7 @@ impl HttpTransport {
         }
         let response = builder.send().await.map_err(|e| transport_error(&e))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = classify::retry_after_of(&response);
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
         let (effective, exception) = self.effective_status(status, &body);

@@ -525,15 +525,18 @@ impl DeliveryStore for SqliteStore {
         kind: Kind,
         id: &str,
     ) -> Result<Option<RecordState>, StoreError> {
+        let rows = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(trust)
+                .bind(kind.as_str())
+                .bind(id)
+                .fetch_all(&self.pool)
+        };
         let err = self.db_err();
-        let revisions = sqlx::query(
+        let revisions = rows(
             "SELECT revision, received_at, content_hash, current, school_urn FROM records \
              WHERE trust = ?1 AND kind = ?2 AND id = ?3 ORDER BY revision",
         )
-        .bind(trust)
-        .bind(kind.as_str())
-        .bind(id)
-        .fetch_all(&self.pool)
         .await
         .map_err(&err)?;
         let Some(last) = revisions.last() else {
@@ -552,14 +555,10 @@ impl DeliveryStore for SqliteStore {
             })
             .collect::<Result<Vec<_>, Undecoded>>()
             .map_err(self.undecoded())?;
-        let exceptions = sqlx::query(
+        let exceptions = rows(
             "SELECT revision, rule, severity, message, state FROM exceptions \
              WHERE trust = ?1 AND kind = ?2 AND id = ?3 ORDER BY revision, rule",
         )
-        .bind(trust)
-        .bind(kind.as_str())
-        .bind(id)
-        .fetch_all(&self.pool)
         .await
         .map_err(&err)?
         .iter()
@@ -574,14 +573,10 @@ impl DeliveryStore for SqliteStore {
         })
         .collect::<Result<Vec<_>, Undecoded>>()
         .map_err(self.undecoded())?;
-        let deliveries = sqlx::query(
+        let deliveries = rows(
             "SELECT * FROM deliveries WHERE trust = ?1 AND kind = ?2 AND record_id = ?3 \
              ORDER BY revision, destination",
         )
-        .bind(trust)
-        .bind(kind.as_str())
-        .bind(id)
-        .fetch_all(&self.pool)
         .await
         .map_err(&err)?
         .iter()
