@@ -1,6 +1,8 @@
 //! `GET /metrics` (Prometheus text): what the server counts as it goes — records received and
 //! refused by kind and rule, request latency by route — and what the store says at the
-//! scrape — deliveries by trust, destination and state. Labels carry ids and rules only.
+//! scrape ([`Scrape`]) — deliveries by trust, destination and state, each destination's
+//! queue depth, the age of its oldest due delivery and its retries, and each trust's log
+//! size. Labels carry ids and rules only.
 //!
 //! Owns: the registry and its names. May not touch: what is counted (the handlers say).
 
@@ -13,7 +15,19 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::deliveries::DeliveryCount;
+use chrono::{DateTime, Utc};
+
+use crate::store::deliveries::{DeliveryCount, QueueStat};
+
+/// What the store says at a scrape.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub now: DateTime<Utc>,
+    pub deliveries: Vec<DeliveryCount>,
+    pub queues: Vec<QueueStat>,
+    /// Entries in each trust's evidence trail.
+    pub log_sizes: Vec<(String, u64)>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -28,6 +42,17 @@ struct RuleLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    trust: String,
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrustLabel {
+    trust: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,27 +128,91 @@ impl Metrics {
             .observe(d.as_secs_f64());
     }
 
-    /// The text exposition: the server's metrics and, from the store, `deliveries`.
-    pub fn encode(&self, deliveries: &[DeliveryCount]) -> String {
+    /// The text exposition: the server's metrics and what the store says (`scrape`).
+    pub fn encode(&self, scrape: &Scrape) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
-        let mut scrape = Registry::default();
+        let mut registry = Registry::default();
         let by_state = Family::<DeliveryLabel, Gauge>::default();
-        scrape.register(
+        let dead = Family::<DestinationLabel, Gauge>::default();
+        let depth = Family::<DestinationLabel, Gauge>::default();
+        let waiting = Family::<DestinationLabel, Gauge>::default();
+        let oldest = Family::<DestinationLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let retries = Family::<DestinationLabel, Gauge>::default();
+        let log_size = Family::<TrustLabel, Gauge>::default();
+        registry.register(
             "doorstep_deliveries",
-            "Deliveries by trust, destination and state (dead: the dead letters)",
+            "Deliveries by trust, destination and state",
             by_state.clone(),
         );
-        for c in deliveries {
+        registry.register(
+            "doorstep_dead_letters",
+            "Dead letters waiting for a person, by destination",
+            dead.clone(),
+        );
+        registry.register(
+            "doorstep_delivery_queue_depth",
+            "Deliveries due now and not yet sent, by destination",
+            depth.clone(),
+        );
+        registry.register(
+            "doorstep_delivery_queue_waiting",
+            "Deliveries pending or retrying, due or not, by destination",
+            waiting.clone(),
+        );
+        registry.register(
+            "doorstep_delivery_oldest_due_age_seconds",
+            "How long the longest-waiting due delivery has been due (0 when none is)",
+            oldest.clone(),
+        );
+        registry.register(
+            "doorstep_delivery_retries",
+            "Attempts beyond each delivery's first, by destination",
+            retries.clone(),
+        );
+        registry.register(
+            "doorstep_audit_log_entries",
+            "Entries in each trust's evidence trail",
+            log_size.clone(),
+        );
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for c in &scrape.deliveries {
             by_state
                 .get_or_create(&DeliveryLabel {
                     trust: c.trust.clone(),
                     destination: c.destination.clone(),
                     state: c.state.to_string(),
                 })
-                .set(i64::try_from(c.count).unwrap_or(i64::MAX));
+                .set(count(c.count));
+            if c.state == crate::store::rules::DeliveryState::Dead {
+                dead.get_or_create(&DestinationLabel {
+                    trust: c.trust.clone(),
+                    destination: c.destination.clone(),
+                })
+                .set(count(c.count));
+            }
         }
-        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &scrape);
+        for q in &scrape.queues {
+            let label = DestinationLabel {
+                trust: q.trust.clone(),
+                destination: q.destination.clone(),
+            };
+            depth.get_or_create(&label).set(count(q.due));
+            waiting.get_or_create(&label).set(count(q.waiting));
+            retries.get_or_create(&label).set(count(q.retries));
+            let age = q.oldest_due.map_or(0.0, |t| {
+                (scrape.now - t).num_milliseconds().max(0) as f64 / 1000.0
+            });
+            oldest.get_or_create(&label).set(age);
+        }
+        for (trust, size) in &scrape.log_sizes {
+            log_size
+                .get_or_create(&TrustLabel {
+                    trust: trust.clone(),
+                })
+                .set(count(*size));
+        }
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
         out.push_str("# EOF\n");
         out
     }

@@ -39,7 +39,7 @@ use crate::keys::{self, KeyError};
 use crate::mapping::Trusts;
 use crate::pipeline::{Validated, validate};
 use crate::store::keys::{KeyStore, Scope, StoredKey};
-use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteStore};
+use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteStore, Store};
 
 /// The largest request body taken.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -264,13 +264,24 @@ async fn timed(
 /// `GET /metrics`: Prometheus text (OpenMetrics), no key needed (bind it to loopback or a
 /// scraper's network).
 async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
-    let counts = app.store.delivery_counts().await.unwrap_or_default();
+    let now = chrono::Utc::now();
+    let (deliveries, queues, log_sizes) = tokio::join!(
+        app.store.delivery_counts(),
+        app.store.queue_stats(now),
+        app.store.audit_sizes()
+    );
+    let scrape = metrics::Scrape {
+        now,
+        deliveries: deliveries.unwrap_or_default(),
+        queues: queues.unwrap_or_default(),
+        log_sizes: log_sizes.unwrap_or_default(),
+    };
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.metrics.encode(&counts),
+        app.metrics.encode(&scrape),
     )
         .into_response()
 }

@@ -231,6 +231,23 @@ pub struct DeliveryCount {
     pub count: u64,
 }
 
+/// One destination's queue, for `/metrics`: what waits, what is due, since when, and how
+/// many retries its deliveries have taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStat {
+    pub trust: String,
+    pub destination: String,
+    /// Pending or retrying, due or not.
+    pub waiting: u64,
+    /// Pending or retrying and due now.
+    pub due: u64,
+    /// When the longest-waiting due delivery fell due.
+    #[serde(serialize_with = "super::time::serialize_option")]
+    pub oldest_due: Option<DateTime<Utc>>,
+    /// Attempts beyond each delivery's first, over all its deliveries.
+    pub retries: u64,
+}
+
 /// One row of an audit bundle's `deliveries.csv`: an attempt (or, for a delivery never
 /// attempted, none) with the delivery's current state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +333,12 @@ pub trait DeliveryStore: super::lookups::LookupStore {
     fn delivery_counts(
         &self,
     ) -> impl Future<Output = Result<Vec<DeliveryCount>, StoreError>> + Send;
+
+    /// Each destination's queue as of `now`.
+    fn queue_stats(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<QueueStat>, StoreError>> + Send;
 
     /// Deliveries in a state (`dead` for the dead letters), oldest first.
     fn deliveries_in(

@@ -291,6 +291,11 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
         "doorstep_http_request_duration_seconds_bucket{",
         "route=\"/v1/records\"",
         "doorstep_deliveries{trust=\"thrive\",destination=\"api\",state=\"delivered\"}",
+        "doorstep_delivery_queue_depth{trust=\"thrive\",destination=\"api\"} 0",
+        "doorstep_delivery_queue_waiting{trust=\"thrive\",destination=\"api\"} 0",
+        "doorstep_delivery_oldest_due_age_seconds{trust=\"thrive\",destination=\"api\"} 0",
+        "doorstep_delivery_retries{trust=\"thrive\",destination=\"api\"} 0",
+        "doorstep_audit_log_entries{trust=\"thrive\"} ",
     ] {
         assert!(text.contains(want), "`{want}` not in:\n{text}");
     }

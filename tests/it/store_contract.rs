@@ -47,6 +47,7 @@ where
         two_claimers(&a, &b).await;
     }
     release(&open(&fresh("release")).await).await;
+    queues(&open(&fresh("queues")).await).await;
     replay(&open(&fresh("replay")).await).await;
     replay_refused(&open(&fresh("replay-refused")).await).await;
     lookups(&open(&fresh("lookups")).await).await;
@@ -207,6 +208,42 @@ fn dead() -> AttemptOutcome {
         status: Some(422),
         response: Some("{\"error\":\"no such pupil\"}".to_owned()),
     }
+}
+
+/// `/metrics`' view of a destination: what waits, what is due and since when, retries.
+async fn queues<S: Store + DeliveryStore>(store: &S) {
+    routed(store, &[("Q-1", 1, 2), ("Q-2", 1, 2), ("Q-3", 1, 2)]).await;
+    let now = chrono::Utc::now();
+    let stats = store.queue_stats(now).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].waiting, stats[0].due, stats[0].retries), (3, 3, 0));
+    let claimed = store.claim(TRUST, DEST, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let retry = |at: &str| AttemptOutcome::Retry {
+        next_at: at.to_owned(),
+        error: "503".to_owned(),
+        status: Some(503),
+    };
+    store
+        .finish(&[
+            done(&claimed[0], retry(PAST)),
+            done(&claimed[1], retry(FUTURE)),
+            done(&claimed[2], delivered("T-3")),
+        ])
+        .await
+        .unwrap();
+    let again = store.claim(TRUST, DEST, 10).await.unwrap();
+    assert_eq!(keys(&again), [("Q-1".to_owned(), 1)]);
+    store.finish(&[done(&again[0], retry(PAST))]).await.unwrap();
+    let stats = store.queue_stats(chrono::Utc::now()).await.unwrap();
+    let q = &stats[0];
+    assert_eq!((q.trust.as_str(), q.destination.as_str()), (TRUST, DEST));
+    assert_eq!((q.waiting, q.due), (2, 1), "Q-1 due, Q-2 not yet");
+    assert_eq!(q.retries, 1, "Q-1's second attempt");
+    assert_eq!(
+        q.oldest_due.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        Some(PAST.to_owned())
+    );
 }
 
 async fn state_of<S: DeliveryStore>(store: &S, id: i64) -> DeliveryState {

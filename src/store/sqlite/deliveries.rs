@@ -13,7 +13,7 @@ use crate::records::severity::Severity;
 use crate::store::StoreError;
 use crate::store::deliveries::{
     AttemptExport, AttemptOutcome, AttemptRow, Claimed, DeliveryCount, DeliveryDetail, DeliveryRow,
-    DeliveryStore, ExceptionState, Finished, NewDelivery, RecordState, ReplayTrail, Replayed,
+    DeliveryStore, ExceptionState, Finished, NewDelivery, QueueStat, RecordState, ReplayTrail, Replayed,
     RevisionState, Unrouted,
 };
 use crate::store::rules::{
@@ -496,6 +496,39 @@ impl DeliveryStore for SqliteStore {
                     destination: r.col(1)?,
                     state: state_of(r, "state")?,
                     count: r.col::<i64, _>(3)? as u64,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(self.undecoded())
+    }
+
+    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<Vec<QueueStat>, StoreError> {
+        static QUERY: LazyLock<String> = LazyLock::new(|| {
+            let claimable = sql_list(&CLAIMABLE);
+            format!(
+                "SELECT trust, destination, \
+                   COUNT(*) FILTER (WHERE state IN ({claimable})), \
+                   COUNT(*) FILTER (WHERE state IN ({claimable}) AND next_at <= ?1), \
+                   MIN(next_at) FILTER (WHERE state IN ({claimable}) AND next_at <= ?1), \
+                   SUM(MAX(attempts - 1, 0)) \
+                 FROM deliveries GROUP BY trust, destination ORDER BY trust, destination"
+            )
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(QUERY.as_str()))
+            .bind(super::super::time::format(&now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+        rows.iter()
+            .map(|r| {
+                let oldest: Option<String> = r.col(4)?;
+                Ok(QueueStat {
+                    trust: r.col(0)?,
+                    destination: r.col(1)?,
+                    waiting: r.col::<i64, _>(2)?.max(0) as u64,
+                    due: r.col::<i64, _>(3)?.max(0) as u64,
+                    oldest_due: oldest.and_then(|t| super::super::time::parse(&t).ok()),
+                    retries: r.col::<i64, _>(5)?.max(0) as u64,
                 })
             })
             .collect::<Result<_, _>>()
