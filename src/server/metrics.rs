@@ -73,6 +73,7 @@ pub struct Metrics {
     received: Family<KindLabel, Counter>,
     refused: Family<RuleLabel, Counter>,
     latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    commits: Histogram,
 }
 
 impl Default for Metrics {
@@ -98,11 +99,19 @@ impl Default for Metrics {
             "Time to answer a request, by route",
             latency.clone(),
         );
+        // 1 to 4096 records a transaction.
+        let commits = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        registry.register(
+            "doorstep_intake_commit_records",
+            "Records written per intake transaction (group commit: concurrent requests share one)",
+            commits.clone(),
+        );
         Metrics {
             registry,
             received,
             refused,
             latency,
+            commits,
         }
     }
 }
@@ -118,6 +127,12 @@ impl Metrics {
         self.refused
             .get_or_create(&RuleLabel { rule: rule.into() })
             .inc();
+    }
+
+    /// What to call with each intake transaction's record count.
+    pub fn commit_counter(&self) -> impl Fn(usize) + Send + Sync + 'static {
+        let commits = self.commits.clone();
+        move |n| commits.observe(n as f64)
     }
 
     pub fn took(&self, route: &str, d: Duration) {

@@ -20,7 +20,9 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod commit;
 mod metrics;
+pub use commit::{CommitError, Committer};
 pub use metrics::Metrics;
 
 use axum::Router;
@@ -32,7 +34,6 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::audit::TrailedStore;
 use crate::deployment::Deployment;
 use crate::intake::{FileFormat, Item, read_body};
 use crate::keys::{self, KeyError};
@@ -69,6 +70,8 @@ pub struct AppState {
     pub trusts: Arc<Trusts>,
     /// Woken when a request stores new work.
     pub work: Arc<Notify>,
+    /// Intake's way to the store: concurrent requests share a transaction.
+    committer: Committer,
     limiter: KeyLimiter,
     /// When each key's use was last written to the store.
     uses_noted: Mutex<HashMap<String, Instant>>,
@@ -76,17 +79,26 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<SqliteStore>, trusts: Arc<Trusts>, work: Arc<Notify>) -> AppState {
-        AppState {
+    /// The shared state, and the committer task (done once the state is dropped).
+    pub fn new(
+        store: Arc<SqliteStore>,
+        trusts: Arc<Trusts>,
+        work: Arc<Notify>,
+    ) -> (AppState, tokio::task::JoinHandle<()>) {
+        let metrics = Metrics::default();
+        let (committer, committing) = Committer::start(store.clone(), metrics.commit_counter());
+        let state = AppState {
             store,
             trusts,
             work,
+            committer,
             limiter: governor::RateLimiter::keyed(
                 governor::Quota::per_second(KEY_RATE).allow_burst(KEY_BURST),
             ),
             uses_noted: Mutex::new(HashMap::new()),
-            metrics: Metrics::default(),
-        }
+            metrics,
+        };
+        (state, committing)
     }
 
     /// Whether this key's use is due to be written (and, if so, marks it written now).
@@ -119,11 +131,20 @@ pub async fn serve(
     let store = Arc::new(deployment.open_store().await?);
     let work = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
-    let app = router(Arc::new(AppState::new(store.clone(), trusts, work.clone())));
+    let (state, committing) = AppState::new(store.clone(), trusts, work.clone());
+    let app = router(Arc::new(state));
     let serving = async {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
+        // Every request has been answered, so the committer has nothing left to write;
+        // it ends as the last state is dropped.
+        if tokio::time::timeout(Duration::from_secs(10), committing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the intake committer did not stop");
+        }
         stop.notify_one();
         served
     };
@@ -512,7 +533,7 @@ async fn post_records(
     }
     // Durable before the answer: one transaction for the request.
     if !batch.records.is_empty() || !batch.rejections.is_empty() {
-        match app.store.ingest(&batch).await {
+        match app.committer.ingest(batch).await {
             Ok(outcomes) => {
                 for ((index, kind, exceptions), o) in written.into_iter().zip(outcomes) {
                     let line = &mut lines[index];
