@@ -217,6 +217,10 @@ struct RawIntake {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    /// How long a client may take to send a request's head (slow-header clients).
+    header_timeout_seconds: Option<f64>,
+    /// How long a request may take from its head to its answer, body included.
+    request_timeout_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +281,10 @@ pub struct Config {
     pub mappings_dir: PathBuf,
     pub time_zone: chrono_tz::Tz,
     pub listen: std::net::SocketAddr,
+    /// `serve`: how long a client may take to send a request's head.
+    pub header_timeout: std::time::Duration,
+    /// `serve`: how long a request may take, body read and answer included (then 408).
+    pub request_timeout: std::time::Duration,
     pub signing_key: Option<SecretRef>,
     /// Where CSV destinations write (`<out>/<trust>/…`).
     pub out_dir: PathBuf,
@@ -330,6 +338,16 @@ impl Config {
         let sweep = raw.intake.sweep_seconds.unwrap_or(30.0);
         if !(1.0..=86_400.0).contains(&sweep) {
             return Err(invalid("intake.sweep_seconds", "from 1 to 86400".into()).into());
+        }
+        let header_timeout = raw.server.header_timeout_seconds.unwrap_or(10.0);
+        if !(0.1..=300.0).contains(&header_timeout) {
+            return Err(invalid("server.header_timeout_seconds", "from 0.1 to 300".into()).into());
+        }
+        let request_timeout = raw.server.request_timeout_seconds.unwrap_or(30.0);
+        if !(0.1..=3_600.0).contains(&request_timeout) {
+            return Err(
+                invalid("server.request_timeout_seconds", "from 0.1 to 3600".into()).into(),
+            );
         }
         let checkpoint_every = raw.audit.checkpoint_seconds.unwrap_or(300.0);
         if !(1.0..=86_400.0).contains(&checkpoint_every) {
@@ -394,6 +412,8 @@ impl Config {
             mappings_dir: at(raw.mappings.as_deref().unwrap_or(Path::new("mappings"))),
             time_zone,
             listen,
+            header_timeout: std::time::Duration::from_secs_f64(header_timeout),
+            request_timeout: std::time::Duration::from_secs_f64(request_timeout),
             signing_key: raw.audit.signing_key.map(|s| SecretRef {
                 env: s.env,
                 file: s.file.map(|f| at(&f)),

@@ -123,10 +123,7 @@ pub(crate) fn serve(
         eprintln!("doorstep: listening on http://{bound}");
         let warnings = doorstep::server::serve(&deployment, listener, shutdown)
             .await
-            .map_err(|e| match e {
-                doorstep::server::ServeError::Deployment(e) => Fatal::from(e),
-                e => Fatal::Run(e.to_string()),
-            })?;
+            .map_err(|doorstep::server::ServeError::Deployment(e)| Fatal::from(e))?;
         for w in warnings {
             eprintln!("doorstep: {w}");
         }

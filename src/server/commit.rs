@@ -202,7 +202,10 @@ mod tests {
             let committer = committer.clone();
             // Request 2i holds V-i and S-i; request 2i+1 repeats V-i, then a conflicting
             // S-i (same revision, other content), then one of its own.
-            let first = vec![record(&format!("V-{i}"), "a"), record(&format!("S-{i}"), "a")];
+            let first = vec![
+                record(&format!("V-{i}"), "a"),
+                record(&format!("S-{i}"), "a"),
+            ];
             let second = vec![
                 record(&format!("V-{i}"), "a"),
                 record(&format!("S-{i}"), "b"),

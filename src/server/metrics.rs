@@ -152,7 +152,8 @@ impl Metrics {
         let dead = Family::<DestinationLabel, Gauge>::default();
         let depth = Family::<DestinationLabel, Gauge>::default();
         let waiting = Family::<DestinationLabel, Gauge>::default();
-        let oldest = Family::<DestinationLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let oldest =
+            Family::<DestinationLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let retries = Family::<DestinationLabel, Gauge>::default();
         let log_size = Family::<TrustLabel, Gauge>::default();
         registry.register(

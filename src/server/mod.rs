@@ -21,13 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod commit;
+mod conn;
 mod metrics;
 pub use commit::{CommitError, Committer};
 pub use metrics::Metrics;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -46,8 +46,6 @@ use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteS
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Requests served at once; more wait.
 const MAX_CONCURRENT: usize = 256;
-/// A request not answered in this long is answered 408 (a slow client, a stuck store).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests a second one key may make, and the burst it may spend at once.
 const KEY_RATE: NonZeroU32 = non_zero(100);
 const KEY_BURST: NonZeroU32 = non_zero(200);
@@ -132,11 +130,10 @@ pub async fn serve(
     let work = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
     let (state, committing) = AppState::new(store.clone(), trusts, work.clone());
-    let app = router(Arc::new(state));
+    let config = deployment.config();
+    let app = router(Arc::new(state), config.request_timeout);
     let serving = async {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        conn::accept(listener, app, config.header_timeout, shutdown).await;
         // Every request has been answered, so the committer has nothing left to write;
         // it ends as the last state is dropped.
         if tokio::time::timeout(Duration::from_secs(10), committing)
@@ -146,16 +143,14 @@ pub async fn serve(
             tracing::warn!("the intake committer did not stop");
         }
         stop.notify_one();
-        served
     };
-    let (served, delivered) = tokio::join!(
+    let ((), delivered) = tokio::join!(
         serving,
         delivery_loop(deployment, store.clone(), work, stop.clone())
     );
     let warnings = deployment.sign_checkpoints(store.as_ref()).await;
     store.close().await;
     delivered?;
-    served.map_err(ServeError::Io)?;
     Ok(warnings)
 }
 
@@ -163,12 +158,10 @@ pub async fn serve(
 pub enum ServeError {
     #[error(transparent)]
     Deployment(#[from] crate::deployment::DeploymentError),
-    #[error("serving stopped: {0}")]
-    Io(std::io::Error),
 }
 
-/// The routes, over `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The routes, over `state`; a request taking longer than `timeout` is answered 408.
+pub fn router(state: Arc<AppState>, timeout: Duration) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -176,11 +169,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/records", post(post_records))
         .route("/v1/records/{trust}/{kind}/{id}", get(get_record))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), timed))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(axum::middleware::from_fn_with_state(timeout, within))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
         .with_state(state)
 }
@@ -266,6 +255,24 @@ fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Respo
         body.to_string(),
     )
         .into_response()
+}
+
+/// Answers 408 (problem JSON) for a request not answered within `limit`, a slow body
+/// included; the request's work is dropped, and with it any transaction not committed.
+async fn within(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(answer) => answer,
+        Err(_) => problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request timeout",
+            "the request was not complete in time; nothing from it was stored",
+            Value::Null,
+        ),
+    }
 }
 
 /// Times every routed request by its route's pattern (never its path: ids stay out).
@@ -434,15 +441,47 @@ fn outcome_line(
     json!({"index": index, "record_id": record_id, "revision": revision, "outcome": outcome})
 }
 
-async fn post_records(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn post_records(State(app): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    // The key first: a body is read only for a caller who may send one.
     let key = match caller(&app, &headers).await {
         Ok(k) => k,
         Err(r) => return r,
     };
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Body too large",
+            &format!(
+                "a request body may be {} MiB at most; send fewer records a request",
+                MAX_BODY_BYTES / (1024 * 1024)
+            ),
+            json!({"rule": "body-too-large"}),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    let body =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY_BYTES))
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(_) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Body not read",
+                    "the request body ended before it was whole",
+                    json!({"rule": "body-unreadable"}),
+                );
+            }
+        };
     if key.scope != Scope::Write {
         return problem(
             StatusCode::FORBIDDEN,
@@ -578,14 +617,22 @@ async fn post_records(
         (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::MULTI_STATUS,
     };
-    if lines.len() == 1 && status != StatusCode::OK {
-        // One record refused: a problem with its first error's path and rule.
+    if status == StatusCode::UNPROCESSABLE_ENTITY {
+        // Nothing stored: a problem, with the first refusal's path and rule; one record
+        // refused for its school or for a conflict says so in its status.
         let line = &lines[0];
         let first = &line["errors"][0];
-        let (title, code) = match line["outcome"].as_str() {
-            Some("forbidden") => ("Forbidden", StatusCode::FORBIDDEN),
-            Some("conflict") => ("Conflict", StatusCode::CONFLICT),
-            _ => ("Record rejected", StatusCode::UNPROCESSABLE_ENTITY),
+        let (title, code, rule) = match line["outcome"].as_str() {
+            Some("forbidden") if lines.len() == 1 => {
+                ("Forbidden", StatusCode::FORBIDDEN, json!("forbidden"))
+            }
+            Some("conflict") if lines.len() == 1 => {
+                ("Conflict", StatusCode::CONFLICT, json!("conflict"))
+            }
+            Some("forbidden") => ("No record stored", status, json!("forbidden")),
+            Some("conflict") => ("No record stored", status, json!("conflict")),
+            _ if lines.len() == 1 => ("Record rejected", status, first["rule"].clone()),
+            _ => ("No record stored", status, first["rule"].clone()),
         };
         let detail = first["message"]
             .as_str()
@@ -596,7 +643,7 @@ async fn post_records(
             code,
             title,
             &detail,
-            json!({"path": first["path"], "rule": first["rule"], "records": lines}),
+            json!({"path": first["path"], "rule": rule, "records": lines}),
         );
     }
     (status, axum::Json(json!({"records": lines}))).into_response()

@@ -228,6 +228,53 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
     assert_eq!(body["rule"], "json-syntax", "{body}");
     assert_eq!(body["status"], 422);
 
+    // Bodies: over 16 MiB (declared, or streamed without a length) is 413 before it is
+    // read whole; one record over the per-record cap is rejected by rule; an empty body
+    // and a truncated array are JSON errors. All problem JSON with a rule.
+    let huge = format!("[{}]", " ".repeat(17 * 1024 * 1024));
+    let (status, ct, body) = post(&url, Some(&key), "application/json", huge.clone()).await;
+    assert_eq!((status, ct.as_str()), (413, "application/problem+json"));
+    assert_eq!(body["rule"], "body-too-large", "{body}");
+    {
+        // Chunked, no length: cut off at the limit, still 413.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = url.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("100000\r\n{}\r\n", " ".repeat(1 << 20));
+        for _ in 0..17 {
+            if conn.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = conn.write_all(b"0\r\n\r\n").await;
+        let mut answer = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    let mut big = visit("api-big", 1, "Seen.");
+    big["notes"] = "x".repeat(5 * 1024 * 1024).into();
+    let (status, _, body) = post(&url, Some(&key), "application/json", big.to_string()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["rule"], "record-too-large", "{body}");
+    for sent in ["", "[{\"kind\": \"visit_report\"}, {"] {
+        let (status, ct, body) = post(&url, Some(&key), "application/json", sent.into()).await;
+        assert_eq!(
+            (status, ct.as_str()),
+            (422, "application/problem+json"),
+            "{sent}: {body}"
+        );
+        assert!(body["rule"].is_string(), "{sent}: {body}");
+    }
+
     // The record's state: revisions and deliveries, never its content; another school's
     // record or a missing one: 404 alike.
     let get = |path: String, key: String| async move {
@@ -448,4 +495,44 @@ async fn sigterm_mid_delivery_then_restart_loses_nothing() {
         }
     }
     assert_eq!(bodies.len(), 12);
+}
+
+/// Slow clients: a request head dribbled past `[server] header_timeout_seconds` loses its
+/// connection; a body that stops short is answered 408 after `request_timeout_seconds`;
+/// meanwhile the server answers everyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = MockServer::start().await;
+    let (mut d, key, _) = deployment(&target);
+    d.add_config("[server]\nheader_timeout_seconds = 1\nrequest_timeout_seconds = 1\n");
+    let server = Server::start(&d);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+
+    // Half a head, then silence: closed after about a second.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/records HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let health = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "others are served meanwhile");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slow head's connection was kept open");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A whole head, a body that stops short: 408, problem JSON.
+    let mut short = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"kind\":"
+    );
+    short.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), short.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }

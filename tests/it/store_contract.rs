@@ -216,7 +216,10 @@ async fn queues<S: Store + DeliveryStore>(store: &S) {
     let now = chrono::Utc::now();
     let stats = store.queue_stats(now).await.unwrap();
     assert_eq!(stats.len(), 1);
-    assert_eq!((stats[0].waiting, stats[0].due, stats[0].retries), (3, 3, 0));
+    assert_eq!(
+        (stats[0].waiting, stats[0].due, stats[0].retries),
+        (3, 3, 0)
+    );
     let claimed = store.claim(TRUST, DEST, 10).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let retry = |at: &str| AttemptOutcome::Retry {
@@ -241,7 +244,8 @@ async fn queues<S: Store + DeliveryStore>(store: &S) {
     assert_eq!((q.waiting, q.due), (2, 1), "Q-1 due, Q-2 not yet");
     assert_eq!(q.retries, 1, "Q-1's second attempt");
     assert_eq!(
-        q.oldest_due.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        q.oldest_due
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         Some(PAST.to_owned())
     );
 }

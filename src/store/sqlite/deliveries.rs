@@ -13,8 +13,8 @@ use crate::records::severity::Severity;
 use crate::store::StoreError;
 use crate::store::deliveries::{
     AttemptExport, AttemptOutcome, AttemptRow, Claimed, DeliveryCount, DeliveryDetail, DeliveryRow,
-    DeliveryStore, ExceptionState, Finished, NewDelivery, QueueStat, RecordState, ReplayTrail, Replayed,
-    RevisionState, Unrouted,
+    DeliveryStore, ExceptionState, Finished, NewDelivery, QueueStat, RecordState, ReplayTrail,
+    Replayed, RevisionState, Unrouted,
 };
 use crate::store::rules::{
     CLAIM_ORDER, CLAIMABLE, ClaimOrder, DeliveryState, REPLAY_BLOCKED_BY, REPLAYABLE, REPLAYED_TO,
