@@ -15,23 +15,30 @@
 //! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
 //! touch: validation, policy, storage or delivery logic (the library's).
 
+// A `Problem` is made at most once a request, on the way out: its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod api;
 mod commit;
 mod conn;
 mod metrics;
 pub use commit::{CommitError, Committer};
 pub use metrics::Metrics;
 
+use api::{
+    FieldError, Outcome, PostAnswer, Problem, RaisedException, Readiness, RecordOutcome, RecordView,
+};
+
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::deployment::Deployment;
@@ -74,6 +81,10 @@ pub struct AppState {
     /// When each key's use was last written to the store.
     uses_noted: Mutex<HashMap<String, Instant>>,
     pub metrics: Metrics,
+    /// Whether the delivery loop runs (`readyz`).
+    pub delivering: Arc<std::sync::atomic::AtomicBool>,
+    /// The signing key's state at the start, as `readyz` shows it.
+    pub signing: String,
 }
 
 impl AppState {
@@ -82,6 +93,7 @@ impl AppState {
         store: Arc<SqliteStore>,
         trusts: Arc<Trusts>,
         work: Arc<Notify>,
+        signing: String,
     ) -> (AppState, tokio::task::JoinHandle<()>) {
         let metrics = Metrics::default();
         let (committer, committing) = Committer::start(store.clone(), metrics.commit_counter());
@@ -95,6 +107,8 @@ impl AppState {
             ),
             uses_noted: Mutex::new(HashMap::new()),
             metrics,
+            delivering: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            signing,
         };
         (state, committing)
     }
@@ -129,7 +143,19 @@ pub async fn serve(
     let store = Arc::new(deployment.open_store().await?);
     let work = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
-    let (state, committing) = AppState::new(store.clone(), trusts, work.clone());
+    let signing = if !deployment.signs_checkpoints() {
+        "not configured".to_owned()
+    } else {
+        match deployment.signer() {
+            Ok(_) => "loaded".to_owned(),
+            Err(e) => {
+                tracing::error!(error = %e, "the signing key cannot be used");
+                "unusable: see the log".to_owned()
+            }
+        }
+    };
+    let (state, committing) = AppState::new(store.clone(), trusts, work.clone(), signing);
+    let delivering = state.delivering.clone();
     let config = deployment.config();
     let app = router(Arc::new(state), config.request_timeout);
     let serving = async {
@@ -146,7 +172,7 @@ pub async fn serve(
     };
     let ((), delivered) = tokio::join!(
         serving,
-        delivery_loop(deployment, store.clone(), work, stop.clone())
+        delivery_loop(deployment, store.clone(), work, stop.clone(), delivering)
     );
     let warnings = deployment.sign_checkpoints(store.as_ref()).await;
     store.close().await;
@@ -163,7 +189,8 @@ pub enum ServeError {
 /// The routes, over `state`; a request taking longer than `timeout` is answered 408.
 pub fn router(state: Arc<AppState>, timeout: Duration) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/records", post(post_records))
@@ -179,12 +206,22 @@ pub fn router(state: Arc<AppState>, timeout: Duration) -> Router {
 /// every `[intake] sweep_seconds`, checkpoints signed every `[audit] checkpoint_seconds`.
 /// Once stopped, it routes and delivers what is due one last time, so nothing accepted before
 /// the stop waits for the next start. One task does it all: one delivery run at a time.
+/// `running` is true while it runs.
 pub async fn delivery_loop(
     deployment: &Deployment,
     store: Arc<SqliteStore>,
     work: Arc<Notify>,
     stop: Arc<Notify>,
+    running: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), crate::deployment::DeploymentError> {
+    struct Running(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    running.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _running = Running(running);
     let engine = deployment.engine()?.clone();
     let config = deployment.config();
     let (mut next_sweep, mut next_checkpoint) =
@@ -238,25 +275,6 @@ impl crate::pipeline::Reporter for Quiet {
     fn conflict(&mut self, _: &crate::report::Conflict) {}
 }
 
-/// An RFC 9457 problem.
-fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Response {
-    let mut body = json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
-        b.extend(extra);
-    }
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 /// Answers 408 (problem JSON) for a request not answered within `limit`, a slow body
 /// included; the request's work is dropped, and with it any transaction not committed.
 async fn within(
@@ -266,12 +284,12 @@ async fn within(
 ) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(answer) => answer,
-        Err(_) => problem(
+        Err(_) => Problem::new(
             StatusCode::REQUEST_TIMEOUT,
             "Request timeout",
             "the request was not complete in time; nothing from it was stored",
-            Value::Null,
-        ),
+        )
+        .into_response(),
     }
 }
 
@@ -289,8 +307,17 @@ async fn timed(
     answer
 }
 
-/// `GET /metrics`: Prometheus text (OpenMetrics), no key needed (bind it to loopback or a
-/// scraper's network).
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "Up", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Prometheus text (OpenMetrics): records received and refused, request latency, intake
+/// transactions, and from the store each destination's deliveries by state, queue depth,
+/// oldest due age, retries and dead letters, and each trust's log size. No key needed:
+/// bind `serve` to loopback or a scraper's network.
+#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, description = "Metrics", body = String, content_type = "application/openmetrics-text")))]
 async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
     let now = chrono::Utc::now();
     let (deliveries, queues, log_sizes) = tokio::join!(
@@ -298,6 +325,13 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
         app.store.queue_stats(now),
         app.store.audit_sizes()
     );
+    if let Err(e) = deliveries
+        .as_ref()
+        .and(queues.as_ref())
+        .and(log_sizes.as_ref())
+    {
+        tracing::error!(error = %e, "metrics: the store could not be read");
+    }
     let scrape = metrics::Scrape {
         now,
         deliveries: deliveries.unwrap_or_default(),
@@ -314,21 +348,52 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Ready to take records: the store answers with every migration applied, the delivery
+/// loop runs, and the signing key (where one is configured) loads.
+#[utoipa::path(get, path = "/readyz", security(()), responses(
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "Not ready; `checks` says what is not", body = Problem, content_type = "application/problem+json"),
+))]
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    match app.store.delivery_counts().await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(_) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Not ready",
-            "the store cannot be read",
-            Value::Null,
-        ),
+    let store = match app.store.migrations_current().await {
+        Ok(true) => "ok",
+        Ok(false) => "migrations missing: restart doorstep to apply them",
+        Err(e) => {
+            tracing::error!(error = %e, "readyz: the store could not be read");
+            "unreachable"
+        }
+    };
+    let checks = Readiness {
+        store: store.to_owned(),
+        delivery: if app.delivering.load(std::sync::atomic::Ordering::SeqCst) {
+            "running"
+        } else {
+            "stopped"
+        }
+        .to_owned(),
+        signing_key: app.signing.clone(),
+    };
+    let ready = store == "ok"
+        && checks.delivery == "running"
+        && !checks.signing_key.starts_with("unusable");
+    if ready {
+        axum::Json(checks).into_response()
+    } else {
+        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Not ready", "see checks");
+        p.checks = Some(checks);
+        p.into_response()
     }
 }
 
+/// `GET /v1/openapi.json`: this API, generated from the handlers and their types.
+#[utoipa::path(get, path = "/v1/openapi.json", security(()), responses((status = 200, description = "The OpenAPI document")))]
+async fn openapi_json() -> Response {
+    axum::Json(<api::ApiDoc as utoipa::OpenApi>::openapi()).into_response()
+}
+
 /// The key a request presents, checked; the problem to answer otherwise (401, one answer
-/// for every kind of bad key).
-async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Response> {
+/// for every kind of bad key; 429 when its rate is spent).
+async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Problem> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -344,16 +409,13 @@ async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Respon
                     .as_secs()
                     .max(1);
                 tracing::info!(key = %k.id, "rate limited");
-                return Err((
-                    [(header::RETRY_AFTER, after.to_string())],
-                    problem(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "Too many requests",
-                        "this key's request rate is spent; try again after Retry-After",
-                        Value::Null,
-                    ),
-                )
-                    .into_response());
+                let mut p = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many requests",
+                    "this key's request rate is spent; try again after Retry-After",
+                );
+                p.retry_after = Some(after);
+                return Err(p);
             }
             if app.use_due(&k.id) {
                 let now = crate::store::time::format(&chrono::Utc::now());
@@ -365,34 +427,42 @@ async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Respon
         }
         Err(KeyError::Store(e)) => {
             tracing::error!(error = %e, "key check failed");
-            Err(problem(
+            Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Store unavailable",
                 "the key could not be checked; try again",
-                Value::Null,
             ))
         }
         Err(e) => {
             if let KeyError::Revoked(id) = &e {
                 tracing::info!(key = %id, "a revoked key was presented");
             }
-            Err((
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                problem(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    "present a valid API key as `Authorization: Bearer <key>`",
-                    Value::Null,
-                ),
-            )
-                .into_response())
+            Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "present a valid API key as `Authorization: Bearer <key>`",
+            ))
         }
     }
 }
 
-/// `GET /v1/records/{trust}/{kind}/{id}`: the record's revisions, exceptions and the
-/// delivery state per destination — never its content. A record of a school the key does
-/// not reach is 404, as if it did not exist.
+/// A record's revisions, exceptions and delivery state per destination — never its
+/// content. A record of a school the key does not reach is 404, as if it did not exist.
+#[utoipa::path(
+    get,
+    path = "/v1/records/{trust}/{kind}/{id}",
+    params(
+        ("trust" = String, Path, description = "The trust's id"),
+        ("kind" = String, Path, description = "`visit_report`, `incident` or `safeguarding_flag`"),
+        ("id" = String, Path, description = "The record's id"),
+    ),
+    responses(
+        (status = 200, description = "The record's state", body = RecordView),
+        (status = 401, description = "No key, or a bad or revoked one", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such record, or one of a school the key does not reach", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key's rate is spent; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_record(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -400,96 +470,71 @@ async fn get_record(
 ) -> Response {
     let key = match caller(&app, &headers).await {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(p) => return p.into_response(),
     };
-    let not_found = || {
-        problem(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "no such record",
-            Value::Null,
-        )
-    };
+    let not_found = || Problem::new(StatusCode::NOT_FOUND, "Not found", "no such record");
     let Some(kind) = crate::records::Kind::from_name(&kind) else {
-        return not_found();
+        return not_found().into_response();
     };
     if key.trust != trust {
-        return not_found();
+        return not_found().into_response();
     }
     match app.store.record_state(&trust, kind, &id).await {
-        Ok(Some(state)) if key.reaches(&trust, &state.school) => axum::Json(state).into_response(),
-        Ok(_) => not_found(),
+        Ok(Some(state)) if key.reaches(&trust, &state.school) => {
+            axum::Json(RecordView::from(state)).into_response()
+        }
+        Ok(_) => not_found().into_response(),
         Err(e) => {
             tracing::error!(error = %e, "reading a record's state failed");
-            problem(
+            Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Store unavailable",
                 "the record could not be read; try again",
-                Value::Null,
             )
+            .into_response()
         }
     }
 }
 
-/// One record's line in the answer.
-fn outcome_line(
-    index: usize,
-    record_id: Option<&str>,
-    revision: Option<u32>,
-    outcome: &str,
-) -> Value {
-    json!({"index": index, "record_id": record_id, "revision": revision, "outcome": outcome})
-}
-
-async fn post_records(State(app): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let headers = parts.headers;
-    // The key first: a body is read only for a caller who may send one.
-    let key = match caller(&app, &headers).await {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+/// Reads a request's body whole, up to [`MAX_BODY_BYTES`]: larger (declared or streamed)
+/// is 413 before it is all read.
+async fn body_of(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, Problem> {
     let too_large = || {
-        problem(
+        Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Body too large",
             &format!(
                 "a request body may be {} MiB at most; send fewer records a request",
                 MAX_BODY_BYTES / (1024 * 1024)
             ),
-            json!({"rule": "body-too-large"}),
         )
+        .rule("body-too-large")
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large();
+        return Err(too_large());
     }
-    let body =
-        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY_BYTES))
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Err(_) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "Body not read",
-                    "the request body ended before it was whole",
-                    json!({"rule": "body-unreadable"}),
-                );
-            }
-        };
-    if key.scope != Scope::Write {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "this key may read, not post records",
-            Value::Null,
-        );
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    match http_body_util::BodyExt::collect(limited).await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Body not read",
+            "the request body ended before it was whole",
+        )
+        .rule("body-unreadable")),
     }
+}
+
+/// The body's format from its media type.
+fn format_of(headers: &HeaderMap) -> Result<FileFormat, Problem> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -499,41 +544,102 @@ async fn post_records(State(app): State<Arc<AppState>>, req: axum::extract::Requ
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    let format = match content_type.as_str() {
-        "application/json" => FileFormat::Json,
-        "application/x-ndjson" | "application/jsonl" => FileFormat::JsonLines,
-        _ => {
-            return problem(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Unsupported media type",
-                "send application/json (one record or an array) or application/x-ndjson",
-                Value::Null,
-            );
-        }
-    };
+    match content_type.as_str() {
+        "application/json" => Ok(FileFormat::Json),
+        "application/x-ndjson" | "application/jsonl" => Ok(FileFormat::JsonLines),
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            "send application/json (one record or an array) or application/x-ndjson",
+        )
+        .rule("media-type")),
+    }
+}
+
+/// Records in: one record or an array (`application/json`), or JSON lines
+/// (`application/x-ndjson`). Each is validated as `doorstep check` validates a file and its
+/// trust's policy is run; those the key may post are stored durably — in one transaction,
+/// shared with concurrent requests — before the answer, which lists every record's outcome
+/// in order. Nothing valid is lost because a sibling is bad: some stored and some refused
+/// is 207.
+#[utoipa::path(
+    post,
+    path = "/v1/records",
+    request_body(
+        description = "One record or an array of records (SPEC §1), or JSON lines",
+        content(
+            (serde_json::Value = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Every record stored (accepted or unchanged)", body = PostAnswer),
+        (status = 207, description = "Some stored, some refused: each record's outcome", body = PostAnswer),
+        (status = 400, description = "The body ended before it was whole", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No key, or a bad or revoked one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A read-only key, or the one record is for a school the key does not reach", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The request took longer than `[server] request_timeout_seconds`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The one record conflicts with a stored revision", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON or JSON lines", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Nothing stored: the first refusal's `path` and `rule`, and every record's outcome", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key's rate is spent; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store could not be written; nothing was stored", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn post_records(State(app): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    match take_records(&app, req).await {
+        Ok((status, answer)) => (status, axum::Json(answer)).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn take_records(
+    app: &AppState,
+    req: axum::extract::Request,
+) -> Result<(StatusCode, PostAnswer), Problem> {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    // The key first: a body is read only for a caller who may send one.
+    let key = caller(app, &headers).await?;
+    if key.scope != Scope::Write {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this key may read, not post records",
+        )
+        .rule("key-scope"));
+    }
+    let format = format_of(&headers)?;
+    let body = body_of(&headers, body).await?;
     let mut items = Vec::new();
     read_body(format, &body, &mut |item: Item| {
         items.push(item);
         true
     });
     let file = format!("api:{}", key.id);
-    let mut lines = Vec::new();
+    let mut lines: Vec<RecordOutcome> = Vec::new();
     let mut batch = IntakeBatch::default();
-    // For each record written, its line's index and the exceptions it raises.
-    let mut written: Vec<(usize, crate::records::Kind, Vec<Value>)> = Vec::new();
-    let (mut stored, mut refused) = (0usize, 0usize);
+    // For each record written, its line's index, kind and the exceptions it raises.
+    let mut written: Vec<(usize, crate::records::Kind, Vec<RaisedException>)> = Vec::new();
     for item in items {
         match validate(&file, item, &app.trusts) {
             Validated::Rejected(rejections) => {
-                refused += 1;
                 app.metrics.refused(rejections[0].rule.as_str());
-                let first = &rejections[0];
-                let mut line =
-                    outcome_line(lines.len(), first.record_id.as_deref(), None, "rejected");
-                line["errors"] = json!(rejections
+                let mut line = RecordOutcome::new(
+                    lines.len(),
+                    rejections[0].record_id.clone(),
+                    None,
+                    Outcome::Rejected,
+                );
+                line.errors = rejections
                     .iter()
-                    .map(|r| json!({"path": r.path, "rule": r.rule.as_str(), "message": r.message}))
-                    .collect::<Vec<_>>());
+                    .map(|r| FieldError {
+                        path: r.path.clone(),
+                        rule: r.rule.as_str().to_owned(),
+                        message: r.message.clone(),
+                    })
+                    .collect();
                 lines.push(line);
                 batch.rejections.extend(rejections);
             }
@@ -542,26 +648,33 @@ async fn post_records(State(app): State<Arc<AppState>>, req: axum::extract::Requ
                     let r = &c.parsed.record;
                     let (id, revision) = (r.id().to_string(), r.revision().0);
                     if !key.reaches(r.trust().as_str(), r.school().urn.as_str()) {
-                        refused += 1;
                         app.metrics.refused("forbidden");
                         tracing::warn!(key = %key.id, record_id = %id, "a record for a school the key does not reach");
-                        let mut line =
-                            outcome_line(lines.len(), Some(&id), Some(revision), "forbidden");
-                        line["detail"] = "this key does not reach the record's school".into();
+                        let mut line = RecordOutcome::new(
+                            lines.len(),
+                            Some(id),
+                            Some(revision),
+                            Outcome::Forbidden,
+                        );
+                        line.detail = Some("this key does not reach the record's school".into());
                         lines.push(line);
                         continue;
                     }
-                    let exceptions: Vec<Value> = c
+                    let exceptions = c
                         .exceptions
                         .iter()
-                        .map(|e| json!({"rule": e.rule.as_str(), "severity": e.severity, "message": e.message}))
+                        .map(|e| RaisedException {
+                            rule: e.rule.as_str().to_owned(),
+                            severity: e.severity.as_str().to_owned(),
+                            message: e.message.clone(),
+                        })
                         .collect();
                     written.push((lines.len(), r.kind(), exceptions));
-                    lines.push(outcome_line(
+                    lines.push(RecordOutcome::new(
                         lines.len(),
-                        Some(&id),
+                        Some(id),
                         Some(revision),
-                        "accepted",
+                        Outcome::Accepted,
                     ));
                     batch
                         .records
@@ -570,81 +683,97 @@ async fn post_records(State(app): State<Arc<AppState>>, req: axum::extract::Requ
             }
         }
     }
-    // Durable before the answer: one transaction for the request.
+    // Durable before the answer.
     if !batch.records.is_empty() || !batch.rejections.is_empty() {
-        match app.committer.ingest(batch).await {
-            Ok(outcomes) => {
-                for ((index, kind, exceptions), o) in written.into_iter().zip(outcomes) {
-                    let line = &mut lines[index];
-                    if !matches!(o, IngestOutcome::Conflict(_)) {
-                        app.metrics.received(kind.as_str());
-                    }
-                    match o {
-                        IngestOutcome::Stored => {
-                            stored += 1;
-                            line["exceptions"] = Value::Array(exceptions);
-                        }
-                        IngestOutcome::Unchanged => {
-                            stored += 1;
-                            line["outcome"] = "unchanged".into();
-                        }
-                        IngestOutcome::Conflict(c) => {
-                            refused += 1;
-                            app.metrics.refused("conflict");
-                            line["outcome"] = "conflict".into();
-                            line["detail"] = c.to_string().into();
-                        }
-                    }
+        let outcomes = app.committer.ingest(batch).await.map_err(|e| {
+            tracing::error!(error = %e, "storing a request's records failed");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not stored",
+                "the records could not be stored; nothing was accepted; try again",
+            )
+        })?;
+        for ((index, kind, exceptions), o) in written.into_iter().zip(outcomes) {
+            let line = &mut lines[index];
+            match o {
+                IngestOutcome::Stored => line.exceptions = Some(exceptions),
+                IngestOutcome::Unchanged => line.outcome = Outcome::Unchanged,
+                IngestOutcome::Conflict(c) => {
+                    app.metrics.refused("conflict");
+                    line.outcome = Outcome::Conflict;
+                    line.detail = Some(c.to_string());
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "storing a request's records failed");
-                return problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Not stored",
-                    "the records could not be stored; nothing was accepted; try again",
-                    Value::Null,
-                );
+            if line.stored() {
+                app.metrics.received(kind.as_str());
             }
         }
     }
+    let stored = lines.iter().filter(|l| l.stored()).count();
+    let refused = lines.len() - stored;
     if stored > 0 {
         app.work.notify_one();
     }
     tracing::info!(key = %key.id, stored, refused, "records posted");
-    let status = match (stored, refused) {
-        (_, 0) => StatusCode::OK,
-        (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::MULTI_STATUS,
-    };
-    if status == StatusCode::UNPROCESSABLE_ENTITY {
-        // Nothing stored: a problem, with the first refusal's path and rule; one record
-        // refused for its school or for a conflict says so in its status.
-        let line = &lines[0];
-        let first = &line["errors"][0];
-        let (title, code, rule) = match line["outcome"].as_str() {
-            Some("forbidden") if lines.len() == 1 => {
-                ("Forbidden", StatusCode::FORBIDDEN, json!("forbidden"))
-            }
-            Some("conflict") if lines.len() == 1 => {
-                ("Conflict", StatusCode::CONFLICT, json!("conflict"))
-            }
-            Some("forbidden") => ("No record stored", status, json!("forbidden")),
-            Some("conflict") => ("No record stored", status, json!("conflict")),
-            _ if lines.len() == 1 => ("Record rejected", status, first["rule"].clone()),
-            _ => ("No record stored", status, first["rule"].clone()),
-        };
-        let detail = first["message"]
-            .as_str()
-            .or(line["detail"].as_str())
-            .unwrap_or("refused")
-            .to_owned();
-        return problem(
-            code,
-            title,
-            &detail,
-            json!({"path": first["path"], "rule": rule, "records": lines}),
-        );
+    if stored == 0 && refused > 0 {
+        return Err(nothing_stored(lines));
     }
-    (status, axum::Json(json!({"records": lines}))).into_response()
+    let status = if refused == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok((status, PostAnswer { records: lines }))
+}
+
+/// The problem for a request that stored nothing: the first refusal's path and rule; one
+/// record refused for its school or a conflict says so in its status (403, 409).
+fn nothing_stored(lines: Vec<RecordOutcome>) -> Problem {
+    let one = lines.len() == 1;
+    let (status, title, detail, path, rule) = match lines.first() {
+        None => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "No record",
+            "the body holds no record".to_owned(),
+            None,
+            "no-records".to_owned(),
+        ),
+        Some(first) => {
+            let (status, title, rule) = match first.outcome {
+                Outcome::Forbidden if one => (StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
+                Outcome::Conflict if one => (StatusCode::CONFLICT, "Conflict", "conflict"),
+                Outcome::Forbidden => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "No record stored",
+                    "forbidden",
+                ),
+                Outcome::Conflict => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "No record stored",
+                    "conflict",
+                ),
+                _ if one => (StatusCode::UNPROCESSABLE_ENTITY, "Record rejected", ""),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, "No record stored", ""),
+            };
+            let error = first.errors.first();
+            (
+                status,
+                title,
+                error
+                    .map(|e| e.message.clone())
+                    .or_else(|| first.detail.clone())
+                    .unwrap_or_else(|| "refused".to_owned()),
+                error.and_then(|e| e.path.clone()),
+                if rule.is_empty() {
+                    error.map(|e| e.rule.clone()).unwrap_or_default()
+                } else {
+                    rule.to_owned()
+                },
+            )
+        }
+    };
+    let mut p = Problem::new(status, title, &detail).rule(&rule);
+    p.path = path;
+    p.records = Some(lines);
+    p
 }

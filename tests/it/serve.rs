@@ -134,13 +134,21 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
     let url = server.url.clone();
     let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
     assert_eq!(
-        reqwest::get(format!("{url}/readyz"))
-            .await
-            .unwrap()
-            .status(),
-        200
+        (&ready["store"], &ready["delivery"]),
+        (&json!("ok"), &json!("running")),
+        "{ready}"
     );
+    let doc: Value = reqwest::get(format!("{url}/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/records"]["post"].is_object(), "{doc}");
 
     // One record: stored before the answer, delivered within moments (no cron run).
     let sent = Instant::now();

@@ -30,6 +30,14 @@ use audit::Edges;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// Whether every migration of this build has been applied to the store behind `pool`.
+async fn migrations_current(pool: &sqlx::SqlitePool) -> Result<bool, sqlx::Error> {
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(pool)
+        .await?;
+    Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+}
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
@@ -151,11 +159,7 @@ impl SqliteStore {
             Ok(pool) if sqlx::query("SELECT 1").execute(&pool).await.is_ok() => pool,
             _ => connect(options.immutable(true)).await.map_err(db_err)?,
         };
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
-            .fetch_all(&pool)
-            .await
-            .map_err(db_err)?;
-        if MIGRATOR.iter().any(|m| !applied.contains(&m.version)) {
+        if !migrations_current(&pool).await.map_err(db_err)? {
             return Err(StoreError::Io {
                 location,
                 reason: "read-only, and made by an earlier doorstep: open it once where it can be written to bring it up to date".into(),
@@ -172,6 +176,11 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the store answers and has every migration this build knows (`readyz`).
+    pub async fn migrations_current(&self) -> Result<bool, StoreError> {
+        migrations_current(&self.pool).await.map_err(self.db_err())
     }
 
     pub(super) fn db_err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
