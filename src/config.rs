@@ -221,6 +221,9 @@ struct RawServer {
     header_timeout_seconds: Option<f64>,
     /// How long a request may take from its head to its answer, body included.
     request_timeout_seconds: Option<f64>,
+    /// Requests a second one API key may make, and the burst it may spend at once.
+    key_requests_per_second: Option<u32>,
+    key_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +288,9 @@ pub struct Config {
     pub header_timeout: std::time::Duration,
     /// `serve`: how long a request may take, body read and answer included (then 408).
     pub request_timeout: std::time::Duration,
+    /// `serve`: requests a second one key may make, and the burst it may spend.
+    pub key_rate: std::num::NonZeroU32,
+    pub key_burst: std::num::NonZeroU32,
     pub signing_key: Option<SecretRef>,
     /// Where CSV destinations write (`<out>/<trust>/…`).
     pub out_dir: PathBuf,
@@ -349,6 +355,16 @@ impl Config {
                 invalid("server.request_timeout_seconds", "from 0.1 to 3600".into()).into(),
             );
         }
+        let positive = |key: &str, n: Option<u32>, default: u32| {
+            std::num::NonZeroU32::new(n.unwrap_or(default))
+                .ok_or_else(|| invalid(key, "at least 1".into()))
+        };
+        let key_rate = positive(
+            "server.key_requests_per_second",
+            raw.server.key_requests_per_second,
+            100,
+        )?;
+        let key_burst = positive("server.key_burst", raw.server.key_burst, 200)?;
         let checkpoint_every = raw.audit.checkpoint_seconds.unwrap_or(300.0);
         if !(1.0..=86_400.0).contains(&checkpoint_every) {
             return Err(invalid("audit.checkpoint_seconds", "from 1 to 86400".into()).into());
@@ -414,6 +430,8 @@ impl Config {
             listen,
             header_timeout: std::time::Duration::from_secs_f64(header_timeout),
             request_timeout: std::time::Duration::from_secs_f64(request_timeout),
+            key_rate,
+            key_burst,
             signing_key: raw.audit.signing_key.map(|s| SecretRef {
                 env: s.env,
                 file: s.file.map(|f| at(&f)),

@@ -53,16 +53,6 @@ use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteS
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Requests served at once; more wait.
 const MAX_CONCURRENT: usize = 256;
-/// Requests a second one key may make, and the burst it may spend at once.
-const KEY_RATE: NonZeroU32 = non_zero(100);
-const KEY_BURST: NonZeroU32 = non_zero(200);
-
-const fn non_zero(n: u32) -> NonZeroU32 {
-    match NonZeroU32::new(n) {
-        Some(n) => n,
-        None => NonZeroU32::MIN,
-    }
-}
 /// A key's last use is written at most this often (not a store write per request).
 const KEY_USE_NOTED_EVERY: Duration = Duration::from_secs(60);
 
@@ -94,6 +84,7 @@ impl AppState {
         trusts: Arc<Trusts>,
         work: Arc<Notify>,
         signing: String,
+        key_rate: (NonZeroU32, NonZeroU32),
     ) -> (AppState, tokio::task::JoinHandle<()>) {
         let metrics = Metrics::default();
         let (committer, committing) = Committer::start(store.clone(), metrics.commit_counter());
@@ -103,7 +94,7 @@ impl AppState {
             work,
             committer,
             limiter: governor::RateLimiter::keyed(
-                governor::Quota::per_second(KEY_RATE).allow_burst(KEY_BURST),
+                governor::Quota::per_second(key_rate.0).allow_burst(key_rate.1),
             ),
             uses_noted: Mutex::new(HashMap::new()),
             metrics,
@@ -154,9 +145,15 @@ pub async fn serve(
             }
         }
     };
-    let (state, committing) = AppState::new(store.clone(), trusts, work.clone(), signing);
-    let delivering = state.delivering.clone();
     let config = deployment.config();
+    let (state, committing) = AppState::new(
+        store.clone(),
+        trusts,
+        work.clone(),
+        signing,
+        (config.key_rate, config.key_burst),
+    );
+    let delivering = state.delivering.clone();
     let app = router(Arc::new(state), config.request_timeout);
     let serving = async {
         conn::accept(listener, app, config.header_timeout, shutdown).await;
