@@ -299,11 +299,13 @@ async fn main() {
     let sent = posting.await.unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until {
-        let got = arrivals.lock().unwrap();
-        if sent.keys().all(|id| got.contains_key(id)) {
+        let all_in = {
+            let got = arrivals.lock().unwrap();
+            sent.keys().all(|id| got.contains_key(id))
+        };
+        if all_in {
             break;
         }
-        drop(got);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut latencies: Vec<f64> = {
