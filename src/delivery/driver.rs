@@ -57,7 +57,7 @@ pub(super) struct Driver<S> {
     pub(super) store: Arc<S>,
     pub(super) tx: mpsc::Sender<Finished>,
     pub(super) wake: Arc<Notify>,
-    pub(super) deadline: Instant,
+    pub(super) until: super::Until,
 }
 
 impl<S: DeliveryStore + 'static> Driver<S> {
@@ -81,6 +81,10 @@ impl<S: DeliveryStore + 'static> Driver<S> {
         let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<Claimed>, StoreError>>> = None;
         // The last claim found nothing due: wait for an outcome or a moment before the next.
         let mut dry = false;
+        let mut stop = match &self.until {
+            super::Until::Stopped(rx) => Some(rx.clone()),
+            super::Until::Deadline(_) => None,
+        };
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -90,7 +94,14 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                 // The outcome writer stopped (its store error ends the run): send no more.
                 return Ok(());
             }
-            if claiming.is_none() && !dry && queue.len() <= ahead / 2 {
+            // Told to stop: claim nothing more, send what is claimed, then end.
+            let stopping = stop
+                .as_ref()
+                .is_some_and(|rx| *rx.borrow() || rx.has_changed().is_err());
+            if stopping && queue.is_empty() && sending.is_empty() && claiming.is_none() {
+                return Ok(());
+            }
+            if claiming.is_none() && !dry && !stopping && queue.len() <= ahead / 2 {
                 let (store, trust, name) = (
                     self.store.clone(),
                     self.dest.trust.clone(),
@@ -140,26 +151,34 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                 // Nothing claimed and nothing in flight: wait for the next retry, if it
                 // falls before the deadline, or for an outcome elsewhere (a revision waiting
                 // on its predecessor), else stop.
-                let Some(next) = self
+                let next = self
                     .store
                     .next_due(&self.dest.trust, &self.dest.name)
-                    .await?
-                else {
-                    return Ok(());
+                    .await?;
+                let wait = next.map(|next| {
+                    chrono::DateTime::parse_from_rfc3339(&next)
+                        .map(|t| {
+                            (t.with_timezone(&Utc) - Utc::now())
+                                .to_std()
+                                .unwrap_or_default()
+                        })
+                        .unwrap_or_default()
+                });
+                let wait = match (&self.until, wait) {
+                    (super::Until::Deadline(deadline), Some(wait))
+                        if Instant::now() + wait <= *deadline =>
+                    {
+                        wait
+                    }
+                    (super::Until::Deadline(_), _) => return Ok(()),
+                    // Until stopped: wait for the next retry, new work or the stop, looking
+                    // again at least every few seconds.
+                    (super::Until::Stopped(_), wait) => wait.unwrap_or(IDLE).min(IDLE),
                 };
-                let wait = chrono::DateTime::parse_from_rfc3339(&next)
-                    .map(|t| {
-                        (t.with_timezone(&Utc) - Utc::now())
-                            .to_std()
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_default();
-                if Instant::now() + wait > self.deadline {
-                    return Ok(());
-                }
                 tokio::select! {
                     _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
                     _ = &mut notified => {}
+                    _ = stopped(&mut stop) => {}
                 }
                 dry = false;
                 continue;
@@ -179,7 +198,22 @@ impl<S: DeliveryStore + 'static> Driver<S> {
                 _ = sending.join_next(), if !sending.is_empty() => {}
                 _ = &mut notified => { dry = false; }
                 _ = tokio::time::sleep(Duration::from_millis(100)), if dry => { dry = false; }
+                _ = stopped(&mut stop), if dry => {}
             }
         }
+    }
+}
+
+/// A run until stopped looks for due work at least this often when it has none.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Completes when the stop signal changes (or its sender is gone); never, for a run with a
+/// deadline.
+async fn stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) if rx.has_changed().is_ok() => {
+            let _ = rx.changed().await;
+        }
+        _ => std::future::pending().await,
     }
 }

@@ -52,6 +52,17 @@ pub enum DeliveryError {
 
 use crate::config::DeliverySettings;
 
+/// How long a delivery run goes on.
+#[derive(Debug, Clone)]
+pub enum Until {
+    /// Until nothing more falls due before this instant (`sync`, `deliver`).
+    Deadline(Instant),
+    /// Until the value turns true or its sender is dropped (`serve`): a destination with
+    /// nothing due waits for more; once told to stop it claims nothing more, sends what it
+    /// has claimed, and ends.
+    Stopped(tokio::sync::watch::Receiver<bool>),
+}
+
 /// The delivery engine of one deployment.
 pub struct Engine {
     trusts: Arc<Trusts>,
@@ -234,8 +245,19 @@ impl Engine {
         store: Arc<S>,
         deadline: Instant,
     ) -> Result<(), StoreError> {
+        self.run_until(store, Until::Deadline(deadline), Arc::new(Notify::new()))
+            .await
+    }
+
+    /// Sends what is due until `until`; `wake` tells every destination to look for due
+    /// work at once (new deliveries were routed), as each outcome recorded does.
+    pub async fn run_until<S: DeliveryStore + 'static>(
+        &self,
+        store: Arc<S>,
+        until: Until,
+        wake: Arc<Notify>,
+    ) -> Result<(), StoreError> {
         store.release_in_flight().await?;
-        let wake = Arc::new(Notify::new());
         let (tx, mut rx) = mpsc::channel::<Finished>(4096);
         let writer = {
             let store = store.clone();
@@ -262,7 +284,7 @@ impl Engine {
                 store: store.clone(),
                 tx: tx.clone(),
                 wake: wake.clone(),
-                deadline,
+                until: until.clone(),
             };
             drivers.spawn(driver.drive());
         }

@@ -198,12 +198,14 @@ pub fn router(state: Arc<AppState>, timeout: Duration) -> Router {
         .with_state(state)
 }
 
-/// Takes the drop folder, routes and delivers in process until `stop` is notified: at once
-/// when a request stores new work, every second for retries falling due, the drop folder
-/// every `[intake] sweep_seconds`, checkpoints signed every `[audit] checkpoint_seconds`.
-/// Once stopped, it routes and delivers what is due one last time, so nothing accepted before
-/// the stop waits for the next start. One task does it all: one delivery run at a time.
-/// `running` is true while it runs.
+/// Takes the drop folder, routes and delivers in process until `stop` is notified. Two
+/// halves run side by side: routing — at once when a request stores new work, every second
+/// regardless, the drop folder every `[intake] sweep_seconds`, checkpoints signed every
+/// `[audit] checkpoint_seconds` — wakes the delivery run, which keeps every destination's
+/// slots busy with its most urgent due deliveries (an `immediate` flag routed mid-run is
+/// claimed next) and waits when there are none. On `stop` the run claims nothing more,
+/// sends what it has claimed and ends; what is still pending waits for the next start.
+/// `running` is true while delivery runs.
 pub async fn delivery_loop(
     deployment: &Deployment,
     store: Arc<SqliteStore>,
@@ -217,50 +219,73 @@ pub async fn delivery_loop(
             self.0.store(false, std::sync::atomic::Ordering::SeqCst);
         }
     }
-    running.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _running = Running(running);
     let engine = deployment.engine()?.clone();
     let config = deployment.config();
-    let (mut next_sweep, mut next_checkpoint) =
-        (Instant::now(), Instant::now() + config.checkpoint_every);
-    let mut stopping = false;
-    loop {
-        let woken = work.notified();
-        if Instant::now() >= next_sweep {
-            next_sweep = Instant::now() + config.sweep;
-            match deployment
-                .take_drop_folder(store.as_ref(), &mut Quiet)
-                .await
-            {
-                Ok(r) => {
-                    for w in r.warnings {
-                        tracing::warn!(warning = %w, "drop folder");
+    let (stopping, until) = tokio::sync::watch::channel(false);
+    let routed = Arc::new(Notify::new());
+    let routing = async {
+        let (mut next_sweep, mut next_checkpoint) =
+            (Instant::now(), Instant::now() + config.checkpoint_every);
+        loop {
+            let woken = work.notified();
+            if Instant::now() >= next_sweep {
+                next_sweep = Instant::now() + config.sweep;
+                match deployment
+                    .take_drop_folder(store.as_ref(), &mut Quiet)
+                    .await
+                {
+                    Ok(r) => {
+                        for w in r.warnings {
+                            tracing::warn!(warning = %w, "drop folder");
+                        }
                     }
+                    Err(e) => tracing::error!(error = %e, "taking the drop folder failed"),
                 }
-                Err(e) => tracing::error!(error = %e, "taking the drop folder failed"),
+            }
+            match engine.route(store.as_ref()).await {
+                Ok(0) => {}
+                Ok(_) => routed.notify_waiters(),
+                Err(e) => tracing::error!(error = %e, "routing failed"),
+            }
+            if Instant::now() >= next_checkpoint {
+                next_checkpoint = Instant::now() + config.checkpoint_every;
+                for w in deployment.sign_checkpoints(store.as_ref()).await {
+                    tracing::warn!(warning = %w, "checkpoint");
+                }
+            }
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.notified() => {
+                    let _ = stopping.send(true);
+                    return;
+                }
             }
         }
-        if let Err(e) = engine.route(store.as_ref()).await {
-            tracing::error!(error = %e, "routing failed");
-        }
-        if let Err(e) = engine.run(store.clone(), Instant::now()).await {
-            tracing::error!(error = %e, "delivery failed");
-        }
-        if Instant::now() >= next_checkpoint {
-            next_checkpoint = Instant::now() + config.checkpoint_every;
-            for w in deployment.sign_checkpoints(store.as_ref()).await {
-                tracing::warn!(warning = %w, "checkpoint");
+    };
+    let delivering = async {
+        running.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _running = Running(running.clone());
+        // A run ends on the stop, or on a store error: then it starts again after a pause.
+        loop {
+            let run = engine.run_until(
+                store.clone(),
+                crate::delivery::Until::Stopped(until.clone()),
+                routed.clone(),
+            );
+            match run.await {
+                Ok(()) if *until.borrow() => return,
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "delivery failed; starting again"),
             }
+            if *until.borrow() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if stopping {
-            return Ok(());
-        }
-        tokio::select! {
-            () = woken => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = stop.notified() => stopping = true,
-        }
-    }
+    };
+    tokio::join!(routing, delivering);
+    Ok(())
 }
 
 /// Reports of a sweep go to the store (rejections are kept there) and the log's counts.
