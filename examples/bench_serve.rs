@@ -38,6 +38,8 @@ struct Options {
     flags: usize,
     doorstep: PathBuf,
     oha: String,
+    /// Pause the webhook too: intake alone, nothing delivered (`--paused`).
+    paused: bool,
 }
 
 fn options() -> Options {
@@ -50,8 +52,13 @@ fn options() -> Options {
             .and_then(|p| Some(p.parent()?.parent()?.join("doorstep")))
             .unwrap_or_else(|| PathBuf::from("target/release/doorstep")),
         oha: "oha".to_owned(),
+        paused: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--paused") {
+        args.remove(i);
+        o.paused = true;
+    }
     for pair in args.chunks(2) {
         let value = pair.get(1).cloned().unwrap_or_default();
         match pair[0].as_str() {
@@ -175,13 +182,14 @@ async fn main() {
              [intake]\ndrop = \"drop\"\n\
              [server]\nkey_requests_per_second = 1000000\nkey_burst = 1000000\n\
              [delivery]\nout = \"out\"\n\
-             [destinations.thrive.cpoms]\nurl = {hook:?}\n\
+             [destinations.thrive.cpoms]\nurl = {hook:?}\npaused = {}\n\
              [destinations.thrive.arbor_notes]\npaused = true\n\
              [destinations.thrive.arbor_register]\npaused = true\n\
              [destinations.thrive.attendance_log]\npaused = true\n\
              [destinations.thrive.contact_log]\npaused = true\n",
             repo.join("connectors"),
             repo.join("mappings"),
+            o.paused,
         ),
     )
     .unwrap();

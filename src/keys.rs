@@ -135,6 +135,52 @@ pub async fn authenticate<S: KeyStore>(store: &S, presented: &str) -> Result<Sto
     Ok(stored)
 }
 
+/// Keys as the store held them a moment ago, for `serve`: a request's key is checked
+/// against its hash here (constant time, as ever) without a store read each time; an entry
+/// older than [`KeyCache::FRESH`] is read again, so a revoked key is refused within that.
+#[derive(Default)]
+pub struct KeyCache {
+    keys: std::sync::Mutex<std::collections::HashMap<String, (StoredKey, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    /// How long a key read from the store is trusted (SPEC §6: a revoked key is refused
+    /// within 5 seconds).
+    pub const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// [`authenticate`], from the cache where the key was read within [`Self::FRESH`].
+    pub async fn authenticate<S: KeyStore>(
+        &self,
+        store: &S,
+        presented: &str,
+    ) -> Result<StoredKey, KeyError> {
+        let (id, secret) = parse(presented).ok_or(KeyError::Invalid)?;
+        let cached = self.keys.lock().ok().and_then(|keys| {
+            keys.get(id)
+                .filter(|(_, at)| at.elapsed() < Self::FRESH)
+                .map(|(k, _)| k.clone())
+        });
+        let stored = match cached {
+            Some(k) => k,
+            None => {
+                let k = store.key_get(id).await?.ok_or(KeyError::Invalid)?;
+                if let Ok(mut keys) = self.keys.lock() {
+                    // Only keys that exist are kept: bounded by the keys the store holds.
+                    keys.insert(id.to_owned(), (k.clone(), std::time::Instant::now()));
+                }
+                k
+            }
+        };
+        if !matches(secret, &stored) {
+            return Err(KeyError::Invalid);
+        }
+        if stored.revoked_at.is_some() {
+            return Err(KeyError::Revoked(stored.id));
+        }
+        Ok(stored)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

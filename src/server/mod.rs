@@ -68,6 +68,8 @@ pub struct AppState {
     /// Intake's way to the store: concurrent requests share a transaction.
     committer: Committer,
     limiter: KeyLimiter,
+    /// Keys read a moment ago: no store read per request.
+    keys: keys::KeyCache,
     /// When each key's use was last written to the store.
     uses_noted: Mutex<HashMap<String, Instant>>,
     pub metrics: Metrics,
@@ -96,6 +98,7 @@ impl AppState {
             limiter: governor::RateLimiter::keyed(
                 governor::Quota::per_second(key_rate.0).allow_burst(key_rate.1),
             ),
+            keys: keys::KeyCache::default(),
             uses_noted: Mutex::new(HashMap::new()),
             metrics,
             delivering: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -421,7 +424,7 @@ async fn caller(app: &AppState, headers: &HeaderMap) -> Result<StoredKey, Proble
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    match keys::authenticate(app.store.as_ref(), presented).await {
+    match app.keys.authenticate(app.store.as_ref(), presented).await {
         Ok(k) => {
             if let Err(wait) = app.limiter.check_key(&k.id) {
                 let after = wait

@@ -239,10 +239,24 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
     // Bodies: over 16 MiB (declared, or streamed without a length) is 413 before it is
     // read whole; one record over the per-record cap is rejected by rule; an empty body
     // and a truncated array are JSON errors. All problem JSON with a rule.
-    let huge = format!("[{}]", " ".repeat(17 * 1024 * 1024));
-    let (status, ct, body) = post(&url, Some(&key), "application/json", huge.clone()).await;
-    assert_eq!((status, ct.as_str()), (413, "application/problem+json"));
-    assert_eq!(body["rule"], "body-too-large", "{body}");
+    {
+        // Declared too large: 413 from the head alone, before any of the body is read.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = url.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            17 * 1024 * 1024
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert!(answer.contains("\"rule\":\"body-too-large\""), "{answer}");
+    }
     {
         // Chunked, no length: cut off at the limit, still 413.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -379,16 +393,26 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // Revoked while the server runs: refused at once.
+    // Revoked while the server runs: refused within 5 seconds (SPEC §6), never stored.
     d.run("keys revoke", &[&key_id]).code(0);
-    let (status, _, _) = post(
-        &url,
-        Some(&key),
-        "application/json",
-        visit("api-6", 1, "x").to_string(),
-    )
-    .await;
-    assert_eq!(status, 401);
+    let revoked = Instant::now();
+    loop {
+        let (status, _, _) = post(
+            &url,
+            Some(&key),
+            "application/json",
+            visit("api-6", 1, "x").to_string(),
+        )
+        .await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "a revoked key still taken after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // SIGTERM: a clean stop; everything accepted was delivered, each record once.
     assert_eq!(server.terminate(), Some(0));
@@ -405,12 +429,18 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
+    // api-6, if taken before the revocation reached the server, is delivered too.
+    unique.retain(|id| id != "api-6");
     assert_eq!(
         unique,
         ["api-0", "api-1", "api-2", "api-3", "api-4"],
         "{ids:?}"
     );
-    assert_eq!(ids.len(), 5, "each once: {ids:?}");
+    assert_eq!(
+        ids.iter().filter(|id| *id != "api-6").count(),
+        5,
+        "each once: {ids:?}"
+    );
     assert!(
         d.path("drop").read_dir().unwrap().next().is_none(),
         "filed away"
