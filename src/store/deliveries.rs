@@ -290,7 +290,9 @@ pub trait DeliveryStore: super::lookups::LookupStore {
         keys: &[(String, String, u32)],
     ) -> impl Future<Output = Result<Vec<AttemptExport>, StoreError>> + Send;
 
-    /// Stored revisions not yet routed, oldest first.
+    /// Stored revisions not yet routed: about `limit`, the most urgent first (immediate,
+    /// then same-day and incidents, then the rest), each with every earlier unrouted
+    /// revision of its record; returned oldest first.
     fn unrouted(
         &self,
         limit: usize,

@@ -48,6 +48,7 @@ where
     }
     release(&open(&fresh("release")).await).await;
     queues(&open(&fresh("queues")).await).await;
+    urgent_routed_first(&open(&fresh("urgent-first")).await).await;
     replay(&open(&fresh("replay")).await).await;
     replay_refused(&open(&fresh("replay-refused")).await).await;
     lookups(&open(&fresh("lookups")).await).await;
@@ -208,6 +209,47 @@ fn dead() -> AttemptOutcome {
         status: Some(422),
         response: Some("{\"error\":\"no such pupil\"}".to_owned()),
     }
+}
+
+/// Routing takes an immediate flag before a backlog of routine records, and never a
+/// revision before the one it follows.
+async fn urgent_routed_first<S: Store + DeliveryStore>(store: &S) {
+    let urgent = |id: &str, revision: u32| NewRecord {
+        urgency: Some("immediate"),
+        ..record(id, revision, "urgent")
+    };
+    let out = ingest(
+        store,
+        vec![
+            record("A-1", 1, "x"),
+            record("C-1", 1, "x"),
+            urgent("B-1", 1),
+        ],
+    )
+    .await;
+    assert!(out.iter().all(|o| *o == IngestOutcome::Stored), "{out:?}");
+    let ids = |u: &[doorstep::store::deliveries::Unrouted]| {
+        u.iter()
+            .map(|u| (u.id.clone(), u.revision))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&store.unrouted(1).await.unwrap()),
+        [("B-1".to_owned(), 1)]
+    );
+    let out = ingest(store, vec![urgent("C-1", 2)]).await;
+    assert_eq!(out, [IngestOutcome::Stored]);
+    let keys = |u: &[doorstep::store::deliveries::Unrouted]| {
+        u.iter()
+            .map(|u| (u.trust.clone(), u.kind, u.id.clone(), u.revision))
+            .collect::<Vec<_>>()
+    };
+    let first = store.unrouted(1).await.unwrap();
+    assert_eq!(ids(&first), [("B-1".to_owned(), 1)]);
+    store.add_deliveries(&keys(&first), &[]).await.unwrap();
+    // C-1's revision 2 is urgent: it comes with its revision 1, which goes first.
+    let next = store.unrouted(1).await.unwrap();
+    assert_eq!(ids(&next), [("C-1".to_owned(), 1), ("C-1".to_owned(), 2)]);
 }
 
 /// `/metrics`' view of a destination: what waits, what is due and since when, retries.
