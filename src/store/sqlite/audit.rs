@@ -125,6 +125,7 @@ impl SqliteStore {
 
     pub(super) async fn sql_audit_append(&self, events: &[Event]) -> Result<(), StoreError> {
         let err = self.db_err();
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -140,6 +141,7 @@ impl SqliteStore {
         size: u64,
         note: &str,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT OR IGNORE INTO audit_checkpoints (trust, size, at, note) VALUES (?1, ?2, ?3, ?4)",
         )

@@ -308,6 +308,7 @@ impl DeliveryStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let err = self.db_err();
         let now = now();
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -335,6 +336,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn release_in_flight(&self) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query(sqlx::AssertSqlSafe(RELEASE.as_str()))
             .bind(now())
             .execute(&self.pool)
@@ -351,6 +353,7 @@ impl DeliveryStore for SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let err = self.db_err();
         let now = now();
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -389,6 +392,7 @@ impl DeliveryStore for SqliteStore {
             return Ok(());
         }
         let err = self.db_err();
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -678,6 +682,7 @@ impl DeliveryStore for SqliteStore {
     ) -> Result<Vec<i64>, StoreError> {
         let err = self.db_err();
         let now = now();
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")

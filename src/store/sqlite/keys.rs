@@ -31,6 +31,7 @@ fn key_of(r: &SqliteRow) -> Result<StoredKey, Undecoded> {
 
 impl KeyStore for SqliteStore {
     async fn key_insert(&self, k: &StoredKey) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO api_keys (id, name, trust, schools, scope, secret_hash, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -72,6 +73,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn key_revoke(&self, id: &str, at: &str) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let done =
             sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
                 .bind(id)
@@ -83,6 +85,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn key_used(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1")
             .bind(id)
             .bind(at)

@@ -40,6 +40,7 @@ impl LookupStore for SqliteStore {
         entries: &[(String, Cached)],
         expires_at: &str,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await.map_err(self.db_err())?;
         for chunk in entries.chunks(100) {
             let mut q = sqlx::QueryBuilder::new(

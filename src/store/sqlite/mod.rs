@@ -45,6 +45,11 @@ pub struct SqliteStore {
     edges: Arc<Edges>,
     /// Opened read-only (an auditor's copy, a read-only file system): nothing is written.
     pub(super) read_only: bool,
+    /// Taken by every write of this process, in the order asked: writers queue here, first
+    /// come first served, rather than in SQLite's busy handler, which sleeps and lets a
+    /// late comer in first (seconds of tail latency under load). Another process's writes
+    /// still meet the busy timeout.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -117,6 +122,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             edges: Arc::new(Edges::new()),
             read_only: false,
+            writing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -171,11 +177,17 @@ impl SqliteStore {
             path: path.to_path_buf(),
             edges: Arc::new(Edges::new()),
             read_only: true,
+            writing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This process's turn to write; hold it until the write commits.
+    pub(super) async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writing.lock().await
     }
 
     /// Whether the store answers and has every migration this build knows (`readyz`).

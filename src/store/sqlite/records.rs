@@ -23,6 +23,7 @@ impl Store for SqliteStore {
         let err = self.db_err();
         let undecoded = self.undecoded();
         let now = now();
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
