@@ -223,19 +223,32 @@ impl Engine {
     pub async fn route<S: DeliveryStore>(&self, store: &S) -> Result<usize, StoreError> {
         let mut made = 0;
         loop {
-            let batch = store.unrouted(1000).await?;
-            if batch.is_empty() {
-                return Ok(made);
+            match self.route_some(store, 1000).await? {
+                None => return Ok(made),
+                Some(n) => made += n,
             }
-            let mut deliveries = Vec::new();
-            let mut keys = Vec::with_capacity(batch.len());
-            for r in &batch {
-                deliveries.extend(plan::route_revision(&self.trusts, r));
-                keys.push((r.trust.clone(), r.kind, r.id.clone(), r.revision));
-            }
-            made += deliveries.len();
-            store.add_deliveries(&keys, &deliveries).await?;
         }
+    }
+
+    /// Routes about `limit` stored revisions not yet routed, the most urgent first; how
+    /// many deliveries it made, or `None` when nothing was left to route.
+    pub async fn route_some<S: DeliveryStore>(
+        &self,
+        store: &S,
+        limit: usize,
+    ) -> Result<Option<usize>, StoreError> {
+        let batch = store.unrouted(limit).await?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let mut deliveries = Vec::new();
+        let mut keys = Vec::with_capacity(batch.len());
+        for r in &batch {
+            deliveries.extend(plan::route_revision(&self.trusts, r));
+            keys.push((r.trust.clone(), r.kind, r.id.clone(), r.revision));
+        }
+        store.add_deliveries(&keys, &deliveries).await?;
+        Ok(Some(deliveries.len()))
     }
 
     /// Sends everything due, and keeps going while retries fall due before `deadline`.

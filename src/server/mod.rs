@@ -53,6 +53,8 @@ use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteS
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Requests served at once; more wait.
 const MAX_CONCURRENT: usize = 256;
+/// Revisions `serve` routes a transaction.
+const ROUTE_BATCH: usize = 200;
 /// A key's last use is written at most this often (not a store write per request).
 const KEY_USE_NOTED_EVERY: Duration = Duration::from_secs(60);
 
@@ -245,10 +247,18 @@ pub async fn delivery_loop(
                     Err(e) => tracing::error!(error = %e, "taking the drop folder failed"),
                 }
             }
-            match engine.route(store.as_ref()).await {
-                Ok(0) => {}
-                Ok(_) => routed.notify_waiters(),
-                Err(e) => tracing::error!(error = %e, "routing failed"),
+            // A batch at a time, the delivery run told after each: under a steady stream
+            // of records an urgent one waits for one small batch, not for the stream to end.
+            loop {
+                match engine.route_some(store.as_ref(), ROUTE_BATCH).await {
+                    Ok(None) => break,
+                    Ok(Some(0)) => {}
+                    Ok(Some(_)) => routed.notify_waiters(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "routing failed");
+                        break;
+                    }
+                }
             }
             if Instant::now() >= next_checkpoint {
                 next_checkpoint = Instant::now() + config.checkpoint_every;
