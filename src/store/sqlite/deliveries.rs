@@ -271,9 +271,11 @@ impl DeliveryStore for SqliteStore {
             // The most urgent first (an immediate flag is not routed behind a backlog), with
             // every earlier unrouted revision of the same records, oldest first: a revision
             // is never routed before the one it follows.
+            // (The order is migration 0009's index expression, written as it is there.)
             "WITH picked AS (SELECT trust, kind, id, revision FROM records WHERE routed = 0 \
-               ORDER BY CASE WHEN urgency = 'immediate' THEN 0 \
-                             WHEN urgency = 'same_day' OR kind = 'incident' THEN 1 ELSE 2 END, rowid \
+               ORDER BY (CASE WHEN urgency = 'immediate' THEN 0 \
+                              WHEN urgency = 'same_day' OR kind = 'incident' THEN 1 \
+                              ELSE 2 END), rowid \
                LIMIT ?1) \
              SELECT r.trust, r.kind, r.id, r.revision, r.school_urn, r.urgency, r.content, {EXCEPTIONS_OF} AS ex \
              FROM records r WHERE r.routed = 0 AND EXISTS (SELECT 1 FROM picked p \
