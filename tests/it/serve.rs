@@ -335,6 +335,43 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
         let (status, text) = get(format!("{url}{path}"), key.clone()).await;
         assert_eq!(status, 404, "{path}: {text}");
     }
+    // A read-only key reads the state and may not post: 403 problem with rule key-scope.
+    let out = d
+        .run(
+            "keys create",
+            &[
+                "--trust",
+                "thrive",
+                "--school",
+                "117800",
+                "--read-only",
+                "--format",
+                "json",
+            ],
+        )
+        .code(0)
+        .get_output()
+        .clone();
+    let reader = json_lines(&out.stdout).remove(0)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = get(
+        format!("{url}/v1/records/thrive/visit_report/api-1"),
+        reader.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, ct, body) = post(
+        &url,
+        Some(&reader),
+        "application/json",
+        visit("api-ro", 1, "Seen.").to_string(),
+    )
+    .await;
+    assert_eq!((status, ct.as_str()), (403, "application/problem+json"));
+    assert_eq!(body["rule"], "key-scope", "{body}");
+
     // A record of another trust, posted with this trust's key: refused, never stored.
     let mut other_trust = visit("api-celt", 1, "Seen.");
     other_trust["trust"] = "celt".into();
