@@ -1,16 +1,12 @@
 //! HTTP service (SPEC §6, `doorstep serve`): a thin shell over the same library as the CLI.
 //! `POST /v1/records` reads a body as a file is read (`intake::read_body`), validates and
-//! runs policy (`pipeline::validate`), stores durably (`TrailedStore::ingest`) before it
-//! answers, then wakes the delivery loop, which routes and delivers in process.
-//! `GET /v1/records/{trust}/{kind}/{id}` (state, never content), `GET /healthz`,
-//! `GET /readyz`. Every error is RFC 9457 problem JSON with the CLI's
+//! runs policy (`pipeline::validate`), stores durably through the committer (`commit`: group
+//! commit over `TrailedStore::ingest`) before it answers, then wakes the delivery loop,
+//! which routes and delivers in process. `GET /v1/records/{trust}/{kind}/{id}` (state,
+//! never content), `GET /healthz`, `GET /readyz`, `GET /metrics` (`metrics`),
+//! `GET /v1/openapi.json` (`api`). Every error is RFC 9457 problem JSON with the CLI's
 //! `path` and `rule`. Each request presents an API key (`keys`): a key reaches only its
-//! trust's named schools.
-//!
-//! Built so far: intake, record state, health, metrics (`metrics`), keys, a rate per key, a
-//! concurrency limit and a request timeout, in-process delivery with the drop-folder sweep
-//! and periodic checkpoints. Still to come (issue 18): OpenAPI, queue depth and age in the
-//! metrics, group commit, the load benchmark.
+//! trust's named schools. Connections are accepted by `conn` (header-read timeout, drain).
 //!
 //! Owns: HTTP — routes, status codes, problem JSON, the delivery loop's wake-ups. May not
 //! touch: validation, policy, storage or delivery logic (the library's).
