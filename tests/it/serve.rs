@@ -611,3 +611,88 @@ async fn slow_clients_are_cut_off_and_others_are_served() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+/// Another school's records, within one trust (Celt's three schools, the shipped mappings):
+/// a key for 136401 cannot post a record of 136402 (403), and sees one posted by 136402's own
+/// key as missing (404) under every id form, while that key reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_never_reaches_another_school_of_its_trust() {
+    let mut d = Deployment::new();
+    let hook = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    for (name, value) in [
+        ("CELT_CPOMS_WEBHOOK_SECRET", hook),
+        ("CELT_DSL_WEBHOOK_SECRET", hook),
+        ("CELT_WONDE_TOKEN", "t"),
+        ("CELT_XPORTER_PASSWORD", "p"),
+        ("THRIVE_CPOMS_WEBHOOK_SECRET", hook),
+        ("THRIVE_ARBOR_USERNAME", "u"),
+        ("THRIVE_ARBOR_PASSWORD", "p"),
+    ] {
+        d.env(name, value);
+    }
+    let key_for = |school: &str| {
+        let out = d
+            .run(
+                "keys create",
+                &["--trust", "celt", "--school", school, "--format", "json"],
+            )
+            .code(0)
+            .get_output()
+            .clone();
+        json_lines(&out.stdout).remove(0)["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (mine, theirs) = (key_for("136401"), key_for("136402"));
+    let server = Server::start(&d);
+    let url = server.url.clone();
+    let record = std::fs::read_to_string(
+        crate::harness::root().join("fixtures/valid/celt-educated-at-home.json"),
+    )
+    .unwrap();
+    let id = serde_json::from_str::<Value>(&record).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (status, ct, body) = post(&url, Some(&mine), "application/json", record.clone()).await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (403, "application/problem+json"),
+        "{body}"
+    );
+    let (status, _, body) = post(&url, Some(&theirs), "application/json", record).await;
+    assert_eq!(status, 200, "{body}");
+
+    let get = |path: String, key: &str| {
+        let key = key.to_owned();
+        async move {
+            let r = reqwest::Client::new()
+                .get(path)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, text) = get(format!("{url}/v1/records/celt/visit_report/{id}"), &theirs).await;
+    assert_eq!(status, 200, "{text}");
+    let (_, missing) = get(format!("{url}/v1/records/celt/visit_report/no-such"), &mine).await;
+    for path in [
+        format!("/v1/records/celt/visit_report/{id}"),
+        format!("/v1/records/celt/visit_report/{}", id.to_uppercase()),
+        format!("/v1/records/celt/visit_report/{id}%20"),
+        format!("/v1/records/celt/visit_report/{}", id.replace('-', "%2D")),
+        format!("/v1/records/celt/incident/{id}"),
+        format!("/v1/records/thrive/visit_report/{id}"),
+    ] {
+        let (status, text) = get(format!("{url}{path}"), &mine).await;
+        assert_eq!(status, 404, "{path}: {text}");
+        assert_eq!(
+            text, missing,
+            "{path}: a missing record's answer, word for word"
+        );
+    }
+}
