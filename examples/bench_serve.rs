@@ -260,6 +260,7 @@ async fn main() {
         Duration::from_secs(o.seconds) / (o.flags as u32 + 2),
     );
     let (posting_url, posting_key) = (url.clone(), key.clone());
+    let server_url = url.clone();
     let posting = tokio::spawn(async move {
         let client = reqwest::Client::new();
         let mut sent = HashMap::new();
@@ -326,6 +327,23 @@ async fn main() {
             .collect()
     };
     latencies.sort_by(f64::total_cmp);
+    // How intake grouped: transactions and records per transaction, from /metrics.
+    let metrics = reqwest::get(format!("{}/metrics", server_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (commits, committed) = (
+        metric("doorstep_intake_commit_records_count"),
+        metric("doorstep_intake_commit_records_sum"),
+    );
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
@@ -353,5 +371,9 @@ async fn main() {
     println!(
         "records delivered to the receiver in all: {}",
         arrivals.lock().unwrap().len()
+    );
+    println!(
+        "intake transactions: {commits:.0}, {:.1} records each on average",
+        committed / commits
     );
 }
