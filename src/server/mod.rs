@@ -51,6 +51,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const MAX_CONCURRENT: usize = 256;
 /// Revisions `serve` routes a transaction.
 const ROUTE_BATCH: usize = 200;
+/// How long routing waits, once woken, for more records to route with the first.
+const ROUTE_GATHER: Duration = Duration::from_millis(20);
 /// A key's last use is written at most this often (not a store write per request).
 const KEY_USE_NOTED_EVERY: Duration = Duration::from_secs(60);
 
@@ -263,7 +265,11 @@ pub async fn delivery_loop(
                 }
             }
             tokio::select! {
-                () = woken => {}
+                () = woken => {
+                    // Let the requests arriving meanwhile be routed with this one: one
+                    // routing transaction per moment, not one per request.
+                    tokio::time::sleep(ROUTE_GATHER).await;
+                }
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 () = stop.notified() => {
                     let _ = stopping.send(true);
