@@ -286,7 +286,7 @@ impl From<RecordState> for RecordView {
                        only its trust's named schools."
     ),
     paths(
-        super::post_records,
+        super::intake::post_records,
         super::get_record,
         super::healthz,
         super::readyz,

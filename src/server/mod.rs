@@ -1,7 +1,7 @@
 //! HTTP service (SPEC §6, `doorstep serve`): a thin shell over the same library as the CLI.
-//! `POST /v1/records` reads a body as a file is read (`intake::read_body`), validates and
-//! runs policy (`pipeline::validate`), stores durably through the committer (`commit`: group
-//! commit over `TrailedStore::ingest`) before it answers, then wakes the delivery loop,
+//! `POST /v1/records` (`intake`) reads a body as a file is read, validates and runs policy
+//! (`pipeline::validate`), stores durably through the committer (`commit`: group commit
+//! over `TrailedStore::ingest`) before it answers, then wakes the delivery loop (`worker`),
 //! which routes and delivers in process. `GET /v1/records/{trust}/{kind}/{id}` (state,
 //! never content), `GET /healthz`, `GET /readyz`, `GET /metrics` (`metrics`),
 //! `GET /v1/openapi.json` (`api`). Every error is RFC 9457 problem JSON with the CLI's
@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 pub mod api;
 mod commit;
 mod conn;
+mod intake;
 mod metrics;
+mod worker;
 pub use commit::{CommitError, Committer};
 pub use metrics::Metrics;
+pub use worker::delivery_loop;
 
-use api::{
-    FieldError, Outcome, PostAnswer, Problem, RaisedException, Readiness, RecordOutcome, RecordView,
-};
+use api::{Problem, Readiness, RecordView};
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -38,21 +39,15 @@ use axum::routing::{get, post};
 use tokio::sync::Notify;
 
 use crate::deployment::Deployment;
-use crate::intake::{FileFormat, Item, read_body};
 use crate::keys::{self, KeyError};
 use crate::mapping::Trusts;
-use crate::pipeline::{Validated, validate};
-use crate::store::keys::{KeyStore, Scope, StoredKey};
-use crate::store::{DeliveryStore, IngestOutcome, IntakeBatch, NewRecord, SqliteStore, Store};
+use crate::store::keys::{KeyStore, StoredKey};
+use crate::store::{DeliveryStore, SqliteStore, Store};
 
 /// The largest request body taken.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Requests served at once; more wait.
 const MAX_CONCURRENT: usize = 256;
-/// Revisions `serve` routes a transaction.
-const ROUTE_BATCH: usize = 200;
-/// How long routing waits, once woken, for more records to route with the first.
-const ROUTE_GATHER: Duration = Duration::from_millis(20);
 /// A key's last use is written at most this often (not a store write per request).
 const KEY_USE_NOTED_EVERY: Duration = Duration::from_secs(60);
 
@@ -193,123 +188,12 @@ pub fn router(state: Arc<AppState>, timeout: Duration) -> Router {
         .route("/v1/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/v1/records", post(post_records))
+        .route("/v1/records", post(intake::post_records))
         .route("/v1/records/{trust}/{kind}/{id}", get(get_record))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .layer(axum::middleware::from_fn_with_state(timeout, within))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
         .with_state(state)
-}
-
-/// Takes the drop folder, routes and delivers in process until `stop` is notified. Two
-/// halves run side by side: routing — at once when a request stores new work, every second
-/// regardless, the drop folder every `[intake] sweep_seconds`, checkpoints signed every
-/// `[audit] checkpoint_seconds` — wakes the delivery run, which keeps every destination's
-/// slots busy with its most urgent due deliveries (an `immediate` flag routed mid-run is
-/// claimed next) and waits when there are none. On `stop` the run claims nothing more,
-/// sends what it has claimed and ends; what is still pending waits for the next start.
-/// `running` is true while delivery runs.
-pub async fn delivery_loop(
-    deployment: &Deployment,
-    store: Arc<SqliteStore>,
-    work: Arc<Notify>,
-    stop: Arc<Notify>,
-    running: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(), crate::deployment::DeploymentError> {
-    struct Running(Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    let engine = deployment.engine()?.clone();
-    let config = deployment.config();
-    let (stopping, until) = tokio::sync::watch::channel(false);
-    let routed = Arc::new(Notify::new());
-    let routing = async {
-        let (mut next_sweep, mut next_checkpoint) =
-            (Instant::now(), Instant::now() + config.checkpoint_every);
-        loop {
-            let woken = work.notified();
-            if Instant::now() >= next_sweep {
-                next_sweep = Instant::now() + config.sweep;
-                match deployment
-                    .take_drop_folder(store.as_ref(), &mut Quiet)
-                    .await
-                {
-                    Ok(r) => {
-                        for w in r.warnings {
-                            tracing::warn!(warning = %w, "drop folder");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "taking the drop folder failed"),
-                }
-            }
-            // A batch at a time, the delivery run told after each: under a steady stream
-            // of records an urgent one waits for one small batch, not for the stream to end.
-            loop {
-                match engine.route_some(store.as_ref(), ROUTE_BATCH).await {
-                    Ok(None) => break,
-                    Ok(Some(0)) => {}
-                    Ok(Some(_)) => routed.notify_waiters(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "routing failed");
-                        break;
-                    }
-                }
-            }
-            if Instant::now() >= next_checkpoint {
-                next_checkpoint = Instant::now() + config.checkpoint_every;
-                for w in deployment.sign_checkpoints(store.as_ref()).await {
-                    tracing::warn!(warning = %w, "checkpoint");
-                }
-            }
-            tokio::select! {
-                () = woken => {
-                    // Let the requests arriving meanwhile be routed with this one: one
-                    // routing transaction per moment, not one per request.
-                    tokio::time::sleep(ROUTE_GATHER).await;
-                }
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stop.notified() => {
-                    let _ = stopping.send(true);
-                    return;
-                }
-            }
-        }
-    };
-    let delivering = async {
-        running.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _running = Running(running.clone());
-        // A run ends on the stop, or on a store error: then it starts again after a pause.
-        loop {
-            let run = engine.run_until(
-                store.clone(),
-                crate::delivery::Until::Stopped(until.clone()),
-                routed.clone(),
-            );
-            match run.await {
-                Ok(()) if *until.borrow() => return,
-                Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "delivery failed; starting again"),
-            }
-            if *until.borrow() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    };
-    tokio::join!(routing, delivering);
-    Ok(())
-}
-
-/// Reports of a sweep go to the store (rejections are kept there) and the log's counts.
-struct Quiet;
-
-impl crate::pipeline::Reporter for Quiet {
-    fn rejection(&mut self, _: &crate::report::Rejection) {}
-    fn exception(&mut self, _: &crate::report::ExceptionReport) {}
-    fn conflict(&mut self, _: &crate::report::Conflict) {}
 }
 
 /// Answers 408 (problem JSON) for a request not answered within `limit`, a slow body
@@ -531,286 +415,4 @@ async fn get_record(
             .into_response()
         }
     }
-}
-
-/// Reads a request's body whole, up to [`MAX_BODY_BYTES`]: larger (declared or streamed)
-/// is 413 before it is all read.
-async fn body_of(
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<axum::body::Bytes, Problem> {
-    let too_large = || {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Body too large",
-            &format!(
-                "a request body may be {} MiB at most; send fewer records a request",
-                MAX_BODY_BYTES / (1024 * 1024)
-            ),
-        )
-        .rule("body-too-large")
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    match http_body_util::BodyExt::collect(limited).await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Body not read",
-            "the request body ended before it was whole",
-        )
-        .rule("body-unreadable")),
-    }
-}
-
-/// The body's format from its media type.
-fn format_of(headers: &HeaderMap) -> Result<FileFormat, Problem> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match content_type.as_str() {
-        "application/json" => Ok(FileFormat::Json),
-        "application/x-ndjson" | "application/jsonl" => Ok(FileFormat::JsonLines),
-        _ => Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported media type",
-            "send application/json (one record or an array) or application/x-ndjson",
-        )
-        .rule("media-type")),
-    }
-}
-
-/// Records in: one record or an array (`application/json`), or JSON lines
-/// (`application/x-ndjson`). Each is validated as `doorstep check` validates a file and its
-/// trust's policy is run; those the key may post are stored durably — in one transaction,
-/// shared with concurrent requests — before the answer, which lists every record's outcome
-/// in order. Nothing valid is lost because a sibling is bad: some stored and some refused
-/// is 207.
-#[utoipa::path(
-    post,
-    path = "/v1/records",
-    request_body(
-        description = "One record or an array of records (SPEC §1), or JSON lines",
-        content(
-            (serde_json::Value = "application/json"),
-            (String = "application/x-ndjson"),
-        )
-    ),
-    responses(
-        (status = 200, description = "Every record stored (accepted or unchanged)", body = PostAnswer),
-        (status = 207, description = "Some stored, some refused: each record's outcome", body = PostAnswer),
-        (status = 400, description = "The body ended before it was whole", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No key, or a bad or revoked one", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "A read-only key, or the one record is for a school the key does not reach", body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The request took longer than `[server] request_timeout_seconds`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The one record conflicts with a stored revision", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 16 MiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON or JSON lines", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Nothing stored: the first refusal's `path` and `rule`, and every record's outcome", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key's rate is spent; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store could not be written; nothing was stored", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn post_records(State(app): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
-    match take_records(&app, req).await {
-        Ok((status, answer)) => (status, axum::Json(answer)).into_response(),
-        Err(p) => p.into_response(),
-    }
-}
-
-async fn take_records(
-    app: &AppState,
-    req: axum::extract::Request,
-) -> Result<(StatusCode, PostAnswer), Problem> {
-    let (parts, body) = req.into_parts();
-    let headers = parts.headers;
-    // The key first: a body is read only for a caller who may send one.
-    let key = caller(app, &headers).await?;
-    if key.scope != Scope::Write {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "this key may read, not post records",
-        )
-        .rule("key-scope"));
-    }
-    let format = format_of(&headers)?;
-    let body = body_of(&headers, body).await?;
-    let mut items = Vec::new();
-    read_body(format, &body, &mut |item: Item| {
-        items.push(item);
-        true
-    });
-    let file = format!("api:{}", key.id);
-    let mut lines: Vec<RecordOutcome> = Vec::new();
-    let mut batch = IntakeBatch::default();
-    // For each record written, its line's index, kind and the exceptions it raises.
-    let mut written: Vec<(usize, crate::records::Kind, Vec<RaisedException>)> = Vec::new();
-    for item in items {
-        match validate(&file, item, &app.trusts) {
-            Validated::Rejected(rejections) => {
-                app.metrics.refused(rejections[0].rule.as_str());
-                let mut line = RecordOutcome::new(
-                    lines.len(),
-                    rejections[0].record_id.clone(),
-                    None,
-                    Outcome::Rejected,
-                );
-                line.errors = rejections
-                    .iter()
-                    .map(|r| FieldError {
-                        path: r.path.clone(),
-                        rule: r.rule.as_str().to_owned(),
-                        message: r.message.clone(),
-                    })
-                    .collect();
-                lines.push(line);
-                batch.rejections.extend(rejections);
-            }
-            Validated::Accepted { records, .. } => {
-                for c in records {
-                    let r = &c.parsed.record;
-                    let (id, revision) = (r.id().to_string(), r.revision().0);
-                    if !key.reaches(r.trust().as_str(), r.school().urn.as_str()) {
-                        app.metrics.refused("forbidden");
-                        tracing::warn!(key = %key.id, record_id = %id, "a record for a school the key does not reach");
-                        let mut line = RecordOutcome::new(
-                            lines.len(),
-                            Some(id),
-                            Some(revision),
-                            Outcome::Forbidden,
-                        );
-                        line.detail = Some("this key does not reach the record's school".into());
-                        lines.push(line);
-                        continue;
-                    }
-                    let exceptions = c
-                        .exceptions
-                        .iter()
-                        .map(|e| RaisedException {
-                            rule: e.rule.as_str().to_owned(),
-                            severity: e.severity.as_str().to_owned(),
-                            message: e.message.clone(),
-                        })
-                        .collect();
-                    written.push((lines.len(), r.kind(), exceptions));
-                    lines.push(RecordOutcome::new(
-                        lines.len(),
-                        Some(id),
-                        Some(revision),
-                        Outcome::Accepted,
-                    ));
-                    batch
-                        .records
-                        .push(NewRecord::from_parsed(c.parsed, c.exceptions, &file, None));
-                }
-            }
-        }
-    }
-    // Durable before the answer.
-    if !batch.records.is_empty() || !batch.rejections.is_empty() {
-        let outcomes = app.committer.ingest(batch).await.map_err(|e| {
-            tracing::error!(error = %e, "storing a request's records failed");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Not stored",
-                "the records could not be stored; nothing was accepted; try again",
-            )
-        })?;
-        for ((index, kind, exceptions), o) in written.into_iter().zip(outcomes) {
-            let line = &mut lines[index];
-            match o {
-                IngestOutcome::Stored => line.exceptions = Some(exceptions),
-                IngestOutcome::Unchanged => line.outcome = Outcome::Unchanged,
-                IngestOutcome::Conflict(c) => {
-                    app.metrics.refused("conflict");
-                    line.outcome = Outcome::Conflict;
-                    line.detail = Some(c.to_string());
-                }
-            }
-            if line.stored() {
-                app.metrics.received(kind.as_str());
-            }
-        }
-    }
-    let stored = lines.iter().filter(|l| l.stored()).count();
-    let refused = lines.len() - stored;
-    if stored > 0 {
-        app.work.notify_one();
-    }
-    tracing::info!(key = %key.id, stored, refused, "records posted");
-    if stored == 0 && refused > 0 {
-        return Err(nothing_stored(lines));
-    }
-    let status = if refused == 0 {
-        StatusCode::OK
-    } else {
-        StatusCode::MULTI_STATUS
-    };
-    Ok((status, PostAnswer { records: lines }))
-}
-
-/// The problem for a request that stored nothing: the first refusal's path and rule; one
-/// record refused for its school or a conflict says so in its status (403, 409).
-fn nothing_stored(lines: Vec<RecordOutcome>) -> Problem {
-    let one = lines.len() == 1;
-    let (status, title, detail, path, rule) = match lines.first() {
-        None => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "No record",
-            "the body holds no record".to_owned(),
-            None,
-            "no-records".to_owned(),
-        ),
-        Some(first) => {
-            let (status, title, rule) = match first.outcome {
-                Outcome::Forbidden if one => (StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
-                Outcome::Conflict if one => (StatusCode::CONFLICT, "Conflict", "conflict"),
-                Outcome::Forbidden => (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "No record stored",
-                    "forbidden",
-                ),
-                Outcome::Conflict => (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "No record stored",
-                    "conflict",
-                ),
-                _ if one => (StatusCode::UNPROCESSABLE_ENTITY, "Record rejected", ""),
-                _ => (StatusCode::UNPROCESSABLE_ENTITY, "No record stored", ""),
-            };
-            let error = first.errors.first();
-            (
-                status,
-                title,
-                error
-                    .map(|e| e.message.clone())
-                    .or_else(|| first.detail.clone())
-                    .unwrap_or_else(|| "refused".to_owned()),
-                error.and_then(|e| e.path.clone()),
-                if rule.is_empty() {
-                    error.map(|e| e.rule.clone()).unwrap_or_default()
-                } else {
-                    rule.to_owned()
-                },
-            )
-        }
-    };
-    let mut p = Problem::new(status, title, &detail).rule(&rule);
-    p.path = path;
-    p.records = Some(lines);
-    p
 }
