@@ -79,20 +79,40 @@ fn deployment(server: &MockServer) -> (Deployment, String, String) {
     d.map("visit_json", VISIT_MAP);
     d.env("TEST_API_TOKEN", "tok-123");
     d.env("DOORSTEP_LOG", "debug");
-    let out = d
-        .run(
-            "keys create",
-            &[
-                "--trust", "thrive", "--school", "117800", "--format", "json",
-            ],
-        )
-        .code(0)
-        .get_output()
-        .clone();
-    let made = json_lines(&out.stdout).remove(0);
-    let key = made["key"].as_str().unwrap().to_owned();
-    let id = made["id"].as_str().unwrap().to_owned();
+    let (key, id) = new_key(&d, &["--trust", "thrive", "--school", "117800"]);
     (d, key, id)
+}
+
+/// `doorstep keys create ARGS`: the key, shown once, and its public id.
+fn new_key(d: &Deployment, args: &[&str]) -> (String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--format", "json"]);
+    let out = d.run("keys create", &all).code(0).get_output().clone();
+    let made = json_lines(&out.stdout).remove(0);
+    let field = |name: &str| made[name].as_str().unwrap().to_owned();
+    (field("key"), field("id"))
+}
+
+/// A `POST /v1/records` written on a bare connection: the head with `header`, then `parts`
+/// (stopping when the server stops reading); what the server answered before it closed.
+async fn raw_post(url: &str, key: &str, header: &str, parts: &[Vec<u8>]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\n{header}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    for part in parts {
+        if conn.write_all(part).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 async fn post(
@@ -239,49 +259,23 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
     // Bodies: over 16 MiB (declared, or streamed without a length) is 413 before it is
     // read whole; one record over the per-record cap is rejected by rule; an empty body
     // and a truncated array are JSON errors. All problem JSON with a rule.
-    {
-        // Declared too large: 413 from the head alone, before any of the body is read.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = url.trim_start_matches("http://");
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            17 * 1024 * 1024
-        );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("application/problem+json"), "{answer}");
-        assert!(answer.contains("\"rule\":\"body-too-large\""), "{answer}");
-    }
-    {
-        // Chunked, no length: cut off at the limit, still 413.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = url.trim_start_matches("http://");
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
-             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-        );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        let chunk = format!("100000\r\n{}\r\n", " ".repeat(1 << 20));
-        for _ in 0..17 {
-            if conn.write_all(chunk.as_bytes()).await.is_err() {
-                break;
-            }
-        }
-        let _ = conn.write_all(b"0\r\n\r\n").await;
-        let mut answer = vec![0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer[..n]);
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    }
+    // Declared too large: 413 from the head alone, before any of the body is read.
+    let answer = raw_post(
+        &url,
+        &key,
+        &format!("Content-Length: {}", 17 * 1024 * 1024),
+        &[],
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("\"rule\":\"body-too-large\""), "{answer}");
+    // Chunked, no length: cut off at the limit, still 413.
+    let chunk = format!("100000\r\n{}\r\n", " ".repeat(1 << 20)).into_bytes();
+    let mut chunks = vec![chunk; 17];
+    chunks.push(b"0\r\n\r\n".to_vec());
+    let answer = raw_post(&url, &key, "Transfer-Encoding: chunked", &chunks).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let mut big = visit("api-big", 1, "Seen.");
     big["notes"] = "x".repeat(5 * 1024 * 1024).into();
     let (status, _, body) = post(&url, Some(&key), "application/json", big.to_string()).await;
@@ -336,26 +330,10 @@ async fn a_posted_record_is_stored_then_delivered_at_once_and_keys_are_enforced(
         assert_eq!(status, 404, "{path}: {text}");
     }
     // A read-only key reads the state and may not post: 403 problem with rule key-scope.
-    let out = d
-        .run(
-            "keys create",
-            &[
-                "--trust",
-                "thrive",
-                "--school",
-                "117800",
-                "--read-only",
-                "--format",
-                "json",
-            ],
-        )
-        .code(0)
-        .get_output()
-        .clone();
-    let reader = json_lines(&out.stdout).remove(0)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (reader, _) = new_key(
+        &d,
+        &["--trust", "thrive", "--school", "117800", "--read-only"],
+    );
     let (status, _) = get(
         format!("{url}/v1/records/thrive/visit_report/api-1"),
         reader.clone(),
@@ -600,15 +578,13 @@ async fn slow_clients_are_cut_off_and_others_are_served() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // A whole head, a body that stops short: 408, problem JSON.
-    let mut short = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"kind\":"
-    );
-    short.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), short.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_post(
+        &server.url,
+        &key,
+        "Content-Length: 1000",
+        &[b"{\"kind\":".to_vec()],
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
@@ -630,20 +606,7 @@ async fn a_key_never_reaches_another_school_of_its_trust() {
     ] {
         d.env(name, value);
     }
-    let key_for = |school: &str| {
-        let out = d
-            .run(
-                "keys create",
-                &["--trust", "celt", "--school", school, "--format", "json"],
-            )
-            .code(0)
-            .get_output()
-            .clone();
-        json_lines(&out.stdout).remove(0)["key"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let key_for = |school: &str| new_key(&d, &["--trust", "celt", "--school", school]).0;
     let (mine, theirs) = (key_for("136401"), key_for("136402"));
     let server = Server::start(&d);
     let url = server.url.clone();
