@@ -70,8 +70,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Whether the delivery loop runs (`readyz`).
     pub delivering: Arc<std::sync::atomic::AtomicBool>,
-    /// The signing key's state at the start, as `readyz` shows it.
-    pub signing: String,
+    /// The signing key's state at the start, as `readyz` shows it: `Err` when unusable.
+    pub signing: Result<&'static str, &'static str>,
 }
 
 impl AppState {
@@ -80,7 +80,7 @@ impl AppState {
         store: Arc<SqliteStore>,
         trusts: Arc<Trusts>,
         work: Arc<Notify>,
-        signing: String,
+        signing: Result<&'static str, &'static str>,
         key_rate: (NonZeroU32, NonZeroU32),
     ) -> (AppState, tokio::task::JoinHandle<()>) {
         let metrics = Metrics::default();
@@ -133,15 +133,12 @@ pub async fn serve(
     let work = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
     let signing = if !deployment.signs_checkpoints() {
-        "not configured".to_owned()
+        Ok("not configured")
     } else {
-        match deployment.signer() {
-            Ok(_) => "loaded".to_owned(),
-            Err(e) => {
-                tracing::error!(error = %e, "the signing key cannot be used");
-                "unusable: see the log".to_owned()
-            }
-        }
+        deployment.signer().map(|_| "loaded").map_err(|e| {
+            tracing::error!(error = %e, "the signing key cannot be used");
+            "unusable: see the log"
+        })
     };
     let config = deployment.config();
     let (state, committing) = AppState::new(
@@ -276,27 +273,26 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
     (status = 503, description = "Not ready; `checks` says what is not", body = Problem, content_type = "application/problem+json"),
 ))]
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    let store = match app.store.migrations_current().await {
-        Ok(true) => "ok",
-        Ok(false) => "migrations missing: restart doorstep to apply them",
+    let store: Result<&str, &str> = match app.store.migrations_current().await {
+        Ok(true) => Ok("ok"),
+        Ok(false) => Err("migrations missing: restart doorstep to apply them"),
         Err(e) => {
             tracing::error!(error = %e, "readyz: the store could not be read");
-            "unreachable"
+            Err("unreachable")
         }
     };
+    let delivery = if app.delivering.load(std::sync::atomic::Ordering::SeqCst) {
+        Ok("running")
+    } else {
+        Err("stopped")
+    };
+    let ready = store.is_ok() && delivery.is_ok() && app.signing.is_ok();
+    let said = |r: Result<&str, &str>| r.unwrap_or_else(|e| e).to_owned();
     let checks = Readiness {
-        store: store.to_owned(),
-        delivery: if app.delivering.load(std::sync::atomic::Ordering::SeqCst) {
-            "running"
-        } else {
-            "stopped"
-        }
-        .to_owned(),
-        signing_key: app.signing.clone(),
+        store: said(store),
+        delivery: said(delivery),
+        signing_key: said(app.signing),
     };
-    let ready = store == "ok"
-        && checks.delivery == "running"
-        && !checks.signing_key.starts_with("unusable");
     if ready {
         axum::Json(checks).into_response()
     } else {
