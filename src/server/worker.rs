@@ -97,7 +97,9 @@ pub async fn delivery_loop(
     let delivering = async {
         running.store(true, std::sync::atomic::Ordering::SeqCst);
         let _running = Running(running.clone());
-        // A run ends on the stop, or on a store error: then it starts again after a pause.
+        // A run ends on the stop; on a store error it starts again after a pause; with no
+        // destination to drive (all paused) it ends at once, and there is nothing to do
+        // until the next start.
         loop {
             let run = engine.run_until(
                 store.clone(),
@@ -105,8 +107,11 @@ pub async fn delivery_loop(
                 routed.clone(),
             );
             match run.await {
-                Ok(()) if *until.borrow() => return,
-                Ok(()) => {}
+                Ok(()) => {
+                    let mut until = until.clone();
+                    let _ = until.wait_for(|stop| *stop).await;
+                    return;
+                }
                 Err(e) => tracing::error!(error = %e, "delivery failed; starting again"),
             }
             if *until.borrow() {
