@@ -85,6 +85,7 @@ impl NewRecord {
                 crate::records::Urgency::Routine => "routine",
             }),
             hash: p.hash,
+            projection: p.projection,
             canonical: p.canonical,
             file: file.to_owned(),
             line,

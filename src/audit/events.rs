@@ -36,6 +36,7 @@ pub fn intake(facts: &IntakeFacts<'_>) -> Vec<Event> {
         }
         let mut e = about(EventType::Received, r);
         e.content_hash = Some(r.hash.to_hex());
+        e.projection_hash = Some(r.projection.to_hex());
         events.push(e);
         if !r.exceptions.is_empty() {
             let mut e = about(EventType::ExceptionRaised, r);

@@ -12,8 +12,8 @@ pub mod note;
 
 pub use crate::trail::{Event, EventType, leaf, tree};
 pub use bundle::{
-    ExportError, ExportRequest, ExportSummary, Progress, Quiet, VerifyFailure, VerifyReport,
-    export, verify,
+    ExportError, ExportRequest, ExportSummary, Progress, Quiet, VerifyFailure, VerifyOptions,
+    VerifyReport, export, verify,
 };
 pub use events::{TrailedDeliveries, TrailedStore};
 pub use note::{Checkpoint, NoteError, NoteSigner, Verifier};

@@ -58,17 +58,31 @@ pub enum AuditAction {
         /// this export; the key is not kept). The leaves are unchanged and still verify.
         #[arg(long)]
         pseudonymise: bool,
+        /// A signed checkpoint the auditor already holds: the bundle carries the RFC 9162
+        /// consistency proof from it to the bundle's checkpoint.
+        #[arg(long, value_name = "CHECKPOINT_FILE")]
+        prove_from: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArg,
     },
     /// Check a bundle offline: manifest hashes, the checkpoint signature, every inclusion
-    /// proof, every record's content hash. Exit 0 if all verifies, 1 naming the first failure.
+    /// proof, every record's content hash, that no event of the school and period is missing,
+    /// and (with --trusted-checkpoint) that the log extends a checkpoint you already hold.
+    /// Says what was proven; exit 0 if all verifies, 1 naming the first failure.
     Verify {
         dir: PathBuf,
         /// The verifier key (`name+id+base64`), or a file holding it; default: the bundle's
         /// log.pub.
         #[arg(long)]
         key: Option<String>,
+        /// A signed checkpoint you already trust (published, or handed to a witness): the
+        /// bundle's tree must extend it.
+        #[arg(long, value_name = "FILE")]
+        trusted_checkpoint: Option<PathBuf>,
+        /// Fail unless every record was checked in full (a pseudonymised bundle's are checked
+        /// on their non-personal fields only).
+        #[arg(long)]
+        require_content: bool,
         #[command(flatten)]
         _config: ConfigArg,
     },
@@ -77,20 +91,33 @@ pub enum AuditAction {
 pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
     match action {
         AuditAction::Keygen { name, out, .. } => keygen(&name, &out),
-        AuditAction::Verify { dir, key, .. } => {
+        AuditAction::Verify {
+            dir,
+            key,
+            trusted_checkpoint,
+            require_content,
+            ..
+        } => {
             let key = key.map(|k| read_key_arg(&k)).transpose()?;
+            let trusted = trusted_checkpoint
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| Fatal::Config(format!("{}: {}", p.display(), e.kind())))
+                })
+                .transpose()?;
+            let options = bundle::VerifyOptions {
+                key: key.as_deref(),
+                trusted_checkpoint: trusted.as_deref(),
+                require_content,
+            };
             let bar = Bar::new();
-            let result = bundle::verify(&dir, key.as_deref(), &bar);
+            let result = bundle::verify(&dir, &options, &bar);
             bar.done();
             match result {
                 Ok(r) => {
-                    say!(
-                        "ok: {} entries and {} records verify against {} at size {}",
-                        r.entries,
-                        r.records,
-                        r.origin,
-                        r.tree_size
-                    );
+                    for line in r.statements() {
+                        say!("{line}");
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(f) => {
@@ -185,6 +212,7 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             to,
             out,
             pseudonymise,
+            prove_from,
             config,
         } => {
             let deployment = required_deployment(&config)?;
@@ -207,6 +235,12 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 time_zone: config.time_zone,
                 out: out.clone(),
                 pseudonymise,
+                prove_from: prove_from
+                    .map(|p| {
+                        std::fs::read_to_string(&p)
+                            .map_err(|e| Fatal::Config(format!("{}: {}", p.display(), e.kind())))
+                    })
+                    .transpose()?,
             };
             runtime()?.block_on(async {
                 let store = deployment.open_store_for_reading().await?;
@@ -227,6 +261,11 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 if !s.recorded {
                     eprintln!(
                         "doorstep: the store is read-only: this export and its checkpoint are not recorded in its trail"
+                    );
+                }
+                if !s.closed {
+                    eprintln!(
+                        "doorstep: nothing closes the period (the store is read-only and the school has no event after it): this bundle cannot prove it is complete"
                     );
                 }
                 Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@ mod canonical;
 mod fields;
 mod kinds;
 mod parse;
+pub mod personal;
 mod schema;
 pub mod severity;
 mod value;

@@ -56,6 +56,8 @@ pub struct ParsedRecord {
     /// RFC 8785 text of `content`.
     pub canonical: String,
     pub hash: ContentHash,
+    /// SHA-256 of the canonical text of `content` without its personal fields.
+    pub projection: ContentHash,
 }
 
 /// The record's id, if the value carries a well-formed one (for error reports).
@@ -164,11 +166,13 @@ fn parse_one<T: Checked>(
     }
     let canonical = canonical_json(&content);
     let hash = ContentHash::of_canonical(&canonical);
+    let projection = super::personal::projection_hash(&content);
     Ok(ParsedRecord {
         record: typed.into_record(),
         content,
         canonical,
         hash,
+        projection,
     })
 }
 

@@ -168,6 +168,7 @@ mod tests {
             visit_id: None,
             urgency: None,
             hash: ContentHash::of_canonical(&canonical),
+            projection: ContentHash::of_canonical(&canonical),
             canonical,
             file: "api:test".to_owned(),
             line: None,

@@ -21,7 +21,7 @@ pub mod rules;
 mod sqlite;
 pub mod time;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
 use serde::Serialize;
@@ -84,6 +84,8 @@ pub struct NewRecord {
     pub visit_id: Option<String>,
     pub urgency: Option<&'static str>,
     pub hash: ContentHash,
+    /// SHA-256 of the record's non-personal projection (`records::personal`).
+    pub projection: ContentHash,
     pub canonical: String,
     /// The file (or `request`) and line the record was read from.
     pub file: String,
@@ -234,19 +236,25 @@ pub trait Store: Send + Sync {
         ids: &[NodeId],
     ) -> impl Future<Output = Result<HashMap<NodeId, Hash>, StoreError>> + Send;
 
-    /// The leaves of one school's events in `[from, to)` (RFC 3339 UTC), below `size`.
-    fn audit_entries(
+    /// Up to `limit` leaves of a trust's log from index `start` and below `size`, with their
+    /// indices, in order — only `school`'s events when one is named. A caller pages through
+    /// the log by starting the next page after the last index it got.
+    fn audit_leaves(
         &self,
         trust: &str,
-        school: &str,
-        from: &str,
-        to: &str,
+        school: Option<&str>,
+        start: u64,
         size: u64,
+        limit: usize,
     ) -> impl Future<Output = Result<Vec<(u64, String)>, StoreError>> + Send;
 
-    /// Appends events (made by `audit`) to their trusts' logs in one transaction.
-    fn audit_append(&self, events: &[Event])
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Appends events (made by `audit`) to their trusts' logs in one transaction, each
+    /// school's event numbered (`school_seq`) and no time before the log's last (the log's
+    /// `trail::Tail`); returns each log's size after it.
+    fn audit_append(
+        &self,
+        events: &[Event],
+    ) -> impl Future<Output = Result<BTreeMap<String, u64>, StoreError>> + Send;
 
     /// Keeps a signed checkpoint as issued.
     fn audit_save_checkpoint(

@@ -44,6 +44,9 @@ pub struct Event {
     pub event: EventType,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// SHA-256 (hex) of the record's non-personal projection (`records::personal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projection_hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +55,10 @@ pub struct Event {
     pub rules: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub school: Option<String>,
+    /// The school's own sequence number in the trust's log (0, 1, 2, … in log order); set
+    /// by the log as it appends (`sequence`), never by whoever makes the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub school_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     pub trust: String,
@@ -64,6 +71,7 @@ impl Event {
             at: at.to_owned(),
             trust: trust.to_owned(),
             school: None,
+            school_seq: None,
             kind: None,
             record_id: None,
             revision: None,
@@ -71,6 +79,7 @@ impl Event {
             state: None,
             rules: Vec::new(),
             content_hash: None,
+            projection_hash: None,
         }
     }
 
@@ -104,6 +113,8 @@ mod tests {
         e.state = Some("delivered".into());
         e.rules = vec!["pair-required".into(), "buddy-assigned".into()];
         e.content_hash = Some("ab".repeat(32));
+        e.projection_hash = Some("cd".repeat(32));
+        e.school_seq = Some(7);
         let leaf = e.leaf();
         assert_eq!(canonical_json(&serde_json::from_str(&leaf).unwrap()), leaf);
         assert!(leaf.starts_with(r#"{"at":"2026-11-24T22:02:02.621799Z","content_hash":"#));

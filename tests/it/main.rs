@@ -7,6 +7,7 @@ mod fakes;
 mod harness;
 
 mod audit;
+mod audit_complete;
 mod cli;
 mod delivery;
 mod demo;

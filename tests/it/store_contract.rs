@@ -77,6 +77,7 @@ fn record(id: &str, revision: u32, content: &str) -> NewRecord {
         visit_id: None,
         urgency: None,
         hash: ContentHash::of_canonical(&canonical),
+        projection: ContentHash::of_canonical(&canonical),
         canonical,
         file: "contract.jsonl".to_owned(),
         line: Some(u64::from(revision)),
@@ -121,7 +122,7 @@ async fn size<S: Store>(store: &S) -> u64 {
 async fn trail<S: Store>(store: &S) -> Vec<Value> {
     let n = size(store).await;
     store
-        .audit_entries(TRUST, SCHOOL, "2000", "3000", n)
+        .audit_leaves(TRUST, Some(SCHOOL), 0, n, usize::MAX)
         .await
         .unwrap()
         .into_iter()
@@ -847,13 +848,26 @@ fn event(i: u64, school: &str) -> Event {
 
 async fn trail_appends<S: Store>(store: &S) {
     assert_eq!(size(store).await, 0);
-    // Appends across calls and tile boundaries (256 leaves a tile); two schools.
+    // Appends across calls and tile boundaries (256 leaves a tile); two schools; a time that
+    // goes back (leaf 400) is raised to the log's last.
     let all: Vec<Event> = (0..700)
-        .map(|i| event(i, if i % 7 == 0 { "999999" } else { SCHOOL }))
+        .map(|i| {
+            let mut e = event(i, if i % 7 == 0 { "999999" } else { SCHOOL });
+            if i == 400 {
+                e.at = "2026-11-24T23:00:00Z".into();
+            }
+            e
+        })
         .collect();
-    store.audit_append(&all[..1]).await.unwrap();
+    let sizes = store.audit_append(&all[..1]).await.unwrap();
+    assert_eq!(sizes.get(TRUST), Some(&1));
     store.audit_append(&all[1..300]).await.unwrap();
-    store.audit_append(&all[300..]).await.unwrap();
+    let sizes = store.audit_append(&all[300..]).await.unwrap();
+    assert_eq!(
+        sizes.get(TRUST),
+        Some(&700),
+        "each append says the size after it"
+    );
     let mut other = Event::new(EventType::Exported, "2026-11-25T00:00:00Z", "thrive");
     other.school = Some(SCHOOL.to_owned());
     store.audit_append(&[other]).await.unwrap();
@@ -862,9 +876,26 @@ async fn trail_appends<S: Store>(store: &S) {
         [("celt".to_owned(), 700), ("thrive".to_owned(), 1)]
     );
 
-    let hashes: Vec<tree::Hash> = all
+    // The leaves as appended: each school numbered on its own, times never going back.
+    let leaves = store
+        .audit_leaves(TRUST, None, 0, 700, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(leaves.len(), 700);
+    let mut seqs: HashMap<String, u64> = HashMap::new();
+    for (i, (idx, leaf)) in leaves.iter().enumerate() {
+        assert_eq!(*idx, i as u64);
+        let v: Value = serde_json::from_str(leaf).unwrap();
+        let school = v["school"].as_str().unwrap().to_owned();
+        let next = seqs.entry(school).or_insert(0);
+        assert_eq!(v["school_seq"], *next, "leaf {i}: {leaf}");
+        *next += 1;
+        assert_eq!(v["at"], "2026-11-25T00:00:00Z", "leaf {i}: {leaf}");
+        assert_eq!(v["record_id"], format!("V-{i}"));
+    }
+    let hashes: Vec<tree::Hash> = leaves
         .iter()
-        .map(|e| tree::leaf_hash(e.leaf().as_bytes()))
+        .map(|(_, leaf)| tree::leaf_hash(leaf.as_bytes()))
         .collect();
     let mut want = tree::MemoryTree::default();
     want.append(&hashes).unwrap();
@@ -880,30 +911,27 @@ async fn trail_appends<S: Store>(store: &S) {
         );
     }
 
-    // Entries: one school's, below a size, in a time range, as appended.
-    let entries = store
-        .audit_entries(TRUST, SCHOOL, "2026-11-25", "2026-11-26", 700)
-        .await
-        .unwrap();
+    // One school's leaves, paged, below a size.
+    let mut paged = Vec::new();
+    let mut start = 0;
+    loop {
+        let page = store
+            .audit_leaves(TRUST, Some(SCHOOL), start, 700, 100)
+            .await
+            .unwrap();
+        let Some((last, _)) = page.last() else { break };
+        assert!(page.len() <= 100);
+        start = last + 1;
+        paged.extend(page);
+    }
     let want_idx: Vec<u64> = (0..700).filter(|i| i % 7 != 0).collect();
-    assert_eq!(
-        entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-        want_idx
-    );
-    assert_eq!(entries[0].1, all[1].leaf());
+    assert_eq!(paged.iter().map(|(i, _)| *i).collect::<Vec<_>>(), want_idx);
+    assert_eq!(paged[0].1, leaves[1].1);
     let below = store
-        .audit_entries(TRUST, SCHOOL, "2026-11-25", "2026-11-26", 10)
+        .audit_leaves(TRUST, Some(SCHOOL), 0, 10, usize::MAX)
         .await
         .unwrap();
     assert_eq!(below.len(), 8, "1..10 less 7");
-    assert!(
-        store
-            .audit_entries(TRUST, SCHOOL, "2026-11-26", "2027", 700)
-            .await
-            .unwrap()
-            .is_empty(),
-        "nothing after the period"
-    );
     store
         .audit_save_checkpoint(TRUST, 700, "a signed note\n")
         .await

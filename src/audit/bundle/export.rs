@@ -3,7 +3,8 @@
 //! Owns: [`export`], [`checkpoint_at`], [`ExportError`] and the file writers. May not touch:
 //! the verifier; the format it writes is the bundle module's, pseudonyms are `pseudonymise`'s.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -14,12 +15,14 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::pseudonymise::Pseudonymiser;
-use super::{Entry, Manifest, Period, Progress, csv_bytes, origin};
+use super::{CONSISTENCY, ConsistencyFile, Entry, Manifest, Period, Progress, origin, safe_cell};
+use crate::audit::checkpoint::Consistency;
 use crate::audit::note::{Checkpoint, NoteSigner};
 use crate::audit::tree::{self, Hash};
 use crate::audit::{Event, EventType};
 use crate::records::canonical_json;
 use crate::store::{Store, StoreError, StoredRevision};
+use crate::trail::sequence::compare;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -31,6 +34,8 @@ pub enum ExportError {
     NoLog(String),
     #[error("the store lacks node {0:?} of trust {1}'s log")]
     MissingNode(tree::NodeId, String),
+    #[error("--prove-from: {0}")]
+    ProveFrom(String),
 }
 
 /// What to export.
@@ -42,6 +47,9 @@ pub struct ExportRequest {
     pub time_zone: chrono_tz::Tz,
     pub out: PathBuf,
     pub pseudonymise: bool,
+    /// A signed checkpoint the auditor already holds (`--prove-from`): the bundle carries
+    /// the consistency proof from it.
+    pub prove_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +60,9 @@ pub struct ExportSummary {
     /// Whether the export and its checkpoint were recorded in the store's trail (not on a
     /// read-only copy).
     pub recorded: bool,
+    /// Whether the period is closed: by an entry after it, or by the tree's last leaf (the
+    /// export's own event). Without, the bundle cannot prove completeness.
+    pub closed: bool,
 }
 
 fn utc_start(day: NaiveDate, tz: chrono_tz::Tz) -> String {
@@ -81,6 +92,18 @@ fn write(
 /// (kind, record id, revision).
 type RevisionKey = (String, String, u32);
 
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// A file written once, its SHA-256 taken on the way.
 struct HashingWriter {
     name: &'static str,
@@ -104,16 +127,16 @@ impl HashingWriter {
         })
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ExportError> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), ExportError> {
         self.hasher.update(bytes);
-        std::io::Write::write_all(&mut self.out, bytes).map_err(|e| ExportError::Io {
+        self.out.write_all(bytes).map_err(|e| ExportError::Io {
             path: self.path.clone(),
             reason: e.kind().to_string(),
         })
     }
 
     fn finish(mut self, hashes: &mut BTreeMap<String, String>) -> Result<(), ExportError> {
-        std::io::Write::flush(&mut self.out).map_err(|e| ExportError::Io {
+        self.out.flush().map_err(|e| ExportError::Io {
             path: self.path.clone(),
             reason: e.kind().to_string(),
         })?;
@@ -122,102 +145,371 @@ impl HashingWriter {
     }
 }
 
-/// Writes the bundle of one school's events in a period, signed at the log's current size.
+/// Writes the bundle of one school's events in a period: appends the school's `exported`
+/// event, signs the checkpoint that includes it, and streams the school's entries of the
+/// period — with the last entry before it and the first after it (or the `exported` event)
+/// as boundaries — and their records, a slice at a time, so memory stays flat whatever the
+/// size of the period.
 pub async fn export<S: crate::store::DeliveryStore>(
     store: &S,
     signer: &NoteSigner,
     req: &ExportRequest,
     progress: &dyn Progress,
 ) -> Result<ExportSummary, ExportError> {
-    let size = store
-        .audit_sizes()
-        .await?
-        .into_iter()
-        .find(|(t, _)| *t == req.trust)
-        .map(|(_, s)| s)
-        .filter(|&s| s > 0)
-        .ok_or_else(|| ExportError::NoLog(req.trust.clone()))?;
-    let checkpoint = checkpoint_at(store, signer, &req.trust, size).await?;
-    let note = signer.sign(&checkpoint.to_text());
     let recorded = !store.is_read_only();
-    if recorded {
-        store.audit_save_checkpoint(&req.trust, size, &note).await?;
+    let size = if recorded {
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut exported = Event::new(EventType::Exported, &now, &req.trust);
+        exported.school = Some(req.school.clone());
+        exported.state = Some(
+            if req.pseudonymise {
+                "pseudonymised"
+            } else {
+                "plain"
+            }
+            .into(),
+        );
+        store
+            .audit_append(&[exported])
+            .await?
+            .get(&req.trust)
+            .copied()
+    } else {
+        store
+            .audit_sizes()
+            .await?
+            .into_iter()
+            .find(|(t, _)| *t == req.trust)
+            .map(|(_, s)| s)
     }
-
+    .filter(|&s| s > 0)
+    .ok_or_else(|| ExportError::NoLog(req.trust.clone()))?;
     let period = Period {
         from: req.from.to_string(),
         to: req.to.to_string(),
         from_utc: utc_start(req.from, req.time_zone),
         to_utc: utc_start(req.to.succ_opt().unwrap_or(req.to), req.time_zone),
     };
-    let entries = store
-        .audit_entries(
-            &req.trust,
-            &req.school,
-            &period.from_utc,
-            &period.to_utc,
-            size,
-        )
-        .await?;
-
-    // Proofs: every node they need, fetched at once.
-    let ranges: Vec<Vec<(u64, u64)>> = entries
-        .iter()
-        .map(|(i, _)| tree::inclusion_ranges(*i, size))
-        .collect();
-    let all_ranges: Vec<(u64, u64)> = ranges.iter().flatten().copied().collect();
-    let nodes = store
-        .audit_nodes(&req.trust, &tree::nodes_for(&all_ranges))
-        .await?;
-    // Each entry's line and the record it received, built on all cores a slice at a time and
-    // written in order, so that memory holds one slice of lines, not the file.
-    progress.start("entries", entries.len() as u64);
+    // A read-only copy cannot append the export's event to close the period: the tree is
+    // signed where the school's last event is its last leaf instead, if nothing came after.
+    let size = if recorded {
+        size
+    } else {
+        closing_size(store, req, &period, size).await?
+    };
+    let checkpoint = checkpoint_at(store, signer, &req.trust, size).await?;
+    let note = signer.sign(&checkpoint.to_text());
+    if recorded {
+        store.audit_save_checkpoint(&req.trust, size, &note).await?;
+    }
+    let consistency = match &req.prove_from {
+        Some(old) => Some(consistency_from(store, signer, old, &checkpoint).await?),
+        None => None,
+    };
     std::fs::create_dir_all(&req.out).map_err(|e| ExportError::Io {
         path: req.out.clone(),
         reason: e.kind().to_string(),
     })?;
-    let mut hashes = BTreeMap::new();
-    let mut entries_out = HashingWriter::create(&req.out, "entries.jsonl")?;
-    let mut keys: BTreeSet<RevisionKey> = BTreeSet::new();
-    for (slice, slice_ranges) in entries
-        .chunks(EXPORT_SLICE)
-        .zip(ranges.chunks(EXPORT_SLICE))
-    {
-        let built: Vec<Result<(String, Option<RevisionKey>), ExportError>> = slice
-            .par_iter()
-            .zip(slice_ranges.par_iter())
-            .map(|((index, leaf), ranges)| entry_line(*index, leaf, ranges, &nodes, &req.trust))
-            .collect();
-        for b in built {
-            let (line, key) = b?;
-            entries_out.write_all(line.as_bytes())?;
-            keys.extend(key);
-        }
-        progress.advance(slice.len() as u64);
-    }
-    entries_out.finish(&mut hashes)?;
-    let keys: Vec<(String, String, u32)> = keys.into_iter().collect();
-    let revisions = store.revisions_by_key(&req.trust, &keys).await?;
-    let exceptions = store.exceptions_by_key(&req.trust, &keys).await?;
-    let attempts = store.attempts_by_key(&req.trust, &keys).await?;
+    let mut out = Writers::create(&req.out, req.pseudonymise)?;
+    let mut written = Written::default();
+    progress.start("entries", 0);
 
-    let out = &req.out;
-    write(out, "checkpoint", note.as_bytes(), &mut hashes)?;
+    // The school's leaves in log order, a page at a time. Times never go back in a numbered
+    // log, so the first numbered leaf after the period ends the scan.
+    let mut before: Option<(u64, String)> = None;
+    let mut after: Option<(u64, String)> = None;
+    let mut slice: Vec<(u64, String)> = Vec::with_capacity(EXPORT_SLICE);
+    let mut in_period = false;
+    let mut start = 0;
+    'scan: loop {
+        let page = store
+            .audit_leaves(&req.trust, Some(&req.school), start, size, EXPORT_SLICE)
+            .await?;
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        start = last + 1;
+        for (index, leaf) in page {
+            let when: When = serde_json::from_str(&leaf).map_err(|e| ExportError::Io {
+                path: PathBuf::from(format!("(the store's audit leaf {}/{index})", req.trust)),
+                reason: format!("not an event: {e}"),
+            })?;
+            if compare(&when.at, &period.from_utc).is_lt() {
+                if !in_period {
+                    before = Some((index, leaf));
+                }
+            } else if compare(&when.at, &period.to_utc).is_lt() {
+                if !in_period {
+                    in_period = true;
+                    // The boundary before the period is the bundle's first entry.
+                    out.entries(store, &req.trust, size, before.take(), false, &mut written)
+                        .await?;
+                }
+                after = None;
+                slice.push((index, leaf));
+                if slice.len() == EXPORT_SLICE {
+                    let full = std::mem::take(&mut slice);
+                    progress.advance(full.len() as u64);
+                    out.entries(store, &req.trust, size, full, true, &mut written)
+                        .await?;
+                }
+            } else if after.is_none() {
+                let numbered = when.school_seq.is_some();
+                after = Some((index, leaf));
+                if numbered {
+                    break 'scan;
+                }
+            }
+        }
+    }
+    progress.advance(slice.len() as u64);
+    out.entries(store, &req.trust, size, before.take(), false, &mut written)
+        .await?;
+    out.entries(store, &req.trust, size, slice, true, &mut written)
+        .await?;
+    let closed_after = after.is_some();
+    out.entries(store, &req.trust, size, after.take(), false, &mut written)
+        .await?;
+    let closed = closed_after || written.last_index == Some(size - 1);
+
+    let mut hashes = out.finish()?;
+    let dir = &req.out;
+    write(dir, "checkpoint", note.as_bytes(), &mut hashes)?;
     write(
-        out,
+        dir,
         "log.pub",
         format!("{}\n", signer.verifier().to_text()).as_bytes(),
         &mut hashes,
     )?;
-    let mut records_json = HashingWriter::create(out, "records.json")?;
-    let records_csv = records_files(&revisions, req.pseudonymise, &mut records_json)?;
-    records_json.finish(&mut hashes)?;
-    write(out, "records.csv", &records_csv, &mut hashes)?;
-    let delivery_rows = attempts
-        .into_iter()
-        .map(|d| {
+    if let Some(c) = &consistency {
+        let text = serde_json::to_string_pretty(c).unwrap_or_default() + "\n";
+        write(dir, CONSISTENCY, text.as_bytes(), &mut hashes)?;
+    }
+    let manifest = Manifest {
+        trust: req.trust.clone(),
+        school: req.school.clone(),
+        period,
+        tree_size: size,
+        entries: written.entries,
+        generator: format!("doorstep {}", env!("CARGO_PKG_VERSION")),
+        pseudonymised: req.pseudonymise,
+        files: hashes,
+    };
+    let manifest_text = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";
+    std::fs::write(dir.join("manifest.json"), manifest_text).map_err(|e| ExportError::Io {
+        path: dir.join("manifest.json"),
+        reason: e.kind().to_string(),
+    })?;
+    Ok(ExportSummary {
+        entries: written.entries,
+        records: written.records,
+        tree_size: size,
+        recorded,
+        closed,
+    })
+}
+
+/// The size at which the school's last event is the tree's last leaf, when that event lies
+/// before the end of the period (nothing of the school after it could close the period);
+/// else `size`.
+async fn closing_size<S: Store>(
+    store: &S,
+    req: &ExportRequest,
+    period: &Period,
+    size: u64,
+) -> Result<u64, ExportError> {
+    let mut last: Option<(u64, String)> = None;
+    let mut start = 0;
+    loop {
+        let page = store
+            .audit_leaves(&req.trust, Some(&req.school), start, size, EXPORT_SLICE)
+            .await?;
+        match page.into_iter().last() {
+            Some(l) => {
+                start = l.0 + 1;
+                last = Some(l);
+            }
+            None => break,
+        }
+    }
+    let Some((index, leaf)) = last else {
+        return Ok(size);
+    };
+    let when: When = serde_json::from_str(&leaf).map_err(|e| ExportError::Io {
+        path: PathBuf::from(format!("(the store's audit leaf {}/{index})", req.trust)),
+        reason: format!("not an event: {e}"),
+    })?;
+    Ok(if compare(&when.at, &period.to_utc).is_lt() {
+        index + 1
+    } else {
+        size
+    })
+}
+
+/// The RFC 9162 consistency proof from a checkpoint the auditor holds (a signed note, checked
+/// against the deployment's key) to the bundle's.
+async fn consistency_from<S: Store>(
+    store: &S,
+    signer: &NoteSigner,
+    old_note: &str,
+    new: &Checkpoint,
+) -> Result<ConsistencyFile, ExportError> {
+    let refused = |reason: String| ExportError::ProveFrom(reason);
+    let text = signer
+        .verifier()
+        .open(old_note)
+        .map_err(|e| refused(e.to_string()))?;
+    let old = Checkpoint::parse(text).map_err(|e| refused(e.to_string()))?;
+    match crate::audit::checkpoint::consistency(store, &old, new)
+        .await
+        .map_err(|e| refused(e.to_string()))?
+    {
+        Consistency::Consistent { proof } => Ok(ConsistencyFile {
+            from_size: old.size,
+            from_root: B64.encode(old.root),
+            proof: proof.iter().map(hex::encode).collect(),
+        }),
+        Consistency::DifferentLogs => Err(refused(format!(
+            "it is a checkpoint of {}, not of {}",
+            old.origin, new.origin
+        ))),
+        Consistency::SizesOutOfOrder => Err(refused(format!(
+            "its size {} is not between 1 and the log's {}",
+            old.size, new.size
+        ))),
+        Consistency::NotExtended => Err(refused(format!(
+            "the log at size {} does not extend it (size {}): the log was rewritten",
+            new.size, old.size
+        ))),
+    }
+}
+
+/// What a leaf says of where it falls.
+#[derive(serde::Deserialize)]
+struct When<'a> {
+    #[serde(borrow)]
+    at: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    school_seq: Option<u64>,
+}
+
+/// What has been written so far.
+#[derive(Default)]
+struct Written {
+    entries: u64,
+    records: u64,
+    /// The index of the last entry written.
+    last_index: Option<u64>,
+}
+
+/// The bundle's streamed files, each hashed as it is written.
+struct Writers {
+    entries: HashingWriter,
+    records_json: HashingWriter,
+    records_csv: csv::Writer<HashingWriter>,
+    deliveries: csv::Writer<HashingWriter>,
+    exceptions: csv::Writer<HashingWriter>,
+    pseudonyms: Option<Pseudonymiser>,
+    any_record: bool,
+}
+
+impl Writers {
+    fn create(dir: &Path, pseudonymise: bool) -> Result<Self, ExportError> {
+        let csv = |name: &'static str, header: &[&str]| -> Result<_, ExportError> {
+            let mut w = csv::Writer::from_writer(HashingWriter::create(dir, name)?);
+            w.write_record(header).map_err(|e| csv_err(dir, name, &e))?;
+            Ok(w)
+        };
+        let mut records_json = HashingWriter::create(dir, "records.json")?;
+        records_json.write_bytes(b"[")?;
+        Ok(Self {
+            entries: HashingWriter::create(dir, "entries.jsonl")?,
+            records_json,
+            records_csv: csv("records.csv", &RECORDS_CSV)?,
+            deliveries: csv("deliveries.csv", &DELIVERIES_CSV)?,
+            exceptions: csv("exceptions.csv", &EXCEPTIONS_CSV)?,
+            pseudonyms: if pseudonymise {
+                Some(Pseudonymiser::new()?)
+            } else {
+                None
+            },
+            any_record: false,
+        })
+    }
+
+    /// Writes entries' lines with their inclusion proofs; for entries of the period
+    /// (`records`), also the revisions they received, those revisions' deliveries and
+    /// exceptions.
+    async fn entries<S: crate::store::DeliveryStore>(
+        &mut self,
+        store: &S,
+        trust: &str,
+        size: u64,
+        entries: impl IntoIterator<Item = (u64, String)>,
+        records: bool,
+        written: &mut Written,
+    ) -> Result<(), ExportError> {
+        let entries: Vec<(u64, String)> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<Vec<(u64, u64)>> = entries
+            .iter()
+            .map(|(i, _)| tree::inclusion_ranges(*i, size))
+            .collect();
+        let all: Vec<(u64, u64)> = ranges.iter().flatten().copied().collect();
+        let nodes = store.audit_nodes(trust, &tree::nodes_for(&all)).await?;
+        let built: Vec<Result<(String, Option<RevisionKey>), ExportError>> = entries
+            .par_iter()
+            .zip(ranges.par_iter())
+            .map(|((index, leaf), ranges)| entry_line(*index, leaf, ranges, &nodes, trust))
+            .collect();
+        let mut keys = Vec::new();
+        for b in built {
+            let (line, key) = b?;
+            self.entries.write_bytes(line.as_bytes())?;
+            keys.extend(key);
+        }
+        written.entries += entries.len() as u64;
+        written.last_index = entries.last().map(|(i, _)| *i);
+        if records && !keys.is_empty() {
+            written.records += self.records(store, trust, &keys).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the revisions received by one slice's entries, in the entries' order, and their
+    /// deliveries and exceptions; returns how many revisions.
+    async fn records<S: crate::store::DeliveryStore>(
+        &mut self,
+        store: &S,
+        trust: &str,
+        keys: &[RevisionKey],
+    ) -> Result<u64, ExportError> {
+        let mut revisions: HashMap<RevisionKey, StoredRevision> = store
+            .revisions_by_key(trust, keys)
+            .await?
+            .into_iter()
+            .map(|r| ((r.kind.clone(), r.id.clone(), r.revision), r))
+            .collect();
+        let ordered: Vec<StoredRevision> =
+            keys.iter().filter_map(|k| revisions.remove(k)).collect();
+        let ps = self.pseudonyms.as_ref();
+        let built: Vec<(String, Vec<String>)> = ordered
+            .par_iter()
+            .map(|r| record_text_and_row(r, ps))
+            .collect();
+        for (text, row) in &built {
+            self.records_json
+                .write_bytes(if self.any_record { b",\n" } else { b"\n" })?;
+            self.records_json.write_bytes(text.as_bytes())?;
+            self.any_record = true;
+            write_row(&mut self.records_csv, row)?;
+        }
+        for d in store.attempts_by_key(trust, keys).await? {
             let a = d.attempt.as_ref();
-            vec![
+            let error = a.and_then(|a| a.error.clone()).unwrap_or_default();
+            let row = [
                 d.destination,
                 d.kind,
                 d.record_id,
@@ -229,37 +521,19 @@ pub async fn export<S: crate::store::DeliveryStore>(
                 a.and_then(|a| a.status)
                     .map(|s| s.to_string())
                     .unwrap_or_default(),
-                a.and_then(|a| a.error.clone()).unwrap_or_default(),
+                // A target's error text may quote the record: not in a pseudonymised pack.
+                if ps.is_some() && !error.is_empty() {
+                    WITHHELD.to_owned()
+                } else {
+                    error
+                },
                 d.state,
                 d.target_id.unwrap_or_default(),
-            ]
-        })
-        .collect();
-    write(
-        out,
-        "deliveries.csv",
-        &csv_bytes(
-            &[
-                "destination",
-                "kind",
-                "record_id",
-                "revision",
-                "attempt",
-                "at",
-                "outcome",
-                "status",
-                "error",
-                "state",
-                "target_id",
-            ],
-            delivery_rows,
-        ),
-        &mut hashes,
-    )?;
-    let exception_rows = exceptions
-        .into_iter()
-        .map(|(kind, id, e)| {
-            vec![
+            ];
+            write_row(&mut self.deliveries, &row)?;
+        }
+        for (kind, id, e) in store.exceptions_by_key(trust, keys).await? {
+            let row = [
                 kind,
                 id,
                 e.revision.to_string(),
@@ -270,63 +544,118 @@ pub async fn export<S: crate::store::DeliveryStore>(
                     .map(|r| r.to_string())
                     .unwrap_or_default(),
                 e.message,
-            ]
-        })
-        .collect();
-    write(
-        out,
-        "exceptions.csv",
-        &csv_bytes(
-            &[
-                "kind",
-                "record_id",
-                "revision",
-                "rule",
-                "severity",
-                "state",
-                "closed_by_revision",
-                "message",
-            ],
-            exception_rows,
-        ),
-        &mut hashes,
-    )?;
-    let manifest = Manifest {
-        trust: req.trust.clone(),
-        school: req.school.clone(),
-        period,
-        tree_size: size,
-        entries: entries.len() as u64,
-        generator: format!("doorstep {}", env!("CARGO_PKG_VERSION")),
-        pseudonymised: req.pseudonymise,
-        files: hashes,
-    };
-    let manifest_text = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";
-    std::fs::write(out.join("manifest.json"), manifest_text).map_err(|e| ExportError::Io {
-        path: out.join("manifest.json"),
-        reason: e.kind().to_string(),
-    })?;
-
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-    let mut exported = Event::new(EventType::Exported, &now, &req.trust);
-    exported.school = Some(req.school.clone());
-    exported.state = Some(
-        if req.pseudonymise {
-            "pseudonymised"
-        } else {
-            "plain"
+            ];
+            write_row(&mut self.exceptions, &row)?;
         }
-        .into(),
-    );
-    if recorded {
-        store.audit_append(&[exported]).await?;
+        Ok(built.len() as u64)
     }
-    Ok(ExportSummary {
-        entries: entries.len() as u64,
-        records: revisions.len() as u64,
-        tree_size: size,
-        recorded,
-    })
+
+    /// Closes every file; returns their hashes.
+    fn finish(mut self) -> Result<BTreeMap<String, String>, ExportError> {
+        let mut hashes = BTreeMap::new();
+        self.records_json
+            .write_bytes(if self.any_record { b"\n]\n" } else { b"]\n" })?;
+        self.entries.finish(&mut hashes)?;
+        self.records_json.finish(&mut hashes)?;
+        for w in [self.records_csv, self.deliveries, self.exceptions] {
+            let inner = w.into_inner().map_err(|e| ExportError::Io {
+                path: PathBuf::from("(a CSV file of the bundle)"),
+                reason: e.error().kind().to_string(),
+            })?;
+            inner.finish(&mut hashes)?;
+        }
+        Ok(hashes)
+    }
+}
+
+/// What a pseudonymised bundle's `deliveries.csv` says in place of a target's error text.
+const WITHHELD: &str = "(withheld: pseudonymised export)";
+
+const RECORDS_CSV: [&str; 9] = [
+    "kind",
+    "record_id",
+    "revision",
+    "school",
+    "received_at",
+    "content_hash",
+    "pupil_upn",
+    "type",
+    "outcome",
+];
+
+const DELIVERIES_CSV: [&str; 11] = [
+    "destination",
+    "kind",
+    "record_id",
+    "revision",
+    "attempt",
+    "at",
+    "outcome",
+    "status",
+    "error",
+    "state",
+    "target_id",
+];
+
+const EXCEPTIONS_CSV: [&str; 8] = [
+    "kind",
+    "record_id",
+    "revision",
+    "rule",
+    "severity",
+    "state",
+    "closed_by_revision",
+    "message",
+];
+
+fn csv_err(dir: &Path, name: &str, e: &csv::Error) -> ExportError {
+    ExportError::Io {
+        path: dir.join(name),
+        reason: e.to_string(),
+    }
+}
+
+fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, row: &[String]) -> Result<(), ExportError> {
+    w.write_record(row.iter().map(|c| safe_cell(c)))
+        .map_err(|e| ExportError::Io {
+            path: PathBuf::from("(a CSV file of the bundle)"),
+            reason: e.to_string(),
+        })
+}
+
+/// One revision's `records.json` text (as stored, or pseudonymised) and `records.csv` row.
+fn record_text_and_row(r: &StoredRevision, ps: Option<&Pseudonymiser>) -> (String, Vec<String>) {
+    let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
+    let text = match ps {
+        Some(p) => {
+            p.scrub(&mut value, false);
+            canonical_json(&value)
+        }
+        None => r.canonical.clone(),
+    };
+    let first = |fields: &[&str]| {
+        fields
+            .iter()
+            .find_map(|f| value.get(*f).and_then(Value::as_str))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let row = vec![
+        r.kind.clone(),
+        r.id.clone(),
+        r.revision.to_string(),
+        r.school.clone(),
+        r.received_at.clone(),
+        r.content_hash.clone(),
+        value
+            .pointer("/pupil/upn")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        first(&["purpose", "type", "category"]),
+        first(&["outcome", "severity", "urgency"]),
+    ];
+    (text, row)
 }
 
 /// The checkpoint of a trust's log at `size`: its root from O(log n) stored nodes.
@@ -350,8 +679,9 @@ pub async fn checkpoint_at<S: Store>(
     })
 }
 
-/// Entries built at once by `export`.
-const EXPORT_SLICE: usize = 16_384;
+/// Entries built (and leaves read) at once by `export`: its memory is about this many
+/// entries' lines and records.
+const EXPORT_SLICE: usize = 4_096;
 
 /// An entry's line of `entries.jsonl`, with the revision it says was received.
 fn entry_line(
@@ -386,79 +716,4 @@ fn entry_line(
         ))
     });
     Ok((line, key))
-}
-
-/// Writes `records.json` (every revision as stored, or pseudonymised) and returns
-/// `records.csv`.
-fn records_files(
-    revisions: &[StoredRevision],
-    pseudonymise: bool,
-    json: &mut HashingWriter,
-) -> Result<Vec<u8>, ExportError> {
-    let ps = if pseudonymise {
-        Some(Pseudonymiser::new()?)
-    } else {
-        None
-    };
-    // Each revision's text and CSV row, built on all cores, then written in order: one
-    // record a line, so that `verify` finds them without parsing the array.
-    let built: Vec<(std::borrow::Cow<str>, Vec<String>)> = revisions
-        .par_iter()
-        .map(|r| {
-            let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
-            let text = match ps.as_ref() {
-                Some(p) => {
-                    p.scrub(&mut value, false);
-                    std::borrow::Cow::Owned(canonical_json(&value))
-                }
-                None => std::borrow::Cow::Borrowed(r.canonical.as_str()),
-            };
-            let first = |fields: &[&str]| {
-                fields
-                    .iter()
-                    .find_map(|f| value.get(*f).and_then(Value::as_str))
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let row = vec![
-                r.kind.clone(),
-                r.id.clone(),
-                r.revision.to_string(),
-                r.school.clone(),
-                r.received_at.clone(),
-                r.content_hash.clone(),
-                value
-                    .pointer("/pupil/upn")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                first(&["purpose", "type", "category"]),
-                first(&["outcome", "severity", "urgency"]),
-            ];
-            (text, row)
-        })
-        .collect();
-    let mut rows = Vec::with_capacity(built.len());
-    json.write_all(b"[")?;
-    for (i, (text, row)) in built.into_iter().enumerate() {
-        json.write_all(if i > 0 { b",\n" } else { b"\n" })?;
-        json.write_all(text.as_bytes())?;
-        rows.push(row);
-    }
-    json.write_all(if rows.is_empty() { b"]\n" } else { b"\n]\n" })?;
-    let csv = csv_bytes(
-        &[
-            "kind",
-            "record_id",
-            "revision",
-            "school",
-            "received_at",
-            "content_hash",
-            "pupil_upn",
-            "type",
-            "outcome",
-        ],
-        rows,
-    );
-    Ok(csv)
 }

@@ -13,7 +13,10 @@ mod verify;
 
 pub use export::{ExportError, ExportRequest, ExportSummary, checkpoint_at, export};
 pub use pseudonymise::PSEUDONYM_PREFIX;
-pub use verify::{VerifyFailure, VerifyReport, verify};
+pub use verify::{
+    Anchor, Completeness, ContentChecks, TreeEnd, VerifyFailure, VerifyOptions, VerifyReport,
+    verify,
+};
 
 pub const FILES: [&str; 7] = [
     "checkpoint",
@@ -25,7 +28,7 @@ pub const FILES: [&str; 7] = [
     "exceptions.csv",
 ];
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Period {
     /// First and last day, inclusive, in the deployment's time zone.
@@ -48,6 +51,20 @@ pub struct Manifest {
     pub pseudonymised: bool,
     /// SHA-256 (hex) of every other file of the bundle.
     pub files: BTreeMap<String, String>,
+}
+
+/// The optional file holding the RFC 9162 consistency proof from a checkpoint the auditor
+/// already held (`audit export --prove-from`).
+pub const CONSISTENCY: &str = "consistency.json";
+
+/// `consistency.json`: the earlier checkpoint's size and root (base64, as in a checkpoint)
+/// and the proof's hashes (hex, as in an entry's proof), in RFC 9162 order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyFile {
+    pub from_size: u64,
+    pub from_root: String,
+    pub proof: Vec<String>,
 }
 
 /// An entry line as `export` writes it (`verify` reads it as [`EntryRef`]).
@@ -125,15 +142,6 @@ pub fn safe_cell(s: &str) -> String {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
         _ => s.to_owned(),
     }
-}
-
-fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Vec<u8> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(header);
-    for row in rows {
-        let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
-    }
-    w.into_inner().unwrap_or_default()
 }
 
 /// A trust's log is named `<key name>/<trust>`.

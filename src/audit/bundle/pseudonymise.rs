@@ -1,6 +1,7 @@
 //! Personal data in a bundle: which keys hold it, the keyed pseudonyms `export` writes in its
 //! place, and the check by which `verify` finds a personal value left plain.
-//! Owns: [`PSEUDONYM_PREFIX`], the personal keys, the pseudonym key (never written). May not
+//! Owns: [`PSEUDONYM_PREFIX`], the pseudonym key (never written); which keys are personal is
+//! `records::personal`'s, so that a pseudonym stands only where the projection removes. May not
 //! touch: files, the store or the trail; `export` and `verify` call it, it calls neither.
 
 use std::path::PathBuf;
@@ -10,35 +11,10 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::ExportError;
+use crate::records::personal::{PERSONAL_KEYS, PERSONAL_SUBTREES};
 
 /// What every pseudonym starts with.
 pub const PSEUDONYM_PREFIX: &str = "pseudonym:";
-
-/// Keys whose values are personal data, wherever they sit in a record.
-const PERSONAL_KEYS: &[&str] = &[
-    "given_name",
-    "family_name",
-    "date_of_birth",
-    "upn",
-    "mis_id",
-    "name",
-    "vehicle_registration",
-    "staff_mobiles",
-    "address",
-    "expected_to_see",
-    "summary",
-    "purpose_detail",
-    "emergency_reason",
-    "description",
-    "reason",
-    "unannounced_reason",
-    "owner",
-    "people_seen",
-    "extensions",
-];
-
-/// Keys under which the keys too are personal (a school's own fields, named as it likes).
-const PERSONAL_SUBTREES: &[&str] = &["extensions"];
 
 /// How much of a value is personal.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,24 +1,49 @@
-//! `audit verify`: checks a bundle offline with nothing but its folder (and optionally a key) —
-//! the checkpoint's signature, every inclusion proof, every record, every file's hash.
-//! Owns: [`verify`], [`VerifyFailure`], [`VerifyReport`] and the verifier's internals. May not
-//! touch: the store, or write anything; the format it reads is the bundle module's.
+//! `audit verify`: checks a bundle offline with nothing but its folder (and optionally a key
+//! and a checkpoint the auditor trusts) — the checkpoint's signature, every inclusion proof,
+//! every record, every file's hash, that the school's sequence has no gap and the period is
+//! closed on both sides, and that the bundle's tree extends the trusted checkpoint — and says
+//! in plain words what that proves.
+//! Owns: [`verify`], [`VerifyOptions`], [`VerifyFailure`], [`VerifyReport`] and the verifier's
+//! internals. May not touch: the store, or write anything; the format it reads is the bundle
+//! module's.
+//!
+//! It streams: entries are read a chunk at a time and checked on all cores, `records.json` is
+//! read alongside on its own thread in the same order (export writes each record in the order
+//! of the entry that received it), so memory stays flat whatever the bundle's size.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::mpsc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use ct_merkle::{ConsistencyProof, RootHash};
 use rayon::prelude::*;
 use serde::Deserialize;
+use serde::de::{SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::pseudonymise::plain_personal_field;
-use super::{EntryRef, FILES, Manifest, Progress, origin};
+use super::{CONSISTENCY, ConsistencyFile, EntryRef, FILES, Manifest, Period, Progress, origin};
 use crate::audit::note::{Checkpoint, Verifier};
 use crate::audit::tree::{self, Hash};
 use crate::records::canonical_json;
+use crate::records::personal::{PERSONAL_KEYS, non_personal};
+use crate::trail::sequence::compare;
+
+/// What `verify` is given beside the bundle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions<'a> {
+    /// The verifier key to check the checkpoint with, instead of the bundle's `log.pub`.
+    pub key: Option<&'a str>,
+    /// A signed checkpoint the auditor already trusts: the bundle's tree must extend it.
+    pub trusted_checkpoint: Option<&'a str>,
+    /// Fail a bundle whose records were not all checked in full (a pseudonymised one).
+    pub require_content: bool,
+}
 
 /// The fields of a leaf `verify` checks.
 #[derive(Deserialize)]
@@ -29,6 +54,8 @@ struct LeafRef<'a> {
     trust: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
     school: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    school_seq: Option<u64>,
     #[serde(borrow)]
     event: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
@@ -39,6 +66,8 @@ struct LeafRef<'a> {
     revision: Option<u64>,
     #[serde(default, borrow)]
     content_hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    projection_hash: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Which revision a record in `records.json` is.
@@ -59,12 +88,142 @@ pub struct VerifyFailure {
     pub reason: String,
 }
 
+/// How the period's entries were proven complete, or why they could not be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completeness {
+    /// Every event of the school in the period is in the bundle: its sequence numbers run
+    /// without a gap from the entry before the period (or the school's first event) to the
+    /// entry after it (or the export itself).
+    Complete {
+        /// The school's sequence numbers of the period's entries (`None`: no event in it).
+        seqs: Option<(u64, u64)>,
+        /// The period is closed by the end of the signed tree rather than by an entry after
+        /// the period: the bundle's last entry is the tree's last leaf (the export's own
+        /// event, or on a read-only copy the school's last event).
+        until_end: Option<TreeEnd>,
+    },
+    /// Entries written before leaves carried `school_seq` cannot prove it.
+    NotProven { reason: String },
+}
+
+/// The tree's last leaf, which closes a period that reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEnd {
+    pub at: String,
+    /// Whether it is the export's own `exported` event.
+    pub exported: bool,
+}
+
+/// Whether the bundle's tree was tied to a checkpoint the auditor already held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchor {
+    /// It extends the trusted checkpoint of this size.
+    Anchored { size: u64 },
+    /// No trusted checkpoint was given; `proves_from` names the size the bundle's own
+    /// consistency proof starts at, if it carries one (checked, but anchored to nothing).
+    NotAnchored { proves_from: Option<u64> },
+}
+
+/// How the records were checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContentChecks {
+    /// Records whose whole content matched the content hash their entry carries.
+    pub full: u64,
+    /// Pseudonymised records whose non-personal projection matched their entry's.
+    pub non_personal: u64,
+    /// Pseudonymised records whose entry carries no projection hash (written before leaves
+    /// did): only their ids were checked.
+    pub unchecked: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     pub entries: u64,
     pub records: u64,
     pub tree_size: u64,
     pub origin: String,
+    pub school: String,
+    pub period: Period,
+    pub completeness: Completeness,
+    pub anchor: Anchor,
+    pub content: ContentChecks,
+}
+
+impl VerifyReport {
+    /// What was proven, in plain words, a line each.
+    pub fn statements(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "ok: {} entries and {} records verify against {} at size {}",
+            self.entries, self.records, self.origin, self.tree_size
+        )];
+        let period = format!(
+            "from {} to {} ({} to before {})",
+            self.period.from, self.period.to, self.period.from_utc, self.period.to_utc
+        );
+        out.push(match &self.completeness {
+            Completeness::Complete { seqs, until_end } => {
+                let until = match until_end {
+                    Some(TreeEnd { at, exported: true }) => format!(", up to this export at {at}"),
+                    Some(TreeEnd { at, .. }) => {
+                        format!(", up to the end of the signed log at {at}")
+                    }
+                    None => String::new(),
+                };
+                match seqs {
+                    Some((a, b)) => format!(
+                        "complete: every event of school {} {period}{until}: seq {a}..{b}",
+                        self.school
+                    ),
+                    None => format!(
+                        "complete: school {} has no event {period}{until}",
+                        self.school
+                    ),
+                }
+            }
+            Completeness::NotProven { reason } => {
+                format!("NOT proven complete: {reason}")
+            }
+        });
+        out.push(match self.anchor {
+            Anchor::Anchored { size } => format!(
+                "anchored: the tree at size {} extends the trusted checkpoint at size {size}",
+                self.tree_size
+            ),
+            Anchor::NotAnchored { proves_from: None } => "not anchored: self-consistent only; \
+                give a checkpoint you already hold with --trusted-checkpoint (export with \
+                --prove-from it) to prove the log was not rewritten since"
+                .to_owned(),
+            Anchor::NotAnchored {
+                proves_from: Some(size),
+            } => format!(
+                "not anchored: the bundle proves its tree extends the checkpoint at size {size}; \
+                 give that checkpoint with --trusted-checkpoint to anchor it"
+            ),
+        });
+        let c = self.content;
+        if c.non_personal == 0 && c.unchecked == 0 {
+            out.push(format!(
+                "records: {} checked in full (every field against its content hash)",
+                c.full
+            ));
+        } else {
+            out.push(format!(
+                "records: {} checked in full, {} pseudonymised and checked on every field but \
+                 the personal ones; not checked: {}",
+                c.full,
+                c.non_personal,
+                PERSONAL_KEYS.join(", ")
+            ));
+        }
+        if c.unchecked > 0 {
+            out.push(format!(
+                "records: {} NOT checked: pseudonymised, and their entries carry no projection \
+                 hash (written before leaves did)",
+                c.unchecked
+            ));
+        }
+        out
+    }
 }
 
 fn fail(what: impl Into<String>, reason: impl Into<String>) -> VerifyFailure {
@@ -82,20 +241,34 @@ fn read_text(dir: &Path, name: &str) -> Result<String, VerifyFailure> {
     String::from_utf8(read(dir, name)?).map_err(|_| fail(name, "not UTF-8"))
 }
 
-/// Checks a bundle offline: the checkpoint's signature, every inclusion proof, every record
-/// against the content hash its leaves carry, and every file against the manifest.
+fn open(dir: &Path, name: &str) -> Result<std::fs::File, VerifyFailure> {
+    std::fs::File::open(dir.join(name))
+        .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
+}
+
+/// Entry lines read and checked at once.
+const CHUNK: usize = 8_192;
+/// Entries one worker checks in a row, remembering the nodes it has proven.
+const RUN: usize = 512;
+
+/// Checks a bundle offline; see the module's header.
 pub fn verify(
     dir: &Path,
-    key: Option<&str>,
+    options: &VerifyOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport, VerifyFailure> {
     let manifest: Manifest = serde_json::from_slice(&read(dir, "manifest.json")?)
         .map_err(|e| fail("manifest.json", format!("not a doorstep manifest: {e}")))?;
-    let key_text = match key {
+    check_period(&manifest.period)?;
+    let key_text = match options.key {
         Some(k) => k.to_owned(),
         None => read_text(dir, "log.pub")?,
     };
-    let key_source = if key.is_some() { "--key" } else { "log.pub" };
+    let key_source = if options.key.is_some() {
+        "--key"
+    } else {
+        "log.pub"
+    };
     let verifier = Verifier::parse(&key_text).map_err(|e| fail(key_source, e.to_string()))?;
     let note = read_text(dir, "checkpoint")?;
     let text = verifier
@@ -117,85 +290,134 @@ pub fn verify(
             "tree_size differs from the checkpoint's",
         ));
     }
+    let (anchor, consistency_hash) =
+        check_anchor(dir, &verifier, &checkpoint, options.trusted_checkpoint)?;
 
-    // Entries: in order, each leaf proven in the signed tree, each about this trust, school
-    // and period. The file is mapped, not read, and checked on all cores; its hash is taken
-    // alongside.
-    let entries_map = map_file(dir, "entries.jsonl")?;
-    let entries_bytes: &[u8] = entries_map.as_deref().unwrap_or_default();
-    let records_map = map_file(dir, "records.json")?;
-    let records_bytes: &[u8] = records_map.as_deref().unwrap_or_default();
+    // Entries and records, streamed side by side.
+    let mut records = RecordStream::spawn(dir)?;
+    let mut entries_file = BufReader::with_capacity(1 << 20, open(dir, "entries.jsonl")?);
+    let mut entries_hash = Sha256::new();
+    let mut walk = Walk::new(&checkpoint);
+    let mut content = ContentChecks::default();
+    let mut record_count = 0usize;
+    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK * 2048);
+    let mut ends: Vec<usize> = Vec::with_capacity(CHUNK);
+    let mut first_line = 1;
     progress.start("entries", manifest.entries);
-    let lines = split_lines(entries_bytes.strip_suffix(b"\n").unwrap_or(entries_bytes));
-    // Every file's hash is taken on one core while the entries and records are checked.
-    let (file_hashes, checked) = rayon::join(
-        || hash_files(dir, entries_bytes, records_bytes),
-        || {
-            // Each worker keeps the last proof it verified across its run of neighbours.
-            lines
-                .par_chunks(RUN)
-                .enumerate()
-                .map(|(c, run)| {
-                    let mut proofs = tree::ProofVerifier::new(checkpoint.root, checkpoint.size);
-                    let checked = check_run(c * RUN + 1, run, &mut proofs, &manifest);
-                    progress.advance(run.len() as u64);
-                    checked
-                })
-                .collect::<Vec<Run>>()
-        },
-    );
-    // Runs in order: the first failure in the file wins, the order checked across runs too.
-    let mut received: Vec<Received> = Vec::new();
-    let mut previous: Option<u64> = None;
-    let mut count = 0u64;
-    for run in checked {
-        if let (Some(p), Some((line, index))) = (previous, run.first)
-            && index <= p
-        {
+    loop {
+        buffer.clear();
+        ends.clear();
+        while ends.len() < CHUNK {
+            let n = entries_file
+                .read_until(b'\n', &mut buffer)
+                .map_err(|e| fail("entries.jsonl", format!("cannot read: {}", e.kind())))?;
+            if n == 0 {
+                break;
+            }
+            ends.push(buffer.len());
+        }
+        if ends.is_empty() {
+            break;
+        }
+        let lines: Vec<&[u8]> = ends
+            .iter()
+            .scan(0, |start, &end| {
+                let line = &buffer[*start..end];
+                *start = end;
+                Some(line.strip_suffix(b"\n").unwrap_or(line))
+            })
+            .collect();
+        // The file's hash is taken on one core while the entries are checked on all.
+        let ((), checked) = rayon::join(
+            || entries_hash.update(&buffer),
+            || {
+                lines
+                    .par_chunks(RUN)
+                    .enumerate()
+                    .map(|(c, run)| {
+                        let mut proofs = tree::ProofVerifier::new(checkpoint.root, checkpoint.size);
+                        let mut out = Vec::with_capacity(run.len());
+                        for (n, line) in (first_line + c * RUN..).zip(run.iter()) {
+                            match check_entry(n, line, &mut proofs, &manifest) {
+                                Ok(e) => out.push(e),
+                                Err(f) => return (out, Some(f)),
+                            }
+                        }
+                        (out, None)
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        // In order: the first failure in the file wins.
+        let mut received = Vec::new();
+        for (run, failure) in checked {
+            for entry in run {
+                walk.step(&entry)?;
+                received.extend(entry.received);
+            }
+            if let Some(f) = failure {
+                return Err(f);
+            }
+        }
+        first_line += lines.len();
+        progress.advance(lines.len() as u64);
+
+        // Each received revision of the period has its record, next in records.json.
+        let raws = records.take(received.len())?;
+        if raws.len() < received.len() {
+            let (kind, id, rev) = &received[raws.len()].key;
             return Err(fail(
-                format!("entries.jsonl line {line} (entry {index})"),
-                "entries are not in increasing index order",
+                "records.json",
+                format!("{kind} {id} revision {rev} has an entry but no record"),
             ));
         }
-        if let Some(failure) = run.failure {
-            return Err(failure);
+        let checks: Vec<Result<Checked, VerifyFailure>> = raws
+            .par_iter()
+            .zip(received.par_iter())
+            .enumerate()
+            .map(|(i, (raw, want))| check_record(record_count + i, raw, want, &manifest))
+            .collect();
+        for c in checks {
+            match c? {
+                Checked::Full => content.full += 1,
+                Checked::NonPersonal => content.non_personal += 1,
+                Checked::Unchecked => content.unchecked += 1,
+            }
         }
-        previous = run.last.or(previous);
-        received.extend(run.received);
-        count += run.count;
+        record_count += raws.len();
     }
-    if count != manifest.entries {
+    let completeness = walk.finish()?;
+    if walk.count != manifest.entries {
         return Err(fail(
             "entries.jsonl",
-            format!("{count} entries; the manifest says {}", manifest.entries),
+            format!(
+                "{} entries; the manifest says {}",
+                walk.count, manifest.entries
+            ),
         ));
     }
-
-    // Records: each matches the content hash its leaves carry (unless pseudonymised).
-    let received = ReceivedIndex::new(received);
-    let raws = split_records(records_bytes)?;
-    let matched: Vec<Result<&[usize], VerifyFailure>> = raws
-        .par_iter()
-        .enumerate()
-        .map(|(i, raw)| check_record(i, raw, &received, manifest.pseudonymised))
-        .collect();
-    let mut has_record = vec![false; received.all.len()];
-    for m in matched {
-        for &r in m? {
-            has_record[r] = true;
-        }
-    }
-    if let Some(r) = has_record.iter().position(|m| !m) {
-        let (kind, id, rev) = &received.all[r].key;
+    let (extra, records_hash) = records.finish()?;
+    if extra {
         return Err(fail(
-            "records.json",
-            format!("{kind} {id} revision {rev} has an entry but no record"),
+            format!("records.json record {record_count}"),
+            "no entry of the bundle received this record",
         ));
     }
 
     // Files: each as the manifest hashed it.
-    let file_hashes = file_hashes?;
-    for (name, got) in FILES.iter().zip(&file_hashes) {
+    let mut hashes: Vec<(&str, String)> = vec![
+        ("entries.jsonl", hex::encode(entries_hash.finalize())),
+        ("records.json", records_hash),
+    ];
+    for name in FILES {
+        if name != "entries.jsonl" && name != "records.json" {
+            hashes.push((name, hex::encode(Sha256::digest(read(dir, name)?))));
+        }
+    }
+    if let Some(h) = consistency_hash {
+        hashes.push((CONSISTENCY, h));
+    }
+    for (name, got) in &hashes {
         let want = manifest
             .files
             .get(*name)
@@ -204,98 +426,207 @@ pub fn verify(
             return Err(fail(*name, "its SHA-256 differs from the manifest's"));
         }
     }
-    if let Some(extra) = manifest.files.keys().find(|k| !FILES.contains(&k.as_str())) {
+    if let Some(extra) = manifest
+        .files
+        .keys()
+        .find(|k| !hashes.iter().any(|(n, _)| n == k))
+    {
         return Err(fail(
             "manifest.json",
-            format!("lists an unknown file {extra}"),
+            format!("lists a file that is not in the bundle: {extra}"),
+        ));
+    }
+    if options.require_content && (content.non_personal > 0 || content.unchecked > 0) {
+        return Err(fail(
+            "records.json",
+            format!(
+                "--require-content: {} of {} records were not checked in full (the bundle is \
+                 pseudonymised: only their non-personal fields can be)",
+                content.non_personal + content.unchecked,
+                record_count
+            ),
         ));
     }
     Ok(VerifyReport {
-        entries: count,
-        records: raws.len() as u64,
+        entries: walk.count,
+        records: record_count as u64,
         tree_size: checkpoint.size,
         origin: checkpoint.origin,
+        school: manifest.school,
+        period: manifest.period,
+        completeness,
+        anchor,
+        content,
     })
 }
 
-/// Entries one worker checks in a row, remembering the nodes it has proven.
-const RUN: usize = 512;
-
-/// A bundle file mapped into memory (`None` for an empty file, which cannot be mapped).
-fn map_file(dir: &Path, name: &str) -> Result<Option<memmap2::Mmap>, VerifyFailure> {
-    let file = std::fs::File::open(dir.join(name))
-        .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len == 0 {
-        return Ok(None);
+/// The manifest's UTC instants must be the starts of its local days in some time zone
+/// (within 14 hours of midnight UTC) and in order.
+fn check_period(p: &Period) -> Result<(), VerifyFailure> {
+    let bad = |why: &str| fail("manifest.json", format!("period: {why}"));
+    let day = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
+    let instant = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    let (Some(from), Some(to), Some(from_utc), Some(to_utc)) = (
+        day(&p.from),
+        day(&p.to),
+        instant(&p.from_utc),
+        instant(&p.to_utc),
+    ) else {
+        return Err(bad("not dates and RFC 3339 times"));
+    };
+    let near = |day: chrono::NaiveDate, t: chrono::DateTime<chrono::FixedOffset>| {
+        let midnight = day.and_time(chrono::NaiveTime::MIN).and_utc();
+        (t.with_timezone(&chrono::Utc) - midnight).num_hours().abs() <= 14
+    };
+    let next = to.succ_opt().unwrap_or(to);
+    if to < from || !near(from, from_utc) || !near(next, to_utc) {
+        return Err(bad(
+            "its UTC instants are not the starts of its first day and of the day after its last",
+        ));
     }
-    // SAFETY: the map is read-only and lives while the bundle is checked; a bundle changed
-    // underneath by another process would at worst fail to verify.
-    unsafe { memmap2::Mmap::map(&file) }
-        .map(Some)
-        .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
+    Ok(())
 }
 
-/// The SHA-256 (hex) of each of [`FILES`], in that order; the two large ones as mapped.
-fn hash_files(dir: &Path, entries: &[u8], records: &[u8]) -> Result<Vec<String>, VerifyFailure> {
-    FILES
-        .iter()
-        .map(|name| {
-            Ok(hex::encode(match *name {
-                "entries.jsonl" => Sha256::digest(entries),
-                "records.json" => Sha256::digest(records),
-                _ => Sha256::digest(map_file(dir, name)?.as_deref().unwrap_or_default()),
-            }))
+/// Checks the trusted checkpoint (if given) and the bundle's consistency proof (if any);
+/// returns the anchor and `consistency.json`'s hash.
+fn check_anchor(
+    dir: &Path,
+    verifier: &Verifier,
+    checkpoint: &Checkpoint,
+    trusted: Option<&str>,
+) -> Result<(Anchor, Option<String>), VerifyFailure> {
+    let bytes = match std::fs::read(dir.join(CONSISTENCY)) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(fail(CONSISTENCY, format!("cannot read: {}", e.kind()))),
+    };
+    let hash = bytes.as_ref().map(|b| hex::encode(Sha256::digest(b)));
+    let proof: Option<ConsistencyFile> = bytes
+        .map(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| fail(CONSISTENCY, format!("not a consistency proof: {e}")))
         })
-        .collect()
-}
-
-/// The lines of a file (without their line feeds), found at memory speed.
-fn split_lines(bytes: &[u8]) -> Vec<&[u8]> {
-    if bytes.is_empty() {
-        return Vec::new();
+        .transpose()?;
+    // The bundle's own proof is checked whether or not a trusted checkpoint is given.
+    if let Some(p) = &proof {
+        let root = B64
+            .decode(&p.from_root)
+            .ok()
+            .and_then(|r| Hash::try_from(r.as_slice()).ok())
+            .ok_or_else(|| fail(CONSISTENCY, "from_root is not a base64 SHA-256 hash"))?;
+        check_consistency(p, &root, checkpoint)?;
     }
-    let mut lines = Vec::with_capacity(bytes.len() / 1024);
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', bytes) {
-        lines.push(&bytes[start..end]);
-        start = end + 1;
+    let Some(note) = trusted else {
+        return Ok((
+            Anchor::NotAnchored {
+                proves_from: proof.map(|p| p.from_size),
+            },
+            hash,
+        ));
+    };
+    let what = "--trusted-checkpoint";
+    let text = verifier.open(note).map_err(|e| {
+        fail(
+            what,
+            format!("its signature does not verify with the bundle's key: {e}"),
+        )
+    })?;
+    let old = Checkpoint::parse(text).map_err(|e| fail(what, e.to_string()))?;
+    if old.origin != checkpoint.origin {
+        return Err(fail(
+            what,
+            format!(
+                "it is a checkpoint of {}, the bundle's is of {}",
+                old.origin, checkpoint.origin
+            ),
+        ));
     }
-    lines.push(&bytes[start..]);
-    lines
-}
-
-/// The records of `records.json`. As `export` writes it — one record a line between `[` and
-/// `]` — its lines are the records, found without parsing (each is then checked against its
-/// content hash, which only the exact canonical text meets). Any other layout of a JSON array
-/// (a re-formatted file) is parsed.
-fn split_records(bytes: &[u8]) -> Result<Vec<&[u8]>, VerifyFailure> {
-    let body = bytes
-        .strip_suffix(b"\n")
-        .unwrap_or(bytes)
-        .strip_prefix(b"[\n")
-        .and_then(|t| t.strip_suffix(b"\n]"));
-    if let Some(body) = body {
-        let lines = split_lines(body);
-        let last = lines.len().saturating_sub(1);
-        let records: Option<Vec<&[u8]>> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, line)| {
-                if i < last {
-                    line.strip_suffix(b",")
-                } else {
-                    Some(*line)
-                }
-            })
-            .collect();
-        if let Some(records) = records.filter(|r| r.iter().all(|l| !l.is_empty())) {
-            return Ok(records);
+    if old.size > checkpoint.size {
+        return Err(fail(
+            what,
+            format!(
+                "its size {} is above the bundle's tree size {}: the bundle is older than it",
+                old.size, checkpoint.size
+            ),
+        ));
+    }
+    if old.size == checkpoint.size {
+        if old.root != checkpoint.root {
+            return Err(fail(
+                "checkpoint",
+                format!(
+                    "the bundle's tree at size {} has another root than the trusted checkpoint's: \
+                     the log was rewritten",
+                    old.size
+                ),
+            ));
         }
+        return Ok((Anchor::Anchored { size: old.size }, hash));
     }
-    let raws: Vec<&RawValue> = serde_json::from_slice(bytes)
-        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))?;
-    Ok(raws.into_iter().map(|r| r.get().as_bytes()).collect())
+    let Some(p) = proof else {
+        return Err(fail(
+            what,
+            format!(
+                "the bundle carries no consistency proof from size {} (export it with \
+                 --prove-from that checkpoint)",
+                old.size
+            ),
+        ));
+    };
+    if p.from_size != old.size || B64.decode(&p.from_root).ok().as_deref() != Some(&old.root[..]) {
+        return Err(fail(
+            CONSISTENCY,
+            format!(
+                "it proves from the checkpoint at size {}, not the trusted one at size {}",
+                p.from_size, old.size
+            ),
+        ));
+    }
+    Ok((Anchor::Anchored { size: old.size }, hash))
+}
+
+/// That the proof takes the tree at `from_size` with `root` to the bundle's checkpoint.
+fn check_consistency(
+    p: &ConsistencyFile,
+    root: &Hash,
+    checkpoint: &Checkpoint,
+) -> Result<(), VerifyFailure> {
+    let mut bytes = Vec::with_capacity(p.proof.len() * 32);
+    for h in &p.proof {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(h, &mut hash)
+            .map_err(|_| fail(CONSISTENCY, "a proof hash is not hex SHA-256"))?;
+        bytes.extend_from_slice(&hash);
+    }
+    if p.from_size == 0 || p.from_size > checkpoint.size {
+        return Err(fail(
+            CONSISTENCY,
+            format!(
+                "from_size {} is not between 1 and the tree size {}",
+                p.from_size, checkpoint.size
+            ),
+        ));
+    }
+    let old = RootHash::<Sha256>::new((*root).into(), p.from_size);
+    let new = RootHash::<Sha256>::new(checkpoint.root.into(), checkpoint.size);
+    let ok = if p.from_size == checkpoint.size {
+        p.proof.is_empty() && root == &checkpoint.root
+    } else {
+        ConsistencyProof::<Sha256>::try_from_bytes(bytes)
+            .ok()
+            .is_some_and(|proof| new.verify_consistency(&old, &proof).is_ok())
+    };
+    if !ok {
+        return Err(fail(
+            CONSISTENCY,
+            format!(
+                "the proof does not take the tree at size {} to the checkpoint's at size {}: \
+                 the log was rewritten",
+                p.from_size, checkpoint.size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An entry's proof as hex text: decoded only where the verifier must hash it.
@@ -321,93 +652,43 @@ impl tree::ProofHashes for HexProof<'_> {
     }
 }
 
-/// A record revision an entry says was received, with the content hash it carries.
+/// A record revision an entry of the period says was received, with the hashes it carries.
 struct Received {
     key: (String, String, u64),
     hash: Hash,
+    projection: Option<Hash>,
 }
 
-/// The received revisions, found by content hash (the fast path: a record as written) or by
-/// kind, id and revision (a re-formatted or pseudonymised record).
-struct ReceivedIndex {
-    by_hash: HashMap<Hash, usize>,
-    by_key: std::sync::OnceLock<HashMap<(String, String, u64), Vec<usize>>>,
-    all: Vec<Received>,
+/// Where an entry's event falls against the manifest's period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Before,
+    In,
+    After,
 }
 
-impl ReceivedIndex {
-    fn new(all: Vec<Received>) -> Self {
-        let by_hash = all.iter().enumerate().map(|(i, r)| (r.hash, i)).collect();
-        Self {
-            by_hash,
-            by_key: std::sync::OnceLock::new(),
-            all,
-        }
-    }
-
-    fn of_key(&self, key: &(String, String, u64)) -> &[usize] {
-        self.by_key
-            .get_or_init(|| {
-                let mut m: HashMap<(String, String, u64), Vec<usize>> = HashMap::new();
-                for (i, r) in self.all.iter().enumerate() {
-                    m.entry(r.key.clone()).or_default().push(i);
-                }
-                m
-            })
-            .get(key)
-            .map_or(&[], Vec::as_slice)
-    }
-}
-
-/// What one worker found in a run of consecutive entries: where it starts and ends, and the
-/// revisions it received — up to its first failure, if any.
-struct Run {
-    first: Option<(usize, u64)>,
-    last: Option<u64>,
-    count: u64,
-    received: Vec<Received>,
-    failure: Option<VerifyFailure>,
-}
-
-/// Checks consecutive entry lines, the first being line `first_line` of the file.
-fn check_run(
-    first_line: usize,
-    lines: &[&[u8]],
-    proofs: &mut tree::ProofVerifier,
-    manifest: &Manifest,
-) -> Run {
-    let mut run = Run {
-        first: None,
-        last: None,
-        count: 0,
-        received: Vec::with_capacity(lines.len()),
-        failure: None,
-    };
-    for (n, line) in (first_line..).zip(lines) {
-        match check_entry(n, line, proofs, manifest) {
-            Ok(c) if run.last.is_some_and(|p| c.index <= p) => {
-                run.failure = Some(fail(
-                    format!("entries.jsonl line {n} (entry {})", c.index),
-                    "entries are not in increasing index order",
-                ));
-            }
-            Ok(c) => {
-                run.first.get_or_insert((n, c.index));
-                run.last = Some(c.index);
-                run.count += 1;
-                run.received.extend(c.received);
-                continue;
-            }
-            Err(f) => run.failure = Some(f),
-        }
-        break;
-    }
-    run
-}
-
+/// One entry, checked on its own.
 struct CheckedEntry {
+    line: usize,
     index: u64,
+    at: String,
+    seq: Option<u64>,
+    exported: bool,
+    place: Place,
     received: Option<Received>,
+}
+
+impl CheckedEntry {
+    fn what(&self) -> String {
+        format!("entries.jsonl line {} (entry {})", self.line, self.index)
+    }
+}
+
+fn hex_hash(what: &dyn Fn() -> String, name: &str, text: &str) -> Result<Hash, VerifyFailure> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.as_bytes(), &mut bytes)
+        .map_err(|_| fail(what(), format!("{name} is not a SHA-256 hash")))?;
+    Ok(bytes)
 }
 
 fn check_entry(
@@ -446,46 +727,189 @@ fn check_entry(
             "event is not of the manifest's trust and school",
         ));
     }
-    if *event.at < *manifest.period.from_utc || *event.at >= *manifest.period.to_utc {
-        return Err(fail(what(), "event lies outside the manifest's period"));
-    }
+    let place = if compare(&event.at, &manifest.period.from_utc).is_lt() {
+        Place::Before
+    } else if compare(&event.at, &manifest.period.to_utc).is_lt() {
+        Place::In
+    } else {
+        Place::After
+    };
     let received = match (
+        place,
         event.event.as_ref(),
         event.kind,
         event.record_id,
         event.revision,
         event.content_hash,
     ) {
-        ("received", Some(kind), Some(id), Some(rev), Some(hash)) => {
-            let mut bytes = [0u8; 32];
-            hex::decode_to_slice(hash.as_bytes(), &mut bytes)
-                .map_err(|_| fail(what(), "content_hash is not a SHA-256 hash"))?;
-            Some(Received {
-                key: (kind.into_owned(), id.into_owned(), rev),
-                hash: bytes,
-            })
-        }
+        (Place::In, "received", Some(kind), Some(id), Some(rev), Some(hash)) => Some(Received {
+            key: (kind.into_owned(), id.into_owned(), rev),
+            hash: hex_hash(&what, "content_hash", &hash)?,
+            projection: event
+                .projection_hash
+                .map(|p| hex_hash(&what, "projection_hash", &p))
+                .transpose()?,
+        }),
         _ => None,
     };
     Ok(CheckedEntry {
+        line: n,
         index: entry.index,
+        at: event.at.into_owned(),
+        seq: event.school_seq,
+        exported: event.event == "exported",
+        place,
         received,
     })
 }
 
-/// Which received revisions record `i` of `records.json` is.
-fn check_record<'r>(
+/// The walk along the entries, in order: indices rising, the boundaries only first and last,
+/// the school's sequence without a gap, times never going back.
+struct Walk {
+    tree_size: u64,
+    count: u64,
+    last: Option<CheckedEntry>,
+    first_seq_in: Option<u64>,
+    last_seq_in: Option<u64>,
+    /// Why completeness cannot be proven, if an entry carries no sequence number.
+    unnumbered: Option<String>,
+}
+
+impl Walk {
+    fn new(checkpoint: &Checkpoint) -> Self {
+        Self {
+            tree_size: checkpoint.size,
+            count: 0,
+            last: None,
+            first_seq_in: None,
+            last_seq_in: None,
+            unnumbered: None,
+        }
+    }
+
+    fn step(&mut self, e: &CheckedEntry) -> Result<(), VerifyFailure> {
+        if let Some(p) = &self.last {
+            if e.index <= p.index {
+                return Err(fail(e.what(), "entries are not in increasing index order"));
+            }
+            if e.place == Place::Before {
+                return Err(fail(
+                    e.what(),
+                    "event lies before the period but is not the bundle's first entry",
+                ));
+            }
+            if p.place == Place::After {
+                return Err(fail(
+                    e.what(),
+                    format!(
+                        "follows {}, which lies after the period and so must be the last",
+                        p.what()
+                    ),
+                ));
+            }
+            if let (Some(a), Some(b)) = (p.seq, e.seq) {
+                if b != a + 1 {
+                    return Err(fail(
+                        e.what(),
+                        format!(
+                            "school_seq {b} follows {a}: {} event(s) of the school between \
+                             them are missing from the bundle",
+                            b.saturating_sub(a + 1)
+                        ),
+                    ));
+                }
+                if compare(&p.at, &e.at).is_gt() {
+                    return Err(fail(e.what(), "its time is before the previous entry's"));
+                }
+            }
+        } else if e.place != Place::Before && e.seq.is_some_and(|s| s != 0) {
+            return Err(fail(
+                e.what(),
+                format!(
+                    "the first entry has school_seq {} and lies in the period: the school's \
+                     last entry before the period is missing",
+                    e.seq.unwrap_or_default()
+                ),
+            ));
+        }
+        if e.seq.is_none() && self.unnumbered.is_none() {
+            self.unnumbered = Some(format!(
+                "{} carries no school_seq (written before leaves were numbered), so the \
+                 entries around it cannot be shown to be all the school's",
+                e.what()
+            ));
+        }
+        if e.place == Place::In {
+            if self.first_seq_in.is_none() {
+                self.first_seq_in = e.seq;
+            }
+            self.last_seq_in = e.seq;
+        }
+        self.count += 1;
+        self.last = Some(CheckedEntry {
+            line: e.line,
+            index: e.index,
+            at: e.at.clone(),
+            seq: e.seq,
+            exported: e.exported,
+            place: e.place,
+            received: None,
+        });
+        Ok(())
+    }
+
+    /// The period must be closed: by an entry after it, or by the export's own event as
+    /// the tree's last leaf.
+    fn finish(&self) -> Result<Completeness, VerifyFailure> {
+        let Some(last) = &self.last else {
+            return Err(fail(
+                "entries.jsonl",
+                "no entries: nothing closes the period (not even the export's own event)",
+            ));
+        };
+        let until_end = if last.place == Place::After {
+            None
+        } else if last.index + 1 == self.tree_size {
+            Some(TreeEnd {
+                at: last.at.clone(),
+                exported: last.exported,
+            })
+        } else {
+            return Err(fail(
+                last.what(),
+                "the last entry lies in the period and is not the signed tree's last leaf (the \
+                 export's own event): the school's first entry after the period is missing",
+            ));
+        };
+        if let Some(reason) = &self.unnumbered {
+            return Ok(Completeness::NotProven {
+                reason: reason.clone(),
+            });
+        }
+        Ok(Completeness::Complete {
+            seqs: self.first_seq_in.zip(self.last_seq_in),
+            until_end,
+        })
+    }
+}
+
+/// How one record was checked.
+enum Checked {
+    Full,
+    NonPersonal,
+    Unchecked,
+}
+
+/// Record `i` of `records.json` against the revision the entry in its place received.
+fn check_record(
     i: usize,
     raw: &[u8],
-    received: &'r ReceivedIndex,
-    pseudonymised: bool,
-) -> Result<&'r [usize], VerifyFailure> {
+    want: &Received,
+    manifest: &Manifest,
+) -> Result<Checked, VerifyFailure> {
     // Fast path: a record written as its canonical text hashes to its leaf's hash as it stands.
-    if !pseudonymised {
-        let hash: Hash = Sha256::digest(raw).into();
-        if let Some(r) = received.by_hash.get(&hash) {
-            return Ok(std::slice::from_ref(r));
-        }
+    if !manifest.pseudonymised && Sha256::digest(raw)[..] == want.hash[..] {
+        return Ok(Checked::Full);
     }
     let raw = std::str::from_utf8(raw)
         .map_err(|_| fail(format!("records.json record {i}"), "not UTF-8"))?;
@@ -496,27 +920,258 @@ fn check_record<'r>(
         "records.json record {i} ({} {} revision {})",
         key.0, key.1, key.2
     );
-    let of_key = received.of_key(&key);
-    if of_key.is_empty() {
-        return Err(fail(what, "no entry of the bundle received this record"));
+    if key != want.key {
+        return Err(fail(
+            what,
+            format!(
+                "the entry in its place received {} {} revision {}: a record is missing, \
+                 added or out of order",
+                want.key.0, want.key.1, want.key.2
+            ),
+        ));
     }
     let record: Value = serde_json::from_str(raw).map_err(|e| fail(&what, e.to_string()))?;
-    if pseudonymised {
+    if manifest.pseudonymised {
         if let Some(field) = plain_personal_field(&record) {
             return Err(fail(
                 what,
                 format!("the manifest says pseudonymised but {field} is not"),
             ));
         }
-        return Ok(of_key);
+        let Some(projection) = &want.projection else {
+            return Ok(Checked::Unchecked);
+        };
+        let hash: Hash = Sha256::digest(canonical_json(&non_personal(&record)).as_bytes()).into();
+        return if hash == *projection {
+            Ok(Checked::NonPersonal)
+        } else {
+            Err(fail(
+                what,
+                "its non-personal fields differ from those its entry's projection hash proves",
+            ))
+        };
     }
     // Re-formatted, or altered: canonicalised and hashed again.
     let hash: Hash = Sha256::digest(canonical_json(&record).as_bytes()).into();
-    match of_key.iter().find(|&&r| received.all[r].hash == hash) {
-        Some(r) => Ok(std::slice::from_ref(r)),
-        None => Err(fail(
+    if hash == want.hash {
+        Ok(Checked::Full)
+    } else {
+        Err(fail(
             what,
             "its content hash differs from the one its entry carries",
-        )),
+        ))
     }
+}
+
+/// What the records thread sends.
+enum RecordMsg {
+    Records(Vec<Vec<u8>>),
+    Failed(VerifyFailure),
+    /// The end of the array (and whether anything follows it), with the file's SHA-256.
+    Done(String),
+}
+
+/// `records.json`, read and hashed on its own thread, one record at a time in file order.
+struct RecordStream {
+    rx: mpsc::Receiver<RecordMsg>,
+    ready: VecDeque<Vec<u8>>,
+    done: Option<String>,
+}
+
+/// Records sent at once by the records thread.
+const RECORD_BATCH: usize = 1_024;
+
+impl RecordStream {
+    fn spawn(dir: &Path) -> Result<Self, VerifyFailure> {
+        let file = open(dir, "records.json")?;
+        let (tx, rx) = mpsc::sync_channel(8);
+        std::thread::spawn(move || {
+            let mut reader = HashingReader {
+                inner: BufReader::with_capacity(1 << 20, file),
+                hash: Sha256::new(),
+            };
+            let sent = read_records(&mut reader, &tx);
+            let msg = match sent {
+                Ok(()) => RecordMsg::Done(hex::encode(reader.hash.finalize())),
+                Err(f) => RecordMsg::Failed(f),
+            };
+            let _ = tx.send(msg);
+        });
+        Ok(Self {
+            rx,
+            ready: VecDeque::new(),
+            done: None,
+        })
+    }
+
+    /// Up to `n` next records (fewer only at the end of the file).
+    fn take(&mut self, n: usize) -> Result<Vec<Vec<u8>>, VerifyFailure> {
+        while self.ready.len() < n && self.done.is_none() {
+            match self.rx.recv() {
+                Ok(RecordMsg::Records(batch)) => self.ready.extend(batch),
+                Ok(RecordMsg::Failed(f)) => return Err(f),
+                Ok(RecordMsg::Done(hash)) => self.done = Some(hash),
+                Err(_) => return Err(fail("records.json", "could not be read to its end")),
+            }
+        }
+        let n = n.min(self.ready.len());
+        Ok(self.ready.drain(..n).collect())
+    }
+
+    /// Whether records are left over, and the file's hash.
+    fn finish(mut self) -> Result<(bool, String), VerifyFailure> {
+        let extra = !self.take(1)?.is_empty();
+        let hash = match self.done.take() {
+            Some(h) => h,
+            None => loop {
+                match self.rx.recv() {
+                    Ok(RecordMsg::Done(h)) => break h,
+                    Ok(RecordMsg::Failed(f)) => return Err(f),
+                    Ok(RecordMsg::Records(_)) => continue,
+                    Err(_) => return Err(fail("records.json", "could not be read to its end")),
+                }
+            },
+        };
+        Ok((extra, hash))
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        if let Ok(buf) = self.inner.fill_buf() {
+            self.hash.update(&buf[..amt.min(buf.len())]);
+        }
+        self.inner.consume(amt);
+    }
+}
+
+/// Sends every record of the array in order. As `export` writes it — `[`, one record a
+/// line, `]` — its lines are the records, found without parsing (each is then checked
+/// against its content hash, which only the exact canonical text meets); any other layout of
+/// a JSON array (a re-formatted file) is parsed as a stream.
+fn read_records<R: BufRead>(
+    reader: &mut HashingReader<R>,
+    tx: &mpsc::SyncSender<RecordMsg>,
+) -> Result<(), VerifyFailure> {
+    let io = |e: std::io::Error| fail("records.json", format!("cannot read: {}", e.kind()));
+    let head = reader.fill_buf().map_err(io)?;
+    if !(head.starts_with(b"[\n{") || head == b"[]\n") {
+        return parse_records(reader, tx);
+    }
+    let mut line = Vec::with_capacity(4096);
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    let mut n = 0usize;
+    let mut first = true;
+    let mut closed = false;
+    let bad = |what: String| fail("records.json", what);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if closed {
+            return Err(bad("text after the end of the array".into()));
+        }
+        if first {
+            first = false;
+            match text {
+                b"[" => continue,
+                b"[]" => {
+                    closed = true;
+                    continue;
+                }
+                _ => return Err(bad("not a JSON array of records".into())),
+            }
+        }
+        if text == b"]" {
+            closed = true;
+            continue;
+        }
+        // A record line ends in a comma unless the array's end follows it.
+        let record = match text.strip_suffix(b",") {
+            Some(r) => r,
+            None => {
+                let next = reader.fill_buf().map_err(io)?;
+                if !next.starts_with(b"]") {
+                    return Err(bad(format!(
+                        "record {n}: no comma after it, and the array does not end"
+                    )));
+                }
+                text
+            }
+        };
+        batch.push(record.to_vec());
+        n += 1;
+        if batch.len() == RECORD_BATCH
+            && tx
+                .send(RecordMsg::Records(std::mem::take(&mut batch)))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    if !closed {
+        return Err(bad("the array does not end".into()));
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(RecordMsg::Records(batch));
+    }
+    Ok(())
+}
+
+/// Any layout of a JSON array, parsed as a stream: each element's text sent as it is read.
+fn parse_records<R: BufRead>(
+    reader: &mut HashingReader<R>,
+    tx: &mpsc::SyncSender<RecordMsg>,
+) -> Result<(), VerifyFailure> {
+    struct Elements<'a>(&'a mpsc::SyncSender<RecordMsg>);
+
+    impl<'de> Visitor<'de> for Elements<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of records")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut batch = Vec::with_capacity(RECORD_BATCH);
+            while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+                batch.push(raw.get().as_bytes().to_vec());
+                if batch.len() == RECORD_BATCH
+                    && self
+                        .0
+                        .send(RecordMsg::Records(std::mem::take(&mut batch)))
+                        .is_err()
+                {
+                    return Err(serde::de::Error::custom("the verifier stopped"));
+                }
+            }
+            let _ = self.0.send(RecordMsg::Records(batch));
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    serde::Deserializer::deserialize_seq(&mut de, Elements(tx))
+        .and_then(|()| de.end())
+        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))
 }

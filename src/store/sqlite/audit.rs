@@ -10,7 +10,7 @@ use sqlx::SqliteConnection;
 
 use super::{Col, INSERT_ROWS, SqliteStore, json_param, now};
 use crate::store::StoreError;
-use crate::trail::{Event, tree};
+use crate::trail::{Event, Tail, tree};
 
 /// The right edge of each trust's log as this store last appended it, so that the next append
 /// need not read it back. It is used only while the log still holds this store's mark (its
@@ -19,7 +19,7 @@ use crate::trail::{Event, tree};
 #[derive(Debug)]
 pub(super) struct Edges {
     pub(super) writer: i64,
-    last: Mutex<HashMap<String, tree::Edge>>,
+    last: Mutex<HashMap<String, (tree::Edge, Option<String>)>>,
 }
 
 impl Edges {
@@ -38,18 +38,19 @@ impl Edges {
         }
     }
 
-    fn take(&self, trust: &str) -> Option<tree::Edge> {
+    /// The edge and last event time this store left.
+    fn take(&self, trust: &str) -> Option<(tree::Edge, Option<String>)> {
         self.last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(trust)
     }
 
-    fn keep(&self, trust: &str, edge: tree::Edge) {
+    fn keep(&self, trust: &str, edge: tree::Edge, last_at: Option<String>) {
         self.last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(trust.to_owned(), edge);
+            .insert(trust.to_owned(), (edge, last_at));
     }
 }
 
@@ -77,25 +78,24 @@ impl SqliteStore {
         Ok(tree::nodes_from_tiles(ids, &tiles))
     }
 
-    pub(super) async fn sql_audit_entries(
+    pub(super) async fn sql_audit_leaves(
         &self,
         trust: &str,
-        school: &str,
-        from: &str,
-        to: &str,
+        school: Option<&str>,
+        start: u64,
         size: u64,
+        limit: usize,
     ) -> Result<Vec<(u64, String)>, StoreError> {
         #[derive(serde::Deserialize)]
-        struct Where<'a> {
-            #[serde(borrow)]
-            at: std::borrow::Cow<'a, str>,
+        struct Whose<'a> {
             #[serde(borrow)]
             school: Option<std::borrow::Cow<'a, str>>,
         }
         let mut rows = sqlx::query(
-            "SELECT n, leaves FROM audit_bundles WHERE trust = ?1 AND n < ?2 ORDER BY n",
+            "SELECT n, leaves FROM audit_bundles WHERE trust = ?1 AND n >= ?2 AND n < ?3 ORDER BY n",
         )
         .bind(trust)
+        .bind((start / tree::TILE_WIDTH) as i64)
         .bind(size.div_ceil(tree::TILE_WIDTH) as i64)
         .fetch(&self.pool);
         let mut out = Vec::new();
@@ -107,23 +107,33 @@ impl SqliteStore {
             let leaves: &str = row.col(1).map_err(self.undecoded())?;
             let first = u64::try_from(n).unwrap_or(0) * tree::TILE_WIDTH;
             for (idx, leaf) in (first..size).zip(leaves.split('\n')) {
-                // Every leaf is written by `Event::leaf`; one that does not read is a corrupt store.
-                let w: Where = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
-                    location: self.path.display().to_string(),
-                    reason: format!("audit leaf {trust}/{idx} is not an event: {e}"),
-                })?;
-                if w.school.as_deref() == Some(school)
-                    && w.at.as_ref() >= from
-                    && w.at.as_ref() < to
-                {
-                    out.push((idx, leaf.to_owned()));
+                if idx < start {
+                    continue;
+                }
+                if let Some(school) = school {
+                    // Every leaf is written by `Event::leaf`; one that does not read is a
+                    // corrupt store.
+                    let w: Whose = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
+                        location: self.path.display().to_string(),
+                        reason: format!("audit leaf {trust}/{idx} is not an event: {e}"),
+                    })?;
+                    if w.school.as_deref() != Some(school) {
+                        continue;
+                    }
+                }
+                out.push((idx, leaf.to_owned()));
+                if out.len() >= limit {
+                    return Ok(out);
                 }
             }
         }
         Ok(out)
     }
 
-    pub(super) async fn sql_audit_append(&self, events: &[Event]) -> Result<(), StoreError> {
+    pub(super) async fn sql_audit_append(
+        &self,
+        events: &[Event],
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         let err = self.db_err();
         let _turn = self.write_turn().await;
         let mut tx = self
@@ -131,8 +141,9 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(&err)?;
-        self.append_events(&mut tx, events).await?;
-        tx.commit().await.map_err(&err)
+        let sizes = self.append_events(&mut tx, events).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(sizes)
     }
 
     pub(super) async fn sql_audit_save_checkpoint(
@@ -157,25 +168,32 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Appends events to their trusts' logs: leaves into their bundles, the stored-level nodes
-    /// they complete, new sizes. Two statements per trust once the edge is known.
+    /// Appends events to their trusts' logs: sequenced (`trail::Tail`: each school's
+    /// `school_seq`, times never going back), leaves into their bundles, the stored-level
+    /// nodes they complete, new sizes — which it returns, by trust.
     pub(super) async fn append_events(
         &self,
         conn: &mut SqliteConnection,
         events: &[Event],
-    ) -> Result<(), StoreError> {
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         let err = self.db_err();
-        let mut by_trust: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+        let mut by_trust: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
         for e in events {
-            by_trust.entry(e.trust.as_str()).or_default().push(e);
+            by_trust
+                .entry(e.trust.as_str())
+                .or_default()
+                .push(e.clone());
         }
+        let mut sizes = BTreeMap::new();
         for (trust, events) in by_trust {
             let added = events.len() as i64;
             // The edge this store left, if the log still bears its mark; else read back.
-            let mut edge = match self.edges.take(trust) {
-                Some(edge) if self.claim_edge(conn, trust, &edge, added).await? => edge,
+            let (mut edge, last_at) = match self.edges.take(trust) {
+                Some((edge, last_at)) if self.claim_edge(conn, trust, &edge, added).await? => {
+                    (edge, last_at)
+                }
                 _ => {
-                    let edge = self.read_edge(conn, trust).await?;
+                    let (edge, last_at) = self.read_edge(conn, trust).await?;
                     sqlx::query(
                         "INSERT INTO audit_logs (trust, size, writer) VALUES (?1, ?2, ?3) \
                          ON CONFLICT (trust) DO UPDATE SET size = excluded.size, writer = excluded.writer",
@@ -186,9 +204,14 @@ impl SqliteStore {
                     .execute(&mut *conn)
                     .await
                     .map_err(&err)?;
-                    edge
+                    (edge, last_at)
                 }
             };
+            let mut tail = Tail {
+                last_at,
+                next_seq: self.school_seqs(conn, trust, &events).await?,
+            };
+            let events = tail.sequence(&events);
             let size = edge.size();
             // Leaves joined into their bundles; the first may continue the last stored bundle.
             let mut made = Vec::new();
@@ -242,8 +265,117 @@ impl SqliteStore {
                     .await
                     .map_err(&err)?;
             }
-            self.edges.keep(trust, edge);
+            self.save_tail(conn, trust, &tail).await?;
+            sizes.insert(trust.to_owned(), edge.size());
+            self.edges.keep(trust, edge, tail.last_at);
         }
+        Ok(sizes)
+    }
+
+    /// The next `school_seq` of each school the events name (absent: none yet).
+    async fn school_seqs(
+        &self,
+        conn: &mut SqliteConnection,
+        trust: &str,
+        events: &[Event],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let mut schools: Vec<&str> = events.iter().filter_map(|e| e.school.as_deref()).collect();
+        schools.sort_unstable();
+        schools.dedup();
+        if schools.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(
+            "SELECT s.school, s.next_seq FROM json_each(?2) AS k CROSS JOIN audit_school_seqs AS s \
+             WHERE s.trust = ?1 AND s.school = k.value",
+        )
+        .bind(trust)
+        .bind(json_param(&schools))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(self.db_err())?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.col::<String, _>(0)?,
+                    u64::try_from(r.col::<i64, _>(1)?).unwrap_or(0),
+                ))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(self.undecoded())
+    }
+
+    /// Writes where the log now stands: its last time and its schools' next numbers.
+    async fn save_tail(
+        &self,
+        conn: &mut SqliteConnection,
+        trust: &str,
+        tail: &Tail,
+    ) -> Result<(), StoreError> {
+        let err = self.db_err();
+        sqlx::query("UPDATE audit_logs SET last_at = ?2 WHERE trust = ?1")
+            .bind(trust)
+            .bind(tail.last_at.as_deref())
+            .execute(&mut *conn)
+            .await
+            .map_err(&err)?;
+        let seqs: Vec<(&String, &u64)> = tail.next_seq.iter().collect();
+        for chunk in seqs.chunks(INSERT_ROWS) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_school_seqs (trust, school, next_seq) ",
+            );
+            insert.push_values(chunk, |mut row, (school, next)| {
+                row.push_bind(trust)
+                    .push_bind(school.as_str())
+                    .push_bind(**next as i64);
+            });
+            insert.push(" ON CONFLICT (trust, school) DO UPDATE SET next_seq = excluded.next_seq");
+            insert
+                .build()
+                .persistent(false)
+                .execute(&mut *conn)
+                .await
+                .map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    /// A log written before leaves were numbered: counts each school's events and finds the
+    /// last time, once, so that numbering continues from each school's true position.
+    async fn number_old_log(
+        &self,
+        conn: &mut SqliteConnection,
+        trust: &str,
+    ) -> Result<(), StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Old<'a> {
+            #[serde(borrow)]
+            at: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            school: Option<std::borrow::Cow<'a, str>>,
+        }
+        let bundles: Vec<String> =
+            sqlx::query_scalar("SELECT leaves FROM audit_bundles WHERE trust = ?1 ORDER BY n")
+                .bind(trust)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(self.db_err())?;
+        let mut tail = Tail::default();
+        for (i, leaf) in bundles.iter().flat_map(|b| b.split('\n')).enumerate() {
+            let old: Old = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
+                location: self.path.display().to_string(),
+                reason: format!("audit leaf {trust}/{i} is not an event: {e}"),
+            })?;
+            let mut e = Event::new(crate::trail::EventType::Received, &old.at, trust);
+            e.school = old.school.map(std::borrow::Cow::into_owned);
+            tail.sequence(std::slice::from_ref(&e));
+        }
+        self.save_tail(conn, trust, &tail).await?;
+        sqlx::query("UPDATE audit_logs SET numbered = 1 WHERE trust = ?1")
+            .bind(trust)
+            .execute(&mut *conn)
+            .await
+            .map_err(self.db_err())?;
         Ok(())
     }
 
@@ -269,28 +401,39 @@ impl SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The right edge of a trust's log, read from the store.
+    /// The right edge of a trust's log and its last event time, read from the store (a log
+    /// from before numbering is numbered first).
     async fn read_edge(
         &self,
         conn: &mut SqliteConnection,
         trust: &str,
-    ) -> Result<tree::Edge, StoreError> {
-        let size: i64 = sqlx::query_scalar("SELECT size FROM audit_logs WHERE trust = ?1")
-            .bind(trust)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(self.db_err())?
-            .unwrap_or(0);
+    ) -> Result<(tree::Edge, Option<String>), StoreError> {
+        let row: Option<(i64, Option<String>, i64)> =
+            sqlx::query_as("SELECT size, last_at, numbered FROM audit_logs WHERE trust = ?1")
+                .bind(trust)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(self.db_err())?;
+        let (size, mut last_at, numbered) = row.unwrap_or((0, None, 1));
+        if numbered == 0 {
+            self.number_old_log(conn, trust).await?;
+            last_at = sqlx::query_scalar("SELECT last_at FROM audit_logs WHERE trust = ?1")
+                .bind(trust)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(self.db_err())?;
+        }
         let size = u64::try_from(size).unwrap_or(0);
         let tiles: Vec<tree::TileId> = tree::Edge::tiles(size).into_iter().map(|t| t.0).collect();
         let read = self.read_tiles(conn, trust, &tiles).await?;
-        tree::Edge::new(size, read).map_err(|tile| {
+        let edge = tree::Edge::new(size, read).map_err(|tile| {
             (self.db_err())(sqlx::Error::Protocol(format!(
                 "the evidence trail of trust {trust} lacks nodes of tile {}/{} below size {size}: \
              the store is damaged",
                 tile.level, tile.index
             )))
-        })
+        })?;
+        Ok((edge, last_at))
     }
 
     /// The stored nodes of `tiles`, each from its first: leaf hashes from a bundle's leaves
@@ -457,19 +600,32 @@ mod tests {
         store.audit_append(&more[100..]).await.unwrap();
         let reopened = SqliteStore::open(&path).await.unwrap();
         reopened.audit_append(&[event(900)]).await.unwrap();
-        let added: Vec<tree::Hash> = (600..=900)
-            .map(|i| tree::leaf_hash(event(i).leaf().as_bytes()))
+        // Numbered from each school's true position: the 600 old leaves were counted.
+        let mut tail = Tail {
+            last_at: Some("2026-11-25T00:00:00Z".into()),
+            next_seq: HashMap::from([("136401".to_owned(), 600)]),
+        };
+        let added: Vec<tree::Hash> = tail
+            .sequence(&(600..=900).map(event).collect::<Vec<_>>())
+            .iter()
+            .map(|e| tree::leaf_hash(e.leaf().as_bytes()))
             .collect();
         want.append(&added).unwrap();
         let root = tree::root_nodes(901);
         let got = reopened.audit_nodes("celt", &root).await.unwrap();
         assert_eq!(got, want.nodes(&root));
         let entries = reopened
-            .audit_entries("celt", "136401", "2026", "2027", 901)
+            .audit_leaves("celt", Some("136401"), 0, 901, usize::MAX)
             .await
             .unwrap();
         assert_eq!(entries.len(), 901);
         assert_eq!(entries[599].1, old[599]);
+        assert!(
+            entries[600].1.contains(r#""school_seq":600"#),
+            "{}",
+            entries[600].1
+        );
+        assert!(entries[900].1.contains(r#""school_seq":900"#));
     }
 
     /// A rolled-back append leaves the next one to read the edge back rather than trust the
@@ -484,8 +640,10 @@ mod tests {
         tx.rollback().await.unwrap();
         store.audit_append(&[event(2)]).await.unwrap();
         let mut want = tree::MemoryTree::default();
-        let hashes: Vec<tree::Hash> = (0..3)
-            .map(|i| tree::leaf_hash(event(i).leaf().as_bytes()))
+        let hashes: Vec<tree::Hash> = Tail::default()
+            .sequence(&(0..3).map(event).collect::<Vec<_>>())
+            .iter()
+            .map(|e| tree::leaf_hash(e.leaf().as_bytes()))
             .collect();
         want.append(&hashes).unwrap();
         let root = tree::root_nodes(3);

@@ -1,7 +1,7 @@
 //! Intake in SQLite: a batch's records, exceptions, trail events and issues in one
 //! transaction; status counts; stored revisions and exceptions read back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Col, INSERT_ROWS, SqliteStore, json_param, now};
 use crate::records::Kind;
@@ -382,18 +382,19 @@ impl Store for SqliteStore {
         self.sql_audit_nodes(trust, ids).await
     }
 
-    async fn audit_entries(
+    async fn audit_leaves(
         &self,
         trust: &str,
-        school: &str,
-        from: &str,
-        to: &str,
+        school: Option<&str>,
+        start: u64,
         size: u64,
+        limit: usize,
     ) -> Result<Vec<(u64, String)>, StoreError> {
-        self.sql_audit_entries(trust, school, from, to, size).await
+        self.sql_audit_leaves(trust, school, start, size, limit)
+            .await
     }
 
-    async fn audit_append(&self, events: &[Event]) -> Result<(), StoreError> {
+    async fn audit_append(&self, events: &[Event]) -> Result<BTreeMap<String, u64>, StoreError> {
         self.sql_audit_append(events).await
     }
 
