@@ -22,6 +22,19 @@ pub struct Tail {
 
 /// Orders two RFC 3339 times as instants (as text when either does not read).
 pub fn compare(a: &str, b: &str) -> Ordering {
+    // Fast path, the common case: two UTC times written alike (`…:SS.ffffffZ`), whose text
+    // order is their time order.
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    if x.len() == y.len()
+        && x.len() >= 20
+        && x.last() == Some(&b'Z')
+        && y.last() == Some(&b'Z')
+        && x[19] == y[19]
+        && x[10] == b'T'
+        && y[10] == b'T'
+    {
+        return x.cmp(y);
+    }
     match (
         DateTime::parse_from_rfc3339(a),
         DateTime::parse_from_rfc3339(b),
@@ -94,5 +107,28 @@ mod tests {
         assert_eq!(tail.last_at.as_deref(), Some("2026-03-01T12:00:00.5Z"));
         assert_eq!(tail.next_seq["136401"], 7);
         assert_eq!(tail.next_seq["999999"], 1);
+    }
+
+    #[test]
+    fn times_compare_as_instants_whatever_their_form() {
+        use Ordering::*;
+        for (a, b, want) in [
+            (
+                "2026-03-01T10:00:00.000000Z",
+                "2026-03-01T10:00:00.000001Z",
+                Less,
+            ),
+            ("2026-03-01T10:00:00Z", "2026-03-01T10:00:00.5Z", Less),
+            ("2026-03-01T10:00:01Z", "2026-03-01T10:00:00.5Z", Greater),
+            ("2026-03-01T11:00:00+01:00", "2026-03-01T10:00:00Z", Equal),
+            (
+                "2026-03-02T00:00:00.000000Z",
+                "2026-03-01T23:59:59.999999Z",
+                Greater,
+            ),
+        ] {
+            assert_eq!(compare(a, b), want, "{a} {b}");
+            assert_eq!(compare(b, a), want.reverse(), "{b} {a}");
+        }
     }
 }

@@ -1175,3 +1175,87 @@ fn parse_records<R: BufRead>(
         .and_then(|()| de.end())
         .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(line: usize, index: u64, seq: Option<u64>, place: Place) -> CheckedEntry {
+        CheckedEntry {
+            line,
+            index,
+            at: format!("2026-03-01T10:00:{:02}Z", line),
+            seq,
+            exported: false,
+            place,
+            received: None,
+        }
+    }
+
+    fn walk(entries: &[CheckedEntry], tree_size: u64) -> Result<Completeness, VerifyFailure> {
+        let mut w = Walk {
+            tree_size,
+            count: 0,
+            last: None,
+            first_seq_in: None,
+            last_seq_in: None,
+            unnumbered: None,
+        };
+        for e in entries {
+            w.step(e)?;
+        }
+        w.finish()
+    }
+
+    /// Entries written before leaves were numbered verify, but cannot be proven complete —
+    /// and the report says so, naming the first; numbered ones around them still may not
+    /// skip a number.
+    #[test]
+    fn unnumbered_entries_are_not_proven_complete_and_gaps_still_fail() {
+        let legacy = [
+            entry(1, 3, None, Place::In),
+            entry(2, 9, None, Place::In),
+            entry(3, 12, None, Place::After),
+        ];
+        match walk(&legacy, 20).unwrap() {
+            Completeness::NotProven { reason } => {
+                assert!(reason.contains("line 1 (entry 3)"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let numbered = [
+            entry(1, 3, Some(4), Place::Before),
+            entry(2, 9, Some(5), Place::In),
+            entry(3, 12, Some(6), Place::In),
+            entry(4, 19, Some(7), Place::In),
+        ];
+        assert_eq!(
+            walk(&numbered, 20).unwrap(),
+            Completeness::Complete {
+                seqs: Some((5, 7)),
+                until_end: Some(TreeEnd {
+                    at: "2026-03-01T10:00:04Z".into(),
+                    exported: false
+                })
+            },
+            "the tree's last leaf closes the period"
+        );
+        let gap = [
+            entry(1, 3, Some(4), Place::Before),
+            entry(2, 9, Some(6), Place::In),
+        ];
+        let f = walk(&gap, 20).unwrap_err();
+        assert!(f.reason.contains("school_seq 6 follows 4"), "{f}");
+        let not_closed = [entry(1, 3, Some(0), Place::In)];
+        let f = walk(&not_closed, 20).unwrap_err();
+        assert!(
+            f.reason.contains("first entry after the period is missing"),
+            "{f}"
+        );
+        let late_before = [
+            entry(1, 3, Some(0), Place::In),
+            entry(2, 4, Some(1), Place::Before),
+        ];
+        assert!(walk(&late_before, 20).is_err());
+    }
+}
