@@ -35,14 +35,39 @@ impl fmt::Display for ContentHash {
 /// The RFC 8785 canonical JSON text of a value.
 pub fn canonical_json(value: &Value) -> String {
     let mut out = String::with_capacity(2048);
-    write_canonical(value, &mut out);
+    write_canonical(value, &mut out, None);
     out
+}
+
+/// Which object keys to leave out (with everything beneath them), at any depth.
+pub type Dropped = fn(&str) -> bool;
+
+/// The RFC 8785 text of `value` with every key `dropped` says (and what it holds) left out,
+/// at any depth — written directly, without copying the value.
+pub fn canonical_json_without(value: &Value, dropped: Dropped) -> String {
+    let mut out = String::with_capacity(2048);
+    write_canonical(value, &mut out, Some(dropped));
+    out
+}
+
+/// A copy of `value` with every key `dropped` says left out, at any depth.
+pub fn without(value: &Value, dropped: Dropped) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !dropped(k))
+                .map(|(k, v)| (k.clone(), without(v, dropped)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| without(v, dropped)).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Integers within ±2^53 print the same in JCS (ECMAScript numbers) as in plain JSON.
 const EXACT_INT: u64 = 1 << 53;
 
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut String, dropped: Option<Dropped>) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -58,7 +83,7 @@ fn write_canonical(value: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_canonical(item, out);
+                write_canonical(item, out, dropped);
             }
             out.push(']');
         }
@@ -66,17 +91,25 @@ fn write_canonical(value: &Value, out: &mut String) {
             // serde_json's map iterates in UTF-8 byte order; JCS wants UTF-16 code unit
             // order. They agree unless a key holds characters above U+FFFF.
             if map.keys().any(|k| k.chars().any(|c| c as u32 > 0xFFFF)) {
-                out.push_str(&jcs_by_crate(value));
+                match dropped {
+                    Some(d) => out.push_str(&jcs_by_crate(&without(value, d))),
+                    None => out.push_str(&jcs_by_crate(value)),
+                }
                 return;
             }
             out.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
+            let mut first = true;
+            for (k, v) in map {
+                if dropped.is_some_and(|d| d(k)) {
+                    continue;
+                }
+                if !first {
                     out.push(',');
                 }
+                first = false;
                 write_string(k, out);
                 out.push(':');
-                write_canonical(v, out);
+                write_canonical(v, out, dropped);
             }
             out.push('}');
         }

@@ -18,7 +18,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use canonical::{ContentHash, canonical_json};
+pub use canonical::{ContentHash, canonical_json, canonical_json_without};
 pub use fields::{
     Date, RecordId, Revision, RuleViolation, StaffId, Timestamp, TrustId, Upn, Urn,
     is_valid_record_id, upn_check_letter,

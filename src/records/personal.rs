@@ -1,12 +1,13 @@
 //! Which fields of a record are personal data, and a record's non-personal projection: its
 //! canonical JSON with every personal field removed, whose SHA-256 the evidence trail carries
 //! beside the content hash, so that a pseudonymised export still proves every other field.
-//! Owns: [`PERSONAL_KEYS`], [`PERSONAL_SUBTREES`], [`non_personal`], [`projection_hash`].
+//! Owns: [`PERSONAL_KEYS`], [`PERSONAL_SUBTREES`], [`non_personal`], [`projection_text`],
+//! [`projection_hash`].
 //! May not touch: pseudonyms (the audit bundle makes those from this list).
 
 use serde_json::Value;
 
-use super::{ContentHash, canonical_json};
+use super::{ContentHash, canonical_json_without};
 
 /// Keys whose values are personal data, wherever they sit in a record: names, dates of
 /// birth, UPN and MIS id, addresses and postcodes, mobiles, vehicle registrations, summaries,
@@ -37,23 +38,23 @@ pub const PERSONAL_KEYS: &[&str] = &[
 /// Keys under which the keys too are personal (a school's own fields, named as it likes).
 pub const PERSONAL_SUBTREES: &[&str] = &["extensions"];
 
-/// The record with every personal key (and all beneath it) removed, at any depth.
-pub fn non_personal(value: &Value) -> Value {
-    match value {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| !PERSONAL_KEYS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), non_personal(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(non_personal).collect()),
-        other => other.clone(),
-    }
+fn is_personal(key: &str) -> bool {
+    PERSONAL_KEYS.contains(&key)
 }
 
-/// SHA-256 of the RFC 8785 text of the record's [`non_personal`] projection.
+/// The record with every personal key (and all beneath it) removed, at any depth.
+pub fn non_personal(value: &Value) -> Value {
+    super::canonical::without(value, is_personal)
+}
+
+/// The RFC 8785 text of the record's [`non_personal`] projection, written without copying it.
+pub fn projection_text(value: &Value) -> String {
+    canonical_json_without(value, is_personal)
+}
+
+/// SHA-256 of the record's [`projection_text`].
 pub fn projection_hash(value: &Value) -> ContentHash {
-    ContentHash::of_canonical(&canonical_json(&non_personal(value)))
+    ContentHash::of_canonical(&projection_text(value))
 }
 
 #[cfg(test)]
@@ -87,6 +88,11 @@ mod tests {
         let mut flipped = record.clone();
         flipped["child_seen"] = json!(false);
         assert_ne!(projection_hash(&flipped), projection_hash(&record));
+        assert_eq!(
+            projection_text(&record),
+            crate::records::canonical_json(&p),
+            "written directly, the same text"
+        );
         let mut renamed = record.clone();
         renamed["pupil"]["given_name"] = json!("pseudonym:0011");
         assert_eq!(projection_hash(&renamed), projection_hash(&record));

@@ -31,7 +31,7 @@ use super::{CONSISTENCY, ConsistencyFile, EntryRef, FILES, Manifest, Period, Pro
 use crate::audit::note::{Checkpoint, Verifier};
 use crate::audit::tree::{self, Hash};
 use crate::records::canonical_json;
-use crate::records::personal::{PERSONAL_KEYS, non_personal};
+use crate::records::personal::{PERSONAL_KEYS, projection_text};
 use crate::trail::sequence::compare;
 
 /// What `verify` is given beside the bundle.
@@ -241,13 +241,24 @@ fn read_text(dir: &Path, name: &str) -> Result<String, VerifyFailure> {
     String::from_utf8(read(dir, name)?).map_err(|_| fail(name, "not UTF-8"))
 }
 
+/// A file's SHA-256 (hex), read a buffer at a time.
+fn hash_file(dir: &Path, name: &str) -> Result<String, VerifyFailure> {
+    let mut reader = HashingReader {
+        inner: BufReader::with_capacity(1 << 16, open(dir, name)?),
+        hash: Sha256::new(),
+    };
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))?;
+    Ok(hex::encode(reader.hash.finalize()))
+}
+
 fn open(dir: &Path, name: &str) -> Result<std::fs::File, VerifyFailure> {
     std::fs::File::open(dir.join(name))
         .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
 }
 
 /// Entry lines read and checked at once.
-const CHUNK: usize = 8_192;
+const CHUNK: usize = 4_096;
 /// Entries one worker checks in a row, remembering the nodes it has proven.
 const RUN: usize = 512;
 
@@ -300,7 +311,7 @@ pub fn verify(
     let mut walk = Walk::new(&checkpoint);
     let mut content = ContentChecks::default();
     let mut record_count = 0usize;
-    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK * 2048);
+    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK * 2_048);
     let mut ends: Vec<usize> = Vec::with_capacity(CHUNK);
     let mut first_line = 1;
     progress.start("entries", manifest.entries);
@@ -371,11 +382,10 @@ pub fn verify(
                 format!("{kind} {id} revision {rev} has an entry but no record"),
             ));
         }
-        let checks: Vec<Result<Checked, VerifyFailure>> = raws
+        let checks: Vec<Result<Checked, VerifyFailure>> = received
             .par_iter()
-            .zip(received.par_iter())
             .enumerate()
-            .map(|(i, (raw, want))| check_record(record_count + i, raw, want, &manifest))
+            .map(|(i, want)| check_record(record_count + i, raws.get(i), want, &manifest))
             .collect();
         for c in checks {
             match c? {
@@ -411,7 +421,7 @@ pub fn verify(
     ];
     for name in FILES {
         if name != "entries.jsonl" && name != "records.json" {
-            hashes.push((name, hex::encode(Sha256::digest(read(dir, name)?))));
+            hashes.push((name, hash_file(dir, name)?));
         }
     }
     if let Some(h) = consistency_hash {
@@ -495,6 +505,13 @@ fn check_anchor(
     checkpoint: &Checkpoint,
     trusted: Option<&str>,
 ) -> Result<(Anchor, Option<String>), VerifyFailure> {
+    let too_large = std::fs::metadata(dir.join(CONSISTENCY)).is_ok_and(|m| m.len() > 1 << 20);
+    if too_large {
+        return Err(fail(
+            CONSISTENCY,
+            "larger than any consistency proof (1 MiB)",
+        ));
+    }
     let bytes = match std::fs::read(dir.join(CONSISTENCY)) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -941,7 +958,7 @@ fn check_record(
         let Some(projection) = &want.projection else {
             return Ok(Checked::Unchecked);
         };
-        let hash: Hash = Sha256::digest(canonical_json(&non_personal(&record)).as_bytes()).into();
+        let hash: Hash = Sha256::digest(projection_text(&record).as_bytes()).into();
         return if hash == *projection {
             Ok(Checked::NonPersonal)
         } else {
@@ -963,9 +980,36 @@ fn check_record(
     }
 }
 
+/// Records' texts in one buffer, one after another.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        self.bytes.extend_from_slice(record);
+        self.ends.push(self.bytes.len());
+    }
+}
+
 /// What the records thread sends.
 enum RecordMsg {
-    Records(Vec<Vec<u8>>),
+    Records(Batch),
     Failed(VerifyFailure),
     /// The end of the array (and whether anything follows it), with the file's SHA-256.
     Done(String),
@@ -974,7 +1018,8 @@ enum RecordMsg {
 /// `records.json`, read and hashed on its own thread, one record at a time in file order.
 struct RecordStream {
     rx: mpsc::Receiver<RecordMsg>,
-    ready: VecDeque<Vec<u8>>,
+    /// Batches received, each with the next record to take from it.
+    ready: VecDeque<(Batch, usize)>,
     done: Option<String>,
 }
 
@@ -984,7 +1029,7 @@ const RECORD_BATCH: usize = 1_024;
 impl RecordStream {
     fn spawn(dir: &Path) -> Result<Self, VerifyFailure> {
         let file = open(dir, "records.json")?;
-        let (tx, rx) = mpsc::sync_channel(8);
+        let (tx, rx) = mpsc::sync_channel(4);
         std::thread::spawn(move || {
             let mut reader = HashingReader {
                 inner: BufReader::with_capacity(1 << 20, file),
@@ -1005,17 +1050,30 @@ impl RecordStream {
     }
 
     /// Up to `n` next records (fewer only at the end of the file).
-    fn take(&mut self, n: usize) -> Result<Vec<Vec<u8>>, VerifyFailure> {
-        while self.ready.len() < n && self.done.is_none() {
+    fn take(&mut self, n: usize) -> Result<Batch, VerifyFailure> {
+        let mut out = Batch::default();
+        while out.len() < n {
+            if let Some((batch, next)) = self.ready.front_mut() {
+                while *next < batch.len() && out.len() < n {
+                    out.push(batch.get(*next));
+                    *next += 1;
+                }
+                if *next == batch.len() {
+                    self.ready.pop_front();
+                }
+                continue;
+            }
+            if self.done.is_some() {
+                break;
+            }
             match self.rx.recv() {
-                Ok(RecordMsg::Records(batch)) => self.ready.extend(batch),
+                Ok(RecordMsg::Records(batch)) => self.ready.push_back((batch, 0)),
                 Ok(RecordMsg::Failed(f)) => return Err(f),
                 Ok(RecordMsg::Done(hash)) => self.done = Some(hash),
                 Err(_) => return Err(fail("records.json", "could not be read to its end")),
             }
         }
-        let n = n.min(self.ready.len());
-        Ok(self.ready.drain(..n).collect())
+        Ok(out)
     }
 
     /// Whether records are left over, and the file's hash.
@@ -1077,7 +1135,7 @@ fn read_records<R: BufRead>(
         return parse_records(reader, tx);
     }
     let mut line = Vec::with_capacity(4096);
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    let mut batch = Batch::default();
     let mut n = 0usize;
     let mut first = true;
     let mut closed = false;
@@ -1119,7 +1177,7 @@ fn read_records<R: BufRead>(
                 text
             }
         };
-        batch.push(record.to_vec());
+        batch.push(record);
         n += 1;
         if batch.len() == RECORD_BATCH
             && tx
@@ -1153,9 +1211,9 @@ fn parse_records<R: BufRead>(
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let mut batch = Vec::with_capacity(RECORD_BATCH);
+            let mut batch = Batch::default();
             while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-                batch.push(raw.get().as_bytes().to_vec());
+                batch.push(raw.get().as_bytes());
                 if batch.len() == RECORD_BATCH
                     && self
                         .0
