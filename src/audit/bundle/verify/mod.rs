@@ -8,23 +8,23 @@
 //! module's.
 //!
 //! It streams: entries are read a chunk at a time and checked on all cores, `records.json` is
-//! read alongside on its own thread in the same order (export writes each record in the order
+//! read alongside on its own thread (`records`) in the same order (export writes each record in the order
 //! of the entry that received it), so memory stays flat whatever the bundle's size.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::sync::mpsc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ct_merkle::{ConsistencyProof, RootHash};
 use rayon::prelude::*;
 use serde::Deserialize;
-use serde::de::{SeqAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+
+mod records;
+
+use records::RecordStream;
 
 use super::pseudonymise::plain_personal_field;
 use super::{CONSISTENCY, ConsistencyFile, EntryRef, FILES, Manifest, Period, Progress, origin};
@@ -243,7 +243,7 @@ fn read_text(dir: &Path, name: &str) -> Result<String, VerifyFailure> {
 
 /// A file's SHA-256 (hex), read a buffer at a time.
 fn hash_file(dir: &Path, name: &str) -> Result<String, VerifyFailure> {
-    let mut reader = HashingReader {
+    let mut reader = records::HashingReader {
         inner: BufReader::with_capacity(1 << 16, open(dir, name)?),
         hash: Sha256::new(),
     };
@@ -306,6 +306,7 @@ pub fn verify(
 
     // Entries and records, streamed side by side.
     let mut records = RecordStream::spawn(dir)?;
+    let mut raws = records::Batch::default();
     let mut entries_file = BufReader::with_capacity(1 << 20, open(dir, "entries.jsonl")?);
     let mut entries_hash = Sha256::new();
     let mut walk = Walk::new(&checkpoint);
@@ -374,7 +375,7 @@ pub fn verify(
         progress.advance(lines.len() as u64);
 
         // Each received revision of the period has its record, next in records.json.
-        let raws = records.take(received.len())?;
+        records.take(received.len(), &mut raws)?;
         if raws.len() < received.len() {
             let (kind, id, rev) = &received[raws.len()].key;
             return Err(fail(
@@ -978,260 +979,6 @@ fn check_record(
             "its content hash differs from the one its entry carries",
         ))
     }
-}
-
-/// Records' texts in one buffer, one after another.
-#[derive(Default)]
-struct Batch {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Batch {
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
-    }
-
-    fn push(&mut self, record: &[u8]) {
-        self.bytes.extend_from_slice(record);
-        self.ends.push(self.bytes.len());
-    }
-}
-
-/// What the records thread sends.
-enum RecordMsg {
-    Records(Batch),
-    Failed(VerifyFailure),
-    /// The end of the array (and whether anything follows it), with the file's SHA-256.
-    Done(String),
-}
-
-/// `records.json`, read and hashed on its own thread, one record at a time in file order.
-struct RecordStream {
-    rx: mpsc::Receiver<RecordMsg>,
-    /// Batches received, each with the next record to take from it.
-    ready: VecDeque<(Batch, usize)>,
-    done: Option<String>,
-}
-
-/// Records sent at once by the records thread.
-const RECORD_BATCH: usize = 1_024;
-
-impl RecordStream {
-    fn spawn(dir: &Path) -> Result<Self, VerifyFailure> {
-        let file = open(dir, "records.json")?;
-        let (tx, rx) = mpsc::sync_channel(4);
-        std::thread::spawn(move || {
-            let mut reader = HashingReader {
-                inner: BufReader::with_capacity(1 << 20, file),
-                hash: Sha256::new(),
-            };
-            let sent = read_records(&mut reader, &tx);
-            let msg = match sent {
-                Ok(()) => RecordMsg::Done(hex::encode(reader.hash.finalize())),
-                Err(f) => RecordMsg::Failed(f),
-            };
-            let _ = tx.send(msg);
-        });
-        Ok(Self {
-            rx,
-            ready: VecDeque::new(),
-            done: None,
-        })
-    }
-
-    /// Up to `n` next records (fewer only at the end of the file).
-    fn take(&mut self, n: usize) -> Result<Batch, VerifyFailure> {
-        let mut out = Batch::default();
-        while out.len() < n {
-            if let Some((batch, next)) = self.ready.front_mut() {
-                while *next < batch.len() && out.len() < n {
-                    out.push(batch.get(*next));
-                    *next += 1;
-                }
-                if *next == batch.len() {
-                    self.ready.pop_front();
-                }
-                continue;
-            }
-            if self.done.is_some() {
-                break;
-            }
-            match self.rx.recv() {
-                Ok(RecordMsg::Records(batch)) => self.ready.push_back((batch, 0)),
-                Ok(RecordMsg::Failed(f)) => return Err(f),
-                Ok(RecordMsg::Done(hash)) => self.done = Some(hash),
-                Err(_) => return Err(fail("records.json", "could not be read to its end")),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Whether records are left over, and the file's hash.
-    fn finish(mut self) -> Result<(bool, String), VerifyFailure> {
-        let extra = !self.take(1)?.is_empty();
-        let hash = match self.done.take() {
-            Some(h) => h,
-            None => loop {
-                match self.rx.recv() {
-                    Ok(RecordMsg::Done(h)) => break h,
-                    Ok(RecordMsg::Failed(f)) => return Err(f),
-                    Ok(RecordMsg::Records(_)) => continue,
-                    Err(_) => return Err(fail("records.json", "could not be read to its end")),
-                }
-            },
-        };
-        Ok((extra, hash))
-    }
-}
-
-/// A reader that hashes what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hash: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for HashingReader<R> {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-
-    fn consume(&mut self, amt: usize) {
-        if let Ok(buf) = self.inner.fill_buf() {
-            self.hash.update(&buf[..amt.min(buf.len())]);
-        }
-        self.inner.consume(amt);
-    }
-}
-
-/// Sends every record of the array in order. As `export` writes it — `[`, one record a
-/// line, `]` — its lines are the records, found without parsing (each is then checked
-/// against its content hash, which only the exact canonical text meets); any other layout of
-/// a JSON array (a re-formatted file) is parsed as a stream.
-fn read_records<R: BufRead>(
-    reader: &mut HashingReader<R>,
-    tx: &mpsc::SyncSender<RecordMsg>,
-) -> Result<(), VerifyFailure> {
-    let io = |e: std::io::Error| fail("records.json", format!("cannot read: {}", e.kind()));
-    let head = reader.fill_buf().map_err(io)?;
-    if !(head.starts_with(b"[\n{") || head == b"[]\n") {
-        return parse_records(reader, tx);
-    }
-    let mut line = Vec::with_capacity(4096);
-    let mut batch = Batch::default();
-    let mut n = 0usize;
-    let mut first = true;
-    let mut closed = false;
-    let bad = |what: String| fail("records.json", what);
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
-            break;
-        }
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if closed {
-            return Err(bad("text after the end of the array".into()));
-        }
-        if first {
-            first = false;
-            match text {
-                b"[" => continue,
-                b"[]" => {
-                    closed = true;
-                    continue;
-                }
-                _ => return Err(bad("not a JSON array of records".into())),
-            }
-        }
-        if text == b"]" {
-            closed = true;
-            continue;
-        }
-        // A record line ends in a comma unless the array's end follows it.
-        let record = match text.strip_suffix(b",") {
-            Some(r) => r,
-            None => {
-                let next = reader.fill_buf().map_err(io)?;
-                if !next.starts_with(b"]") {
-                    return Err(bad(format!(
-                        "record {n}: no comma after it, and the array does not end"
-                    )));
-                }
-                text
-            }
-        };
-        batch.push(record);
-        n += 1;
-        if batch.len() == RECORD_BATCH
-            && tx
-                .send(RecordMsg::Records(std::mem::take(&mut batch)))
-                .is_err()
-        {
-            return Ok(());
-        }
-    }
-    if !closed {
-        return Err(bad("the array does not end".into()));
-    }
-    if !batch.is_empty() {
-        let _ = tx.send(RecordMsg::Records(batch));
-    }
-    Ok(())
-}
-
-/// Any layout of a JSON array, parsed as a stream: each element's text sent as it is read.
-fn parse_records<R: BufRead>(
-    reader: &mut HashingReader<R>,
-    tx: &mpsc::SyncSender<RecordMsg>,
-) -> Result<(), VerifyFailure> {
-    struct Elements<'a>(&'a mpsc::SyncSender<RecordMsg>);
-
-    impl<'de> Visitor<'de> for Elements<'_> {
-        type Value = ();
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON array of records")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let mut batch = Batch::default();
-            while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-                batch.push(raw.get().as_bytes());
-                if batch.len() == RECORD_BATCH
-                    && self
-                        .0
-                        .send(RecordMsg::Records(std::mem::take(&mut batch)))
-                        .is_err()
-                {
-                    return Err(serde::de::Error::custom("the verifier stopped"));
-                }
-            }
-            let _ = self.0.send(RecordMsg::Records(batch));
-            Ok(())
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    serde::Deserializer::deserialize_seq(&mut de, Elements(tx))
-        .and_then(|()| de.end())
-        .map_err(|e| fail("records.json", format!("not a JSON array of records: {e}")))
 }
 
 #[cfg(test)]
