@@ -681,7 +681,7 @@ pub async fn checkpoint_at<S: Store>(
 
 /// Entries built (and leaves read) at once by `export`: its memory is about this many
 /// entries' lines and records.
-const EXPORT_SLICE: usize = 4_096;
+const EXPORT_SLICE: usize = 1_024;
 
 /// An entry's line of `entries.jsonl`, with the revision it says was received.
 fn entry_line(
