@@ -343,7 +343,12 @@ impl Bar {
 impl bundle::Progress for Bar {
     fn start(&self, what: &'static str, total: u64) {
         self.0.set_message(what);
-        self.0.set_length(total);
+        // 0: not known ahead (an export learns its entries as it pages through the log).
+        if total == 0 {
+            self.0.unset_length();
+        } else {
+            self.0.set_length(total);
+        }
         self.0.set_position(0);
     }
 

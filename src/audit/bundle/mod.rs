@@ -124,6 +124,7 @@ impl<'a> EntryRef<'a> {
 
 /// Told how far a long export or verification has gone (the CLI draws a bar in a terminal).
 pub trait Progress: Sync {
+    /// A step begins; `total` 0 when it is not known ahead.
     fn start(&self, _what: &'static str, _total: u64) {}
     fn advance(&self, _n: u64) {}
 }
