@@ -625,20 +625,34 @@ fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, row: &[String]) -> Resul
 
 /// One revision's `records.json` text (as stored, or pseudonymised) and `records.csv` row.
 fn record_text_and_row(r: &StoredRevision, ps: Option<&Pseudonymiser>) -> (String, Vec<String>) {
-    let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
-    let text = match ps {
+    // The record as it goes in the bundle, and the CSV's columns read from that.
+    let (text, columns) = match ps {
         Some(p) => {
+            let mut value: Value = serde_json::from_str(&r.canonical).unwrap_or(Value::Null);
             p.scrub(&mut value, false);
-            canonical_json(&value)
+            let text = canonical_json(&value);
+            let columns = serde_json::from_value(value).unwrap_or_default();
+            (text, columns)
         }
-        None => r.canonical.clone(),
+        None => (
+            r.canonical.clone(),
+            serde_json::from_str(&r.canonical).unwrap_or_default(),
+        ),
     };
-    let first = |fields: &[&str]| {
+    let Columns {
+        pupil,
+        purpose,
+        r#type,
+        category,
+        outcome,
+        severity,
+        urgency,
+    } = columns;
+    let first = |fields: [Option<Value>; 3]| {
         fields
-            .iter()
-            .find_map(|f| value.get(*f).and_then(Value::as_str))
+            .into_iter()
+            .find_map(|f| f.and_then(|v| v.as_str().map(str::to_owned)))
             .unwrap_or_default()
-            .to_owned()
     };
     let row = vec![
         r.kind.clone(),
@@ -647,15 +661,28 @@ fn record_text_and_row(r: &StoredRevision, ps: Option<&Pseudonymiser>) -> (Strin
         r.school.clone(),
         r.received_at.clone(),
         r.content_hash.clone(),
-        value
-            .pointer("/pupil/upn")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        first(&["purpose", "type", "category"]),
-        first(&["outcome", "severity", "urgency"]),
+        first([pupil.and_then(|p| p.upn), None, None]),
+        first([purpose, r#type, category]),
+        first([outcome, severity, urgency]),
     ];
     (text, row)
+}
+
+/// The fields of a record `records.csv` shows; the rest is skipped unread.
+#[derive(serde::Deserialize, Default)]
+struct Columns {
+    pupil: Option<PupilColumn>,
+    purpose: Option<Value>,
+    r#type: Option<Value>,
+    category: Option<Value>,
+    outcome: Option<Value>,
+    severity: Option<Value>,
+    urgency: Option<Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PupilColumn {
+    upn: Option<Value>,
 }
 
 /// The checkpoint of a trust's log at `size`: its root from O(log n) stored nodes.
@@ -705,14 +732,25 @@ fn entry_line(
         leaf: B64.encode(leaf.as_bytes()),
         proof: proof.iter().map(hex::encode).collect(),
     };
-    let mut line = serde_json::to_string(&entry).unwrap_or_default();
+    let mut line = entry.line();
     line.push('\n');
-    let key = serde_json::from_str::<Value>(leaf).ok().and_then(|event| {
-        (event["event"] == "received").then_some(())?;
+    /// What a `received` leaf says was received.
+    #[derive(serde::Deserialize)]
+    struct Got<'a> {
+        #[serde(borrow)]
+        event: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        record_id: Option<std::borrow::Cow<'a, str>>,
+        revision: Option<u32>,
+    }
+    let key = serde_json::from_str::<Got>(leaf).ok().and_then(|got| {
+        (got.event == "received").then_some(())?;
         Some((
-            event["kind"].as_str()?.to_owned(),
-            event["record_id"].as_str()?.to_owned(),
-            u32::try_from(event["revision"].as_u64()?).ok()?,
+            got.kind?.into_owned(),
+            got.record_id?.into_owned(),
+            got.revision?,
         ))
     });
     Ok((line, key))
