@@ -225,6 +225,44 @@ impl Verifier {
     }
 }
 
+/// The signed notes of a text holding one or more as `audit checkpoint` prints them: each a
+/// body, a blank line and its signature lines, with a blank line between notes.
+pub fn split_notes(text: &str) -> Vec<&str> {
+    let mut notes = Vec::new();
+    let (mut start, mut pos, mut in_signatures) = (0, 0, false);
+    for line in text.split_inclusive('\n') {
+        let end = pos + line.len();
+        if in_signatures && !line.starts_with(DASH) {
+            notes.push(&text[start..pos]);
+            in_signatures = false;
+            start = if line == "\n" { end } else { pos };
+        } else if !in_signatures && line == "\n" {
+            in_signatures = true;
+        }
+        pos = end;
+    }
+    if start < text.len() {
+        notes.push(&text[start..]);
+    }
+    notes
+}
+
+/// Of a text holding one or more signed checkpoints (`audit checkpoint` prints every
+/// trust's), the one of log `origin` signed by `verifier`'s key; else the whole text, for
+/// `open` to say what is wrong with it.
+pub fn checkpoint_note<'a>(text: &'a str, verifier: &Verifier, origin: &str) -> &'a str {
+    split_notes(text)
+        .into_iter()
+        .find(|n| {
+            verifier
+                .open(n)
+                .ok()
+                .and_then(|t| Checkpoint::parse(t).ok())
+                .is_some_and(|c| c.origin == origin)
+        })
+        .unwrap_or(text)
+}
+
 /// A checkpoint body: origin, tree size, root hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -271,6 +309,19 @@ impl Checkpoint {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn notes_printed_one_after_another_are_split() {
+        let signer = NoteSigner::generate("trail.example").unwrap();
+        let a = signer.sign("trail.example/celt\n3\nAAAA\n");
+        let b = signer.sign("trail.example/thrive\n9\nBBBB\n");
+        let both = format!("{a}\n{b}");
+        assert_eq!(split_notes(&both), [a.as_str(), b.as_str()]);
+        assert_eq!(split_notes(&a), [a.as_str()]);
+        for note in split_notes(&both) {
+            signer.verifier().open(note).unwrap();
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::pseudonymise::Pseudonymiser;
 use super::{CONSISTENCY, ConsistencyFile, Entry, Manifest, Period, Progress, origin, safe_cell};
 use crate::audit::checkpoint::Consistency;
-use crate::audit::note::{Checkpoint, NoteSigner};
+use crate::audit::note::{Checkpoint, NoteSigner, checkpoint_note};
 use crate::audit::tree::{self, Hash};
 use crate::audit::{Event, EventType};
 use crate::records::canonical_json;
@@ -355,8 +355,9 @@ async fn consistency_from<S: Store>(
     new: &Checkpoint,
 ) -> Result<ConsistencyFile, ExportError> {
     let refused = |reason: String| ExportError::ProveFrom(reason);
-    let text = signer
-        .verifier()
+    let verifier = signer.verifier();
+    let old_note = checkpoint_note(old_note, &verifier, &new.origin);
+    let text = verifier
         .open(old_note)
         .map_err(|e| refused(e.to_string()))?;
     let old = Checkpoint::parse(text).map_err(|e| refused(e.to_string()))?;

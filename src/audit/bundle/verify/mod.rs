@@ -28,7 +28,7 @@ use records::RecordStream;
 
 use super::pseudonymise::plain_personal_field;
 use super::{CONSISTENCY, ConsistencyFile, EntryRef, FILES, Manifest, Period, Progress, origin};
-use crate::audit::note::{Checkpoint, Verifier};
+use crate::audit::note::{Checkpoint, Verifier, checkpoint_note};
 use crate::audit::tree::{self, Hash};
 use crate::records::canonical_json;
 use crate::records::personal::{PERSONAL_KEYS, projection_text};
@@ -543,6 +543,7 @@ fn check_anchor(
         ));
     };
     let what = "--trusted-checkpoint";
+    let note = checkpoint_note(note, verifier, &checkpoint.origin);
     let text = verifier.open(note).map_err(|e| {
         fail(
             what,
