@@ -220,7 +220,8 @@ impl Verifier {
         Ok(text)
     }
 
-    fn to_short(&self) -> String {
+    /// `name+hexid`: which key, without the key.
+    pub fn to_short(&self) -> String {
         format!("{}+{}", self.name, hex::encode(self.id))
     }
 }

@@ -288,16 +288,22 @@ fn an_exported_bundle_verifies_and_every_tamper_is_caught() {
         bundle::verify(&e.bundle, &bundle::VerifyOptions::default(), &bundle::Quiet).unwrap();
     assert!(report.entries > 20, "{report:?}");
     assert!(report.records > 10);
+    // The same with the trust's key given, which the report then says.
+    let with_key = bundle::verify(
+        &e.bundle,
+        &bundle::VerifyOptions {
+            key: Some(&e.verifier),
+            ..Default::default()
+        },
+        &bundle::Quiet,
+    )
+    .unwrap();
+    assert!(with_key.key_given && !report.key_given);
     assert_eq!(
-        bundle::verify(
-            &e.bundle,
-            &bundle::VerifyOptions {
-                key: Some(&e.verifier),
-                ..Default::default()
-            },
-            &bundle::Quiet
-        )
-        .unwrap(),
+        bundle::VerifyReport {
+            key_given: false,
+            ..with_key
+        },
         report
     );
     // The CLI agrees, with and without a key.

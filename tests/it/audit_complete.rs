@@ -273,6 +273,10 @@ fn a_pack_proves_its_period_complete_and_every_dropped_entry_is_caught() {
         "{said}"
     );
     assert!(said.contains("not anchored"), "{said}");
+    assert!(
+        said.contains("signed: by trail.example+") && said.contains("compare it with the trust's"),
+        "without --key it says the key is the bundle's own: {said}"
+    );
     assert!(said.contains("checked in full"), "{said}");
 
     // January alone: no entry before it (the school's first event is seq 0), the first
@@ -426,6 +430,7 @@ fn a_pack_is_anchored_to_a_checkpoint_the_auditor_holds_and_a_rewritten_log_is_c
         ],
     );
     assert_eq!(code, 0, "{said}");
+    assert!(said.contains("the key given with --key"), "{said}");
     assert!(
         said.contains(&format!(
             "anchored: the tree at size {} extends the trusted checkpoint at size {early_size}",

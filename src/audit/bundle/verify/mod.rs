@@ -147,6 +147,10 @@ pub struct VerifyReport {
     pub completeness: Completeness,
     pub anchor: Anchor,
     pub content: ContentChecks,
+    /// The key that signed the checkpoint (`name+hexid`), and whether it was given
+    /// (`--key`) rather than taken from the bundle's own `log.pub`.
+    pub key: String,
+    pub key_given: bool,
 }
 
 impl VerifyReport {
@@ -156,6 +160,15 @@ impl VerifyReport {
             "ok: {} entries and {} records verify against {} at size {}",
             self.entries, self.records, self.origin, self.tree_size
         )];
+        out.push(if self.key_given {
+            format!("signed: by {}, the key given with --key", self.key)
+        } else {
+            format!(
+                "signed: by {}, the key in the bundle's log.pub — compare it with the trust's \
+                 published key, or pass it with --key",
+                self.key
+            )
+        });
         let period = format!(
             "from {} to {} ({} to before {})",
             self.period.from, self.period.to, self.period.from_utc, self.period.to_utc
@@ -468,6 +481,8 @@ pub fn verify(
         completeness,
         anchor,
         content,
+        key: verifier.to_short(),
+        key_given: options.key.is_some(),
     })
 }
 
