@@ -7,11 +7,12 @@
 //! internals. May not touch: the store, or write anything; the format it reads is the bundle
 //! module's.
 //!
-//! It streams: entries are read a chunk at a time and checked on all cores, `records.json` is
-//! read alongside on its own thread (`records`) in the same order (export writes each record in the order
-//! of the entry that received it), so memory stays flat whatever the bundle's size.
+//! It streams: entries are read and hashed in blocks on their own thread (`entries`) and
+//! checked on all cores; `records.json` is read alongside on its own thread (`records`) in the
+//! same order (export writes each record in the order of the entry that received it), so
+//! memory stays flat whatever the bundle's size.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -22,8 +23,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod entries;
 mod records;
 
+use entries::EntryBlocks;
 use records::RecordStream;
 
 use super::pseudonymise::plain_personal_field;
@@ -270,8 +273,6 @@ fn open(dir: &Path, name: &str) -> Result<std::fs::File, VerifyFailure> {
         .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
 }
 
-/// Entry lines read and checked at once.
-const CHUNK: usize = 4_096;
 /// Entries one worker checks in a row, remembering the nodes it has proven.
 const RUN: usize = 512;
 
@@ -320,59 +321,30 @@ pub fn verify(
     // Entries and records, streamed side by side.
     let mut records = RecordStream::spawn(dir)?;
     let mut raws = records::Batch::default();
-    let mut entries_file = BufReader::with_capacity(1 << 20, open(dir, "entries.jsonl")?);
-    let mut entries_hash = Sha256::new();
+    let mut entries = EntryBlocks::spawn(dir)?;
     let mut walk = Walk::new(&checkpoint);
     let mut content = ContentChecks::default();
     let mut record_count = 0usize;
-    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK * 2_048);
-    let mut ends: Vec<usize> = Vec::with_capacity(CHUNK);
     let mut first_line = 1;
     progress.start("entries", manifest.entries);
-    loop {
-        buffer.clear();
-        ends.clear();
-        while ends.len() < CHUNK {
-            let n = entries_file
-                .read_until(b'\n', &mut buffer)
-                .map_err(|e| fail("entries.jsonl", format!("cannot read: {}", e.kind())))?;
-            if n == 0 {
-                break;
-            }
-            ends.push(buffer.len());
-        }
-        if ends.is_empty() {
-            break;
-        }
-        let lines: Vec<&[u8]> = ends
-            .iter()
-            .scan(0, |start, &end| {
-                let line = &buffer[*start..end];
-                *start = end;
-                Some(line.strip_suffix(b"\n").unwrap_or(line))
+    while let Some(block) = entries.next_block()? {
+        let lines = block.lines();
+        // Checked on all cores while the next block is read and hashed.
+        let checked: Vec<_> = lines
+            .par_chunks(RUN)
+            .enumerate()
+            .map(|(c, run)| {
+                let mut proofs = tree::ProofVerifier::new(checkpoint.root, checkpoint.size);
+                let mut out = Vec::with_capacity(run.len());
+                for (n, line) in (first_line + c * RUN..).zip(run.iter()) {
+                    match check_entry(n, line, &mut proofs, &manifest) {
+                        Ok(e) => out.push(e),
+                        Err(f) => return (out, Some(f)),
+                    }
+                }
+                (out, None)
             })
             .collect();
-        // The file's hash is taken on one core while the entries are checked on all.
-        let ((), checked) = rayon::join(
-            || entries_hash.update(&buffer),
-            || {
-                lines
-                    .par_chunks(RUN)
-                    .enumerate()
-                    .map(|(c, run)| {
-                        let mut proofs = tree::ProofVerifier::new(checkpoint.root, checkpoint.size);
-                        let mut out = Vec::with_capacity(run.len());
-                        for (n, line) in (first_line + c * RUN..).zip(run.iter()) {
-                            match check_entry(n, line, &mut proofs, &manifest) {
-                                Ok(e) => out.push(e),
-                                Err(f) => return (out, Some(f)),
-                            }
-                        }
-                        (out, None)
-                    })
-                    .collect::<Vec<_>>()
-            },
-        );
         // In order: the first failure in the file wins.
         let mut received = Vec::new();
         for (run, failure) in checked {
@@ -386,6 +358,8 @@ pub fn verify(
         }
         first_line += lines.len();
         progress.advance(lines.len() as u64);
+        drop(lines);
+        entries.recycle(block);
 
         // Each received revision of the period has its record, next in records.json.
         records.take(received.len(), &mut raws)?;
@@ -430,7 +404,7 @@ pub fn verify(
 
     // Files: each as the manifest hashed it.
     let mut hashes: Vec<(&str, String)> = vec![
-        ("entries.jsonl", hex::encode(entries_hash.finalize())),
+        ("entries.jsonl", entries.hash()?),
         ("records.json", records_hash),
     ];
     for name in FILES {
