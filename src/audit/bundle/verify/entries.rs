@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 use super::{VerifyFailure, fail, open};
 
 /// About how many bytes a block holds (it ends at a line's end).
-const BLOCK: usize = 4 << 20;
+const BLOCK: usize = 2 << 20;
 /// Bytes asked of the file at a time.
-const READ: usize = 1 << 20;
+const READ: usize = 512 << 10;
 
 /// Whole lines of the file: `bytes`, and where each line ends (its line feed, or the end of
 /// the file for a last line without one).
@@ -56,7 +56,7 @@ pub(super) struct EntryBlocks {
 impl EntryBlocks {
     pub(super) fn spawn(dir: &Path) -> Result<Self, VerifyFailure> {
         let file = open(dir, "entries.jsonl")?;
-        let (tx, rx) = mpsc::sync_channel(2);
+        let (tx, rx) = mpsc::sync_channel(1);
         let (recycle, recycled) = mpsc::channel();
         std::thread::spawn(move || {
             let msg = match read_blocks(file, &tx, &recycled) {
@@ -114,6 +114,9 @@ fn read_blocks(
     loop {
         let mut block = recycled.try_recv().unwrap_or_default();
         block.bytes.clear();
+        // Room for a block and the reads that fill it, so it is never reallocated (a line
+        // longer than that grows it).
+        block.bytes.reserve_exact(BLOCK + 2 * READ + carry.len());
         block.ends.clear();
         block.bytes.append(&mut carry);
         let mut eof = false;

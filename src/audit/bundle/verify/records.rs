@@ -68,12 +68,12 @@ pub(super) struct RecordStream {
 }
 
 /// Records sent at once by the records thread.
-const RECORD_BATCH: usize = 1_024;
+const RECORD_BATCH: usize = 512;
 
 impl RecordStream {
     pub(super) fn spawn(dir: &Path) -> Result<Self, VerifyFailure> {
         let file = open(dir, "records.json")?;
-        let (tx, rx) = mpsc::sync_channel(4);
+        let (tx, rx) = mpsc::sync_channel(2);
         let (recycle, recycled) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = HashingReader {
