@@ -346,6 +346,10 @@ fn a_pack_proves_its_period_complete_and_every_dropped_entry_is_caught() {
         eprintln!("{name}");
         caught(t.path(), what, why);
     }
+    // A hostile manifest of megabytes is refused, not read into memory.
+    let t = copy(&jan);
+    std::fs::write(t.path().join("manifest.json"), " ".repeat(2 << 20)).unwrap();
+    caught(t.path(), "manifest.json", "larger than 1 MiB");
     let t = copy(&jan);
     drop_entry(t.path(), 3);
     caught(

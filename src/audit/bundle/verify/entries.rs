@@ -123,6 +123,12 @@ fn read_blocks(
         // Read until the block is full and holds a line's end, or the file ends.
         while block.bytes.len() < BLOCK || memchr::memrchr(b'\n', &block.bytes).is_none() {
             let len = block.bytes.len();
+            if len > super::MAX_LINE {
+                return Err(fail(
+                    "entries.jsonl",
+                    "a line longer than 64 MiB: not an entry",
+                ));
+            }
             block.bytes.resize(len + READ, 0);
             let n = loop {
                 match file.read(&mut block.bytes[len..]) {

@@ -249,8 +249,25 @@ fn fail(what: impl Into<String>, reason: impl Into<String>) -> VerifyFailure {
     }
 }
 
+/// The longest line `entries.jsonl` or `records.json` may hold: far above any entry or record
+/// (4 MiB at intake), so that a hostile file cannot make verify hold gigabytes.
+const MAX_LINE: usize = 64 << 20;
+
+/// A small file of the bundle (manifest, checkpoint, key), refused above 1 MiB so that a
+/// hostile one cannot fill memory.
 fn read(dir: &Path, name: &str) -> Result<Vec<u8>, VerifyFailure> {
-    std::fs::read(dir.join(name)).map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
+    let cannot = |e: std::io::Error| fail(name, format!("cannot read: {}", e.kind()));
+    let file = std::fs::File::open(dir.join(name)).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, (1 << 20) + 1), &mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() > 1 << 20 {
+        return Err(fail(
+            name,
+            "larger than 1 MiB: not a file of a doorstep bundle",
+        ));
+    }
+    Ok(bytes)
 }
 
 fn read_text(dir: &Path, name: &str) -> Result<String, VerifyFailure> {

@@ -211,8 +211,16 @@ fn read_records<R: BufRead>(
     let bad = |what: String| fail("records.json", what);
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+        let limit = super::MAX_LINE as u64;
+        if std::io::Read::take(&mut *reader, limit)
+            .read_until(b'\n', &mut line)
+            .map_err(io)?
+            == 0
+        {
             break;
+        }
+        if line.len() as u64 >= limit && line.last() != Some(&b'\n') {
+            return Err(bad(format!("record {n}: a line longer than 64 MiB")));
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if closed {
