@@ -833,13 +833,13 @@ impl Walk {
                 ));
             }
             if let (Some(a), Some(b)) = (p.seq, e.seq) {
-                if b != a + 1 {
+                if a.checked_add(1) != Some(b) {
                     return Err(fail(
                         e.what(),
                         format!(
                             "school_seq {b} follows {a}: {} event(s) of the school between \
                              them are missing from the bundle",
-                            b.saturating_sub(a + 1)
+                            b.saturating_sub(a.saturating_add(1))
                         ),
                     ));
                 }
@@ -894,7 +894,7 @@ impl Walk {
         };
         let until_end = if last.place == Place::After {
             None
-        } else if last.index + 1 == self.tree_size {
+        } else if last.index.checked_add(1) == Some(self.tree_size) {
             Some(TreeEnd {
                 at: last.at.clone(),
                 exported: last.exported,
