@@ -719,3 +719,51 @@ fn processes_appending_at_once_never_share_or_skip_a_number() {
         "both exports made during the ingests, and this one"
     );
 }
+
+/// Nothing panics on a bundle, however it is damaged: bytes flipped, cut or doubled anywhere
+/// in any of its files, each run ends in a verdict (almost always a failure naming a file).
+#[test]
+fn a_damaged_bundle_gets_a_verdict_never_a_panic() {
+    let (d, _) = with_history();
+    let pack = export(&d, "pack", "2026-02-01", &today(), &[]);
+    let files = [
+        "manifest.json",
+        "checkpoint",
+        "log.pub",
+        "entries.jsonl",
+        "records.json",
+        "records.csv",
+    ];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n.max(1) as u64) as usize
+    };
+    let mut failed = 0;
+    for round in 0..120 {
+        let t = copy(&pack);
+        let file = files[next(files.len())];
+        let path = t.path().join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = next(bytes.len());
+        match round % 4 {
+            0 => bytes[at] ^= 1 << next(8),
+            1 => bytes.truncate(at),
+            2 => {
+                let piece = bytes[at..(at + 1 + next(200)).min(bytes.len())].to_vec();
+                bytes.splice(at..at, piece);
+            }
+            _ => bytes[at] = [b'"', b'\\', b'\n', b'{', b'0', 0xFF][next(6)],
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let verdict = std::panic::catch_unwind(|| verify(t.path(), &VerifyOptions::default()));
+        match verdict {
+            Ok(Err(_)) => failed += 1,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("round {round}: verify panicked on a damaged {file}"),
+        }
+    }
+    assert!(failed > 100, "damage is caught: {failed} of 120");
+}
