@@ -1,4 +1,4 @@
-//! `doorstep audit …`: keygen, checkpoint, consistency, export, verify — thin shells over
+//! `doorstep audit …`: keygen, checkpoint, consistency, export, verify, prove — thin shells over
 //! `doorstep::audit`. `verify` needs no config and no database.
 
 use std::io::Write;
@@ -65,6 +65,15 @@ pub enum AuditAction {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Prove that a record text you hold (from the MIS, a printout's JSON) is exactly a
+    /// revision the log received: its content hash, the leaf, the leaf's inclusion proof and
+    /// a checkpoint signed now. Exit 0 if proven, 1 if no leaf carries its hash.
+    Prove {
+        #[arg(long, value_name = "FILE")]
+        record: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Check a bundle offline: manifest hashes, the checkpoint signature, every inclusion
     /// proof, every record's content hash, that no event of the school and period is missing,
     /// and (with --trusted-checkpoint) that the log extends a checkpoint you already hold.
@@ -126,6 +135,7 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
                 }
             }
         }
+        AuditAction::Prove { record, config } => prove(&record, &config),
         AuditAction::Checkpoint { trust, config } => {
             let deployment = required_deployment(&config)?;
             let signer = deployment.signer()?;
@@ -272,6 +282,66 @@ pub fn run(action: AuditAction) -> Result<ExitCode, Fatal> {
             })
         }
     }
+}
+
+/// `audit prove --record FILE`.
+fn prove(record: &Path, config: &ConfigArg) -> Result<ExitCode, Fatal> {
+    let deployment = required_deployment(config)?;
+    let signer = deployment.signer()?;
+    let text = read_small(record, 16 << 20)?;
+    runtime()?.block_on(async {
+        let store = deployment.open_store_for_reading().await?;
+        let found = doorstep::audit::prove::prove(&store, &signer, &text).await;
+        store.close().await;
+        match found {
+            Err(doorstep::audit::prove::ProveError::NotJson(e)) => Err(Fatal::Config(format!(
+                "{}: the record is not JSON: {e}",
+                record.display()
+            ))),
+            Err(e) => Err(Fatal::Run(e.to_string())),
+            Ok(None) => {
+                say!(
+                    "not proven: no leaf of the log carries this record's content hash — it is not a revision doorstep received (one byte of it differs, or it was never sent)"
+                );
+                Ok(ExitCode::from(1))
+            }
+            Ok(Some(p)) => {
+                say!(
+                    "proven: {} is a revision the log of {} received: leaf {} of {}",
+                    record.display(),
+                    p.trust,
+                    p.index,
+                    p.size
+                );
+                say!("content hash (SHA-256 of its RFC 8785 text): {}", p.content_hash);
+                say!("leaf {}: {}", p.index, p.leaf);
+                say!("inclusion proof (RFC 9162), leaf to root:");
+                for h in &p.proof {
+                    say!("{}", hex::encode(h));
+                }
+                say!("checkpoint:");
+                say_raw!("{}", p.checkpoint);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+/// A file read whole, refused above `limit` bytes.
+fn read_small(path: &Path, limit: u64) -> Result<String, Fatal> {
+    let cannot = |e: std::io::Error| Fatal::Config(format!("{}: {}", path.display(), e.kind()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, limit + 1), &mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > limit {
+        return Err(Fatal::Config(format!(
+            "{}: larger than {} MiB: not one record",
+            path.display(),
+            limit >> 20
+        )));
+    }
+    Ok(text)
 }
 
 /// `--key`: a verifier key, or a file holding one.

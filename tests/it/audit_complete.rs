@@ -767,3 +767,57 @@ fn a_damaged_bundle_gets_a_verdict_never_a_panic() {
     }
     assert!(failed > 100, "damage is caught: {failed} of 120");
 }
+
+/// `audit prove --record`: the original text of a received record is proven (laid out any
+/// way: it is canonicalised), with a leaf, proof and checkpoint that check out; a one-byte
+/// change is refused, exit 1.
+#[test]
+fn a_record_someone_holds_is_proven_received_and_a_changed_byte_is_not() {
+    let (d, verifier) = with_history();
+    let original =
+        std::fs::read_to_string(harness::fixture("valid/celt-flag-outside-visit.json")).unwrap();
+    d.write("held.json", &original);
+    let out = d
+        .command("audit prove", &["--record", "held.json"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with("proven: held.json is a revision the log of celt received"),
+        "{said}"
+    );
+    // The checkpoint it prints is signed by the trust's key, and the leaf it names carries the
+    // record's content hash.
+    let note = &said[said.find("checkpoint:\n").unwrap() + "checkpoint:\n".len()..];
+    let key = doorstep::audit::Verifier::parse(&verifier).unwrap();
+    let body = key.open(note).unwrap();
+    assert!(body.starts_with("trail.example/celt\n"), "{body}");
+    let value: Value = serde_json::from_str(&original).unwrap();
+    let hash = hex::encode(Sha256::digest(doorstep::records::canonical_json(&value)));
+    assert!(
+        said.contains(&format!("\"content_hash\":\"{hash}\"")),
+        "{said}"
+    );
+    // Compact, re-ordered by a tool: the same record.
+    d.write("compact.json", &value.to_string());
+    d.run("audit prove", &["--record", "compact.json"]).code(0);
+    // One byte changed.
+    let changed = original.replacen("\"revision\": 1", "\"revision\": 2", 1);
+    assert_ne!(changed, original);
+    d.write("changed.json", &changed);
+    let out = d
+        .command("audit prove", &["--record", "changed.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("not proven"));
+    // Not JSON at all: a usage error naming the file.
+    d.write("junk.json", "{not json");
+    let out = d
+        .command("audit prove", &["--record", "junk.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.json"));
+}
