@@ -180,17 +180,7 @@ struct Exported {
 /// Ingests the valid and policy fixtures, with a signing key, and exports CELT school 136401.
 fn exported(pseudonymise: bool) -> Exported {
     let mut d = harness::Deployment::new();
-    d.add_config("[audit]\nsigning_key = { file = \"keys/log.key\" }\n");
-    let out = d
-        .run(
-            "audit keygen",
-            &["--name", "trail.example", "--out", "keys/log.key"],
-        )
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let verifier = String::from_utf8(out).unwrap().trim().to_owned();
+    let verifier = d.with_signing_key();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(d.path("keys/log.key"))
             .unwrap()

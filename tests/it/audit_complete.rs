@@ -23,17 +23,7 @@ const SCHOOL: &str = "136401";
 /// today.
 fn with_history() -> (Deployment, String) {
     let mut d = Deployment::new();
-    d.add_config("[audit]\nsigning_key = { file = \"keys/log.key\" }\n");
-    let out = d
-        .run(
-            "audit keygen",
-            &["--name", "trail.example", "--out", "keys/log.key"],
-        )
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let verifier = String::from_utf8(out).unwrap().trim().to_owned();
+    let verifier = d.with_signing_key();
     let january = |at: &str, school: &str| {
         let mut e = Event::new(EventType::Delivered, at, "celt");
         e.school = Some(school.to_owned());
@@ -80,10 +70,16 @@ fn today() -> String {
         .to_string()
 }
 
+/// `--trust celt --school 136401 --from FROM --to TO`.
+fn period_args<'a>(from: &'a str, to: &'a str) -> Vec<&'a str> {
+    vec![
+        "--trust", "celt", "--school", SCHOOL, "--from", from, "--to", to,
+    ]
+}
+
 fn export(d: &Deployment, out: &str, from: &str, to: &str, extra: &[&str]) -> std::path::PathBuf {
-    let mut args = vec![
-        "--trust", "celt", "--school", SCHOOL, "--from", from, "--to", to, "--out", out,
-    ];
+    let mut args = period_args(from, to);
+    args.extend_from_slice(&["--out", out]);
     args.extend_from_slice(extra);
     d.run("audit export", &args).code(0);
     d.path(out)
@@ -462,26 +458,15 @@ fn a_pack_is_anchored_to_a_checkpoint_the_auditor_holds_and_a_rewritten_log_is_c
     forked.add_config("[audit]\nsigning_key = { file = \"keys/log.key\" }\n");
     revision(&forked, 2, "completed");
     revision(&forked, 3, "completed");
-    let refused = forked
-        .command(
-            "audit export",
-            &[
-                "--trust",
-                "celt",
-                "--school",
-                SCHOOL,
-                "--from",
-                "2026-02-01",
-                "--to",
-                &today,
-                "--out",
-                "forged",
-                "--prove-from",
-                d.path("early.cp").to_str().unwrap(),
-            ],
-        )
-        .output()
-        .unwrap();
+    let early_cp = d.path("early.cp");
+    let mut args = period_args("2026-02-01", &today);
+    args.extend([
+        "--out",
+        "forged",
+        "--prove-from",
+        early_cp.to_str().unwrap(),
+    ]);
+    let refused = forked.command("audit export", &args).output().unwrap();
     assert_ne!(refused.status.code(), Some(0));
     // …and a forged bundle carrying the true log's proof, re-hashed, is caught.
     let forged = export(&forked, "forged2", "2026-02-01", &today, &[]);
@@ -665,16 +650,7 @@ fn processes_appending_at_once_never_share_or_skip_a_number() {
         let (verb, rest) = args.split_first().unwrap();
         let mut all: Vec<&str> = rest.to_vec();
         if verb.starts_with("audit") {
-            all.extend([
-                "--trust",
-                "celt",
-                "--school",
-                SCHOOL,
-                "--from",
-                "2026-02-01",
-                "--to",
-                &today,
-            ]);
+            all.extend(period_args("2026-02-01", &today));
         }
         // Built first, all of them: building one rewrites the config file the others read.
         running.push((verb.to_string(), d.command(verb, &all)));

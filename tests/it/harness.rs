@@ -173,6 +173,22 @@ impl Deployment {
         self
     }
 
+    /// A signing key for the evidence trail: `[audit] signing_key` names `keys/log.key`,
+    /// made by `audit keygen --name trail.example`; returns its verifier key.
+    pub fn with_signing_key(&mut self) -> String {
+        self.add_config("[audit]\nsigning_key = { file = \"keys/log.key\" }\n");
+        let out = self
+            .run(
+                "audit keygen",
+                &["--name", "trail.example", "--out", "keys/log.key"],
+            )
+            .code(0)
+            .get_output()
+            .stdout
+            .clone();
+        String::from_utf8(out).unwrap().trim().to_owned()
+    }
+
     // ---- Files --------------------------------------------------------------------
 
     pub fn path(&self, p: &str) -> PathBuf {
