@@ -1,15 +1,15 @@
 //! `entries.jsonl`, read and hashed on its own thread while `verify` checks what it has read:
 //! blocks of whole lines, in file order, each block's buffer sent back to be filled again, so
 //! reading, hashing and checking overlap and memory stays flat.
-//! Owns: [`EntryBlocks`], [`Block`]. May not touch: what an entry is checked for (the parent's
+//! Owns: [`EntryBlocks`] (a `pipe::Pipe` of [`Block`]s), [`Block`]. May not touch: what an entry is checked for (the parent's
 //! `check_entry`).
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
+use super::pipe::{Outbox, Pipe, Reusable};
 use super::{VerifyFailure, fail, open};
 
 /// About how many bytes a block holds (it ends at a line's end).
@@ -40,84 +40,37 @@ impl Block {
     }
 }
 
-enum Msg {
-    Block(Block),
-    Failed(VerifyFailure),
-    /// The end of the file, with its SHA-256 (hex).
-    Done(String),
+impl Reusable for Block {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
 }
 
-pub(super) struct EntryBlocks {
-    rx: mpsc::Receiver<Msg>,
-    recycle: mpsc::Sender<Block>,
-    hash: Option<String>,
-}
+/// `entries.jsonl` as blocks of whole lines, read and hashed on their own thread.
+pub(super) type EntryBlocks = Pipe<Block>;
 
-impl EntryBlocks {
-    pub(super) fn spawn(dir: &Path) -> Result<Self, VerifyFailure> {
-        let file = open(dir, "entries.jsonl")?;
-        let (tx, rx) = mpsc::sync_channel(1);
-        let (recycle, recycled) = mpsc::channel();
-        std::thread::spawn(move || {
-            let msg = match read_blocks(file, &tx, &recycled) {
-                Ok(Some(hash)) => Msg::Done(hash),
-                Ok(None) => return,
-                Err(f) => Msg::Failed(f),
-            };
-            let _ = tx.send(msg);
-        });
-        Ok(Self {
-            rx,
-            recycle,
-            hash: None,
-        })
-    }
-
-    /// The next block of lines; `None` at the end of the file.
-    pub(super) fn next_block(&mut self) -> Result<Option<Block>, VerifyFailure> {
-        if self.hash.is_some() {
-            return Ok(None);
-        }
-        match self.rx.recv() {
-            Ok(Msg::Block(b)) => Ok(Some(b)),
-            Ok(Msg::Done(hash)) => {
-                self.hash = Some(hash);
-                Ok(None)
-            }
-            Ok(Msg::Failed(f)) => Err(f),
-            Err(_) => Err(fail("entries.jsonl", "could not be read to its end")),
-        }
-    }
-
-    /// Gives a block's buffer back to be filled again.
-    pub(super) fn recycle(&self, block: Block) {
-        let _ = self.recycle.send(block);
-    }
-
-    /// The file's SHA-256 (hex), once every block was taken.
-    pub(super) fn hash(&self) -> Result<String, VerifyFailure> {
-        self.hash
-            .clone()
-            .ok_or_else(|| fail("entries.jsonl", "was not read to its end"))
-    }
+/// Starts reading `entries.jsonl`.
+pub(super) fn spawn(dir: &Path) -> Result<EntryBlocks, VerifyFailure> {
+    let file = open(dir, "entries.jsonl")?;
+    Ok(Pipe::spawn("entries.jsonl", 1, move |out| {
+        read_blocks(file, out)
+    }))
 }
 
 /// Reads the file in blocks of whole lines, hashing as it reads; the hash at the end, `None`
 /// when the verifier stopped listening.
 fn read_blocks(
     mut file: std::fs::File,
-    tx: &mpsc::SyncSender<Msg>,
-    recycled: &mpsc::Receiver<Block>,
+    out: &Outbox<Block>,
 ) -> Result<Option<String>, VerifyFailure> {
     let mut hash = Sha256::new();
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        let mut block = recycled.try_recv().unwrap_or_default();
-        block.bytes.clear();
+        let mut block = out.fresh();
         // Room for a block and the reads that fill it, so it is never reallocated (a line
         // longer than that grows it).
         block.bytes.reserve_exact(BLOCK + 2 * READ + carry.len());
-        block.ends.clear();
         block.bytes.append(&mut carry);
         let mut eof = false;
         // Read until the block is full and holds a line's end, or the file ends.
@@ -157,7 +110,7 @@ fn read_blocks(
         if block.ends.last().map_or(0, |&e| e + 1) < block.bytes.len() {
             block.ends.push(block.bytes.len()); // a last line without a line feed
         }
-        if !block.ends.is_empty() && tx.send(Msg::Block(block)).is_err() {
+        if !block.ends.is_empty() && !out.send(block) {
             return Ok(None);
         }
         if eof {
@@ -184,10 +137,10 @@ mod tests {
         }
         text.push_str("last without a line feed");
         std::fs::write(dir.path().join("entries.jsonl"), &text).unwrap();
-        let mut blocks = EntryBlocks::spawn(dir.path()).unwrap();
+        let mut blocks = spawn(dir.path()).unwrap();
         let mut got = Vec::new();
         let mut count = 0;
-        while let Some(b) = blocks.next_block().unwrap() {
+        while let Some(b) = blocks.next().unwrap() {
             count += 1;
             got.extend(
                 b.lines()

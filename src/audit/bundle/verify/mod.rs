@@ -26,12 +26,12 @@ use sha2::{Digest, Sha256};
 
 mod anchor;
 mod entries;
+mod pipe;
 mod records;
 mod report;
 mod walk;
 
 use anchor::check_anchor;
-use entries::EntryBlocks;
 use records::RecordStream;
 pub use report::{Anchor, Completeness, ContentChecks, TreeEnd, VerifyReport};
 use walk::{CheckedEntry, Place, Walk};
@@ -194,13 +194,13 @@ pub fn verify(
     // Entries and records, streamed side by side.
     let mut records = RecordStream::spawn(dir)?;
     let mut raws = records::Batch::default();
-    let mut entries = EntryBlocks::spawn(dir)?;
+    let mut entries = entries::spawn(dir)?;
     let mut walk = Walk::new(&checkpoint);
     let mut content = ContentChecks::default();
     let mut record_count = 0usize;
     let mut first_line = 1;
     progress.start("entries", manifest.entries);
-    while let Some(block) = entries.next_block()? {
+    while let Some(block) = entries.next()? {
         let lines = block.lines();
         // Checked on all cores while the next block is read and hashed.
         let checked: Vec<_> = lines

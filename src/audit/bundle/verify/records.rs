@@ -1,19 +1,19 @@
 //! `records.json`, read on its own thread while `verify` checks entries: the file hashed as
 //! it is read, its records handed over in batches in file order — by lines when it is in the
-//! layout `export` writes, else parsed as a stream — with used batches sent back to be filled
-//! again, so memory stays flat.
+//! layout `export` writes, else parsed as a stream — through a `pipe::Pipe`, so used batches
+//! are filled again and memory stays flat.
 //! Owns: [`RecordStream`], [`Batch`], [`HashingReader`]. May not touch: what a record is
 //! checked against (the parent's `check_record`).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::sync::mpsc;
 
 use serde::de::{SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::pipe::{Outbox, Pipe, Reusable};
 use super::{VerifyFailure, fail, open};
 
 /// Records' texts in one buffer, one after another.
@@ -41,30 +41,20 @@ impl Batch {
         self.bytes.extend_from_slice(record);
         self.ends.push(self.bytes.len());
     }
+}
 
+impl Reusable for Batch {
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
     }
 }
 
-/// What the records thread sends.
-enum RecordMsg {
-    Records(Batch),
-    Failed(VerifyFailure),
-    /// The end of the array (and whether anything follows it), with the file's SHA-256.
-    Done(String),
-}
-
-/// `records.json`, read and hashed on its own thread, one record at a time in file order.
+/// `records.json`, read and hashed on its own thread, taken a record at a time in file order.
 pub(super) struct RecordStream {
-    rx: mpsc::Receiver<RecordMsg>,
-    /// Batches used up, sent back to be filled again: buffers are reused, never freed by
-    /// another thread than the one that made them.
-    recycle: mpsc::Sender<Batch>,
+    pipe: Pipe<Batch>,
     /// Batches received, each with the next record to take from it.
     ready: VecDeque<(Batch, usize)>,
-    done: Option<String>,
 }
 
 /// Records sent at once by the records thread.
@@ -73,33 +63,23 @@ const RECORD_BATCH: usize = 512;
 impl RecordStream {
     pub(super) fn spawn(dir: &Path) -> Result<Self, VerifyFailure> {
         let file = open(dir, "records.json")?;
-        let (tx, rx) = mpsc::sync_channel(2);
-        let (recycle, recycled) = mpsc::channel();
-        std::thread::spawn(move || {
+        let pipe = Pipe::spawn("records.json", 2, move |out| {
             let mut reader = HashingReader {
                 inner: BufReader::with_capacity(1 << 20, file),
                 hash: Sha256::new(),
             };
-            let out = Outbox { tx, recycled };
-            let sent = read_records(&mut reader, &out);
-            let tx = out.tx;
-            let msg = match sent {
-                Ok(()) => RecordMsg::Done(hex::encode(reader.hash.finalize())),
-                Err(f) => RecordMsg::Failed(f),
-            };
-            let _ = tx.send(msg);
+            read_records(&mut reader, out)?;
+            Ok(Some(hex::encode(reader.hash.finalize())))
         });
         Ok(Self {
-            rx,
-            recycle,
+            pipe,
             ready: VecDeque::new(),
-            done: None,
         })
     }
 
     /// Up to `n` next records into `out` (fewer only at the end of the file).
     pub(super) fn take(&mut self, n: usize, out: &mut Batch) -> Result<(), VerifyFailure> {
-        out.clear();
+        Reusable::clear(out);
         while out.len() < n {
             if let Some((batch, next)) = self.ready.front_mut() {
                 while *next < batch.len() && out.len() < n {
@@ -109,18 +89,13 @@ impl RecordStream {
                 if *next == batch.len()
                     && let Some((used, _)) = self.ready.pop_front()
                 {
-                    let _ = self.recycle.send(used);
+                    self.pipe.recycle(used);
                 }
                 continue;
             }
-            if self.done.is_some() {
-                break;
-            }
-            match self.rx.recv() {
-                Ok(RecordMsg::Records(batch)) => self.ready.push_back((batch, 0)),
-                Ok(RecordMsg::Failed(f)) => return Err(f),
-                Ok(RecordMsg::Done(hash)) => self.done = Some(hash),
-                Err(_) => return Err(fail("records.json", "could not be read to its end")),
+            match self.pipe.next()? {
+                Some(batch) => self.ready.push_back((batch, 0)),
+                None => break,
             }
         }
         Ok(())
@@ -131,36 +106,18 @@ impl RecordStream {
         let mut one = Batch::default();
         self.take(1, &mut one)?;
         let extra = !one.is_empty();
-        let hash = match self.done.take() {
-            Some(h) => h,
-            None => loop {
-                match self.rx.recv() {
-                    Ok(RecordMsg::Done(h)) => break h,
-                    Ok(RecordMsg::Failed(f)) => return Err(f),
-                    Ok(RecordMsg::Records(_)) => continue,
-                    Err(_) => return Err(fail("records.json", "could not be read to its end")),
-                }
-            },
-        };
-        Ok((extra, hash))
+        // Past a left-over record, read on to the end for the hash.
+        while let Some(batch) = self.pipe.next()? {
+            self.pipe.recycle(batch);
+        }
+        Ok((extra, self.pipe.hash()?))
     }
 }
 
-/// Where the records thread sends full batches, and gets used ones back to fill.
-struct Outbox {
-    tx: mpsc::SyncSender<RecordMsg>,
-    recycled: mpsc::Receiver<Batch>,
-}
-
-impl Outbox {
-    /// Sends the batch and leaves an empty one (a used one if any came back) in its place;
-    /// false if the verifier has stopped listening.
-    fn send(&self, batch: &mut Batch) -> bool {
-        let mut next = self.recycled.try_recv().unwrap_or_default();
-        next.clear();
-        let full = std::mem::replace(batch, next);
-        self.tx.send(RecordMsg::Records(full)).is_ok()
-    }
+/// Sends a full batch and puts an empty one in its place; false once `verify` stopped.
+fn send(out: &Outbox<Batch>, batch: &mut Batch) -> bool {
+    let full = std::mem::replace(batch, out.fresh());
+    out.send(full)
 }
 
 /// A reader that hashes what passes through it.
@@ -196,7 +153,7 @@ impl<R: BufRead> BufRead for HashingReader<R> {
 /// a JSON array (a re-formatted file) is parsed as a stream.
 fn read_records<R: BufRead>(
     reader: &mut HashingReader<R>,
-    out: &Outbox,
+    out: &Outbox<Batch>,
 ) -> Result<(), VerifyFailure> {
     let io = |e: std::io::Error| fail("records.json", format!("cannot read: {}", e.kind()));
     let head = reader.fill_buf().map_err(io)?;
@@ -256,7 +213,7 @@ fn read_records<R: BufRead>(
         };
         batch.push(record);
         n += 1;
-        if batch.len() == RECORD_BATCH && !out.send(&mut batch) {
+        if batch.len() == RECORD_BATCH && !send(out, &mut batch) {
             return Ok(());
         }
     }
@@ -264,7 +221,7 @@ fn read_records<R: BufRead>(
         return Err(bad("the array does not end".into()));
     }
     if !batch.is_empty() {
-        out.send(&mut batch);
+        send(out, &mut batch);
     }
     Ok(())
 }
@@ -272,9 +229,9 @@ fn read_records<R: BufRead>(
 /// Any layout of a JSON array, parsed as a stream: each element's text sent as it is read.
 fn parse_records<R: BufRead>(
     reader: &mut HashingReader<R>,
-    out: &Outbox,
+    out: &Outbox<Batch>,
 ) -> Result<(), VerifyFailure> {
-    struct Elements<'a>(&'a Outbox);
+    struct Elements<'a>(&'a Outbox<Batch>);
 
     impl<'de> Visitor<'de> for Elements<'_> {
         type Value = ();
@@ -287,11 +244,11 @@ fn parse_records<R: BufRead>(
             let mut batch = Batch::default();
             while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
                 batch.push(raw.get().as_bytes());
-                if batch.len() == RECORD_BATCH && !self.0.send(&mut batch) {
+                if batch.len() == RECORD_BATCH && !send(self.0, &mut batch) {
                     return Err(serde::de::Error::custom("the verifier stopped"));
                 }
             }
-            self.0.send(&mut batch);
+            send(self.0, &mut batch);
             Ok(())
         }
     }
