@@ -230,10 +230,7 @@ pub async fn export<S: crate::store::DeliveryStore>(
         };
         start = last + 1;
         for (index, leaf) in page {
-            let when: When = serde_json::from_str(&leaf).map_err(|e| ExportError::Io {
-                path: PathBuf::from(format!("(the store's audit leaf {}/{index})", req.trust)),
-                reason: format!("not an event: {e}"),
-            })?;
+            let when = When::of(&req.trust, index, &leaf)?;
             if compare(&when.at, &period.from_utc).is_lt() {
                 if !in_period {
                     before = Some((index, leaf));
@@ -335,10 +332,7 @@ async fn closing_size<S: Store>(
     let Some((index, leaf)) = last else {
         return Ok(size);
     };
-    let when: When = serde_json::from_str(&leaf).map_err(|e| ExportError::Io {
-        path: PathBuf::from(format!("(the store's audit leaf {}/{index})", req.trust)),
-        reason: format!("not an event: {e}"),
-    })?;
+    let when = When::of(&req.trust, index, &leaf)?;
     Ok(if compare(&when.at, &period.to_utc).is_lt() {
         index + 1
     } else {
@@ -392,6 +386,16 @@ struct When<'a> {
     at: std::borrow::Cow<'a, str>,
     #[serde(default)]
     school_seq: Option<u64>,
+}
+
+impl<'a> When<'a> {
+    /// Leaf `index` of `trust`'s log read; one that does not read is a damaged store.
+    fn of(trust: &str, index: u64, leaf: &'a str) -> Result<Self, ExportError> {
+        serde_json::from_str(leaf).map_err(|e| ExportError::Io {
+            path: PathBuf::from(format!("(the store's audit leaf {trust}/{index})")),
+            reason: format!("not an event: {e}"),
+        })
+    }
 }
 
 /// What has been written so far.

@@ -354,21 +354,30 @@ impl SqliteStore {
             #[serde(borrow)]
             school: Option<std::borrow::Cow<'a, str>>,
         }
-        let bundles: Vec<String> =
-            sqlx::query_scalar("SELECT leaves FROM audit_bundles WHERE trust = ?1 ORDER BY n")
-                .bind(trust)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(self.db_err())?;
         let mut tail = Tail::default();
-        for (i, leaf) in bundles.iter().flat_map(|b| b.split('\n')).enumerate() {
-            let old: Old = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
-                location: self.path.display().to_string(),
-                reason: format!("audit leaf {trust}/{i} is not an event: {e}"),
-            })?;
-            let mut e = Event::new(crate::trail::EventType::Received, &old.at, trust);
-            e.school = old.school.map(std::borrow::Cow::into_owned);
-            tail.sequence(std::slice::from_ref(&e));
+        {
+            // A bundle of 256 leaves at a time, not the whole log.
+            let mut rows = sqlx::query_scalar::<_, String>(
+                "SELECT leaves FROM audit_bundles WHERE trust = ?1 ORDER BY n",
+            )
+            .bind(trust)
+            .fetch(&mut *conn);
+            let mut i = 0u64;
+            while let Some(bundle) = futures_util::TryStreamExt::try_next(&mut rows)
+                .await
+                .map_err(self.db_err())?
+            {
+                for leaf in bundle.split('\n') {
+                    let old: Old = serde_json::from_str(leaf).map_err(|e| StoreError::Io {
+                        location: self.path.display().to_string(),
+                        reason: format!("audit leaf {trust}/{i} is not an event: {e}"),
+                    })?;
+                    let mut e = Event::new(crate::trail::EventType::Received, &old.at, trust);
+                    e.school = old.school.map(std::borrow::Cow::into_owned);
+                    tail.sequence(std::slice::from_ref(&e));
+                    i += 1;
+                }
+            }
         }
         self.save_tail(conn, trust, &tail).await?;
         sqlx::query("UPDATE audit_logs SET numbered = 1 WHERE trust = ?1")
