@@ -10,7 +10,9 @@ use crate::store::rules::{DeliveryState, ExceptionState, REPLAYED_TO};
 use std::future::Future;
 
 use crate::store::deliveries::DeliveryStore;
-use crate::store::{IngestOutcome, IntakeBatch, IntakeFacts, NewRecord, Store, StoreError};
+use crate::store::{
+    IngestOutcome, IntakeBatch, IntakeFacts, NewRecord, PurgePage, PurgedRevision, Store, StoreError,
+};
 
 /// The events of one intake batch: what was stored (and the exceptions it raised),
 /// exceptions resolved, conflicts, and rejections that name a well-formed trust.
@@ -134,6 +136,23 @@ pub fn replayed(replayed: &[Replayed], at: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The events of one purge page: a `purged` event per revision whose content left the
+/// store, with the content hash the trail keeps proving it by.
+pub fn purged(trust: &str, purged: &[PurgedRevision], at: &str) -> Vec<Event> {
+    purged
+        .iter()
+        .map(|p| {
+            let mut e = Event::new(EventType::Purged, at, trust);
+            e.school = Some(p.school.clone());
+            e.kind = Some(p.kind.clone());
+            e.record_id = Some(p.id.clone());
+            e.revision = Some(p.revision);
+            e.content_hash = Some(p.content_hash.clone());
+            e
+        })
+        .collect()
+}
+
 /// A store that writes intake with the trail's events: `ingest` is
 /// [`Store::ingest_with_trail`] with [`intake`]. Every [`Store`] is one.
 pub trait TrailedStore: Store {
@@ -144,6 +163,17 @@ pub trait TrailedStore: Store {
         batch: &IntakeBatch,
     ) -> impl Future<Output = Result<Vec<IngestOutcome>, StoreError>> + Send {
         self.ingest_with_trail(batch, &intake)
+    }
+
+    /// [`Store::purge_with_trail`] with the trail's `purged` events ([`purged`]).
+    fn purge(
+        &self,
+        trust: &str,
+        cutoff: &str,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<PurgePage, StoreError>> + Send {
+        self.purge_with_trail(trust, cutoff, after, limit, &purged)
     }
 }
 

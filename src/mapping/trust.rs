@@ -36,7 +36,22 @@ pub struct TrustFile {
     pub time_zone: Option<String>,
     #[serde(default)]
     pub schools: Vec<SchoolEntry>,
+    /// How long the store keeps a record's content once it is safely delivered.
+    #[serde(default)]
+    pub retention: Option<Retention>,
 }
+
+/// `[retention]` in `trust.toml` (SPEC §6): after `content_days` days delivered to every
+/// destination, a revision's content is purged (`doorstep purge`, and daily in `serve`);
+/// the trail keeps its kind, id, revision, content hash, school and times. Absent: kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub content_days: u32,
+}
+
+/// The longest retention a trust may set (a hundred years): beyond it, a date overflows.
+pub const MAX_CONTENT_DAYS: u32 = 36_500;
 
 /// One trust: its schools, each school's place, and its policy.
 #[derive(Debug, Clone)]
@@ -130,6 +145,14 @@ pub fn load_trust(folder: &Path, default_tz: chrono_tz::Tz) -> Result<Trust, Map
         ));
     }
     let file: TrustFile = read_toml(&path)?;
+    if let Some(r) = file.retention
+        && r.content_days > MAX_CONTENT_DAYS
+    {
+        return Err(invalid(
+            "retention.content_days".into(),
+            "at most 36500 days (0: purge as soon as delivered everywhere)",
+        ));
+    }
     let zone = |key: String, name: &Option<String>, fallback: chrono_tz::Tz| match name {
         None => Ok(fallback),
         Some(n) => n

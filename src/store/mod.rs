@@ -199,7 +199,57 @@ pub struct StoredRevision {
     pub school: String,
     pub content_hash: String,
     pub received_at: String,
+    /// Empty once purged.
     pub canonical: String,
+    /// When retention purged its content (`None` while it is held).
+    pub purged_at: Option<String>,
+}
+
+/// A revision whose content a purge emptied: what the trail still needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgedRevision {
+    pub kind: String,
+    pub id: String,
+    pub revision: u32,
+    pub school: String,
+    pub content_hash: String,
+}
+
+/// One page of a purge: what it emptied, and where the next page starts (`None` once the
+/// scan has reached the end of the trust's revisions).
+#[derive(Debug, Clone, Default)]
+pub struct PurgePage {
+    pub purged: Vec<PurgedRevision>,
+    pub next: Option<i64>,
+}
+
+/// Makes a purge page's evidence-trail events: (trust, what was purged, when).
+pub type PurgeTrail<'a> = &'a (dyn Fn(&str, &[PurgedRevision], &str) -> Vec<Event> + Sync);
+
+/// Where a revision was sent, as the exporter shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DeliveredTo {
+    pub destination: String,
+    pub state: String,
+    pub delivered_at: Option<String>,
+}
+
+/// A record's current revision as the exporter reads it: the stored text (or `None` once
+/// purged), where it was delivered, and the rules its exceptions name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentRevision {
+    /// The store's order of the row, to read on after it.
+    pub seq: i64,
+    pub kind: Kind,
+    pub id: String,
+    pub revision: u32,
+    pub school: String,
+    pub content_hash: String,
+    pub received_at: String,
+    pub canonical: Option<String>,
+    pub deliveries: Vec<DeliveredTo>,
+    /// Rule ids of the exceptions raised on this revision.
+    pub exceptions: Vec<String>,
 }
 
 /// The store, whichever database is behind it.
@@ -278,7 +328,33 @@ pub trait Store: Send + Sync {
         keys: &[(String, String, u32)],
     ) -> impl Future<Output = Result<Vec<(String, String, StoredException)>, StoreError>> + Send;
 
-    /// Every stored revision of a record, oldest first, as canonical JSON.
+    /// Empties the content of up to `limit` of `trust`'s revisions (after row `after`, in
+    /// the store's order) that were received and routed before `cutoff` and each of whose
+    /// deliveries was delivered before it — none pending, in flight, retrying or dead —
+    /// keeping kind, id, revision, content hash, school and times; appends the events
+    /// `trail` makes of them in the same transaction.
+    fn purge_with_trail(
+        &self,
+        trust: &str,
+        cutoff: &str,
+        after: i64,
+        limit: usize,
+        trail: PurgeTrail<'_>,
+    ) -> impl Future<Output = Result<PurgePage, StoreError>> + Send;
+
+    /// Up to `limit` current revisions of one kind at one school, after row `after`, in the
+    /// store's order.
+    fn current_revisions(
+        &self,
+        trust: &str,
+        school: &str,
+        kind: Kind,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<CurrentRevision>, StoreError>> + Send;
+
+    /// Every stored revision of a record, oldest first, as canonical JSON (empty text for
+    /// a revision whose content was purged).
     fn revisions(
         &self,
         trust: &str,

@@ -28,6 +28,9 @@ pub enum EventType {
     DeadLettered,
     /// A dead letter was put back to be sent.
     Replayed,
+    /// A revision's content left the store under the trust's retention (`purge`): its
+    /// kind, id, revision, content hash and times stay.
+    Purged,
 }
 
 /// One event of a trust's log. The fields are declared in the order RFC 8785 sorts their
@@ -36,17 +39,29 @@ pub enum EventType {
 pub struct Event {
     /// When it happened (RFC 3339, UTC).
     pub at: String,
+    /// Who ran a records export: `os:<user>` or `key:<public id>` (never a name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// SHA-256 (hex) of the record's RFC 8785 canonical content.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_hash: Option<String>,
+    /// A records export's counts, by record kind.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counts: std::collections::BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
     pub event: EventType,
+    /// A records export's format (`jsonl`, `csv`, `chronology`, `html`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// SHA-256 (hex) of the record's non-personal projection (`records::personal`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub projection_hash: Option<String>,
+    /// Why records were exported: a reason code (`referral`, `subject_access`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,6 +95,10 @@ impl Event {
             rules: Vec::new(),
             content_hash: None,
             projection_hash: None,
+            by: None,
+            counts: std::collections::BTreeMap::new(),
+            format: None,
+            reason: None,
         }
     }
 
@@ -115,6 +134,10 @@ mod tests {
         e.content_hash = Some("ab".repeat(32));
         e.projection_hash = Some("cd".repeat(32));
         e.school_seq = Some(7);
+        e.by = Some("os:dsl1".into());
+        e.counts = [("incident".to_owned(), 2), ("visit_report".to_owned(), 3)].into();
+        e.format = Some("chronology".into());
+        e.reason = Some("referral".into());
         let leaf = e.leaf();
         assert_eq!(canonical_json(&serde_json::from_str(&leaf).unwrap()), leaf);
         assert!(leaf.starts_with(r#"{"at":"2026-11-24T22:02:02.621799Z","content_hash":"#));

@@ -12,6 +12,7 @@ mod keys;
 pub mod lock;
 mod lookups;
 mod records;
+mod retention;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

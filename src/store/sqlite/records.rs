@@ -7,7 +7,7 @@ use super::{Col, INSERT_ROWS, SqliteStore, json_param, now};
 use crate::records::Kind;
 use crate::store::rules::{self, ExceptionState, Key, KeyState};
 use crate::store::{
-    ClosedException, ExceptionCount, IngestOutcome, IntakeBatch, IntakeFacts, IntakeTrail,
+    ClosedException, CurrentRevision, ExceptionCount, PurgePage, PurgeTrail, IngestOutcome, IntakeBatch, IntakeFacts, IntakeTrail,
     RaisedException, RecordCount, RuleCount, StatusReport, Store, StoreError, StoredException,
     StoredRevision,
 };
@@ -415,7 +415,7 @@ impl Store for SqliteStore {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(20_000) {
             let rows = sqlx::query(
-                "SELECT r.kind, r.id, r.revision, r.school_urn, r.content_hash, r.received_at, r.content \
+                "SELECT r.kind, r.id, r.revision, r.school_urn, r.content_hash, r.received_at, r.content, r.purged_at \
                  FROM (SELECT value ->> 0 AS kind, value ->> 1 AS id, value ->> 2 AS revision \
                    FROM json_each(?2)) AS k CROSS JOIN records AS r \
                  WHERE r.trust = ?1 AND r.kind = k.kind AND r.id = k.id AND r.revision = k.revision \
@@ -437,6 +437,7 @@ impl Store for SqliteStore {
                             content_hash: r.col(4)?,
                             received_at: r.col(5)?,
                             canonical: r.col(6)?,
+                            purged_at: r.col(7)?,
                         })
                     })()
                     .map_err(self.undecoded())?,
@@ -488,6 +489,29 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    async fn purge_with_trail(
+        &self,
+        trust: &str,
+        cutoff: &str,
+        after: i64,
+        limit: usize,
+        trail: PurgeTrail<'_>,
+    ) -> Result<PurgePage, StoreError> {
+        self.sql_purge(trust, cutoff, after, limit, trail).await
+    }
+
+    async fn current_revisions(
+        &self,
+        trust: &str,
+        school: &str,
+        kind: Kind,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<CurrentRevision>, StoreError> {
+        self.sql_current_revisions(trust, school, kind, after, limit)
+            .await
     }
 
     async fn revisions(
