@@ -34,11 +34,13 @@ pub fn cutoff(now: DateTime<Utc>, content_days: u32) -> DateTime<Utc> {
 }
 
 /// Purges every trust that sets `[retention]` (or only `only`), a page per transaction;
-/// trusts without it are left alone and not listed.
+/// trusts without it are left alone and not listed. `days` (an operator's explicit
+/// `purge --content-days N`) stands in for each chosen trust's own setting.
 pub async fn purge<S: Store>(
     store: &S,
     trusts: &Trusts,
     only: Option<&str>,
+    days: Option<u32>,
     now: DateTime<Utc>,
 ) -> Result<Vec<TrustPurge>, StoreError> {
     let mut done = Vec::new();
@@ -46,10 +48,10 @@ pub async fn purge<S: Store>(
         if only.is_some_and(|o| o != trust.id) {
             continue;
         }
-        let Some(retention) = trust.file.retention else {
+        let Some(content_days) = days.or(trust.file.retention.map(|r| r.content_days)) else {
             continue;
         };
-        let cutoff = crate::store::time::format(&cutoff(now, retention.content_days));
+        let cutoff = crate::store::time::format(&cutoff(now, content_days));
         let mut purged = 0u64;
         let mut after = 0i64;
         loop {
@@ -63,7 +65,7 @@ pub async fn purge<S: Store>(
         tracing::info!(trust = %trust.id, purged, cutoff = %cutoff, "retention purge");
         done.push(TrustPurge {
             trust: trust.id.clone(),
-            content_days: retention.content_days,
+            content_days,
             cutoff,
             purged,
         });

@@ -11,7 +11,8 @@ use std::future::Future;
 
 use crate::store::deliveries::DeliveryStore;
 use crate::store::{
-    IngestOutcome, IntakeBatch, IntakeFacts, NewRecord, PurgePage, PurgedRevision, Store, StoreError,
+    IngestOutcome, IntakeBatch, IntakeFacts, NewRecord, PurgePage, PurgedRevision, Store,
+    StoreError,
 };
 
 /// The events of one intake batch: what was stored (and the exceptions it raised),

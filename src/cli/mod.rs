@@ -30,6 +30,7 @@ macro_rules! say_raw {
 mod audit;
 mod deliver;
 mod keys;
+mod records_out;
 
 use doorstep::config;
 use doorstep::deployment::{Deployment, DeploymentError};
@@ -138,6 +139,13 @@ enum Command {
         #[command(flatten)]
         _config: ConfigArg,
     },
+    /// Write records out: current revisions as JSON lines, one CSV per kind, a chronology
+    /// in date order, or that chronology as one printable HTML page. Every export is an
+    /// `exported` event in the trail (who, why, counts).
+    Export(records_out::ExportArgs),
+    /// Retention: empty the stored content of revisions delivered everywhere longer ago
+    /// than their trust's `[retention] content_days`; the trail keeps what proves them.
+    Purge(records_out::PurgeArgs),
     /// The evidence trail: signed checkpoints, the auditor's bundle and its offline check.
     Audit {
         #[command(subcommand)]
@@ -210,7 +218,7 @@ impl Writer {
 }
 
 #[derive(Debug, Args)]
-struct Common {
+pub(crate) struct Common {
     #[command(flatten)]
     config: ConfigArg,
     /// Output: human text, or one JSON object a line for scripts.
@@ -219,7 +227,7 @@ struct Common {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Human,
     Json,
 }
@@ -422,6 +430,8 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             }
         }
         Command::Audit { action } => audit::run(action),
+        Command::Export(args) => records_out::export(args),
+        Command::Purge(args) => records_out::purge(args),
         Command::Sync { writer, common } => deliver::sync(writer, common),
         Command::Deadletter { action } => deliver::deadletter(action),
         Command::Serve {

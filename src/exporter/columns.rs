@@ -100,7 +100,10 @@ pub const INCIDENT: &[Column] = &[
     c("police_called", "/police_called"),
     c("code_word_used", "/code_word_used"),
     c("left_property", "/left_property"),
-    c("reported_to_line_manager_at", "/reported_to_line_manager_at"),
+    c(
+        "reported_to_line_manager_at",
+        "/reported_to_line_manager_at",
+    ),
     c("shared_with_headteacher_at", "/shared_with_headteacher_at"),
     c("debrief_at", "/debrief_at"),
     c("recorded_by_staff_id", "/recorded_by/staff_id"),
@@ -167,16 +170,14 @@ pub fn cell(value: Option<&Value>) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Number(n)) => n.to_string(),
-        Some(Value::Array(items)) if items.iter().all(|v| !v.is_array() && !v.is_object()) => {
-            items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        }
+        Some(Value::Array(items)) if items.iter().all(|v| !v.is_array() && !v.is_object()) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
         Some(other) => other.to_string(),
     };
     crate::connectors::csv::neutralise(&text)
@@ -189,7 +190,10 @@ mod tests {
 
     #[test]
     fn formula_cells_are_neutralised_and_numbers_kept() {
-        assert_eq!(cell(Some(&json!("=HYPERLINK(\"x\")"))), "'=HYPERLINK(\"x\")");
+        assert_eq!(
+            cell(Some(&json!("=HYPERLINK(\"x\")"))),
+            "'=HYPERLINK(\"x\")"
+        );
         assert_eq!(cell(Some(&json!("@SUM(A1)"))), "'@SUM(A1)");
         assert_eq!(cell(Some(&json!(" +1+1"))), "' +1+1");
         assert_eq!(cell(Some(&json!(-3))), "-3");

@@ -54,9 +54,7 @@ impl PendingFile {
     /// Flushed and synced, still under its temporary name.
     pub(super) fn complete(&mut self) -> Result<(), ExportError> {
         if let Some(out) = self.out.take() {
-            let file = out
-                .into_inner()
-                .map_err(|e| io_err(&self.tmp, e.error()))?;
+            let file = out.into_inner().map_err(|e| io_err(&self.tmp, e.error()))?;
             file.sync_all().map_err(|e| io_err(&self.tmp, &e))?;
         }
         Ok(())

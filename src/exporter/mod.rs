@@ -69,7 +69,14 @@ macro_rules! named {
     };
 }
 
-named!(Format, "format", Jsonl = "jsonl", Csv = "csv", Chronology = "chronology", Html = "html");
+named!(
+    Format,
+    "format",
+    Jsonl = "jsonl",
+    Csv = "csv",
+    Chronology = "chronology",
+    Html = "html"
+);
 named!(
     Reason,
     "reason",
@@ -157,7 +164,11 @@ pub fn safe_id(s: &str) -> String {
 /// The time a record is about, by kind.
 fn occurred(kind: Kind, record: &Value) -> Option<DateTime<Utc>> {
     let pointers: &[&str] = match kind {
-        Kind::VisitReport => &["/visit/arrived_at", "/sign_out/left_school_at", "/recorded_at"],
+        Kind::VisitReport => &[
+            "/visit/arrived_at",
+            "/sign_out/left_school_at",
+            "/recorded_at",
+        ],
         Kind::Incident => &["/occurred_at"],
         Kind::SafeguardingFlag => &["/raised_at"],
     };
@@ -229,7 +240,7 @@ async fn schools_of<S: Store>(
 enum Sink {
     Jsonl(PendingFile),
     Csv(BTreeMap<&'static str, csv::Writer<PendingFile>>),
-    Chronology(Chronology, PendingFile),
+    Chronology(Box<Chronology>, PendingFile),
 }
 
 fn csv_name(kind: Kind) -> &'static str {
@@ -334,7 +345,10 @@ pub async fn export<S: Store>(
             } else {
                 Style::Csv
             };
-            Sink::Chronology(Chronology::new(style, &near)?, PendingFile::create(&req.out)?)
+            Sink::Chronology(
+                Box::new(Chronology::new(style, &near)?),
+                PendingFile::create(&req.out)?,
+            )
         }
     };
     let chronology = matches!(sink, Sink::Chronology(..));
@@ -345,10 +359,8 @@ pub async fn export<S: Store>(
     let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut purged = 0u64;
     let mut read_kinds = kinds.clone();
-    if req.pupil.is_some() || chronology {
-        if !read_kinds.contains(&Kind::VisitReport) {
-            read_kinds.insert(0, Kind::VisitReport);
-        }
+    if (req.pupil.is_some() || chronology) && !read_kinds.contains(&Kind::VisitReport) {
+        read_kinds.insert(0, Kind::VisitReport);
     }
     for &kind in &read_kinds {
         let wanted = kinds.contains(&kind);
@@ -394,7 +406,10 @@ pub async fn export<S: Store>(
                         Kind::Incident => {
                             let visit = text(&record, "/visit_id");
                             if pupil.is_some() {
-                                pupil_visits.contains(&visit).then(|| pupil.clone()).flatten()
+                                pupil_visits
+                                    .contains(&visit)
+                                    .then(|| pupil.clone())
+                                    .flatten()
                             } else {
                                 visit_pupil.get(&visit).cloned()
                             }
@@ -486,12 +501,10 @@ pub async fn export<S: Store>(
         Sink::Csv(files) => {
             for (name, w) in files {
                 let path = req.out.join(name);
-                let mut f = w
-                    .into_inner()
-                    .map_err(|e| ExportError::Io {
-                        path: path.clone(),
-                        reason: e.error().to_string(),
-                    })?;
+                let mut f = w.into_inner().map_err(|e| ExportError::Io {
+                    path: path.clone(),
+                    reason: e.error().to_string(),
+                })?;
                 f.complete()?;
                 pending.push(f);
             }
@@ -508,14 +521,7 @@ pub async fn export<S: Store>(
     } else {
         schools
             .iter()
-            .map(|s| {
-                exported_event(
-                    req,
-                    &at,
-                    Some(s),
-                    counts.get(s).unwrap_or(&BTreeMap::new()),
-                )
-            })
+            .map(|s| exported_event(req, &at, Some(s), counts.get(s).unwrap_or(&BTreeMap::new())))
             .collect()
     };
     store.audit_append(&events).await?;
@@ -598,7 +604,9 @@ fn write_one(
                 .collect();
             row.push(rev.content_hash.clone());
             row.push(rev.received_at.clone());
-            row.push(columns::cell(Some(&Value::String(rev.exceptions.join(" ")))));
+            row.push(columns::cell(Some(&Value::String(
+                rev.exceptions.join(" "),
+            ))));
             row.push(columns::cell(Some(&Value::String(delivered_to(rev, tz)))));
             w.write_record(&row).map_err(|e| ExportError::Io {
                 path: PathBuf::from(csv_name(kind)),

@@ -119,7 +119,7 @@ map = "visit_json"
 }
 
 /// A deployment sending visits to a bearer-token JSON API at `server`.
-fn api_deploy(
+pub(crate) fn api_deploy(
     server: &MockServer,
     concurrency: usize,
     timeout: f64,
@@ -137,7 +137,7 @@ fn api_deploy(
     d
 }
 
-fn created(id: &str) -> ResponseTemplate {
+pub(crate) fn created(id: &str) -> ResponseTemplate {
     ResponseTemplate::new(201).set_body_json(json!({ "id": id }))
 }
 

@@ -12,6 +12,7 @@ mod cli;
 mod delivery;
 mod demo;
 mod drop_folder;
+mod exporter;
 mod fixtures;
 mod keys;
 mod mapping;

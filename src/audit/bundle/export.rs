@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -15,7 +16,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::pseudonymise::Pseudonymiser;
-use super::{CONSISTENCY, ConsistencyFile, Entry, Manifest, Period, Progress, origin, safe_cell};
+use super::{
+    CONSISTENCY, ConsistencyFile, Entry, Manifest, PURGED, PURGED_CSV, Period, Progress, origin,
+    safe_cell,
+};
 use crate::audit::checkpoint::Consistency;
 use crate::audit::note::{Checkpoint, NoteSigner, checkpoint_note};
 use crate::audit::tree::{self, Hash};
@@ -81,12 +85,31 @@ fn write(
     hashes: &mut BTreeMap<String, String>,
 ) -> Result<(), ExportError> {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).map_err(|e| ExportError::Io {
+    owner_only_write(&path, bytes).map_err(|e| ExportError::Io {
         path,
         reason: e.kind().to_string(),
     })?;
     hashes.insert(name.to_owned(), hex::encode(Sha256::digest(bytes)));
     Ok(())
+}
+
+/// A bundle file, created (or truncated) readable by its owner only: records are
+/// child-protection data.
+fn owner_only(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // A file that was there before keeps its mode through `open`: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+fn owner_only_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    owner_only(path)?.write_all(bytes)
 }
 
 /// (kind, record id, revision).
@@ -115,7 +138,7 @@ struct HashingWriter {
 impl HashingWriter {
     fn create(dir: &Path, name: &'static str) -> Result<Self, ExportError> {
         let path = dir.join(name);
-        let file = std::fs::File::create(&path).map_err(|e| ExportError::Io {
+        let file = owner_only(&path).map_err(|e| ExportError::Io {
             path: path.clone(),
             reason: e.kind().to_string(),
         })?;
@@ -206,10 +229,14 @@ pub async fn export<S: crate::store::DeliveryStore>(
         Some(old) => Some(consistency_from(store, signer, old, &checkpoint).await?),
         None => None,
     };
-    std::fs::create_dir_all(&req.out).map_err(|e| ExportError::Io {
-        path: req.out.clone(),
-        reason: e.kind().to_string(),
-    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&req.out)
+        .map_err(|e| ExportError::Io {
+            path: req.out.clone(),
+            reason: e.kind().to_string(),
+        })?;
     let mut out = Writers::create(&req.out, req.pseudonymise)?;
     let mut written = Written::default();
     progress.start("entries", 0);
@@ -293,9 +320,11 @@ pub async fn export<S: crate::store::DeliveryStore>(
         files: hashes,
     };
     let manifest_text = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";
-    std::fs::write(dir.join("manifest.json"), manifest_text).map_err(|e| ExportError::Io {
-        path: dir.join("manifest.json"),
-        reason: e.kind().to_string(),
+    owner_only_write(&dir.join("manifest.json"), manifest_text.as_bytes()).map_err(|e| {
+        ExportError::Io {
+            path: dir.join("manifest.json"),
+            reason: e.kind().to_string(),
+        }
     })?;
     Ok(ExportSummary {
         entries: written.entries,
@@ -414,6 +443,7 @@ struct Writers {
     records_csv: csv::Writer<HashingWriter>,
     deliveries: csv::Writer<HashingWriter>,
     exceptions: csv::Writer<HashingWriter>,
+    purged: csv::Writer<HashingWriter>,
     pseudonyms: Option<Pseudonymiser>,
     any_record: bool,
 }
@@ -433,6 +463,7 @@ impl Writers {
             records_csv: csv("records.csv", &RECORDS_CSV)?,
             deliveries: csv("deliveries.csv", &DELIVERIES_CSV)?,
             exceptions: csv("exceptions.csv", &EXCEPTIONS_CSV)?,
+            purged: csv(PURGED, &PURGED_CSV)?,
             pseudonyms: if pseudonymise {
                 Some(Pseudonymiser::new()?)
             } else {
@@ -500,16 +531,36 @@ impl Writers {
         let ordered: Vec<StoredRevision> =
             keys.iter().filter_map(|k| revisions.remove(k)).collect();
         let ps = self.pseudonyms.as_ref();
-        let built: Vec<(String, Vec<String>)> = ordered
+        let built: Vec<(String, Option<Vec<String>>)> = ordered
             .par_iter()
-            .map(|r| record_text_and_row(r, ps))
+            .map(|r| match &r.purged_at {
+                Some(at) => (purged_stub(r, at), None),
+                None => {
+                    let (text, row) = record_text_and_row(r, ps);
+                    (text, Some(row))
+                }
+            })
             .collect();
-        for (text, row) in &built {
+        for ((text, row), r) in built.iter().zip(&ordered) {
             self.records_json
                 .write_bytes(if self.any_record { b",\n" } else { b"\n" })?;
             self.records_json.write_bytes(text.as_bytes())?;
             self.any_record = true;
-            write_row(&mut self.records_csv, row)?;
+            match row {
+                Some(row) => write_row(&mut self.records_csv, row)?,
+                None => {
+                    let row = [
+                        r.kind.clone(),
+                        r.id.clone(),
+                        r.revision.to_string(),
+                        r.school.clone(),
+                        r.content_hash.clone(),
+                        r.received_at.clone(),
+                        r.purged_at.clone().unwrap_or_default(),
+                    ];
+                    write_row(&mut self.purged, &row)?;
+                }
+            }
         }
         for d in store.attempts_by_key(trust, keys).await? {
             let a = d.attempt.as_ref();
@@ -562,7 +613,12 @@ impl Writers {
             .write_bytes(if self.any_record { b"\n]\n" } else { b"]\n" })?;
         self.entries.finish(&mut hashes)?;
         self.records_json.finish(&mut hashes)?;
-        for w in [self.records_csv, self.deliveries, self.exceptions] {
+        for w in [
+            self.records_csv,
+            self.deliveries,
+            self.exceptions,
+            self.purged,
+        ] {
             let inner = w.into_inner().map_err(|e| ExportError::Io {
                 path: PathBuf::from("(a CSV file of the bundle)"),
                 reason: e.error().kind().to_string(),
@@ -629,6 +685,18 @@ fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, row: &[String]) -> Resul
 }
 
 /// One revision's `records.json` text (as stored, or pseudonymised) and `records.csv` row.
+/// A purged revision's place in `records.json`: what the store still holds of it — its key
+/// and, under `purged`, when and the content hash its entry carries (no record has a
+/// `purged` field: intake refuses unknown fields).
+fn purged_stub(r: &StoredRevision, at: &str) -> String {
+    canonical_json(&serde_json::json!({
+        "kind": r.kind,
+        "id": r.id,
+        "revision": r.revision,
+        "purged": { "at": at, "content_hash": r.content_hash },
+    }))
+}
+
 fn record_text_and_row(r: &StoredRevision, ps: Option<&Pseudonymiser>) -> (String, Vec<String>) {
     // The record as it goes in the bundle, and the CSV's columns read from that.
     let (text, columns) = match ps {

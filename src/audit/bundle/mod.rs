@@ -53,6 +53,21 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
 }
 
+/// The revisions of the period whose content the store purged under retention: listed by
+/// content hash (their place in `records.json` holds a stub; their leaves still verify).
+/// Optional for `verify`: bundles from before retention have none.
+pub const PURGED: &str = "purged.csv";
+
+pub const PURGED_CSV: [&str; 7] = [
+    "kind",
+    "record_id",
+    "revision",
+    "school",
+    "content_hash",
+    "received_at",
+    "purged_at",
+];
+
 /// The optional file holding the RFC 9162 consistency proof from a checkpoint the auditor
 /// already held (`audit export --prove-from`).
 pub const CONSISTENCY: &str = "consistency.json";

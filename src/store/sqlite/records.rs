@@ -7,9 +7,9 @@ use super::{Col, INSERT_ROWS, SqliteStore, json_param, now};
 use crate::records::Kind;
 use crate::store::rules::{self, ExceptionState, Key, KeyState};
 use crate::store::{
-    ClosedException, CurrentRevision, ExceptionCount, PurgePage, PurgeTrail, IngestOutcome, IntakeBatch, IntakeFacts, IntakeTrail,
-    RaisedException, RecordCount, RuleCount, StatusReport, Store, StoreError, StoredException,
-    StoredRevision,
+    ClosedException, CurrentRevision, ExceptionCount, IngestOutcome, IntakeBatch, IntakeFacts,
+    IntakeTrail, PurgePage, PurgeTrail, RaisedException, RecordCount, RuleCount, StatusReport,
+    Store, StoreError, StoredException, StoredRevision,
 };
 use crate::trail::Event;
 use crate::trail::tree::{Hash, NodeId};

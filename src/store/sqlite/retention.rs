@@ -4,7 +4,9 @@
 
 use super::{Col, SqliteStore, json_param, now};
 use crate::records::Kind;
-use crate::store::{CurrentRevision, DeliveredTo, PurgePage, PurgeTrail, PurgedRevision, StoreError};
+use crate::store::{
+    CurrentRevision, DeliveredTo, PurgePage, PurgeTrail, PurgedRevision, StoreError,
+};
 
 impl SqliteStore {
     pub(super) async fn sql_purge(

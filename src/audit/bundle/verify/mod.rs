@@ -37,7 +37,9 @@ pub use report::{Anchor, Completeness, ContentChecks, TreeEnd, VerifyReport};
 use walk::{CheckedEntry, Place, Walk};
 
 use super::pseudonymise::plain_personal_field;
-use super::{CONSISTENCY, ConsistencyFile, EntryRef, FILES, Manifest, Period, Progress, origin};
+use super::{
+    CONSISTENCY, ConsistencyFile, EntryRef, FILES, Manifest, PURGED, Period, Progress, origin,
+};
 use crate::audit::note::{Checkpoint, Verifier};
 use crate::audit::tree::{self, Hash};
 use crate::records::canonical_json;
@@ -146,6 +148,9 @@ fn open(dir: &Path, name: &str) -> Result<std::fs::File, VerifyFailure> {
         .map_err(|e| fail(name, format!("cannot read: {}", e.kind())))
 }
 
+/// Purged revisions a report names one by one (the rest are counted).
+const PURGED_NAMED: usize = 20;
+
 /// Entries one worker checks in a row, remembering the nodes it has proven.
 const RUN: usize = 512;
 
@@ -197,6 +202,7 @@ pub fn verify(
     let mut entries = entries::spawn(dir)?;
     let mut walk = Walk::new(&checkpoint);
     let mut content = ContentChecks::default();
+    let mut purged: Vec<String> = Vec::new();
     let mut record_count = 0usize;
     let mut first_line = 1;
     progress.start("entries", manifest.entries);
@@ -251,6 +257,12 @@ pub fn verify(
         for c in checks {
             match c? {
                 Checked::Full => content.full += 1,
+                Checked::Purged(key) => {
+                    content.purged += 1;
+                    if purged.len() < PURGED_NAMED {
+                        purged.push(key);
+                    }
+                }
                 Checked::NonPersonal => content.non_personal += 1,
                 Checked::Unchecked => content.unchecked += 1,
             }
@@ -288,6 +300,10 @@ pub fn verify(
     if let Some(h) = consistency_hash {
         hashes.push((CONSISTENCY, h));
     }
+    // Bundles from before retention have no list of purged revisions.
+    if manifest.files.contains_key(PURGED) {
+        hashes.push((PURGED, hash_file(dir, PURGED)?));
+    }
     for (name, got) in &hashes {
         let want = manifest
             .files
@@ -318,6 +334,16 @@ pub fn verify(
             ),
         ));
     }
+    if options.require_content && content.purged > 0 {
+        return Err(fail(
+            "records.json",
+            format!(
+                "--require-content: {} of {} records are purged from the store under retention: \
+                 the bundle cannot show their content (their leaves verify)",
+                content.purged, record_count
+            ),
+        ));
+    }
     Ok(VerifyReport {
         entries: walk.count,
         records: record_count as u64,
@@ -328,6 +354,7 @@ pub fn verify(
         completeness,
         anchor,
         content,
+        purged,
         key: verifier.to_short(),
         key_given: options.key.is_some(),
     })
@@ -472,6 +499,8 @@ fn check_entry(
 /// How one record was checked.
 enum Checked {
     Full,
+    /// A stub for a revision whose content the store purged: its hash matched the entry's.
+    Purged(String),
     NonPersonal,
     Unchecked,
 }
@@ -507,6 +536,21 @@ fn check_record(
         ));
     }
     let record: Value = serde_json::from_str(raw).map_err(|e| fail(&what, e.to_string()))?;
+    if let Some(stub) = record.get("purged") {
+        // No record has a `purged` field (intake refuses unknown fields): a stub.
+        let hash = stub.get("content_hash").and_then(Value::as_str);
+        return if hash.is_some_and(|h| h.eq_ignore_ascii_case(&hex::encode(want.hash))) {
+            Ok(Checked::Purged(format!(
+                "{} {} revision {}",
+                key.0, key.1, key.2
+            )))
+        } else {
+            Err(fail(
+                what,
+                "a purged stub whose content hash is not the one its entry carries",
+            ))
+        };
+    }
     if manifest.pseudonymised {
         if let Some(field) = plain_personal_field(&record) {
             return Err(fail(

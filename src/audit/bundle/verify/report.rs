@@ -52,6 +52,9 @@ pub struct ContentChecks {
     /// Pseudonymised records whose entry carries no projection hash (written before leaves
     /// did): only their ids were checked.
     pub unchecked: u64,
+    /// Revisions whose content the store purged under retention: in the bundle as stubs
+    /// whose content hash matched their entry's; the content itself cannot be shown.
+    pub purged: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,8 @@ pub struct VerifyReport {
     pub completeness: Completeness,
     pub anchor: Anchor,
     pub content: ContentChecks,
+    /// The first purged revisions (`kind id revision N`), for the report to name.
+    pub purged: Vec<String>,
     /// The key that signed the checkpoint (`name+hexid`), and whether it was given
     /// (`--key`) rather than taken from the bundle's own `log.pub`.
     pub key: String,
@@ -144,6 +149,21 @@ impl VerifyReport {
                 c.full,
                 c.non_personal,
                 PERSONAL_KEYS.join(", ")
+            ));
+        }
+        if c.purged > 0 {
+            let more = c.purged.saturating_sub(self.purged.len() as u64);
+            out.push(format!(
+                "records: {} purged from the store under retention — the bundle cannot show \
+                 their content; each is listed by content hash in purged.csv and its leaf \
+                 verifies: {}{}",
+                c.purged,
+                self.purged.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             ));
         }
         if c.unchecked > 0 {
