@@ -101,6 +101,8 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
     delivery: RawDelivery,
     /// `[destinations.<trust>.<name>]`: the deployment's say over a mapping's destination.
     #[serde(default)]
@@ -234,6 +236,14 @@ struct RawAudit {
     checkpoint_seconds: Option<f64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    /// How often `serve` purges expired content (each trust's `[retention]` in its
+    /// `trust.toml` says what expires).
+    purge_seconds: Option<f64>,
+}
+
 /// What the deployment says about one destination beyond the mapping
 /// (`[destinations.<trust>.<name>]`).
 #[derive(Debug, Clone, Default)]
@@ -280,6 +290,8 @@ pub struct Config {
     pub sweep: std::time::Duration,
     /// How often `serve` signs each trust's checkpoint.
     pub checkpoint_every: std::time::Duration,
+    /// How often `serve` purges expired content (at start, then this often).
+    pub purge_every: std::time::Duration,
     pub connectors_dir: PathBuf,
     pub mappings_dir: PathBuf,
     pub time_zone: chrono_tz::Tz,
@@ -369,6 +381,10 @@ impl Config {
         if !(1.0..=86_400.0).contains(&checkpoint_every) {
             return Err(invalid("audit.checkpoint_seconds", "from 1 to 86400".into()).into());
         }
+        let purge_every = raw.retention.purge_seconds.unwrap_or(86_400.0);
+        if !(1.0..=604_800.0).contains(&purge_every) {
+            return Err(invalid("retention.purge_seconds", "from 1 to 604800".into()).into());
+        }
         let out_dir = at(raw.delivery.out.as_deref().unwrap_or(Path::new("out")));
         let mut overrides = BTreeMap::new();
         for (trust, dests) in raw.destinations {
@@ -405,6 +421,7 @@ impl Config {
             settle: std::time::Duration::from_secs_f64(settle),
             sweep: std::time::Duration::from_secs_f64(sweep),
             checkpoint_every: std::time::Duration::from_secs_f64(checkpoint_every),
+            purge_every: std::time::Duration::from_secs_f64(purge_every),
             max_wait: std::time::Duration::from_secs_f64(max_wait),
             delivery: DeliverySettings {
                 out_dir: out_dir.clone(),

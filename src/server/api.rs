@@ -288,6 +288,7 @@ impl From<RecordState> for RecordView {
     paths(
         super::intake::post_records,
         super::get_record,
+        super::export::get_export,
         super::healthz,
         super::readyz,
         super::metrics_text,

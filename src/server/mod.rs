@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub mod api;
 mod commit;
 mod conn;
+mod export;
 mod intake;
 mod metrics;
 mod worker;
@@ -72,6 +73,9 @@ pub struct AppState {
     pub delivering: Arc<std::sync::atomic::AtomicBool>,
     /// The signing key's state at the start, as `readyz` shows it: `Err` when unusable.
     pub signing: Result<&'static str, &'static str>,
+    /// Where `GET /v1/export` writes an export before streaming it (beside the store,
+    /// owner-only; each removed once opened).
+    pub export_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -82,6 +86,7 @@ impl AppState {
         work: Arc<Notify>,
         signing: Result<&'static str, &'static str>,
         key_rate: (NonZeroU32, NonZeroU32),
+        export_dir: std::path::PathBuf,
     ) -> (AppState, tokio::task::JoinHandle<()>) {
         let metrics = Metrics::default();
         let (committer, committing) = Committer::start(store.clone(), metrics.commit_counter());
@@ -98,6 +103,7 @@ impl AppState {
             metrics,
             delivering: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             signing,
+            export_dir,
         };
         (state, committing)
     }
@@ -147,6 +153,11 @@ pub async fn serve(
         work.clone(),
         signing,
         (config.key_rate, config.key_burst),
+        config
+            .sqlite_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(".doorstep-exports"),
     );
     let delivering = state.delivering.clone();
     let app = router(Arc::new(state), config.request_timeout);
@@ -187,6 +198,7 @@ pub fn router(state: Arc<AppState>, timeout: Duration) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/records", post(intake::post_records))
         .route("/v1/records/{trust}/{kind}/{id}", get(get_record))
+        .route("/v1/export", get(export::get_export))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .layer(axum::middleware::from_fn_with_state(timeout, within))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))

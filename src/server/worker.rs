@@ -20,7 +20,8 @@ const ROUTE_GATHER: Duration = Duration::from_millis(20);
 /// Takes the drop folder, routes and delivers in process until `stop` is notified. Two
 /// halves run side by side: routing — at once when a request stores new work, every second
 /// regardless, the drop folder every `[intake] sweep_seconds`, checkpoints signed every
-/// `[audit] checkpoint_seconds` — wakes the delivery run, which keeps every destination's
+/// `[audit] checkpoint_seconds`, expired content purged at start and every
+/// `[retention] purge_seconds` (a day) — wakes the delivery run, which keeps every destination's
 /// slots busy with its most urgent due deliveries (an `immediate` flag routed mid-run is
 /// claimed next) and waits when there are none. On `stop` the run claims nothing more,
 /// sends what it has claimed and ends; what is still pending waits for the next start.
@@ -43,8 +44,11 @@ pub async fn delivery_loop(
     let (stopping, until) = tokio::sync::watch::channel(false);
     let routed = Arc::new(Notify::new());
     let routing = async {
-        let (mut next_sweep, mut next_checkpoint) =
-            (Instant::now(), Instant::now() + config.checkpoint_every);
+        let (mut next_sweep, mut next_checkpoint, mut next_purge) = (
+            Instant::now(),
+            Instant::now() + config.checkpoint_every,
+            Instant::now(),
+        );
         loop {
             let woken = work.notified();
             if Instant::now() >= next_sweep {
@@ -79,6 +83,10 @@ pub async fn delivery_loop(
                 for w in deployment.sign_checkpoints(store.as_ref()).await {
                     tracing::warn!(warning = %w, "checkpoint");
                 }
+            }
+            if Instant::now() >= next_purge {
+                next_purge = Instant::now() + config.purge_every;
+                purge(deployment, store.as_ref()).await;
             }
             tokio::select! {
                 () = woken => {
@@ -122,6 +130,21 @@ pub async fn delivery_loop(
     };
     tokio::join!(routing, delivering);
     Ok(())
+}
+
+/// Retention: each trust's expired content purged (`retention::purge`); a failure is
+/// logged and tried again at the next turn.
+async fn purge(deployment: &Deployment, store: &SqliteStore) {
+    let trusts = match deployment.trusts() {
+        Ok(t) => t.clone(),
+        Err(e) => {
+            tracing::error!(error = %e, "retention: the trusts cannot be read");
+            return;
+        }
+    };
+    if let Err(e) = crate::retention::purge(store, &trusts, None, None, chrono::Utc::now()).await {
+        tracing::error!(error = %e, "retention: the purge failed");
+    }
 }
 
 /// Reports of a sweep go to the store (rejections are kept there) and the log's counts.

@@ -140,6 +140,10 @@ mod tests {
         e.reason = Some("referral".into());
         let leaf = e.leaf();
         assert_eq!(canonical_json(&serde_json::from_str(&leaf).unwrap()), leaf);
-        assert!(leaf.starts_with(r#"{"at":"2026-11-24T22:02:02.621799Z","content_hash":"#));
+        assert!(
+            leaf.starts_with(
+                r#"{"at":"2026-11-24T22:02:02.621799Z","by":"os:dsl1","content_hash":"#
+            )
+        );
     }
 }
