@@ -763,3 +763,154 @@ fn retention_in_trust_toml_keeps_what_is_younger() {
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stdout).contains("(content_days = 90)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_for_export_keys_only_and_purges_daily() {
+    use crate::serve::{Server, deployment, new_key};
+    let target = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(created("T-9"))
+        .mount(&target)
+        .await;
+    let (mut d, write_key, _) = deployment(&target);
+    d.with_signing_key();
+    let (export_key, export_id) =
+        new_key(&d, &["--trust", "thrive", "--school", "117800", "--export"]);
+    let trust = std::fs::read_to_string(d.path("mappings/thrive/trust.toml")).unwrap();
+    // Kept a day: nothing just delivered expires while the export is tried.
+    d.write(
+        "mappings/thrive/trust.toml",
+        &format!("{trust}\n[retention]\ncontent_days = 1\n"),
+    );
+    d.add_config("[retention]\npurge_seconds = 1\n");
+    let record = visit("r-http", 1, "Seen; all well.");
+    let mut server = Server::start(&d);
+    let url = server.url.clone();
+    let http = reqwest::Client::new();
+    let posted = http
+        .post(format!("{url}/v1/records"))
+        .bearer_auth(&write_key)
+        .json(&record)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while target.received_requests().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < until, "never delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let get = |key: String, query: &str| {
+        let (http, url, query) = (http.clone(), url.clone(), query.to_owned());
+        async move {
+            let r = http
+                .get(format!("{url}/v1/export?{query}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            (status, headers, r.text().await.unwrap())
+        }
+    };
+    let q = "trust=thrive&from=2026-01-01&to=2026-12-31&reason=referral";
+    let (status, _, body) = get(write_key.clone(), &format!("{q}&format=jsonl")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("key-scope"));
+    let (status, headers, body) = get(export_key.clone(), &format!("{q}&format=jsonl")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body, format!("{}\n", canonical_json(&record)));
+    let (status, headers, body) = get(export_key.clone(), &format!("{q}&format=html")).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(body.contains("r-http r1") && body.contains("child-protection data"));
+    let (status, _, body) = get(export_key.clone(), &format!("{q}&format=csv")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("/query/kind"), "{body}");
+    let (status, _, body) = get(
+        export_key.clone(),
+        &format!("{q}&format=csv&kind=visit_report"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("record_id,revision,school_urn"), "{body}");
+    for other in [
+        "trust=celt&from=2026-01-01&to=2026-12-31&reason=referral&format=jsonl",
+        &format!("{q}&format=jsonl&school=117801"),
+    ] {
+        let (status, _, _) = get(export_key.clone(), other).await;
+        assert_eq!(status, 404, "{other}");
+    }
+    // Nothing of the exports stays on disk.
+    let left: Vec<_> = std::fs::read_dir(d.path(".doorstep-exports"))
+        .map(|r| r.filter_map(|e| e.ok()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(server.terminate(), Some(0));
+    assert_eq!(
+        stored(&d, "thrive", Kind::VisitReport, "r-http"),
+        canonical_json(&record),
+        "delivered a moment ago: kept for the trust's day"
+    );
+
+    // The trust keeps nothing once delivered: the next start purges it.
+    d.write(
+        "mappings/thrive/trust.toml",
+        &format!("{trust}\n[retention]\ncontent_days = 0\n"),
+    );
+    let mut server = Server::start(&d);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !stored(&d, "thrive", Kind::VisitReport, "r-http").is_empty() {
+        assert!(std::time::Instant::now() < until, "never purged");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.terminate(), Some(0));
+    // The exports are in the trail under the key's id.
+    let out = d
+        .command(
+            "audit export",
+            &[
+                "--trust",
+                "thrive",
+                "--school",
+                "117800",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2099-12-31",
+                "--out",
+                "b",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = std::fs::read_to_string(d.path("b/entries.jsonl")).unwrap();
+    let leaves: Vec<Value> = entries
+        .lines()
+        .map(|l| {
+            let e: Value = serde_json::from_str(l).unwrap();
+            serde_json::from_slice(&B64.decode(e["leaf"].as_str().unwrap()).unwrap()).unwrap()
+        })
+        .collect();
+    let by_key = leaves
+        .iter()
+        .filter(|l| l["by"] == format!("key:{export_id}").as_str())
+        .count();
+    assert_eq!(by_key, 3, "three exports answered 200");
+    assert_eq!(leaves.iter().filter(|l| l["event"] == "purged").count(), 1);
+}

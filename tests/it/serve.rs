@@ -14,15 +14,15 @@ use crate::delivery::{VISIT_MAP, api_connector, api_routes, visit};
 use crate::harness::{Deployment, json_lines};
 
 /// A running `doorstep serve` and its base URL; stopped with SIGTERM when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     /// Everything it wrote to standard error (its log).
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
-    fn start(d: &Deployment) -> Server {
+    pub(crate) fn start(d: &Deployment) -> Server {
         let mut child = d
             .command("serve", &["--listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())
@@ -48,7 +48,7 @@ impl Server {
         Server { child, url, log }
     }
 
-    fn terminate(&mut self) -> Option<i32> {
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
         std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -71,7 +71,7 @@ impl Drop for Server {
 }
 
 /// Visits to a bearer JSON API at `server`, and an API key for Thrive's school 117800.
-fn deployment(server: &MockServer) -> (Deployment, String, String) {
+pub(crate) fn deployment(server: &MockServer) -> (Deployment, String, String) {
     let mut d = Deployment::thrive_only();
     d.destination("thrive", "api", &server.uri());
     d.connector("api", &api_connector("bearer", 2, 5.0, 3));
@@ -84,7 +84,7 @@ fn deployment(server: &MockServer) -> (Deployment, String, String) {
 }
 
 /// `doorstep keys create ARGS`: the key, shown once, and its public id.
-fn new_key(d: &Deployment, args: &[&str]) -> (String, String) {
+pub(crate) fn new_key(d: &Deployment, args: &[&str]) -> (String, String) {
     let mut all = args.to_vec();
     all.extend(["--format", "json"]);
     let out = d.run("keys create", &all).code(0).get_output().clone();
