@@ -218,6 +218,22 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Rewrites the file without its free pages (`VACUUM`), then truncates the write-ahead
+    /// log: after a purge, the space comes back and no emptied content is left in free
+    /// pages. Takes the write lock for as long as it runs.
+    pub async fn vacuum(&self) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query("VACUUM")
+            .execute(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+        Ok(())
+    }
 }
 /// Whether a store (and its folder, where SQLite keeps its journal files) may be written,
 /// by permission bits and by trying: a missing store is created, so counts as writable.
