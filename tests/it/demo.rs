@@ -251,4 +251,65 @@ fn the_readme_audit_demo_is_complete_and_anchored() {
     );
     assert!(said.contains("anchored: the tree at size"), "{said}");
     assert!(said.contains("checked in full"), "{said}");
+
+    // Records out, and retention.
+    let year = ["--from", "2026-01-01", "--to", "2026-12-31"];
+    let grace = ["--trust", "celt", "--pupil", "W908401221030"];
+    for (format, out, reason) in [
+        ("html", "var/chronology.html", "referral"),
+        ("chronology", "var/chronology.csv", "referral"),
+    ] {
+        let args = ["--format", format, "--out", out, "--reason", reason];
+        let said = run(&[&["export"][..], &config, &grace, &year, &args].concat());
+        assert!(said.contains(&format!("wrote {out}")), "{said}");
+    }
+    let chronology = std::fs::read_to_string(dir.path().join("var/chronology.csv")).unwrap();
+    assert!(chronology.lines().count() > 1, "{chronology}");
+    assert!(
+        chronology
+            .lines()
+            .skip(1)
+            .all(|l| l.contains("W908401221030"))
+    );
+    let csv = [
+        "--school",
+        "136401",
+        "--format",
+        "csv",
+        "--out",
+        "var/celt-csv",
+    ];
+    run(&[
+        &["export", "--trust", "celt"][..],
+        &config,
+        &year,
+        &csv,
+        &["--reason", "migration"],
+    ]
+    .concat());
+    assert!(dir.path().join("var/celt-csv/visit_reports.csv").is_file());
+    let jsonl = [
+        "--format",
+        "jsonl",
+        "--out",
+        "var/celt.jsonl",
+        "--reason",
+        "migration",
+    ];
+    run(&[&["export", "--trust", "celt"][..], &config, &year, &jsonl].concat());
+    let said = run(&[&["purge"][..], &config, &["--content-days", "0"]].concat());
+    assert!(
+        said.contains("trust celt: purged the content of 0"),
+        "{said}"
+    );
+    let first = std::fs::read_to_string(dir.path().join("var/celt.jsonl")).unwrap();
+    let first = first.lines().next().unwrap();
+    std::fs::write(dir.path().join("var/held.json"), format!("{first}\n")).unwrap();
+    let said = run(&[
+        &["audit", "prove"][..],
+        &config,
+        &["--record", "var/held.json"],
+    ]
+    .concat());
+    assert!(said.starts_with("proven:"), "{said}");
 }
