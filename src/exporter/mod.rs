@@ -243,11 +243,12 @@ enum Sink {
     Chronology(Box<Chronology>, PendingFile),
 }
 
+/// A kind's file in a CSV export: named after the kind.
 fn csv_name(kind: Kind) -> &'static str {
     match kind {
-        Kind::VisitReport => "visit_reports.csv",
-        Kind::Incident => "incidents.csv",
-        Kind::SafeguardingFlag => "safeguarding_flags.csv",
+        Kind::VisitReport => "visit_report.csv",
+        Kind::Incident => "incident.csv",
+        Kind::SafeguardingFlag => "safeguarding_flag.csv",
     }
 }
 

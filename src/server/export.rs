@@ -160,7 +160,7 @@ pub(super) async fn get_export(
         Format::Jsonl => ("application/x-ndjson", "export.jsonl".to_owned()),
         Format::Csv => (
             "text/csv; charset=utf-8",
-            format!("{}s.csv", req.kinds[0].as_str()),
+            format!("{}.csv", req.kinds[0].as_str()),
         ),
         Format::Chronology => ("text/csv; charset=utf-8", "chronology.csv".to_owned()),
         Format::Html => ("text/html; charset=utf-8", "chronology.html".to_owned()),

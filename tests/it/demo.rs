@@ -287,7 +287,7 @@ fn the_readme_audit_demo_is_complete_and_anchored() {
         &["--reason", "migration"],
     ]
     .concat());
-    assert!(dir.path().join("var/celt-csv/visit_reports.csv").is_file());
+    assert!(dir.path().join("var/celt-csv/visit_report.csv").is_file());
     let jsonl = [
         "--format",
         "jsonl",

@@ -323,7 +323,7 @@ fn every_format_holds_the_stored_records_field_by_field() {
     let fields: &[(Kind, &str, Fields)] = &[
         (
             Kind::VisitReport,
-            "visit_reports.csv",
+            "visit_report.csv",
             &[
                 ("record_id", "/id"),
                 ("school_urn", "/school/urn"),
@@ -339,7 +339,7 @@ fn every_format_holds_the_stored_records_field_by_field() {
         ),
         (
             Kind::Incident,
-            "incidents.csv",
+            "incident.csv",
             &[
                 ("record_id", "/id"),
                 ("visit_id", "/visit_id"),
@@ -352,7 +352,7 @@ fn every_format_holds_the_stored_records_field_by_field() {
         ),
         (
             Kind::SafeguardingFlag,
-            "safeguarding_flags.csv",
+            "safeguarding_flag.csv",
             &[
                 ("record_id", "/id"),
                 ("pupil_upn", "/pupil/upn"),
@@ -439,7 +439,7 @@ fn formula_cells_are_neutralised_in_csv_and_chronology() {
     d.write("f.json", &v.to_string());
     d.run("ingest", &["f.json"]);
     for (format, out, file) in [
-        ("csv", "csv", "csv/visit_reports.csv"),
+        ("csv", "csv", "csv/visit_report.csv"),
         ("chronology", "chr.csv", "chr.csv"),
     ] {
         let o = export(
