@@ -53,6 +53,7 @@ where
     replay_refused(&open(&fresh("replay-refused")).await).await;
     lookups(&open(&fresh("lookups")).await).await;
     trail_appends(&open(&fresh("trail")).await).await;
+    retention(&open(&fresh("retention")).await).await;
 }
 
 #[tokio::test]
@@ -936,4 +937,107 @@ async fn trail_appends<S: Store>(store: &S) {
         .audit_save_checkpoint(TRUST, 700, "a signed note\n")
         .await
         .unwrap();
+}
+
+/// Purge empties exactly the revisions delivered everywhere before the cutoff — never one
+/// with a delivery pending, in flight, retrying or dead, nor one not yet routed — with a
+/// `purged` event each in the same transaction; the exporter's read then shows no content
+/// for them, and where each was delivered.
+async fn retention<S: Store + DeliveryStore>(store: &S) {
+    routed(
+        store,
+        &[
+            ("P-done", 1, 2),
+            ("P-retry", 1, 2),
+            ("P-dead", 1, 2),
+            ("P-wait", 1, 2),
+        ],
+    )
+    .await;
+    ingest(store, vec![record("P-unrouted", 1, "x")]).await;
+    let claimed = store.claim(TRUST, DEST, 10).await.unwrap();
+    let by_id = |id: &str| claimed.iter().find(|c| c.record_id == id).unwrap();
+    let retry = AttemptOutcome::Retry {
+        next_at: FUTURE.to_owned(),
+        error: "503".to_owned(),
+        status: Some(503),
+    };
+    store
+        .finish(&[
+            done(by_id("P-done"), delivered("T-1")),
+            done(by_id("P-retry"), retry),
+            done(by_id("P-dead"), dead()),
+        ])
+        .await
+        .unwrap();
+    // P-wait stays in flight.
+    let before = size(store).await;
+    // A cutoff before the delivery: nothing yet.
+    let page = store.purge(TRUST, PAST, 0, 100).await.unwrap();
+    assert!(page.purged.is_empty() && page.next.is_none());
+    let page = store.purge(TRUST, FUTURE, 0, 100).await.unwrap();
+    let purged: Vec<&str> = page.purged.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(purged, ["P-done"]);
+    assert_eq!(
+        page.purged[0].content_hash,
+        record("P-done", 1, "x").hash.to_hex()
+    );
+    assert!(page.next.is_none());
+    assert_eq!(size(store).await, before + 1, "one purged event");
+    let last = trail(store).await.pop().unwrap();
+    assert_eq!(last["event"], "purged");
+    assert_eq!(last["record_id"], "P-done");
+    assert_eq!(
+        last["content_hash"],
+        record("P-done", 1, "x").hash.to_hex().as_str()
+    );
+    // Once purged, never again.
+    assert!(
+        store
+            .purge(TRUST, FUTURE, 0, 100)
+            .await
+            .unwrap()
+            .purged
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .revisions(TRUST, Kind::VisitReport, "P-done")
+            .await
+            .unwrap(),
+        [(1, String::new())]
+    );
+    // The exporter's read: each current revision, its content unless purged, its deliveries;
+    // a page resumes after the row given.
+    let current = store
+        .current_revisions(TRUST, SCHOOL, Kind::VisitReport, 0, 100)
+        .await
+        .unwrap();
+    let view: Vec<(&str, bool, Vec<&str>)> = current
+        .iter()
+        .map(|c| {
+            (
+                c.id.as_str(),
+                c.canonical.is_some(),
+                c.deliveries.iter().map(|d| d.state.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("P-done", false, vec!["delivered"]),
+            ("P-retry", true, vec!["retrying"]),
+            ("P-dead", true, vec!["dead"]),
+            ("P-wait", true, vec!["in_flight"]),
+            ("P-unrouted", true, vec![]),
+        ]
+    );
+    assert!(current[0].deliveries[0].delivered_at.is_some());
+    let second = store
+        .current_revisions(TRUST, SCHOOL, Kind::VisitReport, current[1].seq, 1)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, "P-dead");
 }
