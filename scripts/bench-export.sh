@@ -45,7 +45,7 @@ done
 "$bin" gen --count "$m" --seed 7 | one_school > big.jsonl
 echo "part 2: $m revisions, each delivered 2026-08-01, purged with content_days = 90"
 echo "  ingest:          $(t "$bin" ingest --config big.toml big.jsonl)"
-sqlite3 big.db <<'SQL'
+sqlite3 big.db > /dev/null <<'SQL'
 PRAGMA journal_mode = WAL;
 UPDATE records SET routed = 1, received_at = '2026-08-01T00:00:00.000000Z';
 INSERT INTO deliveries (trust, destination, kind, record_id, revision, school_urn, route, map,

@@ -121,7 +121,6 @@ pub struct Chronology {
     spill_at: u64,
     spill_path: std::path::PathBuf,
     keys: Vec<Key>,
-    line: Vec<u8>,
     env: Environment<'static>,
 }
 
@@ -210,36 +209,27 @@ impl Chronology {
             spill_at: 0,
             spill_path,
             keys: Vec::new(),
-            line: Vec::with_capacity(4096),
             env,
         })
     }
 
-    /// Renders a row now and keeps its place to sort by.
-    pub fn push(&mut self, at: DateTime<Utc>, kind: Kind, row: &Row) -> Result<(), ExportError> {
-        self.line.clear();
+    /// A row's bytes, as its file holds them (any core).
+    pub fn render(&self, row: &Row) -> Result<Vec<u8>, ExportError> {
         match self.style {
-            Style::Csv => {
-                let mut w = csv::WriterBuilder::new()
-                    .terminator(csv::Terminator::CRLF)
-                    .from_writer(&mut self.line);
-                w.write_record(row.cells())
-                    .and_then(|()| w.flush().map_err(Into::into))
-                    .map_err(|e| ExportError::Render(e.to_string()))?;
-            }
-            Style::Html => {
-                let tmpl = self
-                    .env
-                    .get_template("row")
-                    .map_err(|e| ExportError::Render(e.to_string()))?;
-                let html = tmpl
-                    .render(context! { r => Serde(row) })
-                    .map_err(|e| ExportError::Render(e.to_string()))?;
-                self.line.extend_from_slice(html.as_bytes());
-            }
+            Style::Csv => Ok(crate::connectors::csv::encode_row(&row.cells())),
+            Style::Html => self
+                .env
+                .get_template("row")
+                .and_then(|t| t.render(context! { r => Serde(row) }))
+                .map(String::into_bytes)
+                .map_err(|e| ExportError::Render(e.to_string())),
         }
+    }
+
+    /// Keeps a rendered row, to be written in its place by date.
+    pub fn push(&mut self, at: DateTime<Utc>, kind: Kind, bytes: &[u8]) -> Result<(), ExportError> {
         self.spill
-            .write_all_at(&self.line, self.spill_at)
+            .write_all_at(bytes, self.spill_at)
             .map_err(|e| ExportError::Io {
                 path: self.spill_path.clone(),
                 reason: e.to_string(),
@@ -254,9 +244,9 @@ impl Chronology {
             kind,
             seq: self.keys.len() as u32,
             at: self.spill_at,
-            len: self.line.len() as u32,
+            len: bytes.len() as u32,
         });
-        self.spill_at += self.line.len() as u64;
+        self.spill_at += bytes.len() as u64;
         Ok(())
     }
 
@@ -271,12 +261,8 @@ impl Chronology {
         let render = |e: minijinja::Error| ExportError::Render(e.to_string());
         match self.style {
             Style::Csv => {
-                let mut w = csv::WriterBuilder::new()
-                    .terminator(csv::Terminator::CRLF)
-                    .from_writer(Vec::new());
-                w.write_record(HEADER)
-                    .map_err(|e| ExportError::Render(e.to_string()))?;
-                out.write(&w.into_inner().unwrap_or_default())?;
+                let header: Vec<String> = HEADER.iter().map(|h| (*h).to_owned()).collect();
+                out.write(&crate::connectors::csv::encode_row(&header))?;
             }
             Style::Html => {
                 let text = self

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::audit::{Event, EventType};
@@ -239,7 +240,7 @@ async fn schools_of<S: Store>(
 /// Where the records go as they are chosen.
 enum Sink {
     Jsonl(PendingFile),
-    Csv(BTreeMap<&'static str, csv::Writer<PendingFile>>),
+    Csv(BTreeMap<&'static str, PendingFile>),
     Chronology(Box<Chronology>, PendingFile),
 }
 
@@ -249,13 +250,6 @@ fn csv_name(kind: Kind) -> &'static str {
         Kind::VisitReport => "visit_report.csv",
         Kind::Incident => "incident.csv",
         Kind::SafeguardingFlag => "safeguarding_flag.csv",
-    }
-}
-
-fn csv_err(path: &Path, e: &csv::Error) -> ExportError {
-    ExportError::Io {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
     }
 }
 
@@ -330,13 +324,12 @@ pub async fn export<S: Store>(
         Format::Csv => {
             let mut files = BTreeMap::new();
             for &kind in &kinds {
-                let path = req.out.join(csv_name(kind));
-                let mut w = csv::WriterBuilder::new()
-                    .terminator(csv::Terminator::CRLF)
-                    .from_writer(PendingFile::create(&path)?);
-                w.write_record(columns::header(kind, subject_access))
-                    .map_err(|e| csv_err(&path, &e))?;
-                files.insert(csv_name(kind), w);
+                let mut f = PendingFile::create(&req.out.join(csv_name(kind)))?;
+                f.write(&crate::connectors::csv::encode_row(&columns::header(
+                    kind,
+                    subject_access,
+                )))?;
+                files.insert(csv_name(kind), f);
             }
             Sink::Csv(files)
         }
@@ -366,27 +359,30 @@ pub async fn export<S: Store>(
     for &kind in &read_kinds {
         let wanted = kinds.contains(&kind);
         for school in &schools {
-            let place = trust.place(school);
-            let tz = place.time_zone;
+            let tz = trust.place(school).time_zone;
             let school_name = trust
                 .file
                 .schools
                 .iter()
                 .find(|s| s.urn.to_string() == *school)
                 .map(|s| s.name.clone());
-            let mut after = 0i64;
-            loop {
-                let page = store
-                    .current_revisions(&trust.id, school, kind, after, PAGE)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                for rev in &page {
-                    let in_period = |t: DateTime<Utc>| {
-                        let day = t.with_timezone(&tz).date_naive();
-                        req.from <= day && day <= req.to
-                    };
-                    let Some(canonical) = &rev.canonical else {
+            let in_period = |t: DateTime<Utc>| {
+                let day = t.with_timezone(&tz).date_naive();
+                req.from <= day && day <= req.to
+            };
+            let mut page = store
+                .current_revisions(&trust.id, school, kind, 0, PAGE)
+                .await?;
+            while let Some(last) = page.last() {
+                // The next page is read (on the store's own thread) while this one is
+                // parsed on every core.
+                let next = store.current_revisions(&trust.id, school, kind, last.seq, PAGE);
+                let parse = async { page.par_iter().map(|rev| read(kind, rev)).collect() };
+                let (next, read): (_, Vec<Result<Option<Read>, ExportError>>) =
+                    futures_util::future::join(next, parse).await;
+                let mut chosen: Vec<Chosen<'_>> = Vec::new();
+                for (rev, r) in page.iter().zip(read) {
+                    let Some(r) = r? else {
                         let received = DateTime::parse_from_rfc3339(&rev.received_at)
                             .ok()
                             .map(|t| t.with_timezone(&Utc));
@@ -395,17 +391,9 @@ pub async fn export<S: Store>(
                         }
                         continue;
                     };
-                    let damaged = |reason: String| ExportError::Damaged {
-                        kind,
-                        id: rev.id.clone(),
-                        revision: rev.revision,
-                        reason,
-                    };
-                    let record: Value =
-                        serde_json::from_str(canonical).map_err(|e| damaged(e.to_string()))?;
                     let upn = match kind {
                         Kind::Incident => {
-                            let visit = text(&record, "/visit_id");
+                            let visit = text(&r.record, "/visit_id");
                             if pupil.is_some() {
                                 pupil_visits
                                     .contains(&visit)
@@ -415,10 +403,7 @@ pub async fn export<S: Store>(
                                 visit_pupil.get(&visit).cloned()
                             }
                         }
-                        _ => record
-                            .pointer("/pupil/upn")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned),
+                        _ => r.upn.clone(),
                     };
                     if kind == Kind::VisitReport {
                         match (&pupil, &upn) {
@@ -431,40 +416,35 @@ pub async fn export<S: Store>(
                             _ => {}
                         }
                     }
-                    if !wanted || (pupil.is_some() && upn != pupil) {
+                    if !wanted || (pupil.is_some() && upn != pupil) || !in_period(r.at) {
                         continue;
                     }
-                    let Some(at) = occurred(kind, &record) else {
-                        return Err(damaged("it has no time of its own".into()));
-                    };
-                    if !in_period(at) {
-                        continue;
-                    }
-                    let school_label = school_name
-                        .clone()
-                        .or_else(|| {
-                            record
-                                .pointer("/school/name")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned)
-                        })
-                        .unwrap_or_default();
-                    write_one(
-                        &mut sink,
-                        kind,
+                    chosen.push(Chosen {
                         rev,
-                        &record,
-                        at,
-                        tz,
-                        &school_label,
-                        upn.as_deref().unwrap_or_default(),
-                    )?;
+                        read: r,
+                        upn: upn.unwrap_or_default(),
+                    });
+                }
+                let place = Place {
+                    kind,
+                    tz,
+                    school_name: school_name.as_deref(),
+                };
+                let rendered: Vec<Result<Vec<u8>, ExportError>> = {
+                    let out = &sink;
+                    chosen.par_iter().map(|c| render(out, &place, c)).collect()
+                };
+                for (c, bytes) in chosen.iter().zip(rendered) {
+                    write(&mut sink, kind, c.read.at, &bytes?)?;
+                }
+                if !chosen.is_empty() {
                     *counts
                         .entry(school.clone())
                         .or_default()
                         .entry(kind.as_str().to_owned())
-                        .or_default() += 1;
+                        .or_default() += chosen.len() as u64;
                 }
+                page = next?;
             }
         }
     }
@@ -500,12 +480,7 @@ pub async fn export<S: Store>(
             pending.push(f);
         }
         Sink::Csv(files) => {
-            for (name, w) in files {
-                let path = req.out.join(name);
-                let mut f = w.into_inner().map_err(|e| ExportError::Io {
-                    path: path.clone(),
-                    reason: e.error().to_string(),
-                })?;
+            for (_, mut f) in files {
                 f.complete()?;
                 pending.push(f);
             }
@@ -577,31 +552,61 @@ fn exported_event(
     e
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_one(
-    sink: &mut Sink,
-    kind: Kind,
-    rev: &CurrentRevision,
-    record: &Value,
+/// A stored revision read: its record, its own time, its own pupil (none for an incident).
+struct Read {
+    record: Value,
     at: DateTime<Utc>,
+    upn: Option<String>,
+}
+
+/// A revision the export takes.
+struct Chosen<'a> {
+    rev: &'a CurrentRevision,
+    read: Read,
+    /// Its pupil (an incident's by its visit), or empty.
+    upn: String,
+}
+
+/// Where a page's revisions are from.
+struct Place<'a> {
+    kind: Kind,
     tz: chrono_tz::Tz,
-    school_name: &str,
-    upn: &str,
-) -> Result<(), ExportError> {
-    match sink {
-        Sink::Jsonl(f) => {
-            if let Some(text) = &rev.canonical {
-                f.write(text.as_bytes())?;
-                f.write(b"\n")?;
-            }
+    school_name: Option<&'a str>,
+}
+
+/// Parses a stored revision (`None` once purged).
+fn read(kind: Kind, rev: &CurrentRevision) -> Result<Option<Read>, ExportError> {
+    let Some(canonical) = &rev.canonical else {
+        return Ok(None);
+    };
+    let damaged = |reason: String| ExportError::Damaged {
+        kind,
+        id: rev.id.clone(),
+        revision: rev.revision,
+        reason,
+    };
+    let record: Value = serde_json::from_str(canonical).map_err(|e| damaged(e.to_string()))?;
+    let at = occurred(kind, &record).ok_or_else(|| damaged("it has no time of its own".into()))?;
+    let upn = record
+        .pointer("/pupil/upn")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(Some(Read { record, at, upn }))
+}
+
+/// One chosen revision as the bytes its file gets (any core).
+fn render(sink: &Sink, place: &Place<'_>, c: &Chosen<'_>) -> Result<Vec<u8>, ExportError> {
+    let (rev, record, kind, tz) = (c.rev, &c.read.record, place.kind, place.tz);
+    Ok(match sink {
+        Sink::Jsonl(_) => {
+            let mut line = rev.canonical.clone().unwrap_or_default().into_bytes();
+            line.push(b'\n');
+            line
         }
-        Sink::Csv(files) => {
-            let Some(w) = files.get_mut(csv_name(kind)) else {
-                return Ok(());
-            };
+        Sink::Csv(_) => {
             let mut row: Vec<String> = columns::columns(kind)
                 .iter()
-                .map(|c| columns::cell(record.pointer(c.pointer)))
+                .map(|col| columns::cell(record.pointer(col.pointer)))
                 .collect();
             row.push(rev.content_hash.clone());
             row.push(rev.received_at.clone());
@@ -609,13 +614,10 @@ fn write_one(
                 rev.exceptions.join(" "),
             ))));
             row.push(columns::cell(Some(&Value::String(delivered_to(rev, tz)))));
-            w.write_record(&row).map_err(|e| ExportError::Io {
-                path: PathBuf::from(csv_name(kind)),
-                reason: e.to_string(),
-            })?;
+            crate::connectors::csv::encode_row(&row)
         }
-        Sink::Chronology(c, _) => {
-            let local = at.with_timezone(&tz);
+        Sink::Chronology(chronology, _) => {
+            let local = c.read.at.with_timezone(&tz);
             let (what, outcome) = match kind {
                 Kind::VisitReport => (text(record, "/purpose"), text(record, "/outcome")),
                 Kind::Incident => (text(record, "/type"), text(record, "/severity")),
@@ -638,12 +640,16 @@ fn write_one(
                 Kind::VisitReport => text(record, "/summary"),
                 _ => text(record, "/description"),
             };
-            let row = Row {
+            let school = place
+                .school_name
+                .map(str::to_owned)
+                .unwrap_or_else(|| text(record, "/school/name"));
+            chronology.render(&Row {
                 date: local.format("%Y-%m-%d").to_string(),
                 time: local.format("%H:%M").to_string(),
                 school_urn: rev.school.clone(),
-                school: school_name.to_owned(),
-                pupil_upn: upn.to_owned(),
+                school,
+                pupil_upn: c.upn.clone(),
                 kind: kind.as_str(),
                 record_id: rev.id.clone(),
                 revision: rev.revision,
@@ -655,9 +661,19 @@ fn write_one(
                 summary,
                 exceptions: rev.exceptions.join(" "),
                 delivered_to: delivered_to(rev, tz),
-            };
-            c.push(at, kind, &row)?;
+            })?
         }
+    })
+}
+
+/// Appends a rendered revision to its file (a chronology keeps it to sort).
+fn write(sink: &mut Sink, kind: Kind, at: DateTime<Utc>, bytes: &[u8]) -> Result<(), ExportError> {
+    match sink {
+        Sink::Jsonl(f) => f.write(bytes),
+        Sink::Csv(files) => match files.get_mut(csv_name(kind)) {
+            Some(f) => f.write(bytes),
+            None => Ok(()),
+        },
+        Sink::Chronology(c, _) => c.push(at, kind, bytes),
     }
-    Ok(())
 }

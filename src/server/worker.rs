@@ -44,11 +44,8 @@ pub async fn delivery_loop(
     let (stopping, until) = tokio::sync::watch::channel(false);
     let routed = Arc::new(Notify::new());
     let routing = async {
-        let (mut next_sweep, mut next_checkpoint, mut next_purge) = (
-            Instant::now(),
-            Instant::now() + config.checkpoint_every,
-            Instant::now(),
-        );
+        let (mut next_sweep, mut next_checkpoint) =
+            (Instant::now(), Instant::now() + config.checkpoint_every);
         loop {
             let woken = work.notified();
             if Instant::now() >= next_sweep {
@@ -83,10 +80,6 @@ pub async fn delivery_loop(
                 for w in deployment.sign_checkpoints(store.as_ref()).await {
                     tracing::warn!(warning = %w, "checkpoint");
                 }
-            }
-            if Instant::now() >= next_purge {
-                next_purge = Instant::now() + config.purge_every;
-                purge(deployment, store.as_ref()).await;
             }
             tokio::select! {
                 () = woken => {
@@ -128,7 +121,19 @@ pub async fn delivery_loop(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     };
-    tokio::join!(routing, delivering);
+    // Retention on its own turn, so a long first purge holds up neither routing nor delivery
+    // (its transactions take their turns with theirs).
+    let purging = async {
+        let mut stopped = until.clone();
+        loop {
+            purge(deployment, store.as_ref()).await;
+            tokio::select! {
+                () = tokio::time::sleep(config.purge_every) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+    };
+    tokio::join!(routing, delivering, purging);
     Ok(())
 }
 

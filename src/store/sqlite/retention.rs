@@ -26,10 +26,12 @@ impl SqliteStore {
             .await
             .map_err(&err)?;
         // Decided inside the write transaction: a delivery cannot change state between
-        // the check and the purge.
+        // the check and the purge. Rows are walked in rowid order from `after` (`+r.trust`
+        // keeps the planner off the primary key's index, which would sort the whole trust
+        // for every page).
         let rows = sqlx::query(
             "SELECT r.rowid, r.kind, r.id, r.revision, r.school_urn, r.content_hash FROM records r \
-             WHERE r.rowid > ?2 AND r.trust = ?1 AND r.purged_at IS NULL AND r.routed = 1 \
+             WHERE r.rowid > ?2 AND +r.trust = ?1 AND r.purged_at IS NULL AND r.routed = 1 \
                AND r.received_at < ?3 \
                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.trust = r.trust \
                  AND d.kind = r.kind AND d.record_id = r.id AND d.revision = r.revision \
