@@ -6,7 +6,7 @@
 #     delivery delivered on 2026-08-01 and a received time of 2026-08-01 (with sqlite3: it
 #     stands in for months of delivery), then `purge --content-days 90`: wall time, peak RSS,
 #     the store's size before and after, and after `purge --vacuum`.
-# Usage: scripts/bench-export.sh [N] [M]
+# Usage: scripts/bench-export.sh [N] [M]   (M = 0: part 1 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200000}
@@ -42,6 +42,7 @@ for f in jsonl csv chronology html; do
   grep -h "visit_report" "$work/out.txt" | sed 's/^/      /'
 done
 
+[ "$m" -gt 0 ] || exit 0
 "$bin" gen --count "$m" --seed 7 | one_school > big.jsonl
 echo "part 2: $m revisions, each delivered 2026-08-01, purged with content_days = 90"
 echo "  ingest:          $(t "$bin" ingest --config big.toml big.jsonl)"

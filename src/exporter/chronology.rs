@@ -121,8 +121,13 @@ pub struct Chronology {
     spill_at: u64,
     spill_path: std::path::PathBuf,
     keys: Vec<Key>,
+    /// Rendered rows not yet in the spill file.
+    pending: Vec<u8>,
     env: Environment<'static>,
 }
+
+/// Rendered rows gathered before each write to the spill file.
+const SPILL_BUFFER: usize = 1 << 20;
 
 const ROW_HTML: &str = "<tr><td>{{ r.date }}</td><td>{{ r.time }}</td><td>{{ r.school }}</td>\
 <td>{{ r.pupil_upn }}</td><td>{{ r.kind | replace('_', ' ') }}<br><small>{{ r.record_id }} r{{ r.revision }}</small></td>\
@@ -209,6 +214,7 @@ impl Chronology {
             spill_at: 0,
             spill_path,
             keys: Vec::new(),
+            pending: Vec::with_capacity(SPILL_BUFFER + 64 * 1024),
             env,
         })
     }
@@ -228,12 +234,10 @@ impl Chronology {
 
     /// Keeps a rendered row, to be written in its place by date.
     pub fn push(&mut self, at: DateTime<Utc>, kind: Kind, bytes: &[u8]) -> Result<(), ExportError> {
-        self.spill
-            .write_all_at(bytes, self.spill_at)
-            .map_err(|e| ExportError::Io {
-                path: self.spill_path.clone(),
-                reason: e.to_string(),
-            })?;
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= SPILL_BUFFER {
+            self.flush_spill()?;
+        }
         let kind = match kind {
             Kind::VisitReport => 0,
             Kind::Incident => 1,
@@ -250,6 +254,19 @@ impl Chronology {
         Ok(())
     }
 
+    /// Rows kept in memory since the last write to the spill file, written out.
+    fn flush_spill(&mut self) -> Result<(), ExportError> {
+        let at = self.spill_at - self.pending.len() as u64;
+        self.spill
+            .write_all_at(&self.pending, at)
+            .map_err(|e| ExportError::Io {
+                path: self.spill_path.clone(),
+                reason: e.to_string(),
+            })?;
+        self.pending.clear();
+        Ok(())
+    }
+
     /// Writes the rows in date order (with the page's head and foot for HTML).
     pub fn write(
         mut self,
@@ -257,6 +274,7 @@ impl Chronology {
         head: &PageHead,
         purged: u64,
     ) -> Result<(), ExportError> {
+        self.flush_spill()?;
         self.keys.sort_unstable();
         let render = |e: minijinja::Error| ExportError::Render(e.to_string());
         match self.style {
