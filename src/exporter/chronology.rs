@@ -235,9 +235,6 @@ impl Chronology {
     /// Keeps a rendered row, to be written in its place by date.
     pub fn push(&mut self, at: DateTime<Utc>, kind: Kind, bytes: &[u8]) -> Result<(), ExportError> {
         self.pending.extend_from_slice(bytes);
-        if self.pending.len() >= SPILL_BUFFER {
-            self.flush_spill()?;
-        }
         let kind = match kind {
             Kind::VisitReport => 0,
             Kind::Incident => 1,
@@ -251,6 +248,9 @@ impl Chronology {
             len: bytes.len() as u32,
         });
         self.spill_at += bytes.len() as u64;
+        if self.pending.len() >= SPILL_BUFFER {
+            self.flush_spill()?;
+        }
         Ok(())
     }
 
@@ -327,5 +327,69 @@ impl Chronology {
 impl Drop for Chronology {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.spill_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: usize) -> Row {
+        Row {
+            date: String::new(),
+            time: String::new(),
+            school_urn: "136401".into(),
+            school: String::new(),
+            pupil_upn: String::new(),
+            kind: "incident",
+            record_id: format!("r{id:06}"),
+            revision: 1,
+            what: String::new(),
+            outcome: String::new(),
+            child_seen: String::new(),
+            urgency: String::new(),
+            police_or_referral: String::new(),
+            summary: "x".repeat(500),
+            exceptions: String::new(),
+            delivered_to: String::new(),
+        }
+    }
+
+    #[test]
+    fn rows_spilled_over_many_buffers_come_back_in_date_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Chronology::new(Style::Csv, dir.path()).unwrap();
+        // 6,000 rows of ~560 bytes: several spill buffers; pushed latest first.
+        let n = 6_000usize;
+        for i in (0..n).rev() {
+            let at = DateTime::from_timestamp(1_700_000_000 + i as i64, 0).unwrap();
+            let bytes = c.render(&row(i)).unwrap();
+            c.push(at, Kind::Incident, &bytes).unwrap();
+        }
+        let path = dir.path().join("out.csv");
+        let mut out = PendingFile::create(&path).unwrap();
+        let head = PageHead {
+            schools: String::new(),
+            from: String::new(),
+            to: String::new(),
+            zone: String::new(),
+            pupil: None,
+            reason: "audit",
+            generated: String::new(),
+            by: String::new(),
+            subject_access: false,
+        };
+        c.write(&mut out, &head, 0).unwrap();
+        out.place().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| &l[l.find(",r").unwrap() + 1..][..7])
+            .collect();
+        let want: Vec<String> = (0..n).map(|i| format!("r{i:06}")).collect();
+        assert_eq!(ids, want);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "the spill file is gone");
     }
 }
