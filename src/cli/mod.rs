@@ -599,6 +599,7 @@ fn print_status(
             let v = serde_json::json!({
                 "kind": "summary", "records": records, "revisions": revisions,
                 "rejected": rejected, "conflicts": conflicts, "exceptions": open_exceptions,
+                "purged": report.purged,
             });
             writeln!(out, "{v}")
         })(),
@@ -646,9 +647,13 @@ fn print_status(
                     )?;
                 }
             }
+            let purged = match report.purged {
+                0 => String::new(),
+                n => format!(", {n} revisions' content purged under retention"),
+            };
             writeln!(
                 out,
-                "\n{records} records ({revisions} revisions), {rejected} rejections, {conflicts} conflicts, {open_exceptions} open exceptions"
+                "\n{records} records ({revisions} revisions), {rejected} rejections, {conflicts} conflicts, {open_exceptions} open exceptions{purged}"
             )
         })(),
     };

@@ -175,6 +175,8 @@ pub struct StatusReport {
     pub issues: Vec<RuleCount>,
     /// Open exceptions (on current revisions), by trust, school and rule.
     pub exceptions: Vec<ExceptionCount>,
+    /// Revisions whose content retention purged (counted in `records` too).
+    pub purged: u64,
 }
 
 /// An exception as stored: on which revision, and whether it still holds.

@@ -595,7 +595,10 @@ async fn a_purge_spares_a_revision_still_retrying_and_every_proof_still_holds() 
     );
 
     // Status, export and the auditor's bundle still work.
-    d.run("status", &[]).code(0);
+    let status = d.run_json("status", &[]).await;
+    assert_eq!(status.code, 0);
+    assert_eq!(status.summary()["purged"], 1, "{:?}", status.lines);
+    assert_eq!(status.summary()["records"], 2);
     let o = d
         .command(
             "export",

@@ -271,12 +271,16 @@ impl Store for SqliteStore {
     async fn status(&self) -> Result<StatusReport, StoreError> {
         let err = self.db_err();
         let rows = sqlx::query(
-            "SELECT trust, school_urn, kind, current, count(*) FROM records \
+            "SELECT trust, school_urn, kind, current, count(*), count(purged_at) FROM records \
              GROUP BY trust, school_urn, kind, current ORDER BY trust, school_urn, kind, current DESC",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(&err)?;
+        let mut purged = 0u64;
+        for row in &rows {
+            purged += row.col::<i64, _>(5).map_err(self.undecoded())? as u64;
+        }
         let records = rows
             .iter()
             .map(|row| {
@@ -336,6 +340,7 @@ impl Store for SqliteStore {
             records,
             issues,
             exceptions,
+            purged,
         })
     }
 
