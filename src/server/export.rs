@@ -24,7 +24,12 @@ use crate::records::Kind;
 use crate::store::keys::Scope;
 
 /// The query, read: repeated `school` and `kind` allowed.
-fn request(query: &str, by: String, out: PathBuf) -> Result<ExportRequest, Problem> {
+fn request(
+    query: &str,
+    key_trust: &str,
+    by: String,
+    out: PathBuf,
+) -> Result<ExportRequest, Problem> {
     let bad = |name: &str, why: String| {
         let mut p = Problem::new(StatusCode::BAD_REQUEST, "Bad request", &why).rule("query");
         p.path = Some(format!("/query/{name}"));
@@ -41,7 +46,13 @@ fn request(query: &str, by: String, out: PathBuf) -> Result<ExportRequest, Probl
         };
         match k.as_ref() {
             "trust" => trust = Some(v),
-            "school" => schools.push(v),
+            // Repeated, or several in one (`school=136401,136402`).
+            "school" => schools.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
             "pupil" => pupil = Some(v),
             "kind" => kinds
                 .push(Kind::from_name(&v).ok_or_else(|| {
@@ -63,7 +74,8 @@ fn request(query: &str, by: String, out: PathBuf) -> Result<ExportRequest, Probl
         ));
     }
     Ok(ExportRequest {
-        trust: trust.ok_or_else(|| need("trust"))?,
+        // A key belongs to one trust: naming it is optional.
+        trust: trust.unwrap_or_else(|| key_trust.to_owned()),
         schools,
         pupil,
         kinds,
@@ -91,8 +103,8 @@ fn unavailable(e: &dyn std::fmt::Display) -> Response {
     get,
     path = "/v1/export",
     params(
-        ("trust" = String, Query, description = "The key's trust"),
-        ("school" = Option<Vec<String>>, Query, description = "School URNs (repeat); default: every school the key reaches"),
+        ("trust" = Option<String>, Query, description = "The key's trust (the default)"),
+        ("school" = Option<Vec<String>>, Query, description = "School URNs (repeat, or comma-separated); default: every school the key reaches"),
         ("pupil" = Option<String>, Query, description = "Only this pupil's records (UPN)"),
         ("kind" = Option<Vec<String>>, Query, description = "Only these kinds (repeat); exactly one for csv"),
         ("from" = String, Query, description = "First day, YYYY-MM-DD"),
@@ -132,6 +144,7 @@ pub(super) async fn get_export(
     };
     let mut req = match request(
         uri.query().unwrap_or_default(),
+        &key.trust,
         format!("key:{}", key.id),
         PathBuf::new(),
     ) {
