@@ -3,6 +3,9 @@
 //! trail needs to prove it later stays (kind, id, revision, content hash, school, times), and
 //! a `purged` event per revision goes into the trail in the purge's own transaction.
 //!
+//! Expired look-up answers (the cache of a target's id for a pupil's UPN or a code) are
+//! deleted on the same turn, whatever the trust's setting: an expired answer is never used.
+//!
 //! Owns: when a trust's revisions expire ([`cutoff`]) and the purge's pages ([`purge`]).
 //! May not touch: which revisions qualify beyond that — the store decides inside its write
 //! transaction (nothing pending, in flight, retrying or dead), so a delivery cannot change
@@ -12,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::audit::events::TrailedStore;
 use crate::mapping::Trusts;
-use crate::store::{Store, StoreError};
+use crate::store::{LookupStore, StoreError};
 
 /// Revisions emptied per transaction: large enough to be quick, small enough that intake
 /// and delivery never wait long behind a purge.
@@ -36,7 +39,7 @@ pub fn cutoff(now: DateTime<Utc>, content_days: u32) -> DateTime<Utc> {
 /// Purges every trust that sets `[retention]` (or only `only`), a page per transaction;
 /// trusts without it are left alone and not listed. `days` (an operator's explicit
 /// `purge --content-days N`) stands in for each chosen trust's own setting.
-pub async fn purge<S: Store>(
+pub async fn purge<S: LookupStore>(
     store: &S,
     trusts: &Trusts,
     only: Option<&str>,
@@ -69,6 +72,14 @@ pub async fn purge<S: Store>(
             cutoff,
             purged,
         });
+    }
+    // Look-up answers past their time (often a pupil's UPN and a target's id for it): never
+    // used again, so not kept.
+    let forgotten = store
+        .lookup_forget_expired(&crate::store::time::format(&now))
+        .await?;
+    if forgotten > 0 {
+        tracing::info!(forgotten, "retention: expired look-ups deleted");
     }
     Ok(done)
 }

@@ -39,6 +39,14 @@ pub trait LookupStore: Store {
         key: &str,
     ) -> impl Future<Output = Result<Option<Cached>, StoreError>> + Send;
 
+    /// Deletes every answer that expired before `now` (RFC 3339; an expired answer is never
+    /// used, so nothing is lost): a value looked up is often a pupil's UPN, kept no longer
+    /// than it is useful (retention). Returns how many.
+    fn lookup_forget_expired(
+        &self,
+        now: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Keeps answers until `expires_at` (RFC 3339), replacing older ones.
     fn lookup_put(
         &self,

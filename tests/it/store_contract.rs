@@ -836,6 +836,14 @@ async fn lookups<S: LookupStore>(store: &S) {
         .await
         .unwrap();
     assert_eq!(store.lookup_get(&scope, "UPN-1").await.unwrap(), None);
+    // Retention: the expired answer is deleted, the live one kept.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    assert_eq!(store.lookup_forget_expired(&now).await.unwrap(), 1);
+    assert_eq!(store.lookup_forget_expired(&now).await.unwrap(), 0);
+    assert_eq!(
+        store.lookup_get(&scope, "UPN-2").await.unwrap(),
+        Some(Cached::Found("P-2".into()))
+    );
 }
 
 // ---- The trail -------------------------------------------------------------------------

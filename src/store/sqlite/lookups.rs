@@ -34,6 +34,16 @@ impl LookupStore for SqliteStore {
         ))
     }
 
+    async fn lookup_forget_expired(&self, now: &str) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
+        let done = sqlx::query("DELETE FROM lookups WHERE expires_at <= ?1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db_err())?;
+        Ok(done.rows_affected())
+    }
+
     async fn lookup_put(
         &self,
         scope: &LookupScope,
