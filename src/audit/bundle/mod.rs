@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 mod export;
 mod pseudonymise;
 mod verify;
+mod writers;
 
 pub use export::{ExportError, ExportRequest, ExportSummary, checkpoint_at, export};
 pub use pseudonymise::PSEUDONYM_PREFIX;
