@@ -138,10 +138,6 @@ pub(super) async fn get_export(
         .rule("key-scope")
         .into_response();
     }
-    let folder = match private_folder(&app.export_dir) {
-        Ok(f) => f,
-        Err(e) => return unavailable(&e),
-    };
     let mut req = match request(
         uri.query().unwrap_or_default(),
         &key.trust,
@@ -168,6 +164,10 @@ pub(super) async fn get_export(
     }
     let Some(trust) = app.trusts.get(&req.trust) else {
         return not_found().into_response();
+    };
+    let folder = match private_folder(&app.export_dir) {
+        Ok(f) => f,
+        Err(e) => return unavailable(&e),
     };
     let (content_type, file_name) = match req.format {
         Format::Jsonl => ("application/x-ndjson", "export.jsonl".to_owned()),

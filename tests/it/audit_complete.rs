@@ -102,7 +102,7 @@ fn copy(from: &Path) -> tempfile::TempDir {
 }
 
 /// The event of each line of `entries.jsonl`.
-fn leaves(dir: &Path) -> Vec<Value> {
+pub(crate) fn leaves(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("entries.jsonl"))
         .unwrap()
         .lines()

@@ -7,14 +7,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Duration, FixedOffset};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::audit_complete::leaves;
 use crate::delivery::{api_deploy, created, visit};
 use crate::harness::{self, Deployment};
 use doorstep::records::{Kind, canonical_json};
@@ -148,32 +147,29 @@ fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
-fn export(d: &Deployment, args: &[&str]) -> std::process::Output {
-    d.command("export", args).output().unwrap()
+/// `doorstep export --trust celt --format FORMAT --out OUT --reason REASON ARGS…`.
+fn export(
+    d: &Deployment,
+    format: &str,
+    out: &str,
+    reason: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let head = [
+        "--trust", "celt", "--format", format, "--out", out, "--reason", reason,
+    ];
+    d.command("export", &[&head[..], args].concat())
+        .output()
+        .unwrap()
 }
+
+const MARCH: [&str; 4] = ["--from", "2026-03-01", "--to", "2026-03-31"];
 
 #[test]
 fn a_childs_chronology_spans_two_schools_in_date_order_across_the_clock_change() {
     let d = two_schools();
-    let out = export(
-        &d,
-        &[
-            "--trust",
-            "celt",
-            "--pupil",
-            CHILD,
-            "--from",
-            "2026-03-01",
-            "--to",
-            "2026-03-31",
-            "--format",
-            "chronology",
-            "--out",
-            "chr.csv",
-            "--reason",
-            "referral",
-        ],
-    );
+    let child = [&["--pupil", CHILD][..], &MARCH].concat();
+    let out = export(&d, "chronology", "chr.csv", "referral", &child);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -227,25 +223,7 @@ fn a_childs_chronology_spans_two_schools_in_date_order_across_the_clock_change()
 
     // The same chronology as one printable page: the rows in the same order, escaped, no
     // script and nothing fetched from elsewhere.
-    let out = export(
-        &d,
-        &[
-            "--trust",
-            "celt",
-            "--pupil",
-            CHILD,
-            "--from",
-            "2026-03-01",
-            "--to",
-            "2026-03-31",
-            "--format",
-            "html",
-            "--out",
-            "chr.html",
-            "--reason",
-            "case_review",
-        ],
-    );
+    let out = export(&d, "html", "chr.html", "case_review", &child);
     assert_eq!(out.status.code(), Some(0));
     let html = std::fs::read_to_string(d.path("chr.html")).unwrap();
     let at = |id: &str| {
@@ -273,18 +251,7 @@ fn every_format_holds_the_stored_records_field_by_field() {
     let d = two_schools();
     let period = ["--from", "2026-01-01", "--to", "2026-12-31"];
     let run = |format: &str, out: &str| {
-        let mut args = vec![
-            "--trust",
-            "celt",
-            "--format",
-            format,
-            "--out",
-            out,
-            "--reason",
-            "migration",
-        ];
-        args.extend(period);
-        let o = export(&d, &args);
+        let o = export(&d, format, out, "migration", &period);
         assert_eq!(
             o.status.code(),
             Some(0),
@@ -402,14 +369,7 @@ fn every_format_holds_the_stored_records_field_by_field() {
     let mut args = vec!["--trust", "celt", "--school", "136402", "--out", "bundle"];
     args.extend(period);
     d.run("audit export", &args).code(0);
-    let leaves: Vec<Value> = std::fs::read_to_string(d.path("bundle/entries.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let e: Value = serde_json::from_str(l).unwrap();
-            serde_json::from_slice(&B64.decode(e["leaf"].as_str().unwrap()).unwrap()).unwrap()
-        })
-        .collect();
+    let leaves = leaves(&d.path("bundle"));
     let exports: Vec<&Value> = leaves
         .iter()
         .filter(|l| l["event"] == "exported" && l.get("format").is_some())
@@ -442,23 +402,7 @@ fn formula_cells_are_neutralised_in_csv_and_chronology() {
         ("csv", "csv", "csv/visit_report.csv"),
         ("chronology", "chr.csv", "chr.csv"),
     ] {
-        let o = export(
-            &d,
-            &[
-                "--trust",
-                "celt",
-                "--from",
-                "2026-03-01",
-                "--to",
-                "2026-03-31",
-                "--format",
-                format,
-                "--out",
-                out,
-                "--reason",
-                "audit",
-            ],
-        );
+        let o = export(&d, format, out, "audit", &MARCH);
         assert_eq!(
             o.status.code(),
             Some(0),
@@ -486,23 +430,12 @@ fn bad_export_requests_are_usage_errors_and_leave_no_file() {
         (vec!["--school", "999999"], "--school 999999"),
         (vec!["--from", "2026-04-01"], "after --to"),
     ] {
-        let mut all = vec![
-            "--trust",
-            "celt",
-            "--to",
-            "2026-03-31",
-            "--format",
-            "jsonl",
-            "--out",
-            "x.jsonl",
-            "--reason",
-            "referral",
-        ];
+        let mut all = vec!["--to", "2026-03-31"];
         if !args.contains(&"--from") {
             all.extend(["--from", "2026-03-01"]);
         }
         all.extend(args);
-        let o = export(&d, &all);
+        let o = export(&d, "jsonl", "x.jsonl", "referral", &all);
         assert_eq!(o.status.code(), Some(2));
         assert!(
             String::from_utf8_lossy(&o.stderr).contains(says),
@@ -511,41 +444,9 @@ fn bad_export_requests_are_usage_errors_and_leave_no_file() {
         );
         assert!(!d.path("x.jsonl").exists());
     }
-    let o = export(
-        &d,
-        &[
-            "--trust",
-            "celt",
-            "--from",
-            "2026-03-01",
-            "--to",
-            "2026-03-31",
-            "--format",
-            "pdf",
-            "--out",
-            "x",
-            "--reason",
-            "referral",
-        ],
-    );
+    let o = export(&d, "pdf", "x", "referral", &MARCH);
     assert_eq!(o.status.code(), Some(2));
-    let o = export(
-        &d,
-        &[
-            "--trust",
-            "celt",
-            "--from",
-            "2026-03-01",
-            "--to",
-            "2026-03-31",
-            "--format",
-            "jsonl",
-            "--out",
-            "x",
-            "--reason",
-            "curiosity",
-        ],
-    );
+    let o = export(&d, "jsonl", "x", "curiosity", &MARCH);
     assert_eq!(o.status.code(), Some(2));
     // Nothing half-written is left beside where it would have gone.
     let leftovers: Vec<_> = std::fs::read_dir(d.dir.path())
@@ -706,14 +607,7 @@ async fn a_purge_spares_a_revision_still_retrying_and_every_proof_still_holds() 
     d.run("audit prove", &["--record", "changed.json"]).code(1);
 
     // The purge is in the trail: a `purged` event with the content hash.
-    let leaves: Vec<Value> = std::fs::read_to_string(dir.join("entries.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let e: Value = serde_json::from_str(l).unwrap();
-            serde_json::from_slice(&B64.decode(e["leaf"].as_str().unwrap()).unwrap()).unwrap()
-        })
-        .collect();
+    let leaves = leaves(&dir);
     let purged: Vec<&Value> = leaves.iter().filter(|l| l["event"] == "purged").collect();
     assert_eq!(purged.len(), 1);
     assert_eq!(purged[0]["record_id"], "r-done");
@@ -929,14 +823,7 @@ async fn serve_exports_for_export_keys_only_and_purges_daily() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let entries = std::fs::read_to_string(d.path("b/entries.jsonl")).unwrap();
-    let leaves: Vec<Value> = entries
-        .lines()
-        .map(|l| {
-            let e: Value = serde_json::from_str(l).unwrap();
-            serde_json::from_slice(&B64.decode(e["leaf"].as_str().unwrap()).unwrap()).unwrap()
-        })
-        .collect();
+    let leaves = leaves(&d.path("b"));
     let by_key = leaves
         .iter()
         .filter(|l| l["by"] == format!("key:{export_id}").as_str())
