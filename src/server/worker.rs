@@ -20,11 +20,13 @@ const ROUTE_GATHER: Duration = Duration::from_millis(20);
 /// Takes the drop folder, routes and delivers in process until `stop` is notified. Two
 /// halves run side by side: routing — at once when a request stores new work, every second
 /// regardless, the drop folder every `[intake] sweep_seconds`, checkpoints signed every
-/// `[audit] checkpoint_seconds`, expired content purged at start and every
-/// `[retention] purge_seconds` (a day) — wakes the delivery run, which keeps every destination's
+/// `[audit] checkpoint_seconds` — wakes the delivery run, which keeps every destination's
 /// slots busy with its most urgent due deliveries (an `immediate` flag routed mid-run is
 /// claimed next) and waits when there are none. On `stop` the run claims nothing more,
 /// sends what it has claimed and ends; what is still pending waits for the next start.
+/// Beside them, retention purges expired content at start and every `[retention]
+/// purge_seconds` (a day); a stop drops a purge between pages (each page is its own
+/// transaction: a page cut short is rolled back whole).
 /// `running` is true while delivery runs.
 pub async fn delivery_loop(
     deployment: &Deployment,
@@ -126,7 +128,10 @@ pub async fn delivery_loop(
     let purging = async {
         let mut stopped = until.clone();
         loop {
-            purge(deployment, store.as_ref()).await;
+            tokio::select! {
+                () = purge(deployment, store.as_ref()) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
             tokio::select! {
                 () = tokio::time::sleep(config.purge_every) => {}
                 _ = stopped.wait_for(|stop| *stop) => return,
