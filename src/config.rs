@@ -196,7 +196,18 @@ impl SecretOverrides {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    sqlite: PathBuf,
+    /// Required unless `postgres` is given.
+    sqlite: Option<PathBuf>,
+    /// A URL without a password, or `{ env }` / `{ file }` holding one that has.
+    postgres: Option<RawPostgres>,
+    lease_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPostgres {
+    Url(String),
+    Secret(SecretRef),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,7 +289,11 @@ pub struct DeliverySettings {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// The SQLite store's file; with PostgreSQL, where the store's local files (an
+    /// export's temporary folder) would go: `var/doorstep.db` unless given.
     pub sqlite_path: PathBuf,
+    /// `[store] postgres`: the store is PostgreSQL, shared by several instances.
+    pub postgres: Option<PostgresConfig>,
     pub drop_dir: PathBuf,
     pub archive_dir: PathBuf,
     pub rejected_dir: PathBuf,
@@ -309,6 +324,43 @@ pub struct Config {
     /// How long `sync` keeps waiting for retries that fall due.
     pub max_wait: std::time::Duration,
     pub delivery: DeliverySettings,
+}
+
+/// Where the PostgreSQL store is and how its instances share the work.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url: PostgresUrl,
+    /// How long a claimed delivery stays leased to the instance that claimed it (renewed
+    /// while the instance lives); after that, another instance may take it.
+    pub lease: std::time::Duration,
+}
+
+/// The connection URL: written in the config (no password allowed), or in a variable or file.
+#[derive(Debug, Clone)]
+pub enum PostgresUrl {
+    Inline(String),
+    Secret(SecretRef),
+}
+
+impl PostgresUrl {
+    /// The URL itself (a secret's value read now). The error never carries the URL.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            PostgresUrl::Inline(url) => Ok(url.clone()),
+            PostgresUrl::Secret(secret) => secret.resolve(Path::new("")),
+        }
+    }
+}
+
+/// Whether a connection URL carries a password (`user:password@`), without parsing it
+/// loosely: everything between `://` and the last `@` of the authority is the user part.
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
+        || url.contains("password=")
 }
 
 impl Config {
@@ -386,6 +438,7 @@ impl Config {
             return Err(invalid("retention.purge_seconds", "from 1 to 604800".into()).into());
         }
         let out_dir = at(raw.delivery.out.as_deref().unwrap_or(Path::new("out")));
+        let postgres = Self::postgres(path, &raw.store, &at)?;
         let mut overrides = BTreeMap::new();
         for (trust, dests) in raw.destinations {
             for (name, d) in dests {
@@ -429,7 +482,12 @@ impl Config {
             },
             out_dir,
             path: path.to_path_buf(),
-            sqlite_path: at(&raw.store.sqlite),
+            sqlite_path: at(raw
+                .store
+                .sqlite
+                .as_deref()
+                .unwrap_or(Path::new("var/doorstep.db"))),
+            postgres,
             drop_dir: at(raw.intake.drop.as_deref().unwrap_or(Path::new("drop"))),
             archive_dir: at(raw
                 .intake
@@ -454,6 +512,62 @@ impl Config {
                 file: s.file.map(|f| at(&f)),
             }),
         })
+    }
+}
+
+impl Config {
+    /// `[store] postgres` checked: one back end named, no password written in the file.
+    fn postgres(
+        path: &Path,
+        store: &RawStore,
+        at: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<Option<PostgresConfig>, ConfigError> {
+        let invalid = |key: &str, reason: String| FileError::invalid(path, key, reason);
+        let lease = store.lease_seconds.unwrap_or(30.0);
+        if !(1.0..=3600.0).contains(&lease) {
+            return Err(invalid("store.lease_seconds", "from 1 to 3600".into()).into());
+        }
+        let url = match &store.postgres {
+            None if store.sqlite.is_none() => {
+                return Err(invalid(
+                    "store",
+                    "name the store: `sqlite = \"PATH\"` or `postgres = \"postgres://user@host/db\"`"
+                        .into(),
+                )
+                .into());
+            }
+            None => return Ok(None),
+            Some(RawPostgres::Url(url)) => {
+                if url_has_password(url) {
+                    return Err(ConfigError::Secret {
+                        path: path.to_path_buf(),
+                        key: "store.postgres".into(),
+                        reason: "a URL carrying a password is not written in the config: \
+                                 give `{ env = \"NAME\" }` or `{ file = \"PATH\" }`"
+                            .into(),
+                    });
+                }
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(invalid(
+                        "store.postgres",
+                        "a URL beginning postgres:// or postgresql://".into(),
+                    )
+                    .into());
+                }
+                PostgresUrl::Inline(url.clone())
+            }
+            Some(RawPostgres::Secret(secret)) => {
+                check_secret(path, "store.postgres", secret)?;
+                PostgresUrl::Secret(SecretRef {
+                    env: secret.env.clone(),
+                    file: secret.file.as_deref().map(at),
+                })
+            }
+        };
+        Ok(Some(PostgresConfig {
+            url,
+            lease: std::time::Duration::from_secs_f64(lease),
+        }))
     }
 }
 

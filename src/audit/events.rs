@@ -113,11 +113,9 @@ pub fn delivery_outcome(c: &Claimed, outcome: &AttemptOutcome, at: &str) -> Even
     e
 }
 
-/// The events of attempts' outcomes, in order.
-pub fn finished(done: &[Finished]) -> Vec<Event> {
-    done.iter()
-        .map(|f| delivery_outcome(&f.claimed, &f.outcome, &f.at))
-        .collect()
+/// The event of one attempt's outcome, as recorded.
+pub fn finished(f: &Finished) -> Event {
+    delivery_outcome(&f.claimed, &f.outcome, &f.at)
 }
 
 /// The events of dead letters put back to be sent, in order.
@@ -183,12 +181,13 @@ impl<S: Store> TrailedStore for S {}
 /// A delivery store that records outcomes and replays with the trail's events. Every
 /// [`DeliveryStore`] is one.
 pub trait TrailedDeliveries: DeliveryStore {
-    /// Records outcomes with their trail events ([`finished`]) in one transaction.
-    fn finish(&self, done: &[Finished]) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let events = finished(done);
-            self.finish_with_trail(done, &events).await
-        }
+    /// Records outcomes with their trail events ([`finished`]) in one transaction;
+    /// returns the indices of late outcomes (their lease was lost), which changed nothing.
+    fn finish(
+        &self,
+        done: &[Finished],
+    ) -> impl Future<Output = Result<Vec<usize>, StoreError>> + Send {
+        self.finish_with_trail(done, &finished)
     }
 
     /// [`DeliveryStore::replay_with_trail`] with the trail's events ([`replayed`]).

@@ -50,6 +50,17 @@ pub(super) fn log_outcome(f: &Finished) {
     }
 }
 
+/// Logs an outcome the store did not write: the delivery's lease was lost (this instance
+/// stalled past it, and another took the delivery), so another attempt decides it.
+pub(super) fn log_late(f: &Finished) {
+    let c = &f.claimed;
+    tracing::warn!(
+        trust = %c.trust, destination = %c.destination, kind = %c.kind, record_id = %c.record_id,
+        revision = c.revision, lease = c.lease, outcome = f.outcome.attempt_outcome(),
+        "late outcome not recorded: this instance no longer holds the delivery's lease"
+    );
+}
+
 pub(super) struct Driver<S> {
     pub(super) dest: Arc<Dest>,
     pub(super) trusts: Arc<Trusts>,

@@ -38,7 +38,7 @@ use crate::store::StoreError;
 use crate::store::deliveries::{DeliveryStore, Finished};
 
 use destinations::{Dest, Transport, http_sink};
-use driver::{Driver, log_outcome};
+use driver::{Driver, log_late, log_outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -278,9 +278,13 @@ impl Engine {
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(FINISH_BATCH);
                 while rx.recv_many(&mut batch, FINISH_BATCH).await > 0 {
-                    store.finish(&batch).await?;
-                    for f in &batch {
-                        log_outcome(f);
+                    let late = store.finish(&batch).await?;
+                    for (i, f) in batch.iter().enumerate() {
+                        if late.contains(&i) {
+                            log_late(f);
+                        } else {
+                            log_outcome(f);
+                        }
                     }
                     batch.clear();
                     wake.notify_waiters();

@@ -484,6 +484,7 @@ mod tests {
             prior_target: None,
             prior_sent: None,
             unsure: false,
+            lease: 0,
         }
     }
 

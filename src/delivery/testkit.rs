@@ -71,6 +71,7 @@ pub(super) fn claimed(kind: &str, prior_target: Option<&str>) -> Claimed {
         prior_target: prior_target.map(str::to_owned),
         prior_sent: None,
         unsure: false,
+        lease: 0,
     }
 }
 

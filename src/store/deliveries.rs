@@ -74,6 +74,9 @@ pub struct Claimed {
     /// An earlier attempt was sent and no answer came (or the run stopped while it was in
     /// flight): it may have taken effect.
     pub unsure: bool,
+    /// The lease's fencing token: the outcome is written only while the delivery still
+    /// holds it (no other claim since).
+    pub lease: i64,
 }
 
 /// Field name → SHA-256 (hex) of the field's value as a target received it: enough to tell
@@ -273,6 +276,20 @@ pub struct Replayed {
     pub destination: String,
 }
 
+/// Makes the trail event of an outcome the store accepted.
+pub type FinishTrail<'a> = &'a (dyn Fn(&Finished) -> Event + Sync);
+
+/// Deliveries in flight, by the process holding their leases (`status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeaseCount {
+    /// `host/pid/random` on PostgreSQL; `sqlite/pid` for the one SQLite writer.
+    pub instance: String,
+    pub in_flight: u64,
+    /// Seconds until its latest lease runs out (negative: ran out, not yet taken back;
+    /// none on SQLite, where the one writer holds its leases while it runs).
+    pub expires_in_seconds: Option<f64>,
+}
+
 /// Makes the trail events of deliveries replayed at a time (RFC 3339 UTC).
 pub type ReplayTrail<'a> = &'a (dyn Fn(&[Replayed], &str) -> Vec<Event> + Sync);
 
@@ -317,12 +334,17 @@ pub trait DeliveryStore: super::lookups::LookupStore {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Claimed>, StoreError>> + Send;
 
-    /// Records outcomes, and appends the given trail events, in one transaction.
+    /// Records outcomes, each with the trail event `trail` makes of it, in one transaction
+    /// — only those whose delivery still holds the claim's lease ([`Claimed::lease`]) and is
+    /// in flight. Returns the indices in `done` of the late ones, which changed nothing.
     fn finish_with_trail(
         &self,
         done: &[Finished],
-        events: &[Event],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        trail: FinishTrail<'_>,
+    ) -> impl Future<Output = Result<Vec<usize>, StoreError>> + Send;
+
+    /// Deliveries in flight by the instance leasing them.
+    fn leases(&self) -> impl Future<Output = Result<Vec<LeaseCount>, StoreError>> + Send;
 
     /// When the destination's next delivery falls due (RFC 3339), if any is waiting; now,
     /// while any is in flight.

@@ -14,10 +14,12 @@
 //! May not touch: parsing, policy, delivery decisions.
 
 pub mod deliveries;
+mod edges;
 pub mod issues;
 pub mod keys;
 pub mod lookups;
 pub mod rules;
+pub mod postgres;
 mod sqlite;
 pub mod time;
 
@@ -36,6 +38,7 @@ pub use issues::{Conflict, Rejection};
 pub use keys::KeyStore;
 pub use lookups::LookupStore;
 pub use rules::DeliveryState;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use sqlite::lock::{LockError, WriterLock, lock_writer as sqlite_lock_writer};
 
@@ -55,6 +58,14 @@ pub enum StoreError {
     },
     #[error("store {location}: {reason}")]
     Io { location: String, reason: String },
+    /// The database's schema is not the one this build knows (PostgreSQL: migrated only
+    /// when asked, by `doorstep migrate` or `serve --migrate`).
+    #[error("store {location}: {}", schema_mismatch(*found, *known))]
+    Schema {
+        location: String,
+        found: Option<i64>,
+        known: i64,
+    },
     /// A stored value does not read as what it should be: a damaged or foreign store.
     #[error("store {location}: column {column} does not read: {reason}")]
     Decode {
@@ -62,6 +73,20 @@ pub enum StoreError {
         column: String,
         reason: String,
     },
+}
+
+fn schema_mismatch(found: Option<i64>, known: i64) -> String {
+    match found {
+        None => format!(
+            "holds no doorstep schema yet; this doorstep's schema is version {known}: run `doorstep migrate` (or `doorstep serve --migrate`) once"
+        ),
+        Some(v) if v > known => format!(
+            "its schema is at version {v}, newer than this doorstep's version {known}: run the doorstep that migrated it"
+        ),
+        Some(v) => format!(
+            "its schema is at version {v}, older than this doorstep's version {known}: run `doorstep migrate` (or `doorstep serve --migrate`) once"
+        ),
+    }
 }
 
 /// A policy exception a revision raises, as the store keeps it.

@@ -13,14 +13,13 @@ use crate::records::severity::Severity;
 use crate::store::StoreError;
 use crate::store::deliveries::{
     AttemptExport, AttemptOutcome, AttemptRow, Claimed, DeliveryCount, DeliveryDetail, DeliveryRow,
-    DeliveryStore, ExceptionState, Finished, NewDelivery, QueueStat, RecordState, ReplayTrail,
+    DeliveryStore, ExceptionState, FinishTrail, Finished, LeaseCount, NewDelivery, QueueStat, RecordState, ReplayTrail,
     Replayed, RevisionState, Unrouted,
 };
 use crate::store::rules::{
     CLAIM_ORDER, CLAIMABLE, ClaimOrder, DeliveryState, REPLAY_BLOCKED_BY, REPLAYABLE, REPLAYED_TO,
     UNFINISHED, sql_list,
 };
-use crate::trail::Event;
 
 /// `ORDER BY` of the claim order, on deliveries aliased `d`.
 fn claim_order() -> String {
@@ -36,7 +35,8 @@ fn claim_order() -> String {
 
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE deliveries SET state = '{in_flight}', updated_at = ?3 WHERE seq IN ( \
+        "UPDATE deliveries SET state = '{in_flight}', updated_at = ?3, lease_token = lease_token + 1, \
+           lease_owner = ?5 WHERE seq IN ( \
            SELECT d.seq FROM deliveries d \
            WHERE d.trust = ?1 AND d.destination = ?2 AND d.state IN ({claimable}) AND d.next_at <= ?3 \
              AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.trust = d.trust AND e.destination = d.destination \
@@ -61,7 +61,7 @@ static CLAIMED: LazyLock<String> = LazyLock::new(|| {
            (SELECT p.sent_fields FROM deliveries p WHERE p.trust = d.trust AND p.destination = d.destination \
               AND p.kind = d.kind AND p.record_id = d.record_id AND p.revision < d.revision \
               AND p.state = '{delivered}' AND p.target_id IS NOT NULL ORDER BY p.revision DESC LIMIT 1) AS prior_sent, \
-           d.unsure \
+           d.unsure, d.lease_token \
          FROM deliveries d JOIN records r ON r.trust = d.trust AND r.kind = d.kind AND r.id = d.record_id \
            AND r.revision = d.revision \
          WHERE d.seq IN (SELECT value FROM json_each(?1)) ORDER BY {order}",
@@ -73,7 +73,7 @@ static CLAIMED: LazyLock<String> = LazyLock::new(|| {
 static RELEASE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN '{tried}' ELSE '{untried}' END, \
-         unsure = 1, updated_at = ?1 WHERE state = '{in_flight}'",
+         unsure = 1, lease_owner = NULL, updated_at = ?1 WHERE state = '{in_flight}'",
         tried = crate::store::rules::released(1).as_str(),
         untried = crate::store::rules::released(0).as_str(),
         in_flight = DeliveryState::InFlight.as_str(),
@@ -120,6 +120,11 @@ static REPLAY: LazyLock<String> = LazyLock::new(|| {
         needs_check = crate::store::rules::NEEDS_CHECK,
     )
 });
+
+/// This process as the holder of the leases it claims: `sqlite/<pid>`.
+fn lease_owner() -> String {
+    format!("sqlite/{}", std::process::id())
+}
 
 /// A time as stored (RFC 3339 text).
 fn time_of(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, Undecoded> {
@@ -222,6 +227,7 @@ fn claimed_of(r: &SqliteRow) -> Result<Claimed, Undecoded> {
         content_hash: r.col(11)?,
         exceptions: severities(r.col(12)?),
         unsure: r.col::<i64, _>(15)? != 0,
+        lease: r.col(16)?,
         prior_target: r.col(13)?,
         prior_sent: r
             .col::<Option<String>, _>(14)?
@@ -366,6 +372,7 @@ impl DeliveryStore for SqliteStore {
             .bind(destination)
             .bind(&now)
             .bind(limit as i64)
+            .bind(lease_owner())
             .fetch_all(&mut *tx)
             .await
             .map_err(&err)?;
@@ -388,11 +395,13 @@ impl DeliveryStore for SqliteStore {
     async fn finish_with_trail(
         &self,
         done: &[Finished],
-        events: &[Event],
-    ) -> Result<(), StoreError> {
+        trail: FinishTrail<'_>,
+    ) -> Result<Vec<usize>, StoreError> {
         if done.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut late = Vec::new();
+        let mut events = Vec::with_capacity(done.len());
         let err = self.db_err();
         let _turn = self.write_turn().await;
         let mut tx = self
@@ -400,15 +409,16 @@ impl DeliveryStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(&err)?;
-        for f in done {
+        for (i, f) in done.iter().enumerate() {
             let c = &f.claimed;
             let attempt = c.attempts + 1;
-            let (outcome, status, error) = match &f.outcome {
+            let (outcome, status, error, written) = match &f.outcome {
                 AttemptOutcome::Delivered { target_id, status } => {
-                    sqlx::query(
+                    let r = sqlx::query(
                         "UPDATE deliveries SET state = ?6, attempts = ?2, target_id = COALESCE(?3, target_id), \
                          delivered_at = ?4, last_status = ?5, last_error = NULL, response = NULL, updated_at = ?4, \
-                         sent_fields = COALESCE(?7, sent_fields) WHERE seq = ?1",
+                         sent_fields = COALESCE(?7, sent_fields), lease_owner = NULL \
+                         WHERE seq = ?1 AND lease_token = ?8 AND state = 'in_flight'",
                     )
                     .bind(c.seq)
                     .bind(attempt as i64)
@@ -417,19 +427,21 @@ impl DeliveryStore for SqliteStore {
                     .bind(status.map(i64::from))
                     .bind(f.outcome.state().as_str())
                     .bind(f.sent.as_ref().map(json_param))
+                    .bind(c.lease)
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    (f.outcome.attempt_outcome(), *status, None)
+                    (f.outcome.attempt_outcome(), *status, None, r.rows_affected())
                 }
                 AttemptOutcome::Retry {
                     next_at,
                     error,
                     status,
                 } => {
-                    sqlx::query(
+                    let r = sqlx::query(
                         "UPDATE deliveries SET state = ?7, attempts = ?2, next_at = ?3, last_error = ?4, \
-                         last_status = ?5, updated_at = ?6, unsure = MAX(unsure, ?8) WHERE seq = ?1",
+                         last_status = ?5, updated_at = ?6, unsure = MAX(unsure, ?8), lease_owner = NULL \
+                         WHERE seq = ?1 AND lease_token = ?9 AND state = 'in_flight'",
                     )
                     .bind(c.seq)
                     .bind(attempt as i64)
@@ -439,19 +451,26 @@ impl DeliveryStore for SqliteStore {
                     .bind(&f.at)
                     .bind(f.outcome.state().as_str())
                     .bind(i64::from(f.unsure))
+                    .bind(c.lease)
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    (f.outcome.attempt_outcome(), *status, Some(error.as_str()))
+                    (
+                        f.outcome.attempt_outcome(),
+                        *status,
+                        Some(error.as_str()),
+                        r.rows_affected(),
+                    )
                 }
                 AttemptOutcome::Dead {
                     error,
                     status,
                     response,
                 } => {
-                    sqlx::query(
+                    let r = sqlx::query(
                         "UPDATE deliveries SET state = ?7, attempts = ?2, last_error = ?3, last_status = ?4, \
-                         response = ?5, updated_at = ?6, unsure = MAX(unsure, ?8) WHERE seq = ?1",
+                         response = ?5, updated_at = ?6, unsure = MAX(unsure, ?8), lease_owner = NULL \
+                         WHERE seq = ?1 AND lease_token = ?9 AND state = 'in_flight'",
                     )
                     .bind(c.seq)
                     .bind(attempt as i64)
@@ -461,12 +480,22 @@ impl DeliveryStore for SqliteStore {
                     .bind(&f.at)
                     .bind(f.outcome.state().as_str())
                     .bind(i64::from(f.unsure))
+                    .bind(c.lease)
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    (f.outcome.attempt_outcome(), *status, Some(error.as_str()))
+                    (
+                        f.outcome.attempt_outcome(),
+                        *status,
+                        Some(error.as_str()),
+                        r.rows_affected(),
+                    )
                 }
             };
+            if written == 0 {
+                late.push(i);
+                continue;
+            }
             sqlx::query(
                 "INSERT INTO delivery_attempts (delivery, attempt, at, outcome, status, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
@@ -479,9 +508,30 @@ impl DeliveryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(&err)?;
+            events.push(trail(f));
         }
-        self.append_events(&mut tx, events).await?;
-        tx.commit().await.map_err(&err)
+        self.append_events(&mut tx, &events).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(late)
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseCount>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT lease_owner, count(*) FROM deliveries WHERE state = 'in_flight' \
+             AND lease_owner IS NOT NULL GROUP BY lease_owner ORDER BY lease_owner",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db_err())?;
+        // One writer holds a SQLite store: its leases last as long as it runs.
+        Ok(rows
+            .into_iter()
+            .map(|(instance, n)| LeaseCount {
+                instance,
+                in_flight: n.max(0) as u64,
+                expires_in_seconds: None,
+            })
+            .collect())
     }
 
     async fn next_due(&self, trust: &str, destination: &str) -> Result<Option<String>, StoreError> {
