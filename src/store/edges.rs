@@ -52,4 +52,3 @@ impl Edges {
             .insert(trust.to_owned(), (edge, last_at));
     }
 }
-

@@ -18,8 +18,8 @@ mod edges;
 pub mod issues;
 pub mod keys;
 pub mod lookups;
-pub mod rules;
 pub mod postgres;
+pub mod rules;
 mod sqlite;
 pub mod time;
 
@@ -37,8 +37,8 @@ pub use deliveries::DeliveryStore;
 pub use issues::{Conflict, Rejection};
 pub use keys::KeyStore;
 pub use lookups::LookupStore;
-pub use rules::DeliveryState;
 pub use postgres::PgStore;
+pub use rules::DeliveryState;
 pub use sqlite::SqliteStore;
 pub use sqlite::lock::{LockError, WriterLock, lock_writer as sqlite_lock_writer};
 

@@ -5,6 +5,7 @@
 
 mod fakes;
 mod harness;
+mod pg;
 
 mod audit;
 mod audit_complete;

@@ -1,6 +1,7 @@
 //! The store's contract: one suite, generic over the back end, that every store must pass
-//! (SQLite now; PostgreSQL will implement the same traits and run the same suite). Each
-//! section opens a fresh store in its own folder through `open`.
+//! — SQLite and PostgreSQL. Each section opens a fresh store through `open` (its own folder;
+//! on PostgreSQL its own schema). After it, what only several instances sharing PostgreSQL
+//! meet: a lease that runs out, and many writers on one log.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -12,11 +13,13 @@ use doorstep::records::severity::Severity;
 use doorstep::records::{ContentHash, Kind};
 use doorstep::store::deliveries::{AttemptOutcome, Claimed, Finished, NewDelivery};
 use doorstep::store::lookups::{Cached, LookupScope};
+use doorstep::store::postgres::Migrate;
 use doorstep::store::{
-    DeliveryState, DeliveryStore, IngestOutcome, IntakeBatch, LookupStore, NewRecord,
+    DeliveryState, DeliveryStore, IngestOutcome, IntakeBatch, LookupStore, NewRecord, PgStore,
     RaisedException, SqliteStore, Store,
 };
 use serde_json::Value;
+use std::time::Duration;
 
 const TRUST: &str = "celt";
 const SCHOOL: &str = "136401";
@@ -47,6 +50,7 @@ where
         two_claimers(&a, &b).await;
     }
     release(&open(&fresh("release")).await).await;
+    fencing(&open(&fresh("fencing")).await).await;
     queues(&open(&fresh("queues")).await).await;
     urgent_routed_first(&open(&fresh("urgent-first")).await).await;
     replay(&open(&fresh("replay")).await).await;
@@ -61,6 +65,27 @@ async fn sqlite_meets_the_store_contract() {
     contract(|path: &Path| {
         let path = path.to_path_buf();
         async move { SqliteStore::open(&path).await.unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_meets_the_store_contract() {
+    let schemas = crate::pg::Schemas::new("contract");
+    let schemas = &schemas;
+    contract(|path: &Path| {
+        // The section's folder names its schema; two opens of one path share it.
+        let name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        async move {
+            let url = schemas.url(&name).await;
+            PgStore::open(&url, Duration::from_secs(30), Migrate::Apply)
+                .await
+                .unwrap()
+        }
     })
     .await;
 }
@@ -685,6 +710,51 @@ async fn release<S: Store + DeliveryStore>(store: &S) {
     assert_eq!(store.claim(TRUST, DEST, 10).await.unwrap().len(), 2);
 }
 
+/// An outcome is written only while its delivery still holds the claim's lease: once the
+/// delivery was released and claimed again, the first claim's outcome is late — it changes
+/// nothing and appends no event — and the token only goes up.
+async fn fencing<S: Store + DeliveryStore>(store: &S) {
+    routed(store, &[("V-1", 1, 1)]).await;
+    let first = store.claim(TRUST, DEST, 1).await.unwrap();
+    assert_eq!(store.release_in_flight().await.unwrap(), 1);
+    let second = store.claim(TRUST, DEST, 1).await.unwrap();
+    assert_eq!(second.len(), 1, "released, it is claimed again");
+    assert!(
+        second[0].lease > first[0].lease,
+        "the fencing token only goes up: {} then {}",
+        first[0].lease,
+        second[0].lease
+    );
+    assert!(
+        second[0].unsure,
+        "it was in flight: it may have taken effect"
+    );
+    let before = size(store).await;
+    let late = store
+        .finish(&[done(&first[0], delivered("T-OLD"))])
+        .await
+        .unwrap();
+    assert_eq!(late, vec![0], "the first claim's outcome is late");
+    assert_eq!(size(store).await, before, "a late outcome appends no event");
+    assert_eq!(state_of(store, first[0].seq).await, DeliveryState::InFlight);
+    let late = store
+        .finish(&[done(&second[0], delivered("T-NEW"))])
+        .await
+        .unwrap();
+    assert!(late.is_empty());
+    assert_eq!(size(store).await, before + 1);
+    let (row, _, attempts) = store.delivery(second[0].seq).await.unwrap().unwrap();
+    assert_eq!(row.target_id.as_deref(), Some("T-NEW"));
+    assert_eq!(attempts.len(), 1, "only the outcome written is an attempt");
+    // Finished once, the lease is spent: a second outcome for it changes nothing.
+    let late = store.finish(&[done(&second[0], dead())]).await.unwrap();
+    assert_eq!(late, vec![0]);
+    assert_eq!(
+        state_of(store, second[0].seq).await,
+        DeliveryState::Delivered
+    );
+}
+
 async fn replay<S: Store + DeliveryStore + LookupStore>(store: &S) {
     routed(store, &[("V-1", 1, 1), ("V-2", 1, 1), ("V-3", 1, 1)]).await;
     let claimed = store.claim(TRUST, DEST, 10).await.unwrap();
@@ -1048,4 +1118,140 @@ async fn retention<S: Store + DeliveryStore>(store: &S) {
         .unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].id, "P-dead");
+}
+
+// ---- Several instances on one PostgreSQL ----------------------------------------------
+
+/// An instance that stops (its pool closed: no more lease renewals) loses its leases when
+/// they run out; another instance takes the deliveries again, marked unsure, with the same
+/// idempotency key; the stopped instance's late outcome changes nothing. One that lives
+/// keeps its leases past their first expiry (renewed).
+#[tokio::test]
+async fn postgres_a_lease_that_runs_out_is_taken_over() {
+    let schemas = crate::pg::Schemas::new("lease");
+    let url = schemas.url("lease").await;
+    let lease = Duration::from_secs(1);
+    let a = PgStore::open(&url, lease, Migrate::Apply).await.unwrap();
+    let b = PgStore::open(&url, lease, Migrate::Require).await.unwrap();
+    routed(&a, &[("V-1", 1, 1), ("V-2", 1, 1)]).await;
+    let by_a = a.claim(TRUST, DEST, 1).await.unwrap();
+    let by_b = b.claim(TRUST, DEST, 1).await.unwrap();
+    assert_eq!(by_a.len() + by_b.len(), 2, "each takes one");
+    let leases = a.leases().await.unwrap();
+    assert_eq!(leases.len(), 2, "a lease per instance: {leases:?}");
+    assert!(leases.iter().any(|l| l.instance == a.instance()));
+
+    // b lives on past its lease: renewed, nobody can take its delivery.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let c = PgStore::open(&url, lease, Migrate::Require).await.unwrap();
+    a.close().await;
+    assert!(
+        c.claim(TRUST, DEST, 10).await.unwrap().is_empty(),
+        "leases held by living instances are renewed"
+    );
+    // a stopped: once its lease runs out, c takes its delivery again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let taken = c.claim(TRUST, DEST, 10).await.unwrap();
+    assert_eq!(keys(&taken), keys(&by_a), "c takes only a's delivery");
+    assert!(taken[0].unsure, "a's request may have taken effect");
+    assert_eq!(taken[0].idempotency_key, by_a[0].idempotency_key);
+    assert!(taken[0].lease > by_a[0].lease);
+    // a's outcome arrives late (written through another connection: a is gone).
+    let late = c.finish(&[done(&by_a[0], delivered("T-A"))]).await.unwrap();
+    assert_eq!(late, vec![0]);
+    assert!(
+        c.finish(&[done(&taken[0], delivered("T-C"))])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.finish(&[done(&by_b[0], delivered("T-B"))])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (row, _, _) = c.delivery(taken[0].seq).await.unwrap().unwrap();
+    assert_eq!(row.target_id.as_deref(), Some("T-C"));
+}
+
+/// Many writers, one log: three instances append at once (events, intake and outcomes);
+/// the log is one linear tree — every leaf once, sizes adding up, the stored nodes those of
+/// the tree the leaves make at every size a checkpoint could have been taken at.
+#[tokio::test]
+async fn postgres_many_writers_keep_one_linear_log() {
+    let schemas = crate::pg::Schemas::new("log");
+    let url = schemas.url("log").await;
+    let lease = Duration::from_secs(30);
+    let first = PgStore::open(&url, lease, Migrate::Apply).await.unwrap();
+    let mut stores = vec![first];
+    for _ in 0..2 {
+        stores.push(PgStore::open(&url, lease, Migrate::Require).await.unwrap());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, store) in stores.iter().cloned().enumerate() {
+        tasks.spawn(async move {
+            let mut sizes = Vec::new();
+            for round in 0..15u64 {
+                let events: Vec<Event> = (0..7)
+                    .map(|i| event(1000 * w as u64 + 10 * round + i, SCHOOL))
+                    .collect();
+                let got = store.audit_append(&events).await.unwrap();
+                sizes.push(got[TRUST]);
+                let id = format!("W{w}-{round}");
+                let out = store
+                    .ingest(&batch(vec![record(&id, 1, "x")]))
+                    .await
+                    .unwrap();
+                assert_eq!(out, vec![IngestOutcome::Stored]);
+            }
+            sizes
+        });
+    }
+    let mut all_sizes = BTreeSet::new();
+    while let Some(sizes) = tasks.join_next().await {
+        for s in sizes.unwrap() {
+            assert!(all_sizes.insert(s), "two appends ended at size {s}");
+        }
+    }
+    let size = size(&stores[0]).await;
+    let leaves = stores[0]
+        .audit_leaves(TRUST, None, 0, size, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(leaves.len() as u64, size);
+    let appended = leaves
+        .iter()
+        .filter(|(_, l)| l.contains("\"record_id\":\"V-"))
+        .count();
+    assert_eq!(appended, 3 * 15 * 7, "every appended event once");
+    let received = leaves.iter().filter(|(_, l)| l.contains("\"W")).count();
+    assert!(received >= 45, "every ingest's events: {received}");
+    // One school's numbers run 0, 1, 2… in log order whoever wrote them.
+    for (i, (_, leaf)) in leaves.iter().enumerate() {
+        let v: Value = serde_json::from_str(leaf).unwrap();
+        assert_eq!(v["school_seq"], i as u64, "leaf {i}");
+    }
+    let hashes: Vec<tree::Hash> = leaves
+        .iter()
+        .map(|(_, l)| tree::leaf_hash(l.as_bytes()))
+        .collect();
+    let mut want = tree::MemoryTree::default();
+    want.append(&hashes).unwrap();
+    for n in all_sizes.iter().copied().chain([size]) {
+        let root = tree::root_nodes(n);
+        for store in &stores {
+            assert_eq!(
+                store.audit_nodes(TRUST, &root).await.unwrap(),
+                want.nodes(&root),
+                "the tree at size {n}, read by any instance"
+            );
+        }
+        let proof = tree::nodes_for(&tree::consistency_ranges(n / 2 + 1, n));
+        assert_eq!(
+            stores[1].audit_nodes(TRUST, &proof).await.unwrap(),
+            want.nodes(&proof),
+            "a consistency proof's nodes up to {n}"
+        );
+    }
 }

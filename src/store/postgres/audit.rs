@@ -314,14 +314,13 @@ impl PgStore {
             .map(|t| t.index as i64)
             .collect();
         if !bundles.is_empty() {
-            let rows = sqlx::query(
-                "SELECT n, leaves FROM audit_bundles WHERE trust = $1 AND n = ANY($2)",
-            )
-            .bind(trust)
-            .bind(&bundles)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(&err)?;
+            let rows =
+                sqlx::query("SELECT n, leaves FROM audit_bundles WHERE trust = $1 AND n = ANY($2)")
+                    .bind(trust)
+                    .bind(&bundles)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(&err)?;
             for row in &rows {
                 let tile = tree::TileId {
                     level: 0,

@@ -392,7 +392,9 @@ impl DeliveryStore for PgStore {
             .map_err(&err)?;
         if released.rows_affected() > 0 {
             tracing::warn!(
-                trust, destination, deliveries = released.rows_affected(),
+                trust,
+                destination,
+                deliveries = released.rows_affected(),
                 "leases ran out (an instance stopped or stalled): its deliveries are taken again"
             );
         }
@@ -461,7 +463,12 @@ impl DeliveryStore for PgStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    (f.outcome.attempt_outcome(), *status, None, r.rows_affected())
+                    (
+                        f.outcome.attempt_outcome(),
+                        *status,
+                        None,
+                        r.rows_affected(),
+                    )
                 }
                 AttemptOutcome::Retry {
                     next_at,

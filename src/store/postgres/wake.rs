@@ -63,7 +63,8 @@ impl PgStore {
                             tokio::time::sleep(DEBOUNCE).await;
                             while let Ok(Ok(Some(_))) =
                                 tokio::time::timeout(Duration::ZERO, listener.try_recv()).await
-                            {}
+                            {
+                            }
                             wake.notify_waiters();
                         }
                         // The connection was lost (notifications meanwhile are lost too):

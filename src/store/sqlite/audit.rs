@@ -2,8 +2,8 @@
 //! nodes, each trust's size; appends in two statements per trust once the edge is known.
 //! The events are made by `audit::events` (or the caller) and only appended here.
 
-use std::collections::{BTreeMap, HashMap};
 use sqlx::SqliteConnection;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Col, INSERT_ROWS, SqliteStore, json_param, now};
 use crate::store::StoreError;

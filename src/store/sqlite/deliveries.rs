@@ -13,8 +13,8 @@ use crate::records::severity::Severity;
 use crate::store::StoreError;
 use crate::store::deliveries::{
     AttemptExport, AttemptOutcome, AttemptRow, Claimed, DeliveryCount, DeliveryDetail, DeliveryRow,
-    DeliveryStore, ExceptionState, FinishTrail, Finished, LeaseCount, NewDelivery, QueueStat, RecordState, ReplayTrail,
-    Replayed, RevisionState, Unrouted,
+    DeliveryStore, ExceptionState, FinishTrail, Finished, LeaseCount, NewDelivery, QueueStat,
+    RecordState, ReplayTrail, Replayed, RevisionState, Unrouted,
 };
 use crate::store::rules::{
     CLAIM_ORDER, CLAIMABLE, ClaimOrder, DeliveryState, REPLAY_BLOCKED_BY, REPLAYABLE, REPLAYED_TO,
@@ -431,7 +431,12 @@ impl DeliveryStore for SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    (f.outcome.attempt_outcome(), *status, None, r.rows_affected())
+                    (
+                        f.outcome.attempt_outcome(),
+                        *status,
+                        None,
+                        r.rows_affected(),
+                    )
                 }
                 AttemptOutcome::Retry {
                     next_at,
