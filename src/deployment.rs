@@ -18,7 +18,8 @@ use crate::config::{Config, ConfigError, SecretRef};
 use crate::connectors::{ConnectorError, Connectors};
 use crate::delivery::{DeliveryError, Engine};
 use crate::mapping::{MappingError, Trusts};
-use crate::store::{LockError, SqliteStore, Store, StoreError, WriterLock};
+use crate::store::postgres::Migrate;
+use crate::store::{AnyStore, LockError, PgStore, SqliteStore, Store, StoreError, WriterLock};
 
 /// Why a deployment, or one of its parts, cannot be had. Each names its file.
 #[derive(Debug, thiserror::Error)]
@@ -134,35 +135,85 @@ impl Deployment {
         })
     }
 
-    /// Opens (creating and migrating if need be) the deployment's store.
-    pub async fn open_store(&self) -> Result<SqliteStore, DeploymentError> {
-        SqliteStore::open(&self.config.sqlite_path)
-            .await
-            .map_err(|source| self.store_error(source))
+    /// Opens the deployment's store: the SQLite file (created and migrated if need be), or
+    /// the PostgreSQL database, which must be at this build's schema (`doorstep migrate`).
+    pub async fn open_store(&self) -> Result<AnyStore, DeploymentError> {
+        self.open(Migrate::Require, false).await
     }
 
-    fn store_error(&self, source: crate::store::StoreError) -> DeploymentError {
+    /// Opens the store bringing its schema up to date (`doorstep migrate`, `serve
+    /// --migrate`).
+    pub async fn open_store_migrating(&self) -> Result<AnyStore, DeploymentError> {
+        self.open(Migrate::Apply, false).await
+    }
+
+    /// The store for a reading verb: read-only where it cannot be written (an auditor's
+    /// copy of a SQLite file), never migrated there ([`SqliteStore::open_for_reading`]).
+    pub async fn open_store_for_reading(&self) -> Result<AnyStore, DeploymentError> {
+        self.open(Migrate::Require, true).await
+    }
+
+    /// The schema version the store is at (`None`: none yet), without changing it.
+    pub async fn store_version(&self) -> Result<Option<i64>, DeploymentError> {
+        match &self.config.postgres {
+            Some(pg) => {
+                let url = pg.url.resolve().map_err(|reason| {
+                    self.store_error(StoreError::Io {
+                        location: "[store] postgres".into(),
+                        reason,
+                    })
+                })?;
+                crate::store::postgres::version_at(&url).await
+            }
+            None => SqliteStore::version_at(&self.config.sqlite_path).await,
+        }
+        .map_err(|source| self.store_error(source))
+    }
+
+    async fn open(&self, migrate: Migrate, reading: bool) -> Result<AnyStore, DeploymentError> {
+        let opened = match &self.config.postgres {
+            Some(pg) => {
+                let url = pg.url.resolve().map_err(|reason| {
+                    self.store_error(StoreError::Io {
+                        location: "[store] postgres".into(),
+                        reason,
+                    })
+                })?;
+                PgStore::open(&url, pg.lease, migrate)
+                    .await
+                    .map(AnyStore::Postgres)
+            }
+            None if reading => SqliteStore::open_for_reading(&self.config.sqlite_path)
+                .await
+                .map(AnyStore::Sqlite),
+            None => SqliteStore::open(&self.config.sqlite_path)
+                .await
+                .map(AnyStore::Sqlite),
+        };
+        opened.map_err(|source| self.store_error(source))
+    }
+
+    fn store_error(&self, source: StoreError) -> DeploymentError {
         DeploymentError::Store {
             config: self.config.path.display().to_string(),
             source,
         }
     }
 
-    /// The store for a reading verb: read-only where it cannot be written (an auditor's
-    /// copy), never migrated there ([`SqliteStore::open_for_reading`]).
-    pub async fn open_store_for_reading(&self) -> Result<SqliteStore, DeploymentError> {
-        SqliteStore::open_for_reading(&self.config.sqlite_path)
-            .await
-            .map_err(|source| self.store_error(source))
-    }
-
     /// The store's writer lock, for a run that writes (`sync`, `ingest`): one writer per
     /// SQLite store. Waits up to `wait` for another writer to finish; hold it for the run.
-    pub fn lock_writer(&self, wait: std::time::Duration) -> Result<WriterLock, DeploymentError> {
-        Ok(crate::store::sqlite_lock_writer(
+    /// PostgreSQL takes none: several instances share its work (leases, row locks).
+    pub fn lock_writer(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<WriterLock>, DeploymentError> {
+        if self.config.postgres.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(crate::store::sqlite_lock_writer(
             &self.config.sqlite_path,
             wait,
-        )?)
+        )?))
     }
 
     /// The key that signs the trail's checkpoints, from the file or environment variable

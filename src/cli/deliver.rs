@@ -16,7 +16,7 @@ use doorstep::audit::TrailedDeliveries;
 use doorstep::connectors::Connectors;
 use doorstep::deployment::Deployment;
 use doorstep::report::Summary;
-use doorstep::store::SqliteStore;
+use doorstep::store::AnyStore;
 use doorstep::store::deliveries::{DeliveryCount, DeliveryStore};
 use doorstep::sync::{DeliveryTotals, SyncError};
 
@@ -92,6 +92,7 @@ struct SyncSummary {
 
 pub(crate) fn serve(
     listen: Option<std::net::SocketAddr>,
+    migrate: bool,
     writer: Writer,
     common: Common,
 ) -> Result<ExitCode, Fatal> {
@@ -102,6 +103,9 @@ pub(crate) fn serve(
     let addr = listen.unwrap_or(deployment.config().listen);
     runtime()?.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
+        if migrate {
+            deployment.open_store_migrating().await?.close().await;
+        }
         // Taken over before the first line says the server is up: a SIGTERM from then on
         // stops it cleanly, never by the default action.
         let no_signal = |e: std::io::Error| Fatal::Run(format!("cannot take signals: {e}"));
@@ -211,7 +215,7 @@ pub(crate) fn deadletter(action: DeadletterAction) -> Result<ExitCode, Fatal> {
 }
 
 async fn deadletter_in(
-    store: &SqliteStore,
+    store: &AnyStore,
     action: &DeadletterAction,
     format: Format,
 ) -> Result<ExitCode, Fatal> {

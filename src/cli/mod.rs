@@ -100,8 +100,19 @@ enum Command {
         /// Address to listen on; default: the config's `[server] listen`.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<std::net::SocketAddr>,
+        /// Bring the store's schema up to date first (as `doorstep migrate`); without it an
+        /// instance refuses a PostgreSQL schema older or newer than its own.
+        #[arg(long)]
+        migrate: bool,
         #[command(flatten)]
         writer: Writer,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Bring the store's schema up to this doorstep's version (PostgreSQL: instances refuse
+    /// to start on a schema older or newer than theirs; SQLite migrates itself on open).
+    /// Several instances may run it at once: they take turns.
+    Migrate {
         #[command(flatten)]
         common: Common,
     },
@@ -202,7 +213,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// The store's writer lock, held until dropped.
-    pub(crate) fn lock(&self, deployment: &Deployment) -> Result<WriterLock, Fatal> {
+    pub(crate) fn lock(&self, deployment: &Deployment) -> Result<Option<WriterLock>, Fatal> {
         if !(0.0..=86_400.0).contains(&self.wait) {
             return Err(Fatal::Config(
                 "--wait must be from 0 to 86400 seconds".into(),
@@ -344,6 +355,10 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 out.finish(&summary)
             })
         }
+        Command::Migrate { common } => {
+            let deployment = required_deployment(&common.config)?;
+            runtime()?.block_on(migrate(&deployment, common.format))
+        }
         Command::Status { common } => {
             let deployment = required_deployment(&common.config)?;
             let config = deployment.config();
@@ -351,6 +366,9 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 let store = deployment.open_store_for_reading().await?;
                 let report = store.status().await.map_err(|e| Fatal::Run(e.to_string()));
                 let deliveries = doorstep::store::DeliveryStore::delivery_counts(&store)
+                    .await
+                    .map_err(|e| Fatal::Run(e.to_string()));
+                let leases = doorstep::store::DeliveryStore::leases(&store)
                     .await
                     .map_err(|e| Fatal::Run(e.to_string()));
                 store.close().await;
@@ -361,7 +379,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                         .get(&(t.to_owned(), d.to_owned()))
                         .is_some_and(|o| o.paused)
                 };
-                print_status(&report?, &deliveries?, &paused, common.format);
+                print_status(&report?, &deliveries?, &leases?, &paused, common.format);
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -436,9 +454,10 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         Command::Deadletter { action } => deliver::deadletter(action),
         Command::Serve {
             listen,
+            migrate,
             writer,
             common,
-        } => deliver::serve(listen, writer, common),
+        } => deliver::serve(listen, migrate, writer, common),
         Command::Keys { action } => keys::run(action),
         Command::Mapping {
             action: MappingAction::Test { folder, config },
@@ -549,9 +568,38 @@ impl Reporter for Output {
     }
 }
 
+/// `doorstep migrate`: the schema version before and after, one line (or JSON object).
+async fn migrate(deployment: &Deployment, format: Format) -> Result<ExitCode, Fatal> {
+    let before = deployment.store_version().await?;
+    let store = deployment.open_store_migrating().await?;
+    let after = deployment.store_version().await?;
+    let location = store.location();
+    store.close().await;
+    let show = |v: Option<i64>| v.map_or("none".to_owned(), |v| v.to_string());
+    match format {
+        Format::Json => say!(
+            "{}",
+            serde_json::json!({
+                "kind": "migrate", "store": store.backend(), "from": before, "to": after,
+            })
+        ),
+        Format::Human if before == after => say!(
+            "{location}: schema at version {} already; nothing to do",
+            show(after)
+        ),
+        Format::Human => say!(
+            "{location}: schema migrated from version {} to {}",
+            show(before),
+            show(after)
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_status(
     report: &StatusReport,
     deliveries: &[doorstep::store::deliveries::DeliveryCount],
+    leases: &[doorstep::store::deliveries::LeaseCount],
     paused: &dyn Fn(&str, &str) -> bool,
     format: Format,
 ) {
@@ -594,6 +642,11 @@ fn print_status(
                 let mut v = serde_json::to_value(d)?;
                 v["kind"] = "deliveries".into();
                 v["paused"] = paused(&d.trust, &d.destination).into();
+                writeln!(out, "{v}")?;
+            }
+            for l in leases {
+                let mut v = serde_json::to_value(l)?;
+                v["kind"] = "leases".into();
                 writeln!(out, "{v}")?;
             }
             let v = serde_json::json!({
@@ -645,6 +698,17 @@ fn print_status(
                         "  {:<10} {:<22} {:<10} {:>8}{note}",
                         d.trust, d.destination, d.state, d.count
                     )?;
+                }
+            }
+            if !leases.is_empty() {
+                writeln!(out, "\ndeliveries in flight by instance:")?;
+                for l in leases {
+                    let until = match l.expires_in_seconds {
+                        Some(s) if s < 0.0 => format!("  (lease ran out {:.0} s ago)", -s),
+                        Some(s) => format!("  (leased for {s:.0} s more)"),
+                        None => String::new(),
+                    };
+                    writeln!(out, "  {:<40} {:>8}{until}", l.instance, l.in_flight)?;
                 }
             }
             let purged = match report.purged {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::TrailedStore;
-use crate::store::{IngestOutcome, IntakeBatch, SqliteStore, StoreError};
+use crate::store::{AnyStore, IngestOutcome, IntakeBatch, StoreError};
 
 /// Batches waiting at most; a request finding the queue full waits for room.
 const QUEUE: usize = 1024;
@@ -46,7 +46,7 @@ impl Committer {
     /// Starts the committer over `store`; it runs until every `Committer` is dropped, then
     /// the handle completes. `committed` is told each transaction's record count.
     pub fn start(
-        store: Arc<SqliteStore>,
+        store: Arc<AnyStore>,
         committed: impl Fn(usize) + Send + Sync + 'static,
     ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(QUEUE);
@@ -69,11 +69,7 @@ impl Committer {
     }
 }
 
-async fn run(
-    store: Arc<SqliteStore>,
-    mut rx: mpsc::Receiver<Job>,
-    committed: impl Fn(usize) + Sync,
-) {
+async fn run(store: Arc<AnyStore>, mut rx: mpsc::Receiver<Job>, committed: impl Fn(usize) + Sync) {
     while let Some(first) = rx.recv().await {
         let mut records = first.batch.records.len();
         let mut group = vec![first];
@@ -92,7 +88,7 @@ async fn run(
 
 /// Writes `group` in one transaction and answers each job its part. Should that fail with
 /// more than one job in it, each is written alone, so one batch's failure is its own.
-async fn commit(store: &SqliteStore, mut group: Vec<Job>, committed: &(impl Fn(usize) + Sync)) {
+async fn commit(store: &AnyStore, mut group: Vec<Job>, committed: &(impl Fn(usize) + Sync)) {
     if group.len() == 1 {
         if let Some(job) = group.pop() {
             alone(store, job, committed).await;
@@ -141,7 +137,7 @@ async fn commit(store: &SqliteStore, mut group: Vec<Job>, committed: &(impl Fn(u
 }
 
 /// Writes one job's batch in a transaction of its own.
-async fn alone(store: &SqliteStore, job: Job, committed: &(impl Fn(usize) + Sync)) {
+async fn alone(store: &AnyStore, job: Job, committed: &(impl Fn(usize) + Sync)) {
     let written = store.ingest(&job.batch).await;
     if written.is_ok() {
         committed(job.batch.records.len());
@@ -192,7 +188,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_batches_share_a_transaction_and_keep_their_own_outcomes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+        let store = Arc::new(crate::store::AnyStore::Sqlite(
+            crate::store::SqliteStore::open(&dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        ));
         let commits = Arc::new(AtomicUsize::new(0));
         let counted = commits.clone();
         let (committer, task) = Committer::start(store.clone(), move |_| {

@@ -27,6 +27,10 @@ pub struct Scrape {
     pub queues: Vec<QueueStat>,
     /// Entries in each trust's evidence trail.
     pub log_sizes: Vec<(String, u64)>,
+    /// Dead row versions by table (PostgreSQL; bloat watched).
+    pub dead_tuples: Vec<(String, u64)>,
+    /// Deliveries in flight by the instance leasing them.
+    pub leases: Vec<crate::store::deliveries::LeaseCount>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +52,16 @@ struct RouteLabel {
 struct DestinationLabel {
     trust: String,
     destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabel {
+    instance: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,7 +205,33 @@ impl Metrics {
             "Entries in each trust's evidence trail",
             log_size.clone(),
         );
+        let dead_tuples = Family::<TableLabel, Gauge>::default();
+        registry.register(
+            "doorstep_store_dead_tuples",
+            "Dead row versions waiting for vacuum, by table (PostgreSQL)",
+            dead_tuples.clone(),
+        );
+        let leased = Family::<InstanceLabel, Gauge>::default();
+        registry.register(
+            "doorstep_deliveries_leased",
+            "Deliveries in flight, by the instance holding their leases",
+            leased.clone(),
+        );
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (table, n) in &scrape.dead_tuples {
+            dead_tuples
+                .get_or_create(&TableLabel {
+                    table: table.clone(),
+                })
+                .set(count(*n));
+        }
+        for l in &scrape.leases {
+            leased
+                .get_or_create(&InstanceLabel {
+                    instance: l.instance.clone(),
+                })
+                .set(count(l.in_flight));
+        }
         for c in &scrape.deliveries {
             by_state
                 .get_or_create(&DeliveryLabel {

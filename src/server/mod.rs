@@ -43,7 +43,7 @@ use crate::deployment::Deployment;
 use crate::keys::{self, KeyError};
 use crate::mapping::Trusts;
 use crate::store::keys::{KeyStore, StoredKey};
-use crate::store::{DeliveryStore, SqliteStore, Store};
+use crate::store::{AnyStore, DeliveryStore, Store};
 
 /// The largest request body taken.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -57,7 +57,7 @@ type KeyLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 /// What every handler shares.
 pub struct AppState {
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<AnyStore>,
     pub trusts: Arc<Trusts>,
     /// Woken when a request stores new work.
     pub work: Arc<Notify>,
@@ -81,7 +81,7 @@ pub struct AppState {
 impl AppState {
     /// The shared state, and the committer task (done once the state is dropped).
     pub fn new(
-        store: Arc<SqliteStore>,
+        store: Arc<AnyStore>,
         trusts: Arc<Trusts>,
         work: Arc<Notify>,
         signing: Result<&'static str, &'static str>,
@@ -250,15 +250,19 @@ async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, description = "Metrics", body = String, content_type = "application/openmetrics-text")))]
 async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
     let now = chrono::Utc::now();
-    let (deliveries, queues, log_sizes) = tokio::join!(
+    let (deliveries, queues, log_sizes, dead_tuples, leases) = tokio::join!(
         app.store.delivery_counts(),
         app.store.queue_stats(now),
-        app.store.audit_sizes()
+        app.store.audit_sizes(),
+        app.store.dead_tuples(),
+        app.store.leases()
     );
     if let Err(e) = deliveries
         .as_ref()
         .and(queues.as_ref())
         .and(log_sizes.as_ref())
+        .and(dead_tuples.as_ref())
+        .and(leases.as_ref())
     {
         tracing::error!(error = %e, "metrics: the store could not be read");
     }
@@ -267,6 +271,8 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
         deliveries: deliveries.unwrap_or_default(),
         queues: queues.unwrap_or_default(),
         log_sizes: log_sizes.unwrap_or_default(),
+        dead_tuples: dead_tuples.unwrap_or_default(),
+        leases: leases.unwrap_or_default(),
     };
     (
         [(

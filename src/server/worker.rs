@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::deployment::Deployment;
-use crate::store::SqliteStore;
+use crate::store::AnyStore;
 
 /// Revisions `serve` routes a transaction.
 const ROUTE_BATCH: usize = 200;
@@ -30,7 +30,7 @@ const ROUTE_GATHER: Duration = Duration::from_millis(20);
 /// `running` is true while delivery runs.
 pub async fn delivery_loop(
     deployment: &Deployment,
-    store: Arc<SqliteStore>,
+    store: Arc<AnyStore>,
     work: Arc<Notify>,
     stop: Arc<Notify>,
     running: Arc<std::sync::atomic::AtomicBool>,
@@ -45,6 +45,8 @@ pub async fn delivery_loop(
     let config = deployment.config();
     let (stopping, until) = tokio::sync::watch::channel(false);
     let routed = Arc::new(Notify::new());
+    // Other instances' new work wakes this one's drivers too (PostgreSQL's NOTIFY).
+    store.listen_for_work(routed.clone());
     let routing = async {
         let (mut next_sweep, mut next_checkpoint) =
             (Instant::now(), Instant::now() + config.checkpoint_every);
@@ -144,7 +146,7 @@ pub async fn delivery_loop(
 
 /// Retention: each trust's expired content purged (`retention::purge`); a failure is
 /// logged and tried again at the next turn.
-async fn purge(deployment: &Deployment, store: &SqliteStore) {
+async fn purge(deployment: &Deployment, store: &AnyStore) {
     let trusts = match deployment.trusts() {
         Ok(t) => t.clone(),
         Err(e) => {

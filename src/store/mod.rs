@@ -13,6 +13,7 @@
 //! transaction commits.
 //! May not touch: parsing, policy, delivery decisions.
 
+mod any;
 pub mod deliveries;
 mod edges;
 pub mod issues;
@@ -33,6 +34,7 @@ use crate::records::{ContentHash, Kind};
 use crate::trail::Event;
 use crate::trail::tree::{Hash, NodeId};
 
+pub use any::AnyStore;
 pub use deliveries::DeliveryStore;
 pub use issues::{Conflict, Rejection};
 pub use keys::KeyStore;

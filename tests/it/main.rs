@@ -4,12 +4,14 @@
 //! folder, a global subscriber): what a run of `doorstep` needs goes to that child process.
 
 mod fakes;
+mod faulty_target;
 mod harness;
 mod pg;
 
 mod audit;
 mod audit_complete;
 mod cli;
+mod crash_rounds;
 mod delivery;
 mod demo;
 mod drop_folder;

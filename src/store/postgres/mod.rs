@@ -280,6 +280,25 @@ impl PgStore {
     }
 }
 
+/// The schema version of the database at `url` (`None`: no doorstep schema yet), read on
+/// one connection of its own; nothing is changed.
+pub async fn version_at(url: &str) -> Result<Option<i64>, StoreError> {
+    let location = redact(url);
+    let db_err = |source| StoreError::Database {
+        location: location.clone(),
+        source,
+    };
+    let options = PgConnectOptions::from_str(url).map_err(db_err)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(db_err)?;
+    let versions = applied_versions(&pool).await.map_err(db_err);
+    pool.close().await;
+    Ok(versions?.into_iter().max())
+}
+
 async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
         .fetch_one(pool)

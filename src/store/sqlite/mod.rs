@@ -141,7 +141,8 @@ impl SqliteStore {
         Self::open_read_only(path).await
     }
 
-    async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the file read-only, whatever its schema.
+    async fn open_read_only_unchecked(path: &Path) -> Result<Self, StoreError> {
         let location = path.display().to_string();
         let db_err = |source| StoreError::Database {
             location: location.clone(),
@@ -169,13 +170,6 @@ impl SqliteStore {
             Ok(pool) if sqlx::query("SELECT 1").execute(&pool).await.is_ok() => pool,
             _ => connect(options.immutable(true)).await.map_err(db_err)?,
         };
-        if !migrations_current(&pool).await.map_err(db_err)? {
-            return Err(StoreError::Io {
-                location,
-                reason: "read-only, and made by an earlier doorstep: open it once where it can be written to bring it up to date".into(),
-            });
-        }
-        tracing::info!("store opened read-only");
         Ok(Self {
             pool,
             path: path.to_path_buf(),
@@ -183,6 +177,40 @@ impl SqliteStore {
             read_only: true,
             writing: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_read_only_unchecked(path).await?;
+        let location = path.display().to_string();
+        if !migrations_current(&store.pool)
+            .await
+            .map_err(|source| StoreError::Database {
+                location: location.clone(),
+                source,
+            })?
+        {
+            return Err(StoreError::Io {
+                location,
+                reason: "read-only, and made by an earlier doorstep: open it once where it can be written to bring it up to date".into(),
+            });
+        }
+        tracing::info!("store opened read-only");
+        Ok(store)
+    }
+
+    /// The schema version of the store at `path` (`None`: no store there yet), read
+    /// without migrating it.
+    pub async fn version_at(path: &Path) -> Result<Option<i64>, StoreError> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let store = Self::open_read_only_unchecked(path).await?;
+        let version: Result<Option<i64>, _> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&store.pool)
+                .await;
+        store.close().await;
+        Ok(version.unwrap_or(None))
     }
 
     pub fn path(&self) -> &Path {
