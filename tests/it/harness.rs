@@ -58,6 +58,8 @@ pub struct Deployment {
     token_urls: BTreeMap<(String, String), String>,
     /// Added at the end of `doorstep.toml` (an `[audit]` table).
     extra: String,
+    /// Added to `[store]` (`postgres = …`).
+    store: String,
     /// Environment given to every run (the destinations' secrets).
     env: Vec<(String, String)>,
 }
@@ -76,6 +78,7 @@ impl Deployment {
             urls: BTreeMap::new(),
             token_urls: BTreeMap::new(),
             extra: String::new(),
+            store: String::new(),
             env: Vec::new(),
         }
     }
@@ -166,6 +169,13 @@ impl Deployment {
         self
     }
 
+    /// Lines added to `[store]`: `postgres = "…"` makes the deployment's store PostgreSQL.
+    pub fn store(&mut self, toml: &str) -> &mut Self {
+        self.store.push_str(toml);
+        self.write_config();
+        self
+    }
+
     /// TOML added at the end of `doorstep.toml` (an `[audit]` table).
     pub fn add_config(&mut self, toml: &str) -> &mut Self {
         self.extra.push_str(toml);
@@ -241,9 +251,9 @@ impl Deployment {
     fn write_config(&self) {
         let mut text = format!(
             "connectors = {:?}\nmappings = {:?}\n\
-             [store]\nsqlite = \"var/doorstep.db\"\n\
+             [store]\nsqlite = \"var/doorstep.db\"\n{}\
              [intake]\ndrop = \"drop\"\nsettle_seconds = {:?}\n",
-            self.connectors, self.mappings, self.settle_seconds
+            self.connectors, self.mappings, self.store, self.settle_seconds
         );
         if let Some(seconds) = self.max_wait_seconds {
             text.push_str(&format!(

@@ -23,6 +23,7 @@ mod never_panic;
 mod online_check;
 mod overrides;
 mod policy;
+mod postgres;
 mod privacy;
 mod schema;
 mod secret_canaries;

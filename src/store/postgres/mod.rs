@@ -104,6 +104,15 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(db_err)?
             .application_name("doorstep");
+        // One connection first: a wrong address or a refused login fails at once, not
+        // after the pool's wait for a connection.
+        sqlx::Connection::close(
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+                .await
+                .map_err(db_err)?,
+        )
+        .await
+        .map_err(db_err)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
