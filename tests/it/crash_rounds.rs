@@ -929,10 +929,7 @@ impl Schema {
     }
 
     fn url(&self) -> String {
-        format!(
-            "postgres://root@127.0.0.1:5432/test?options=-csearch_path%3D{}",
-            self.name
-        )
+        crate::pg::with_schema(&crate::pg::server_url(), &self.name)
     }
 
     /// Runs statements with `psql` in this schema; rows of unit-separated fields.
@@ -943,14 +940,8 @@ impl Schema {
             "-q",
             "-A",
             "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "5432",
-            "-U",
-            "root",
             "-d",
-            "test",
+            &crate::pg::server_url(),
             "-v",
             "ON_ERROR_STOP=1",
             "-F",
@@ -983,18 +974,7 @@ impl Schema {
 impl Drop for Schema {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                "5432",
-                "-U",
-                "root",
-                "-d",
-                "test",
-            ])
+            .args(["-X", "-q", "-d", &crate::pg::server_url()])
             .args([
                 "-c",
                 &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
