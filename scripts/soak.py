@@ -275,7 +275,6 @@ class Deployment:
         shutil.copytree(REPO / "mappings", dir_ / "mappings")
         self.env = dict(os.environ)
         self.env.pop("DOORSTEP_CONFIG", None)
-        self.env.setdefault("DOORSTEP_LOG", "info")
         self.destinations = []
         overrides = ""
         for trust in SCHOOLS:
@@ -595,7 +594,7 @@ class Sampler:
         head = ("| min | posted/s | arrived/s | e2e p50 ms | e2e p95 ms | e2e max ms | POST p95 ms "
                 "| dead tuples deliveries | dead tuples records | dead tuples other tables "
                 "| deliveries table MiB | not delivered | RSS MiB (a/b) |")
-        lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+        lines = [head, "|" + "---|" * (head.count("|") - 1)]
         for r in self.rows:
             dead = r["dead"]
             others = sum(v for k, v in dead.items() if k not in ("deliveries", "records"))
@@ -740,6 +739,7 @@ def main() -> int:
         sampler.sample("end")
 
         metrics_dead = instances[0].metric("doorstep_store_dead_tuples")
+        stopping = now()
         exits = [(i.name, i.terminate()) for i in instances]
         stopped = now()
 
@@ -786,7 +786,7 @@ def main() -> int:
             f"keys with two different bodies: {len(two_bodies)}; bad signatures: {bad_sig}")
         log(f"- end-to-end latency over the run ({len(all_lat)} deliveries): p50 {ms(pct(all_lat, 50))} "
             f"p95 {ms(pct(all_lat, 95))} p99 {ms(pct(all_lat, 99))} max {ms(max(all_lat) if all_lat else float('nan'))} ms")
-        log(f"- SIGTERM: exit codes {exits} ({stopped - (stopped - 0):.0f}); /metrics dead tuples before "
+        log(f"- SIGTERM: exit codes {exits}, both stopped in {stopped - stopping:.1f} s; /metrics dead tuples before "
             f"stop: {'; '.join(metrics_dead) or 'none'}")
         if poster.failures:
             log(f"- first refusals/failures: {poster.failures[:10]}")
@@ -806,6 +806,11 @@ def main() -> int:
     except KeyboardInterrupt:
         log("soak: interrupted")
         return 130
+    except Exception as e:
+        log(f"soak: FAILED: {e}")
+        for i in instances:
+            log(f"---- instance {i.name}, last lines:\n{i.tail()}")
+        return 1
     finally:
         stop.set()
         for i in instances:

@@ -293,7 +293,7 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let store: Result<&str, &str> = match app.store.migrations_current().await {
         Ok(true) => Ok("ok"),
-        Ok(false) => Err("migrations missing: restart doorstep to apply them"),
+        Ok(false) => Err("migrations missing: run `doorstep migrate` (SQLite: restart doorstep)"),
         Err(e) => {
             tracing::error!(error = %e, "readyz: the store could not be read");
             Err("unreachable")

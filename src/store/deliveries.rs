@@ -347,7 +347,8 @@ pub trait DeliveryStore: super::lookups::LookupStore {
     fn leases(&self) -> impl Future<Output = Result<Vec<LeaseCount>, StoreError>> + Send;
 
     /// When the destination's next delivery falls due (RFC 3339), if any is waiting; now,
-    /// while any is in flight.
+    /// while this process has one in flight; the end of its lease while another instance
+    /// has one in flight (PostgreSQL).
     fn next_due(
         &self,
         trust: &str,

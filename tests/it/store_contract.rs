@@ -1144,6 +1144,13 @@ async fn postgres_a_lease_that_runs_out_is_taken_over() {
     // b lives on past its lease: renewed, nobody can take its delivery.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let c = PgStore::open(&url, lease, Migrate::Require).await.unwrap();
+    // For c, which holds nothing, the work comes back no sooner than a lease's end.
+    let next = c.next_due(TRUST, DEST).await.unwrap().unwrap();
+    let next = chrono::DateTime::parse_from_rfc3339(&next).unwrap();
+    assert!(
+        next > chrono::Utc::now(),
+        "another instance's work in flight is not due now: {next}"
+    );
     a.close().await;
     assert!(
         c.claim(TRUST, DEST, 10).await.unwrap().is_empty(),

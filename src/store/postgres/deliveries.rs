@@ -90,9 +90,16 @@ static CLAIMED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// When the destination's next delivery falls due: now for one this instance has in flight
+/// (its outcome may bring a retry), the lease's end for one another instance has in flight
+/// (it comes back only if that instance stops), else its `next_at` — so an idle instance
+/// does not poll while another sends.
 static NEXT_DUE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT MIN(CASE WHEN state = '{in_flight}' THEN $3 ELSE next_at END) FROM deliveries \
+        "SELECT MIN(CASE WHEN state = '{in_flight}' THEN \
+           CASE WHEN lease_owner = $4 OR lease_until IS NULL THEN $3 \
+           ELSE to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END \
+           ELSE next_at END) FROM deliveries \
          WHERE trust = $1 AND destination = $2 AND state IN ({unfinished})",
         in_flight = DeliveryState::InFlight.as_str(),
         unfinished = sql_list(&UNFINISHED),
@@ -560,6 +567,7 @@ impl DeliveryStore for PgStore {
             .bind(trust)
             .bind(destination)
             .bind(now())
+            .bind(&*self.instance)
             .fetch_one(&self.pool)
             .await
             .map_err(self.db_err())
