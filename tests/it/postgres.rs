@@ -146,3 +146,48 @@ async fn the_same_records_give_the_same_counts_on_both_stores() {
     assert_eq!(results[0].1, results[1].1, "the second ingest: unchanged");
     assert_eq!(results[0].2, results[1].2, "the same status");
 }
+
+/// `serve --migrate` on an empty schema makes it and serves; `/metrics` carries the dead
+/// tuples of each table; `/readyz` is ready.
+#[tokio::test]
+async fn serve_migrates_on_request_and_reports_bloat() {
+    use std::io::{BufRead, BufReader};
+    let schemas = Schemas::new("serve");
+    let url = schemas.url("serve").await;
+    let d = on_postgres(&url);
+    let mut child = d
+        .command("serve", &["--listen", "127.0.0.1:0", "--migrate"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("doorstep: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("serve --migrate did not start");
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        metrics.contains("doorstep_store_dead_tuples{table=\"deliveries\"}"),
+        "{metrics}"
+    );
+}
