@@ -51,7 +51,7 @@ struct Receiver {
 
 impl Respond for Receiver {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        if let Some(key) = request.headers.get("Idempotency-Key") {
+        if let Some(key) = request.headers.get("webhook-id") {
             let key = key.to_str().unwrap_or_default().to_owned();
             self.seen
                 .lock()
@@ -131,7 +131,10 @@ fn doorstep(dir: &Path, args: &[&str]) -> Command {
         .arg("--config")
         .arg(dir.join("doorstep.toml"))
         .env("BENCH_SECRET", SECRET)
-        .env("DOORSTEP_LOG", "error")
+        .env(
+            "DOORSTEP_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(std::process::Stdio::null());
     cmd
 }

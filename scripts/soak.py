@@ -95,20 +95,26 @@ class Pg:
         s = self.schema
         sql = (
             "SELECT 't', relname, n_dead_tup, n_live_tup, "
-            "coalesce(vacuum_count,0) + coalesce(autovacuum_count,0) "
+            "(coalesce(vacuum_count,0) + coalesce(autovacuum_count,0)) || '/' || "
+            "(coalesce(analyze_count,0) + coalesce(autoanalyze_count,0)) "
             f"FROM pg_stat_user_tables WHERE schemaname = '{s}' "
             "UNION ALL SELECT 'size', 'deliveries', "
-            f"pg_total_relation_size('{s}.deliveries'), pg_relation_size('{s}.deliveries'), 0 "
+            f"pg_total_relation_size('{s}.deliveries'), pg_relation_size('{s}.deliveries'), '' "
             "UNION ALL SELECT 'size', 'records', "
-            f"pg_total_relation_size('{s}.records'), pg_relation_size('{s}.records'), 0 "
-            f"UNION ALL SELECT 'state', state, count(*), 0, 0 FROM {s}.deliveries GROUP BY state"
+            f"pg_total_relation_size('{s}.records'), pg_relation_size('{s}.records'), '' "
+            f"UNION ALL SELECT 'state', state, count(*), 0, '' FROM {s}.deliveries GROUP BY state "
+            "UNION ALL SELECT 'deadlocks', datname::text, deadlocks, 0, '' FROM pg_stat_database "
+            "WHERE datname = current_database()"
         )
-        out = {"dead": {}, "live": {}, "vacuums": {}, "size": {}, "states": {}}
+        out = {"dead": {}, "live": {}, "vacuums": {}, "size": {}, "states": {}, "deadlocks": 0}
         for kind, name, a, b, c in self.run(sql):
+            if kind == "deadlocks":
+                out["deadlocks"] = int(a)
+                continue
             if kind == "t":
                 out["dead"][name] = int(a)
                 out["live"][name] = int(b)
-                out["vacuums"][name] = int(c)
+                out["vacuums"][name] = c
             elif kind == "size":
                 out["size"][name] = (int(a), int(b))
             else:
@@ -119,7 +125,7 @@ class Pg:
         tables = [r[0] for r in self.run(
             f"SELECT relname FROM pg_stat_user_tables WHERE schemaname = '{self.schema}'")]
         for t in tables:
-            self.run(f"VACUUM {self.schema}.{t}", check=False)
+            self.run(f"VACUUM (ANALYZE) {self.schema}.{t}", check=False)
 
 
 # ---- The fake receiver --------------------------------------------------------------------
@@ -351,6 +357,14 @@ class Instance:
             return ""
         return "\n".join(lines[-n:])
 
+    def warnings(self) -> list[str]:
+        """The log's WARN and ERROR lines (ids and rules only: doorstep logs no content)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if re.search(r"\s(WARN|ERROR)\s", line)]
+
     def ready(self, timeout: float = 30) -> None:
         until = now() + timeout
         while now() < until:
@@ -531,6 +545,8 @@ class Sampler:
         self.answers_seen = 0
         self.sent_seen = 0
         self.cpu_last = [i.proc_stats()[1] for i in instances]
+        self.deadlocks = pg.sample()["deadlocks"]
+        self.warn_seen = [0 for _ in instances]
 
     def sample(self, label: str) -> dict:
         t = now()
@@ -549,11 +565,18 @@ class Sampler:
             db = self.pg.sample()
         except Exception as e:  # noqa: BLE001 - a sample lost is reported, the run goes on
             log(f"  (sample: psql failed: {e})")
-            db = {"dead": {}, "live": {}, "vacuums": {}, "size": {}, "states": {}}
+            db = {"dead": {}, "live": {}, "vacuums": {}, "size": {}, "states": {}, "deadlocks": self.deadlocks}
         stats = [i.proc_stats() for i in self.instances]
         cpu = [(c - last) / span * 100 for (_, c), last in zip(stats, self.cpu_last)]
         self.cpu_last = [c for _, c in stats]
         not_done = sum(n for s, n in db["states"].items() if s != "delivered")
+        deadlocks = db["deadlocks"] - self.deadlocks
+        self.deadlocks = db["deadlocks"]
+        warns = []
+        for j, inst in enumerate(self.instances):
+            n = len(inst.warnings())
+            warns.append(n - self.warn_seen[j])
+            self.warn_seen[j] = n
         row = {
             "label": label,
             "t": t - self.t0,
@@ -574,6 +597,8 @@ class Sampler:
             "states": db["states"],
             "rss": [r for r, _ in stats],
             "cpu": cpu,
+            "deadlocks": deadlocks,
+            "warns": warns,
         }
         self.last_t = t
         self.rows.append(row)
@@ -586,14 +611,15 @@ class Sampler:
             f"{dead.get('deliveries', 0)} records {dead.get('records', 0)} other {others} | "
             f"deliveries {row['live_deliveries']} rows {row['deliveries_bytes'] / 2**20:.1f} MiB, "
             f"not delivered {not_done} | RSS {'/'.join(f'{r:.0f}' for r in row['rss'])} MiB "
-            f"CPU {'/'.join(f'{c:.0f}' for c in cpu)}%"
+            f"CPU {'/'.join(f'{c:.0f}' for c in cpu)}% | deadlocks {deadlocks}, WARN/ERROR lines "
+            f"{'/'.join(str(w) for w in warns)}"
         )
         return row
 
     def markdown(self) -> str:
-        head = ("| min | posted/s | arrived/s | e2e p50 ms | e2e p95 ms | e2e max ms | POST p95 ms "
+        head = ("| min | records posted/s | deliveries arrived/s | e2e p50 ms | e2e p95 ms | e2e max ms | POST p95 ms "
                 "| dead tuples deliveries | dead tuples records | dead tuples other tables "
-                "| deliveries table MiB | not delivered | RSS MiB (a/b) |")
+                "| deliveries table MiB | not delivered | RSS MiB (a/b) | deadlocks |")
         lines = [head, "|" + "---|" * (head.count("|") - 1)]
         for r in self.rows:
             dead = r["dead"]
@@ -602,7 +628,7 @@ class Sampler:
                 f"| {r['label']} | {r['posted_per_s']:.1f} | {r['arrived_per_s']:.1f} | {ms(r['p50'])} "
                 f"| {ms(r['p95'])} | {ms(r['max'])} | {ms(r['post_p95'])} | {dead.get('deliveries', 0)} "
                 f"| {dead.get('records', 0)} | {others} | {r['deliveries_bytes'] / 2**20:.1f} "
-                f"| {r['not_delivered']} | {'/'.join(f'{x:.0f}' for x in r['rss'])} |"
+                f"| {r['not_delivered']} | {'/'.join(f'{x:.0f}' for x in r['rss'])} | {r['deadlocks']} |"
             )
         return "\n".join(lines)
 
@@ -624,8 +650,8 @@ def main() -> int:
     ap.add_argument("--drain-seconds", type=float, default=120)
     ap.add_argument("--receiver-delay-ms", type=float, default=5)
     ap.add_argument("--vacuum-every", type=float, default=0,
-                    help="run VACUUM on the schema's tables this often (s), standing in for "
-                         "autovacuum where the server has it off; 0: never")
+                    help="run VACUUM (ANALYZE) on the schema's tables this often (s), standing "
+                         "in for autovacuum and autoanalyze where the server has them off; 0: never")
     ap.add_argument("--keep", action="store_true", help="keep the schema and the folder")
     ap.add_argument("--markdown", help="also write the final table to this file")
     args = ap.parse_args()
@@ -653,8 +679,9 @@ def main() -> int:
             f"server {pg.run('SHOW server_version')[0][0]}, autovacuum "
             f"{pg.setting('autovacuum')}, vacuum-every {args.vacuum_every:g}")
         if pg.setting("autovacuum") != "on" and not args.vacuum_every:
-            log("soak: NOTE the server has autovacuum off: dead tuples can only grow "
-                "(--vacuum-every 60 stands in for it)")
+            log("soak: NOTE the server has autovacuum off: no VACUUM and no ANALYZE will run, so "
+                "dead tuples can only grow and the planner has no statistics (--vacuum-every 60 "
+                "stands in for autovacuum)")
         pg.create()
         receiver = Receiver(args.receiver_delay_ms / 1000)
         dep = Deployment(args.bin, pg, receiver.port, args.lease, folder)
@@ -767,11 +794,11 @@ def main() -> int:
         table = sampler.markdown()
         log(table)
         log("")
-        log("## Dead tuples by table (last sample), vacuums run")
+        log("## Dead tuples by table (last sample), vacuums/analyzes run")
         log("")
-        log("| table | live | dead | vacuums |\n|---|---|---|---|")
+        log("| table | live | dead | vacuums/analyzes |\n|---|---|---|---|")
         for t in sorted(final["dead"], key=lambda k: -final["dead"][k]):
-            log(f"| {t} | {final['live'].get(t, 0)} | {final['dead'][t]} | {final['vacuums'].get(t, 0)} |")
+            log(f"| {t} | {final['live'].get(t, 0)} | {final['dead'][t]} | {final['vacuums'].get(t, '0/0')} |")
         log("")
         log("## Totals")
         log("")
@@ -792,11 +819,15 @@ def main() -> int:
             log(f"- first refusals/failures: {poster.failures[:10]}")
         if two_bodies:
             log(f"- keys with two bodies (first 10): {two_bodies[:10]}")
+        log(f"- deadlocks in database {pg.base.rsplit('/', 1)[-1].split('?')[0]} during the run "
+            f"(pg_stat_database, counts any client): {sum(r['deadlocks'] for r in sampler.rows)}")
         for i in instances:
-            errs = [line for line in i.log_path.read_text(errors="replace").splitlines()
-                    if " ERROR " in line or " WARN " in line]
-            log(f"- instance {i.name}: {len(errs)} WARN/ERROR log lines" +
-                (f"; first: {errs[:3]}" if errs else ""))
+            errs = i.warnings()
+            kinds = collections.Counter(
+                re.sub(r"^\S+\s+", "", re.sub(r"\d+", "N", line))[:160] for line in errs)
+            log(f"- instance {i.name}: {len(errs)} WARN/ERROR log lines")
+            for text, n in kinds.most_common(8):
+                log(f"    {n} x {text}")
         if args.markdown:
             Path(args.markdown).write_text(table + "\n")
         ok = (not missing and not never_arrived and not unknown_keys and not two_bodies

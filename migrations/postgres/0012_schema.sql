@@ -134,7 +134,11 @@ CREATE TABLE deliveries (
     UNIQUE (trust, destination, kind, record_id, revision)
 );
 CREATE INDEX deliveries_due ON deliveries (trust, destination, priority, seq) WHERE state IN ('pending', 'retrying');
-CREATE INDEX deliveries_state ON deliveries (trust, destination, state);
+-- No index on (trust, destination, state): with it, PostgreSQL's planner (on statistics
+-- taken while the table was small) looked up a record's other revisions through every
+-- delivered or pending row of the destination — a claim grew with the queue. A record's
+-- revisions are found through the UNIQUE key above; deliveries in flight through these.
+CREATE INDEX deliveries_in_flight ON deliveries (trust, destination) WHERE state = 'in_flight';
 CREATE INDEX deliveries_of_revision ON deliveries (trust, kind, record_id, revision);
 CREATE INDEX deliveries_leased ON deliveries (lease_owner) WHERE state = 'in_flight';
 -- The hottest table: every claim and outcome updates a row. Room on each page for HOT
