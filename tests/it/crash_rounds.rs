@@ -94,6 +94,12 @@ fn postgres_three_instances_lose_nothing_and_create_nothing_twice() {
     });
 }
 
+/// The `doorstep` under test: this build's, or `DOORSTEP_ROUND_BIN` (a release build, for a
+/// full-size run).
+fn bin() -> String {
+    std::env::var("DOORSTEP_ROUND_BIN").unwrap_or_else(|_| harness::BIN.to_owned())
+}
+
 fn env_count(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) => v
@@ -330,8 +336,10 @@ fn serve_rounds(
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("{}: the last chunk: {e}", rig.ctx));
-    // Every instance runs until the work is done.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Every instance runs until the work is done: two minutes, and more for a large run
+    // (debug binaries on two cores deliver a few hundred a second through 30 % faults).
+    let allowed = Duration::from_secs(120) + Duration::from_millis(20) * work.expected.len() as u32;
+    let deadline = Instant::now() + allowed;
     loop {
         let (stored, deliveries) = (rig.stored(), rig.deliveries());
         if stored.len() >= work.expected.len()
@@ -348,8 +356,9 @@ fn serve_rounds(
                 .map(StoredDelivery::show)
                 .collect();
             panic!(
-                "{}: after 120 s, {} of {} revisions stored, {} deliveries not delivered, e.g. {open:#?}\n{}",
+                "{}: after {} s, {} of {} revisions stored, {} deliveries not delivered, e.g. {open:#?}\n{}",
                 rig.ctx,
+                allowed.as_secs(),
                 stored.len(),
                 work.expected.len(),
                 deliveries.iter().filter(|d| d.state != "delivered").count(),
@@ -709,7 +718,7 @@ fn check_trail(rig: &Rig, stored: &BTreeSet<Rev>, deliveries: &[StoredDelivery])
                 "--trust", trust, "--school", school, "--from", &from, "--to", &to, "--out", &out,
             ],
         );
-        let verified = Command::new(harness::BIN)
+        let verified = Command::new(bin())
             .args(["audit", "verify", "--require-content", "--key"])
             .arg(verifier.trim())
             .arg(rig.path(&out))
@@ -829,7 +838,7 @@ impl Workload {
     /// `gen --count records --seed seed`, in `parts` chunks; every 20th record of a chunk
     /// also comes again in the next as revision 2 (an `extensions` mark its only change).
     fn generate(records: usize, parts: usize, seed: u64) -> Workload {
-        let out = Command::new(harness::BIN)
+        let out = Command::new(bin())
             .args([
                 "gen",
                 "--count",
@@ -1098,7 +1107,7 @@ impl Rig {
     /// `doorstep VERB… --config crash.toml ARGS…` in the deployment's folder, with the
     /// destinations' secrets.
     fn command(&self, verb: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(harness::BIN);
+        let mut cmd = Command::new(bin());
         cmd.current_dir(self.dir.path())
             .env_remove("DOORSTEP_CONFIG")
             .env_remove("DOORSTEP_LOG")

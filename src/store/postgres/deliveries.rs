@@ -2,7 +2,7 @@
 //! due deliveries with `FOR UPDATE SKIP LOCKED` (two instances never wait on, nor take, the
 //! same row), most urgent first, and leases each: `lease_token` one higher (the fencing
 //! token, carried in [`Claimed::lease`]), `lease_owner` this instance, `lease_until` a lease
-//! from now on the database's clock. An outcome is written only where the token still
+//! from now on the database's clock. Outcomes are written a batch in one statement, only where the token still
 //! matches and the delivery is still in flight; a late one (its instance lost the lease)
 //! changes nothing and is returned to be logged. A lease that ran out (its instance died)
 //! is released before the next claim of its destination, marked `unsure` (the request may
@@ -127,6 +127,111 @@ static REPLAY: LazyLock<String> = LazyLock::new(|| {
         needs_check = crate::store::rules::NEEDS_CHECK,
     )
 });
+
+/// Every outcome of a batch written in one statement, only where the claim's lease still
+/// holds; returns the deliveries written. What each outcome sets is as in SQLite: delivered
+/// keeps the target's id and what it received and clears the error; a retry sets when; a
+/// dead letter keeps the response; unsure, once set, stays until delivered.
+const FINISH: &str = "WITH f AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], \
+       $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bool[]) \
+       AS u(seq, lease, state, attempts, target_id, at, status, sent, next_at, error, response, unsure)) \
+     UPDATE deliveries d SET state = f.state, attempts = f.attempts, updated_at = f.at, last_status = f.status, \
+       target_id = CASE WHEN f.state = 'delivered' THEN COALESCE(f.target_id, d.target_id) ELSE d.target_id END, \
+       delivered_at = CASE WHEN f.state = 'delivered' THEN f.at ELSE d.delivered_at END, \
+       last_error = CASE WHEN f.state = 'delivered' THEN NULL ELSE f.error END, \
+       response = CASE WHEN f.state = 'delivered' THEN NULL WHEN f.state = 'dead' THEN f.response ELSE d.response END, \
+       next_at = CASE WHEN f.state = 'retrying' THEN f.next_at ELSE d.next_at END, \
+       sent_fields = CASE WHEN f.state = 'delivered' THEN COALESCE(f.sent, d.sent_fields) ELSE d.sent_fields END, \
+       unsure = CASE WHEN f.state = 'delivered' THEN d.unsure ELSE d.unsure OR f.unsure END, \
+       lease_owner = NULL, lease_until = NULL \
+     FROM f WHERE d.seq = f.seq AND d.lease_token = f.lease AND d.state = 'in_flight' \
+     RETURNING d.seq";
+
+/// A batch of outcomes as columns, for `unnest`.
+struct Outcomes<'a> {
+    seq: Vec<i64>,
+    lease: Vec<i64>,
+    state: Vec<&'static str>,
+    attempts: Vec<i64>,
+    target_id: Vec<Option<&'a str>>,
+    at: Vec<&'a str>,
+    status: Vec<Option<i64>>,
+    sent: Vec<Option<String>>,
+    next_at: Vec<Option<&'a str>>,
+    error: Vec<Option<String>>,
+    response: Vec<Option<&'a str>>,
+    unsure: Vec<bool>,
+    /// The attempt's outcome as the attempt log keeps it.
+    outcome: Vec<&'static str>,
+}
+
+impl<'a> Outcomes<'a> {
+    fn of(done: &'a [Finished]) -> Self {
+        let mut o = Outcomes {
+            seq: Vec::new(),
+            lease: Vec::new(),
+            state: Vec::new(),
+            attempts: Vec::new(),
+            target_id: Vec::new(),
+            at: Vec::new(),
+            status: Vec::new(),
+            sent: Vec::new(),
+            next_at: Vec::new(),
+            error: Vec::new(),
+            response: Vec::new(),
+            unsure: Vec::new(),
+            outcome: Vec::new(),
+        };
+        for f in done {
+            let c = &f.claimed;
+            o.seq.push(c.seq);
+            o.lease.push(c.lease);
+            o.state.push(f.outcome.state().as_str());
+            o.attempts.push(i64::from(c.attempts + 1));
+            o.at.push(f.at.as_str());
+            o.unsure.push(f.unsure);
+            o.outcome.push(
+                f.without_request
+                    .map_or(f.outcome.attempt_outcome(), |w| w.as_str()),
+            );
+            o.sent
+                .push(f.sent.as_ref().map(super::super::sqlite::json_param));
+            let (target, status, next_at, error, response) = match &f.outcome {
+                AttemptOutcome::Delivered { target_id, status } => {
+                    (target_id.as_deref(), *status, None, None, None)
+                }
+                AttemptOutcome::Retry {
+                    next_at,
+                    error,
+                    status,
+                } => (
+                    None,
+                    *status,
+                    Some(next_at.as_str()),
+                    Some(error.clone()),
+                    None,
+                ),
+                AttemptOutcome::Dead {
+                    error,
+                    status,
+                    response,
+                } => (
+                    None,
+                    *status,
+                    None,
+                    Some(error.clone()),
+                    response.as_deref(),
+                ),
+            };
+            o.target_id.push(target);
+            o.status.push(status.map(i64::from));
+            o.next_at.push(next_at);
+            o.error.push(error);
+            o.response.push(response);
+        }
+        o
+    }
+}
 
 fn time_of(row: &PgRow, column: &str) -> Result<DateTime<Utc>, Undecoded> {
     let s: &str = row.col(column)?;
@@ -445,122 +550,48 @@ impl DeliveryStore for PgStore {
             return Ok(Vec::new());
         }
         let err = self.db_err();
+        let outcomes = Outcomes::of(done);
         let mut tx = self.pool.begin().await.map_err(&err)?;
-        // The heads first, as every appending transaction takes them: no two wait crosswise.
-        self.lock_heads(&mut tx, done.iter().map(|f| f.claimed.trust.as_str()))
-            .await?;
-        let mut late = Vec::new();
-        let mut events = Vec::with_capacity(done.len());
-        for (i, f) in done.iter().enumerate() {
-            let c = &f.claimed;
-            let attempt = c.attempts + 1;
-            let state = f.outcome.state().as_str();
-            let (outcome, status, error, written) = match &f.outcome {
-                AttemptOutcome::Delivered { target_id, status } => {
-                    let r = sqlx::query(
-                        "UPDATE deliveries SET state = $6, attempts = $2, target_id = COALESCE($3, target_id), \
-                         delivered_at = $4, last_status = $5, last_error = NULL, response = NULL, updated_at = $4, \
-                         sent_fields = COALESCE($7, sent_fields), lease_owner = NULL, lease_until = NULL \
-                         WHERE seq = $1 AND lease_token = $8 AND state = 'in_flight'",
-                    )
-                    .bind(c.seq)
-                    .bind(attempt as i64)
-                    .bind(target_id)
-                    .bind(&f.at)
-                    .bind(status.map(i64::from))
-                    .bind(state)
-                    .bind(f.sent.as_ref().map(super::super::sqlite::json_param))
-                    .bind(c.lease)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-                    (
-                        f.outcome.attempt_outcome(),
-                        *status,
-                        None,
-                        r.rows_affected(),
-                    )
-                }
-                AttemptOutcome::Retry {
-                    next_at,
-                    error,
-                    status,
-                } => {
-                    let r = sqlx::query(
-                        "UPDATE deliveries SET state = $7, attempts = $2, next_at = $3, last_error = $4, \
-                         last_status = $5, updated_at = $6, unsure = unsure OR $8, \
-                         lease_owner = NULL, lease_until = NULL \
-                         WHERE seq = $1 AND lease_token = $9 AND state = 'in_flight'",
-                    )
-                    .bind(c.seq)
-                    .bind(attempt as i64)
-                    .bind(next_at)
-                    .bind(error)
-                    .bind(status.map(i64::from))
-                    .bind(&f.at)
-                    .bind(state)
-                    .bind(f.unsure)
-                    .bind(c.lease)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-                    (
-                        f.outcome.attempt_outcome(),
-                        *status,
-                        Some(error.as_str()),
-                        r.rows_affected(),
-                    )
-                }
-                AttemptOutcome::Dead {
-                    error,
-                    status,
-                    response,
-                } => {
-                    let r = sqlx::query(
-                        "UPDATE deliveries SET state = $7, attempts = $2, last_error = $3, last_status = $4, \
-                         response = $5, updated_at = $6, unsure = unsure OR $8, \
-                         lease_owner = NULL, lease_until = NULL \
-                         WHERE seq = $1 AND lease_token = $9 AND state = 'in_flight'",
-                    )
-                    .bind(c.seq)
-                    .bind(attempt as i64)
-                    .bind(error)
-                    .bind(status.map(i64::from))
-                    .bind(response)
-                    .bind(&f.at)
-                    .bind(state)
-                    .bind(f.unsure)
-                    .bind(c.lease)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-                    (
-                        f.outcome.attempt_outcome(),
-                        *status,
-                        Some(error.as_str()),
-                        r.rows_affected(),
-                    )
-                }
+        // Two statements for the whole batch; the log heads are taken last, by the append,
+        // so one instance's outcomes do not wait on another's while they are written.
+        let written: Vec<i64> = sqlx::query_scalar(FINISH)
+            .bind(&outcomes.seq)
+            .bind(&outcomes.lease)
+            .bind(&outcomes.state)
+            .bind(&outcomes.attempts)
+            .bind(&outcomes.target_id)
+            .bind(&outcomes.at)
+            .bind(&outcomes.status)
+            .bind(&outcomes.sent)
+            .bind(&outcomes.next_at)
+            .bind(&outcomes.error)
+            .bind(&outcomes.response)
+            .bind(&outcomes.unsure)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(&err)?;
+        let written: std::collections::HashSet<i64> = written.into_iter().collect();
+        let (late, kept): (Vec<usize>, Vec<usize>) =
+            (0..done.len()).partition(|&i| !written.contains(&done[i].claimed.seq));
+        if !kept.is_empty() {
+            let pick = |col: &[Option<String>]| -> Vec<Option<String>> {
+                kept.iter().map(|&i| col[i].clone()).collect()
             };
-            if written == 0 {
-                late.push(i);
-                continue;
-            }
             sqlx::query(
                 "INSERT INTO delivery_attempts (delivery, attempt, at, outcome, status, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[])",
             )
-            .bind(c.seq)
-            .bind(attempt as i64)
-            .bind(&f.at)
-            .bind(f.without_request.map_or(outcome, |w| w.as_str()))
-            .bind(status.map(i64::from))
-            .bind(error)
+            .bind(kept.iter().map(|&i| outcomes.seq[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.attempts[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.at[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.outcome[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.status[i]).collect::<Vec<_>>())
+            .bind(pick(&outcomes.error))
             .execute(&mut *tx)
             .await
             .map_err(&err)?;
-            events.push(trail(f));
         }
+        let events: Vec<_> = kept.iter().map(|&i| trail(&done[i])).collect();
         self.append_events(&mut tx, &events).await?;
         tx.commit().await.map_err(&err)?;
         Ok(late)

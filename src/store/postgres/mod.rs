@@ -224,9 +224,13 @@ impl PgStore {
                 if pool.is_closed() {
                     return;
                 }
+                // Rows another transaction holds (this instance's outcome being written, a
+                // release) are skipped, never waited on: a renewal stuck behind a lock would
+                // let the other leases run out under a living instance.
                 let renewed = sqlx::query(
                     "UPDATE deliveries SET lease_until = now() + make_interval(secs => $2) \
-                     WHERE lease_owner = $1 AND state = 'in_flight'",
+                     WHERE seq IN (SELECT seq FROM deliveries WHERE lease_owner = $1 \
+                       AND state = 'in_flight' FOR UPDATE SKIP LOCKED)",
                 )
                 .bind(&*instance)
                 .bind(lease.as_secs_f64())
