@@ -5,7 +5,8 @@
 # markdown table at the end. Needs psql and a PostgreSQL server (DOORSTEP_PG_URL, default
 # postgres://root@127.0.0.1:5432/test); makes and drops a throw-away schema. Never builds:
 # DOORSTEP_BIN picks the binary (default /work/bench/target/release/doorstep). Further
-# arguments go to scripts/soak.py (e.g. --vacuum-every 60, --keep, --markdown FILE).
+# arguments go to scripts/soak.py (e.g. --vacuum-every 60 where the server runs no
+# autovacuum, --keep, --markdown FILE).
 # Usage: scripts/bench-soak.sh [MINUTES] [RATE] [soak.py options…]
 set -euo pipefail
 cd "$(dirname "$0")/.."

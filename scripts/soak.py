@@ -12,6 +12,12 @@ the receiver (as tests/it/crash_rounds.rs does): Arbor, Wonde and Xporter need l
 plain receiver cannot answer, and the CSV logs are not HTTP. The throw-away schema is
 dropped at the end, on failure and on Ctrl-C (--keep leaves it, and the folder).
 
+doorstep leaves VACUUM and ANALYZE to autovacuum. A server with autovacuum off (the CI
+server's conf.d/90-ci.conf) never vacuums nor analyzes the schema: dead tuples only grow and
+the planner has no statistics for the claim query (see the NOTE the run prints);
+--vacuum-every 60 runs VACUUM (ANALYZE) on every table of the schema each minute instead,
+1 s after each sample, so a minute's line shows a whole minute's dead tuples.
+
 Usage: scripts/soak.py [--minutes 30] [--rate 50] [--bin PATH] [--batch 5] ...
 Record content is never printed: ids, keys, counts and times only.
 """
@@ -706,8 +712,12 @@ def main() -> int:
                 n += 1
 
         def vacuuming():
-            while not stop.wait(args.vacuum_every):
+            # On a fixed schedule, 1 s after each sample: a minute's line shows the dead
+            # tuples of a whole period, just before they are vacuumed.
+            k = 1
+            while not stop.wait(max(0.0, t0 + k * args.vacuum_every + 1 - now())):
                 pg.vacuum()
+                k += 1
 
         threading.Thread(target=sampling, daemon=True).start()
         if args.vacuum_every:
