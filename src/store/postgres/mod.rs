@@ -143,6 +143,19 @@ impl PgStore {
                 }
             }
         }
+        // The hot tables are tuned for autovacuum; without it their dead rows only grow.
+        let autovacuum: Option<String> =
+            sqlx::query_scalar("SELECT current_setting('autovacuum', true)")
+                .fetch_one(&pool)
+                .await
+                .ok()
+                .flatten();
+        if autovacuum.as_deref() == Some("off") {
+            tracing::warn!(
+                "PostgreSQL runs without autovacuum: dead rows of deliveries and records grow \
+                 until a VACUUM; turn autovacuum on or schedule `doorstep purge --vacuum`"
+            );
+        }
         let store = Self {
             pool,
             location,
