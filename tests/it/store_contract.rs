@@ -1262,3 +1262,50 @@ async fn postgres_many_writers_keep_one_linear_log() {
         );
     }
 }
+
+/// A batch of outcomes the database rolls back for a deadlock is written again, whole, not
+/// lost and not half-written: another transaction holds the trust's log head and then wants a
+/// delivery row the batch holds; PostgreSQL aborts the batch (it waited first); the store
+/// writes it again once the other transaction ends.
+#[tokio::test]
+async fn postgres_outcomes_rolled_back_by_a_deadlock_are_written_again() {
+    use sqlx::Connection;
+    let schemas = crate::pg::Schemas::new("deadlock");
+    let url = schemas.url("deadlock").await;
+    let store = PgStore::open(&url, Duration::from_secs(30), Migrate::Apply)
+        .await
+        .unwrap();
+    routed(&store, &[("V-1", 1, 1)]).await;
+    let claimed = store.claim(TRUST, DEST, 1).await.unwrap();
+    let before = size(&store).await;
+
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT size FROM audit_logs WHERE trust = $1 FOR UPDATE")
+        .bind(TRUST)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let finishing = {
+        let store = store.clone();
+        let c = claimed[0].clone();
+        tokio::spawn(async move { store.finish(&[done(&c, delivered("T-1"))]).await })
+    };
+    // The batch now holds the delivery's row and waits for the head.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("UPDATE deliveries SET updated_at = updated_at WHERE seq = $1")
+        .bind(claimed[0].seq)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let late = finishing.await.unwrap().unwrap();
+    assert!(late.is_empty(), "written, not late: {late:?}");
+    assert_eq!(
+        state_of(&store, claimed[0].seq).await,
+        DeliveryState::Delivered
+    );
+    let (_, _, attempts) = store.delivery(claimed[0].seq).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 1, "one attempt, written once");
+    assert_eq!(size(&store).await, before + 1, "one event");
+}

@@ -233,6 +233,62 @@ impl<'a> Outcomes<'a> {
     }
 }
 
+impl PgStore {
+    /// One try at [`DeliveryStore::finish_with_trail`].
+    async fn finish_once(
+        &self,
+        done: &[Finished],
+        trail: FinishTrail<'_>,
+    ) -> Result<Vec<usize>, StoreError> {
+        let err = self.db_err();
+        let outcomes = Outcomes::of(done);
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        // Two statements for the whole batch; the log heads are taken last, by the append,
+        // so one instance's outcomes do not wait on another's while they are written.
+        let written: Vec<i64> = sqlx::query_scalar(FINISH)
+            .bind(&outcomes.seq)
+            .bind(&outcomes.lease)
+            .bind(&outcomes.state)
+            .bind(&outcomes.attempts)
+            .bind(&outcomes.target_id)
+            .bind(&outcomes.at)
+            .bind(&outcomes.status)
+            .bind(&outcomes.sent)
+            .bind(&outcomes.next_at)
+            .bind(&outcomes.error)
+            .bind(&outcomes.response)
+            .bind(&outcomes.unsure)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(&err)?;
+        let written: std::collections::HashSet<i64> = written.into_iter().collect();
+        let (late, kept): (Vec<usize>, Vec<usize>) =
+            (0..done.len()).partition(|&i| !written.contains(&done[i].claimed.seq));
+        if !kept.is_empty() {
+            let pick = |col: &[Option<String>]| -> Vec<Option<String>> {
+                kept.iter().map(|&i| col[i].clone()).collect()
+            };
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery, attempt, at, outcome, status, error) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[])",
+            )
+            .bind(kept.iter().map(|&i| outcomes.seq[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.attempts[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.at[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.outcome[i]).collect::<Vec<_>>())
+            .bind(kept.iter().map(|&i| outcomes.status[i]).collect::<Vec<_>>())
+            .bind(pick(&outcomes.error))
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        }
+        let events: Vec<_> = kept.iter().map(|&i| trail(&done[i])).collect();
+        self.append_events(&mut tx, &events).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(late)
+    }
+}
+
 fn time_of(row: &PgRow, column: &str) -> Result<DateTime<Utc>, Undecoded> {
     let s: &str = row.col(column)?;
     crate::store::time::parse(s).map_err(|e| Undecoded {
@@ -549,52 +605,20 @@ impl DeliveryStore for PgStore {
         if done.is_empty() {
             return Ok(Vec::new());
         }
-        let err = self.db_err();
-        let outcomes = Outcomes::of(done);
-        let mut tx = self.pool.begin().await.map_err(&err)?;
-        // Two statements for the whole batch; the log heads are taken last, by the append,
-        // so one instance's outcomes do not wait on another's while they are written.
-        let written: Vec<i64> = sqlx::query_scalar(FINISH)
-            .bind(&outcomes.seq)
-            .bind(&outcomes.lease)
-            .bind(&outcomes.state)
-            .bind(&outcomes.attempts)
-            .bind(&outcomes.target_id)
-            .bind(&outcomes.at)
-            .bind(&outcomes.status)
-            .bind(&outcomes.sent)
-            .bind(&outcomes.next_at)
-            .bind(&outcomes.error)
-            .bind(&outcomes.response)
-            .bind(&outcomes.unsure)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(&err)?;
-        let written: std::collections::HashSet<i64> = written.into_iter().collect();
-        let (late, kept): (Vec<usize>, Vec<usize>) =
-            (0..done.len()).partition(|&i| !written.contains(&done[i].claimed.seq));
-        if !kept.is_empty() {
-            let pick = |col: &[Option<String>]| -> Vec<Option<String>> {
-                kept.iter().map(|&i| col[i].clone()).collect()
-            };
-            sqlx::query(
-                "INSERT INTO delivery_attempts (delivery, attempt, at, outcome, status, error) \
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[])",
-            )
-            .bind(kept.iter().map(|&i| outcomes.seq[i]).collect::<Vec<_>>())
-            .bind(kept.iter().map(|&i| outcomes.attempts[i]).collect::<Vec<_>>())
-            .bind(kept.iter().map(|&i| outcomes.at[i]).collect::<Vec<_>>())
-            .bind(kept.iter().map(|&i| outcomes.outcome[i]).collect::<Vec<_>>())
-            .bind(kept.iter().map(|&i| outcomes.status[i]).collect::<Vec<_>>())
-            .bind(pick(&outcomes.error))
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
+        // A deadlock or serialisation failure rolled the whole batch back: nothing of it was
+        // written, so it is written again (rather than the run restarting and re-sending).
+        let mut tries = 0;
+        loop {
+            match self.finish_once(done, trail).await {
+                Err(StoreError::Database { source, .. })
+                    if tries < 3 && super::is_transient(&source) =>
+                {
+                    tries += 1;
+                    tracing::warn!(error = %source, tries, "outcomes rolled back by the database; writing them again");
+                }
+                other => return other,
+            }
         }
-        let events: Vec<_> = kept.iter().map(|&i| trail(&done[i])).collect();
-        self.append_events(&mut tx, &events).await?;
-        tx.commit().await.map_err(&err)?;
-        Ok(late)
     }
 
     async fn next_due(&self, trust: &str, destination: &str) -> Result<Option<String>, StoreError> {

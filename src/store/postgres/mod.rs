@@ -353,6 +353,14 @@ fn instance_name() -> String {
     )
 }
 
+/// Whether a failed statement's transaction was rolled back by the database for its own
+/// reasons and may simply run again: a deadlock (40P01) or a serialisation failure (40001).
+pub(super) fn is_transient(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
 /// Rows per multi-row INSERT: well under PostgreSQL's 65535 parameters.
 pub(super) const INSERT_ROWS: usize = 1000;
 
