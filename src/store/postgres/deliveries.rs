@@ -2,9 +2,9 @@
 //! due deliveries with `FOR UPDATE SKIP LOCKED` (two instances never wait on, nor take, the
 //! same row), most urgent first, and leases each: `lease_token` one higher (the fencing
 //! token, carried in [`Claimed::lease`]), `lease_owner` this instance, `lease_until` a lease
-//! from now on the database's clock. Outcomes are written a batch in one statement, only where the token still
-//! matches and the delivery is still in flight; a late one (its instance lost the lease)
-//! changes nothing and is returned to be logged. A lease that ran out (its instance died)
+//! from now on the database's clock. A batch of outcomes is written in one statement, each
+//! only where the token still matches and the delivery is still in flight; a late one (its
+//! instance lost the lease) changes nothing and is returned to be logged. A lease that ran out (its instance died)
 //! is released before the next claim of its destination, marked `unsure` (the request may
 //! have taken effect), and taken again with the same idempotency key.
 
