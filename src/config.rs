@@ -636,6 +636,47 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sqlite_or_postgres_and_a_password_is_never_inline() {
+        let parse = |t: &str| Config::parse(Path::new("/etc/doorstep/d.toml"), t);
+        let c = parse("[store]\npostgres = \"postgres://app@db:5432/ds\"\n").unwrap();
+        let pg = c.postgres.unwrap();
+        assert!(matches!(&pg.url, PostgresUrl::Inline(u) if u == "postgres://app@db:5432/ds"));
+        assert_eq!(pg.lease, std::time::Duration::from_secs(30));
+        assert_eq!(c.sqlite_path, Path::new("/etc/doorstep/var/doorstep.db"));
+        let c = parse("[store]\npostgres = { file = \"db-url\" }\nlease_seconds = 5\n").unwrap();
+        let pg = c.postgres.unwrap();
+        assert!(
+            matches!(&pg.url, PostgresUrl::Secret(s) if s.file.as_deref() == Some(Path::new("/etc/doorstep/db-url")))
+        );
+        assert_eq!(pg.lease, std::time::Duration::from_secs(5));
+        for bad in [
+            "[store]\npostgres = \"postgres://app:canary-pw@db/ds\"\n",
+            "[store]\npostgres = \"postgres://db/ds?password=canary-pw\"\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("store.postgres"), "{e}");
+            assert!(!e.contains("canary-pw"), "{e}");
+        }
+        for (bad, key) in [
+            ("[store]\n", "store"),
+            ("[store]\npostgres = \"mysql://db/x\"\n", "store.postgres"),
+            (
+                "[store]\nsqlite = \"x\"\nlease_seconds = 0\n",
+                "store.lease_seconds",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        assert!(
+            parse("[store]\nsqlite = \"x\"\n")
+                .unwrap()
+                .postgres
+                .is_none()
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_inline_secrets_are_errors() {
         let e = Config::parse(
             Path::new("d.toml"),
