@@ -97,16 +97,19 @@ static CLAIMED: LazyLock<String> = LazyLock::new(|| {
 /// When the destination's next delivery falls due: now for one this instance has in flight
 /// (its outcome may bring a retry), the lease's end for one another instance has in flight
 /// (it comes back only if that instance stops), else its `next_at` — so an idle instance
-/// does not poll while another sends.
+/// does not poll while another sends. Two lookups, each on its partial index (waiting; in
+/// flight): one `state IN (…)` over all three states matched neither and read every delivery
+/// of the destination, delivered ones included — a 30-minute soak saw it grow to 95 ms.
 static NEXT_DUE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT MIN(CASE WHEN state = '{in_flight}' THEN \
-           CASE WHEN lease_owner = $4 OR lease_until IS NULL THEN $3 \
-           ELSE to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END \
-           ELSE next_at END) FROM deliveries \
-         WHERE trust = $1 AND destination = $2 AND state IN ({unfinished})",
+        "SELECT LEAST( \
+           (SELECT MIN(next_at) FROM deliveries \
+             WHERE trust = $1 AND destination = $2 AND state IN ({claimable})), \
+           (SELECT MIN(CASE WHEN lease_owner = $4 OR lease_until IS NULL THEN $3 \
+                ELSE to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END) \
+             FROM deliveries WHERE trust = $1 AND destination = $2 AND state = '{in_flight}'))",
         in_flight = DeliveryState::InFlight.as_str(),
-        unfinished = sql_list(&UNFINISHED),
+        claimable = sql_list(&CLAIMABLE),
     )
 });
 
