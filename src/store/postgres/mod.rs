@@ -19,6 +19,7 @@
 
 mod audit;
 mod deliveries;
+mod finish;
 mod keys;
 mod lookups;
 mod records;
