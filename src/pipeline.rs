@@ -21,10 +21,13 @@ use crate::records::{ParsedRecord, Record, attribution_hint, parse_submission, r
 use crate::report::{Conflict, ExceptionReport, Rejection, Summary};
 use crate::store::{IngestOutcome, IntakeBatch, NewRecord, RaisedException, Store, StoreError};
 
-/// Records written per transaction at most.
+/// Records written per transaction, about (whole chunks are taken).
 pub const BATCH_RECORDS: usize = 1000;
-/// Submissions in flight between the reader thread and the store.
-const CHANNEL_DEPTH: usize = 256;
+/// Records (or rejected submissions) the reader thread hands over at a time.
+const CHUNK_RECORDS: usize = 500;
+/// Chunks in flight between the reader thread and the store: with the batch being written,
+/// what memory holds stays a few thousand records whatever the file's size.
+const CHANNEL_DEPTH: usize = 2;
 
 /// Receives what a run finds, as it finds it.
 pub trait Reporter {
@@ -222,11 +225,20 @@ pub fn check(paths: &[PathBuf], trusts: &Trusts, reporter: &mut dyn Reporter) ->
     summary
 }
 
-/// What the reader thread hands the store: only what is written, not the parsed trees.
-enum Msg {
+/// What the reader thread hands the store, a few hundred records at a time: only what is
+/// written, not the parsed trees.
+#[derive(Default)]
+struct Chunk {
     /// Records to write, each with the exceptions it raises as reported once stored.
-    Accepted(Vec<(NewRecord, Vec<ExceptionReport>)>),
-    Rejected(Vec<Rejection>),
+    accepted: Vec<(NewRecord, Vec<ExceptionReport>)>,
+    /// Rejected submissions, each with its rejections.
+    rejected: Vec<Vec<Rejection>>,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.accepted.len() + self.rejected.len()
+    }
 }
 
 /// `doorstep ingest`: validates and stores durably, in batched transactions. Folders among
@@ -263,41 +275,45 @@ async fn ingest_from<S: Store>(
     trusts: Arc<Trusts>,
     reporter: &mut dyn Reporter,
 ) -> Result<Summary, StoreError> {
-    let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
+    let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     let reader = std::thread::spawn(move || {
         let files = match source {
             Source::Paths(paths) => expand_paths(&paths),
             Source::Files(files) => files,
         };
+        let mut chunk = Chunk::default();
         read_and_validate(&files, &trusts, &mut |file, v| {
-            let msg = match v {
-                Validated::Accepted { line, records } => Msg::Accepted(
-                    records
-                        .into_iter()
-                        .map(|c| {
-                            let (id, revision) =
-                                (c.parsed.record.id().as_str(), c.parsed.record.revision().0);
-                            let reports = c
-                                .exceptions
-                                .iter()
-                                .map(|e| ExceptionReport::new(id, revision, e))
-                                .collect();
-                            (
-                                NewRecord::from_parsed(c.parsed, c.exceptions, file, line),
-                                reports,
-                            )
-                        })
-                        .collect(),
-                ),
-                Validated::Rejected(r) => Msg::Rejected(r),
-            };
+            match v {
+                Validated::Accepted { line, records } => {
+                    chunk.accepted.extend(records.into_iter().map(|c| {
+                        let (id, revision) =
+                            (c.parsed.record.id().as_str(), c.parsed.record.revision().0);
+                        let reports = c
+                            .exceptions
+                            .iter()
+                            .map(|e| ExceptionReport::new(id, revision, e))
+                            .collect();
+                        (
+                            NewRecord::from_parsed(c.parsed, c.exceptions, file, line),
+                            reports,
+                        )
+                    }))
+                }
+                Validated::Rejected(r) => chunk.rejected.push(r),
+            }
+            if chunk.len() < CHUNK_RECORDS {
+                return ControlFlow::Continue(());
+            }
             // The receiver only goes away when the store failed: stop reading; the error is
             // reported there.
-            match tx.blocking_send(msg) {
+            match tx.blocking_send(std::mem::take(&mut chunk)) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => ControlFlow::Break(()),
             }
         });
+        if chunk.len() > 0 {
+            let _ = tx.blocking_send(chunk);
+        }
     });
 
     let mut summary = Summary::default();
@@ -306,14 +322,12 @@ async fn ingest_from<S: Store>(
         let mut batch = IntakeBatch::default();
         let mut raised: Vec<Vec<ExceptionReport>> = Vec::new();
         let mut rejected = 0u64;
-        let mut add = |msg: Msg, batch: &mut IntakeBatch| match msg {
-            Msg::Accepted(records) => {
-                for (record, reports) in records {
-                    batch.records.push(record);
-                    raised.push(reports);
-                }
+        let mut add = |chunk: Chunk, batch: &mut IntakeBatch| {
+            for (record, reports) in chunk.accepted {
+                batch.records.push(record);
+                raised.push(reports);
             }
-            Msg::Rejected(r) => {
+            for r in chunk.rejected {
                 rejected += 1;
                 batch.rejections.extend(r);
             }
@@ -321,7 +335,7 @@ async fn ingest_from<S: Store>(
         add(first, &mut batch);
         while batch.records.len() < BATCH_RECORDS && batch.rejections.len() < BATCH_RECORDS {
             match rx.try_recv() {
-                Ok(msg) => add(msg, &mut batch),
+                Ok(chunk) => add(chunk, &mut batch),
                 Err(_) => break,
             }
         }

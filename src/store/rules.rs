@@ -132,6 +132,58 @@ pub fn decide_batch(
     (outcomes, stored)
 }
 
+/// One record whose earlier revisions' open exceptions a batch closes: the latest revision
+/// the batch stored of it, and the rules that revision raised (comma-joined).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closing<'a> {
+    pub trust: &'a str,
+    pub kind: &'a str,
+    pub id: &'a str,
+    pub revision: u32,
+    pub rules: String,
+}
+
+/// The records of a batch that may have open exceptions of an earlier revision: those
+/// stored before the batch, and those of which the batch itself stored more than one
+/// revision. A record seen for the first time has none, so is not looked for.
+pub fn closing<'a>(
+    records: &'a [NewRecord],
+    stored: &[usize],
+    state: &HashMap<Key, KeyState>,
+) -> Vec<Closing<'a>> {
+    let mut latest: HashMap<(&str, &str, &str), (usize, usize)> = HashMap::new();
+    for &i in stored {
+        let r = &records[i];
+        let seen = latest
+            .entry((r.trust.as_str(), r.kind.as_str(), r.id.as_str()))
+            .or_insert((i, 0));
+        *seen = (i, seen.1 + 1);
+    }
+    let mut out: Vec<Closing<'a>> = latest
+        .into_values()
+        .filter_map(|(i, revisions)| {
+            let r = &records[i];
+            let earlier_stored = state
+                .get(&(r.trust.clone(), r.kind.as_str(), r.id.clone()))
+                .is_some_and(|s| s.stored_latest.is_some());
+            (earlier_stored || revisions > 1).then(|| Closing {
+                trust: &r.trust,
+                kind: r.kind.as_str(),
+                id: &r.id,
+                revision: r.revision,
+                rules: r
+                    .exceptions
+                    .iter()
+                    .map(|e| e.rule)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.trust, a.kind, a.id).cmp(&(b.trust, b.kind, b.id)));
+    out
+}
+
 // ---- Exceptions ------------------------------------------------------------------------
 
 /// The state of a stored policy exception.
@@ -326,6 +378,54 @@ mod tests {
                 same_revision_stored: false
             }
         );
+    }
+
+    #[test]
+    fn only_records_with_an_earlier_revision_have_exceptions_to_close() {
+        let record = |id: &str, revision: u32, rules: &[&'static str]| NewRecord {
+            kind: crate::records::Kind::Incident,
+            id: id.into(),
+            revision,
+            trust: "t".into(),
+            school_urn: "100000".into(),
+            visit_id: None,
+            urgency: None,
+            hash: crate::records::ContentHash([0; 32]),
+            projection: crate::records::ContentHash([0; 32]),
+            canonical: "{}".into(),
+            file: "f".into(),
+            line: None,
+            exceptions: rules
+                .iter()
+                .map(|&rule| super::super::RaisedException {
+                    rule,
+                    severity: crate::records::severity::Severity::Warning,
+                    message: String::new(),
+                })
+                .collect(),
+        };
+        // "new" is seen for the first time; "old" is stored already; "twice" comes twice.
+        let records = vec![
+            record("new", 1, &["a"]),
+            record("old", 3, &["a", "b"]),
+            record("twice", 1, &["a"]),
+            record("twice", 2, &[]),
+        ];
+        let mut state = HashMap::new();
+        state.insert(
+            ("t".to_owned(), "incident", "old".to_owned()),
+            KeyState {
+                stored_latest: Some(2),
+                ..KeyState::default()
+            },
+        );
+        let (_, stored) = decide_batch(&records, &mut state);
+        let closing = closing(&records, &stored, &state);
+        let got: Vec<_> = closing
+            .iter()
+            .map(|c| (c.id, c.revision, c.rules.as_str()))
+            .collect();
+        assert_eq!(got, [("old", 3, "a,b"), ("twice", 2, "")]);
     }
 
     #[test]

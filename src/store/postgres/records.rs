@@ -180,24 +180,16 @@ impl Store for PgStore {
                 .await
                 .map_err(&err)?;
         }
-        let mut latest_stored: HashMap<(&str, &str, &str), (u32, String)> = HashMap::new();
-        for &i in &stored {
-            let r = &batch.records[i];
-            let rules: Vec<&str> = r.exceptions.iter().map(|e| e.rule).collect();
-            latest_stored.insert(
-                (r.trust.as_str(), r.kind.as_str(), r.id.as_str()),
-                (r.revision, rules.join(",")),
-            );
-        }
-        let closed = if !latest_stored.is_empty() {
+        let closing = rules::closing(&batch.records, &stored, &state);
+        let closed = if !closing.is_empty() {
             let (mut ct, mut ck, mut ci, mut cr, mut cl) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for ((t, k, id), (rev, rules)) in &latest_stored {
-                ct.push(*t);
-                ck.push(*k);
-                ci.push(*id);
-                cr.push(i64::from(*rev));
-                cl.push(rules.as_str());
+            for c in &closing {
+                ct.push(c.trust);
+                ck.push(c.kind);
+                ci.push(c.id);
+                cr.push(i64::from(c.revision));
+                cl.push(c.rules.as_str());
             }
             // What an open exception becomes is `ExceptionState::closed(raised again)`.
             sqlx::query(

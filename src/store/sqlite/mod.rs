@@ -93,7 +93,8 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", "16384")
             // Content a purge removes is overwritten in the pages it is written to anyway,
             // rather than left readable in free space (no extra I/O; `docs/privacy.md`).
-            .pragma("secure_delete", "fast");
+            .pragma("secure_delete", "fast")
+            .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)

@@ -157,18 +157,9 @@ impl Store for SqliteStore {
                 .await
                 .map_err(&err)?;
         }
-        let mut latest_stored: HashMap<(&str, &str, &str), (u32, String)> = HashMap::new();
-        for &i in &stored {
-            let r = &batch.records[i];
-            let rules: Vec<&str> = r.exceptions.iter().map(|e| e.rule).collect();
-            latest_stored.insert(
-                (r.trust.as_str(), r.kind.as_str(), r.id.as_str()),
-                (r.revision, rules.join(",")),
-            );
-        }
-        let closing: Vec<_> = latest_stored
+        let closing: Vec<_> = rules::closing(&batch.records, &stored, &state)
             .iter()
-            .map(|((t, k, id), (rev, rules))| serde_json::json!([t, k, id, rev, rules]))
+            .map(|c| serde_json::json!([c.trust, c.kind, c.id, c.revision, c.rules]))
             .collect();
         // What an open exception becomes is `ExceptionState::closed(raised again)`.
         let closed = if !closing.is_empty() {
