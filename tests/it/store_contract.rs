@@ -1291,8 +1291,31 @@ async fn postgres_outcomes_rolled_back_by_a_deadlock_are_written_again() {
         let c = claimed[0].clone();
         tokio::spawn(async move { store.finish(&[done(&c, delivered("T-1"))]).await })
     };
-    // The batch now holds the delivery's row and waits for the head.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the batch holds the delivery's row and waits for the head (a fixed pause
+    // was not enough on a loaded machine: the other transaction then waited first).
+    let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(other_pid)
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never waited for the log head"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sqlx::query("UPDATE deliveries SET updated_at = updated_at WHERE seq = $1")
         .bind(claimed[0].seq)
         .execute(&mut other)

@@ -92,11 +92,7 @@ impl SqliteStore {
     ) -> Result<BTreeMap<String, u64>, StoreError> {
         let err = self.db_err();
         let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_write().await?;
         let sizes = self.append_events(&mut tx, events).await?;
         tx.commit().await.map_err(&err)?;
         Ok(sizes)

@@ -277,15 +277,18 @@ impl DeliveryStore for SqliteStore {
             // The most urgent first (an immediate flag is not routed behind a backlog), with
             // every earlier unrouted revision of the same records, oldest first: a revision
             // is never routed before the one it follows.
-            // (The order is migration 0009's index expression, written as it is there.)
+            // (The order is migration 0009's index expression, written as it is there.) The
+            // earlier revisions are found from the picked ones by key (migration 0013), so a
+            // call reads what it returns, not every unrouted revision.
             "WITH picked AS (SELECT trust, kind, id, revision FROM records WHERE routed = 0 \
                ORDER BY (CASE WHEN urgency = 'immediate' THEN 0 \
                               WHEN urgency = 'same_day' OR kind = 'incident' THEN 1 \
                               ELSE 2 END), rowid \
                LIMIT ?1) \
              SELECT r.trust, r.kind, r.id, r.revision, r.school_urn, r.urgency, r.content, {EXCEPTIONS_OF} AS ex \
-             FROM records r WHERE r.routed = 0 AND EXISTS (SELECT 1 FROM picked p \
-               WHERE p.trust = r.trust AND p.kind = r.kind AND p.id = r.id AND r.revision <= p.revision) \
+             FROM records r WHERE r.rowid IN (SELECT e.rowid FROM picked p JOIN records e \
+               ON e.trust = p.trust AND e.kind = p.kind AND e.id = p.id AND e.revision <= p.revision \
+               WHERE e.routed = 0) \
              ORDER BY r.rowid"
         )))
         .bind(limit as i64)
@@ -317,11 +320,7 @@ impl DeliveryStore for SqliteStore {
         let err = self.db_err();
         let now = now();
         let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_write().await?;
         for chunk in deliveries.chunks(500) {
             sqlx::query(sqlx::AssertSqlSafe(ADD.as_str()))
                 .bind(json_param(&chunk))
@@ -362,11 +361,7 @@ impl DeliveryStore for SqliteStore {
         let err = self.db_err();
         let now = now();
         let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_write().await?;
         let seqs: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(CLAIM.as_str()))
             .bind(trust)
             .bind(destination)
@@ -404,11 +399,7 @@ impl DeliveryStore for SqliteStore {
         let mut events = Vec::with_capacity(done.len());
         let err = self.db_err();
         let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_write().await?;
         for (i, f) in done.iter().enumerate() {
             let c = &f.claimed;
             let attempt = c.attempts + 1;
@@ -740,11 +731,7 @@ impl DeliveryStore for SqliteStore {
         let err = self.db_err();
         let now = now();
         let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_write().await?;
         let (trust, dest) = destination.unwrap_or_default();
         let rows = sqlx::query(sqlx::AssertSqlSafe(REPLAY.as_str()))
             .bind(&now)

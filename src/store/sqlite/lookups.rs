@@ -51,7 +51,7 @@ impl LookupStore for SqliteStore {
         expires_at: &str,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await.map_err(self.db_err())?;
+        let mut tx = self.begin_write().await?;
         for chunk in entries.chunks(100) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT OR REPLACE INTO lookups (trust, destination, school_urn, name, key, value, expires_at) ",

@@ -24,11 +24,7 @@ impl Store for SqliteStore {
         let undecoded = self.undecoded();
         let now = now();
         let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_write().await?;
 
         // 1. What is stored for every key of the batch: its current revision, and the
         //    revisions the batch names. One query, the keys passed as a JSON array.

@@ -20,11 +20,7 @@ impl SqliteStore {
         let err = self.db_err();
         let undecoded = self.undecoded();
         let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_write().await?;
         // Decided inside the write transaction: a delivery cannot change state between
         // the check and the purge. Rows are walked in rowid order from `after` (`+r.trust`
         // keeps the planner off the primary key's index, which would sort the whole trust
