@@ -72,8 +72,13 @@ fn write_canonical(value: &Value, out: &mut String, dropped: Option<Dropped>) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) if u <= EXACT_INT => out.push_str(&u.to_string()),
-            (_, Some(i)) if i.unsigned_abs() <= EXACT_INT => out.push_str(&i.to_string()),
+            (Some(u), _) if u <= EXACT_INT => write_u64(u, out),
+            (_, Some(i)) if i.unsigned_abs() <= EXACT_INT => {
+                if i < 0 {
+                    out.push('-');
+                }
+                write_u64(i.unsigned_abs(), out);
+            }
             _ => out.push_str(&jcs_by_crate(value)),
         },
         Value::String(s) => write_string(s, out),
@@ -90,7 +95,7 @@ fn write_canonical(value: &Value, out: &mut String, dropped: Option<Dropped>) {
         Value::Object(map) => {
             // serde_json's map iterates in UTF-8 byte order; JCS wants UTF-16 code unit
             // order. They agree unless a key holds characters above U+FFFF.
-            if map.keys().any(|k| k.chars().any(|c| c as u32 > 0xFFFF)) {
+            if map.keys().any(|k| has_astral(k)) {
                 match dropped {
                     Some(d) => out.push_str(&jcs_by_crate(&without(value, d))),
                     None => out.push_str(&jcs_by_crate(value)),
@@ -116,31 +121,88 @@ fn write_canonical(value: &Value, out: &mut String, dropped: Option<Dropped>) {
     }
 }
 
+/// Whether a key holds a character above U+FFFF: in UTF-8, exactly those start with a byte
+/// of 0xF0 or more.
+fn has_astral(key: &str) -> bool {
+    key.bytes().any(|b| b >= 0xF0)
+}
+
+/// Writes a whole number in decimal, without allocating.
+fn write_u64(mut n: u64, out: &mut String) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// Does this byte need escaping in JCS: `"`, `\` or a control character?
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The index of the first byte at or after `i` that needs escaping (`bytes.len()` if none).
+/// Eight bytes at a time while none does: whether any byte of a word is below 0x20 or
+/// equal to `"` or `\` is exact with these bit tricks (which byte is not, so the byte
+/// loop finds it).
+fn next_escape(bytes: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_ne_bytes(w);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let quote = has_zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
+        if control | quote | backslash != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !needs_escape(bytes[i]) {
+        i += 1;
+    }
+    i
+}
+
 /// JCS string escaping: `"`, `\` and control characters only, `\u00xx` in lower case.
+/// Runs needing no escape are copied whole.
 fn write_string(s: &str, out: &mut String) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
     out.push('"');
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0C => "\\f",
-            0x00..=0x1F => "",
-            _ => continue,
-        };
+    loop {
+        let i = next_escape(bytes, start);
+        // `i` is at an ASCII byte or the end: a character boundary.
         out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            out.push_str(&format!("\\u{b:04x}"));
-        } else {
-            out.push_str(escape);
+        let Some(&b) = bytes.get(i) else { break };
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0C => out.push_str("\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xF)]));
+            }
         }
         start = i + 1;
     }
-    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -190,6 +252,41 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn every_ascii_byte_at_every_place_is_escaped_as_the_reference_does() {
+        for b in 0u8..0x80 {
+            for at in 0..20 {
+                let mut s: String = "abcdefghijklmnopqrs".into();
+                s.insert(at, char::from(b));
+                s.push_str("é😀");
+                let v = Value::String(s);
+                assert_eq!(
+                    canonical_json(&v),
+                    serde_json_canonicalizer::to_string(&v).unwrap(),
+                    "byte {b:#x} at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn whole_numbers_at_the_edges_print_as_the_reference_does() {
+        let edge = 1i64 << 53;
+        let mut values: Vec<Value> = [0, 1, -1, 9, 10, -10, edge - 1, edge, edge + 1]
+            .into_iter()
+            .flat_map(|i| [Value::from(i), Value::from(-i)])
+            .collect();
+        values.extend([i64::MIN, i64::MAX].map(Value::from));
+        values.extend([u64::MAX, 1 << 53, (1 << 53) + 1].map(Value::from));
+        for v in values {
+            assert_eq!(
+                canonical_json(&v),
+                serde_json_canonicalizer::to_string(&v).unwrap(),
+                "{v}"
+            );
+        }
     }
 
     proptest! {
