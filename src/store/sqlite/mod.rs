@@ -129,14 +129,14 @@ impl SqliteStore {
                 }
             }
         }
-        // The writer keeps 16 MiB of pages (the indexes a batch updates), readers SQLite's
-        // default 2 MiB each.
+        // SQLite's default page cache (2 MiB) each: 16 MiB for the writer was measured no
+        // faster on a 100,000-record ingest, and costs its size in resident memory.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
-            .connect_with(options.pragma("cache_size", "-16384"))
+            .connect_with(options)
             .await
             .map_err(|source| StoreError::Database {
                 location: location.clone(),
