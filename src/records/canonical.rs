@@ -50,6 +50,73 @@ pub fn canonical_json_without(value: &Value, dropped: Dropped) -> String {
     out
 }
 
+/// Both texts a record is hashed by, in one walk of the value: its RFC 8785 text, and that of
+/// the value with every key `dropped` says left out (as [`canonical_json_without`] writes it).
+pub fn canonical_json_and_without(value: &Value, dropped: Dropped) -> (String, String) {
+    let mut full = String::with_capacity(2048);
+    let mut kept = String::with_capacity(1024);
+    write_both(value, &mut full, &mut kept, dropped);
+    (full, kept)
+}
+
+/// Writes `value` to `full` and, leaving out the keys `dropped` says, to `kept`. A scalar's
+/// text is written once and copied; a dropped key's member goes to `full` only.
+fn write_both(value: &Value, full: &mut String, kept: &mut String, dropped: Dropped) {
+    match value {
+        Value::Array(items) => {
+            full.push('[');
+            kept.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    full.push(',');
+                    kept.push(',');
+                }
+                write_both(item, full, kept, dropped);
+            }
+            full.push(']');
+            kept.push(']');
+        }
+        Value::Object(map) => {
+            if map.keys().any(|k| has_astral(k)) {
+                // As `write_canonical` does for each text.
+                full.push_str(&jcs_by_crate(value));
+                kept.push_str(&jcs_by_crate(&without(value, dropped)));
+                return;
+            }
+            full.push('{');
+            kept.push('{');
+            let mut first_kept = true;
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    full.push(',');
+                }
+                if dropped(k) {
+                    write_string(k, full);
+                    full.push(':');
+                    write_canonical(v, full, None);
+                    continue;
+                }
+                if !first_kept {
+                    kept.push(',');
+                }
+                first_kept = false;
+                let start = full.len();
+                write_string(k, full);
+                full.push(':');
+                kept.push_str(&full[start..]);
+                write_both(v, full, kept, dropped);
+            }
+            full.push('}');
+            kept.push('}');
+        }
+        scalar => {
+            let start = full.len();
+            write_canonical(scalar, full, None);
+            kept.push_str(&full[start..]);
+        }
+    }
+}
+
 /// A copy of `value` with every key `dropped` says left out, at any depth.
 pub fn without(value: &Value, dropped: Dropped) -> Value {
     match value {
@@ -289,10 +356,43 @@ mod tests {
         }
     }
 
+    /// Objects whose keys are often ones `dropped_in_tests` drops.
+    fn arb_json_with_dropped_keys() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            "\\PC{0,6}",
+            Just("name".to_owned()),
+            Just("secret".to_owned()),
+            Just("x".to_owned()),
+            Just("\u{1F600}".to_owned()),
+        ];
+        arb_json().prop_recursive(3, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn dropped_in_tests(key: &str) -> bool {
+        key == "name" || key == "secret"
+    }
+
     proptest! {
         #[test]
         fn agrees_with_the_reference_implementation(v in arb_json()) {
             prop_assert_eq!(canonical_json(&v), serde_json_canonicalizer::to_string(&v).unwrap());
+        }
+
+        #[test]
+        fn one_walk_writes_both_texts_as_the_reference_does(v in arb_json_with_dropped_keys()) {
+            let (full, kept) = canonical_json_and_without(&v, dropped_in_tests);
+            let reference_kept =
+                serde_json_canonicalizer::to_string(&without(&v, dropped_in_tests)).unwrap();
+            prop_assert_eq!(&full, &serde_json_canonicalizer::to_string(&v).unwrap());
+            prop_assert_eq!(&kept, &reference_kept);
+            prop_assert_eq!(&kept, &canonical_json(&without(&v, dropped_in_tests)));
+            prop_assert_eq!(&kept, &canonical_json_without(&v, dropped_in_tests));
         }
     }
 }

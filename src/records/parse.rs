@@ -6,7 +6,7 @@ use chrono::{DateTime, FixedOffset};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::canonical::{ContentHash, canonical_json};
+use super::canonical::ContentHash;
 use super::fields::{RULE_SEPARATOR, Timestamp, TrustId, Urn, is_valid_record_id};
 use super::kinds::{Incident, Pupil, SafeguardingFlag, VisitOutcome, VisitReport, YearGroup};
 use super::value::escape_pointer_token;
@@ -164,9 +164,9 @@ fn parse_one<T: Checked>(
     if let Some(map) = content.as_object_mut() {
         map.insert("kind".into(), Value::String(kind.as_str().into()));
     }
-    let canonical = canonical_json(&content);
+    let (canonical, projection) = super::personal::canonical_and_projection_text(&content);
     let hash = ContentHash::of_canonical(&canonical);
-    let projection = super::personal::projection_hash(&content);
+    let projection = ContentHash::of_canonical(&projection);
     Ok(ParsedRecord {
         record: typed.into_record(),
         content,

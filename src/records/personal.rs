@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 
+use super::canonical::canonical_json_and_without;
 use super::{ContentHash, canonical_json_without};
 
 /// Keys whose values are personal data, wherever they sit in a record: names, dates of
@@ -38,8 +39,32 @@ pub const PERSONAL_KEYS: &[&str] = &[
 /// Keys under which the keys too are personal (a school's own fields, named as it likes).
 pub const PERSONAL_SUBTREES: &[&str] = &["extensions"];
 
+/// Whether `key` is one of [`PERSONAL_KEYS`] (a `match`, the list's own order aside, so the
+/// compiler compares lengths first: it runs on every key of every record).
 fn is_personal(key: &str) -> bool {
-    PERSONAL_KEYS.contains(&key)
+    matches!(
+        key,
+        "given_name"
+            | "family_name"
+            | "date_of_birth"
+            | "upn"
+            | "mis_id"
+            | "name"
+            | "vehicle_registration"
+            | "staff_mobiles"
+            | "address"
+            | "postcode"
+            | "expected_to_see"
+            | "summary"
+            | "purpose_detail"
+            | "emergency_reason"
+            | "description"
+            | "reason"
+            | "unannounced_reason"
+            | "owner"
+            | "people_seen"
+            | "extensions"
+    )
 }
 
 /// The record with every personal key (and all beneath it) removed, at any depth.
@@ -57,8 +82,14 @@ pub fn projection_hash(value: &Value) -> ContentHash {
     ContentHash::of_canonical(&projection_text(value))
 }
 
+/// The record's canonical text and its [`projection_text`], written in one walk.
+pub fn canonical_and_projection_text(value: &Value) -> (String, String) {
+    canonical_json_and_without(value, is_personal)
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
@@ -93,8 +124,69 @@ mod tests {
             crate::records::canonical_json(&p),
             "written directly, the same text"
         );
+        assert_eq!(
+            canonical_and_projection_text(&record),
+            (
+                crate::records::canonical_json(&record),
+                projection_text(&record)
+            ),
+            "one walk, the same two texts"
+        );
         let mut renamed = record.clone();
         renamed["pupil"]["given_name"] = json!("pseudonym:0011");
         assert_eq!(projection_hash(&renamed), projection_hash(&record));
+    }
+
+    #[test]
+    fn is_personal_says_exactly_the_list() {
+        for key in PERSONAL_KEYS {
+            assert!(is_personal(key), "{key}");
+        }
+        for key in [
+            "",
+            "kind",
+            "Name",
+            "name ",
+            "names",
+            "upn2",
+            "extension",
+            "id",
+            "owners",
+        ] {
+            assert!(!is_personal(key), "{key}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_one_walk_projection_is_the_canonical_text_of_the_projection(
+            keys in prop::collection::vec(
+                prop_oneof![
+                    prop::sample::select(PERSONAL_KEYS.to_vec()).prop_map(str::to_owned),
+                    "\\PC{0,8}",
+                ],
+                0..12,
+            ),
+            depth in 0usize..3,
+        ) {
+            // Nested objects and arrays whose keys are often personal.
+            let mut v = serde_json::json!({"kind": "visit_report", "n": 1});
+            for (i, k) in keys.iter().enumerate() {
+                let leaf = if i % 3 == 0 { json!([i, {"name": "x", k.clone(): [true]}]) } else { json!(format!("v{i}\u{1}")) };
+                let mut inner = leaf;
+                for d in 0..depth {
+                    inner = json!({k.clone(): inner, "d": d});
+                }
+                v[k.as_str()] = inner;
+            }
+            let (full, projection) = canonical_and_projection_text(&v);
+            prop_assert_eq!(full, crate::records::canonical_json(&v));
+            prop_assert_eq!(&projection, &crate::records::canonical_json(&non_personal(&v)));
+            prop_assert_eq!(&projection, &projection_text(&v));
+            prop_assert_eq!(
+                &projection,
+                &serde_json_canonicalizer::to_string(&non_personal(&v)).unwrap()
+            );
+        }
     }
 }
