@@ -59,6 +59,22 @@ pub fn canonical_json_and_without(value: &Value, dropped: Dropped) -> (String, S
     (full, kept)
 }
 
+/// Whether reading `value`'s canonical text back gives a value equal to it. It does unless
+/// a number is not a whole number within ±2^53: JCS writes 150.0 as `150` (read back as an
+/// integer) and integers beyond 2^53 as the nearest double.
+pub fn reads_back_equal(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => u <= EXACT_INT,
+            (_, Some(i)) => i.unsigned_abs() <= EXACT_INT,
+            _ => false,
+        },
+        Value::Array(items) => items.iter().all(reads_back_equal),
+        Value::Object(map) => map.values().all(reads_back_equal),
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+    }
+}
+
 /// Writes `value` to `full` and, leaving out the keys `dropped` says, to `kept`. A scalar's
 /// text is written once and copied; a dropped key's member goes to `full` only.
 fn write_both(value: &Value, full: &mut String, kept: &mut String, dropped: Dropped) {
@@ -382,6 +398,14 @@ mod tests {
         #[test]
         fn agrees_with_the_reference_implementation(v in arb_json()) {
             prop_assert_eq!(canonical_json(&v), serde_json_canonicalizer::to_string(&v).unwrap());
+        }
+
+        #[test]
+        fn a_value_said_to_read_back_equal_does(v in arb_json()) {
+            let back: Value = serde_json::from_str(&canonical_json(&v)).unwrap();
+            if reads_back_equal(&v) {
+                prop_assert_eq!(back, v);
+            }
         }
 
         #[test]

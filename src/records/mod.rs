@@ -18,6 +18,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub(crate) use canonical::reads_back_equal;
 pub use canonical::{ContentHash, canonical_json, canonical_json_without};
 pub use fields::{
     Date, RecordId, Revision, RuleViolation, StaffId, Timestamp, TrustId, Upn, Urn,

@@ -50,13 +50,11 @@ impl FieldError {
 #[derive(Debug, Clone)]
 pub struct ParsedRecord {
     pub record: Record,
-    /// The record as stored: the submitted JSON, with a visit report's embedded records
-    /// split out and an embedded record's inherited fields filled in.
-    pub content: Value,
-    /// RFC 8785 text of `content`.
+    /// RFC 8785 text of the record as stored: the submitted JSON, with a visit report's
+    /// embedded records split out and an embedded record's inherited fields filled in.
     pub canonical: String,
     pub hash: ContentHash,
-    /// SHA-256 of the canonical text of `content` without its personal fields.
+    /// SHA-256 of the canonical text of the stored record without its personal fields.
     pub projection: ContentHash,
 }
 
@@ -138,16 +136,32 @@ trait Checked: DeserializeOwned {
 }
 
 /// Deserialises `map` (without `kind`) as `T`, runs its checks, and builds the stored form.
+/// Both canonical texts are written first, so that the typed record can take the strings of
+/// `map` instead of copying them.
 fn parse_one<T: Checked>(
-    map: Map<String, Value>,
+    mut map: Map<String, Value>,
     kind: Kind,
     prefix: &str,
 ) -> Result<ParsedRecord, Vec<FieldError>> {
-    let value = Value::Object(map);
+    map.insert("kind".into(), Value::String(kind.as_str().into()));
+    let content = Value::Object(map);
+    let (canonical, projection) = super::personal::canonical_and_projection_text(&content);
+    let Value::Object(mut map) = content else {
+        // Built as an object just above.
+        return Err(vec![FieldError::new(
+            prefix,
+            Rule::NotAnObject,
+            "a record must be a JSON object",
+        )]);
+    };
+    map.remove("kind");
+    // Kept only when the canonical text could not stand in for it to explain a failure.
+    let kept = (!reads_back_equal_object(&map)).then(|| Value::Object(map.clone()));
     // The plain deserialiser is fast; the path-tracking one runs only to explain a failure.
-    let typed: T = match T::deserialize(&value) {
+    let typed: T = match T::deserialize(Value::Object(map)) {
         Ok(t) => t,
         Err(_) => {
+            let value = kept.unwrap_or_else(|| value_without_kind(&canonical));
             let err = match serde_path_to_error::deserialize::<_, T>(&value) {
                 Err(e) => classify_serde_error(e),
                 Ok(_) => FieldError::new("", Rule::InvalidValue, "the record could not be read"),
@@ -160,20 +174,28 @@ fn parse_one<T: Checked>(
     if !errors.is_empty() {
         return Err(errors.into_iter().map(|e| e.prefixed(prefix)).collect());
     }
-    let mut content = value;
-    if let Some(map) = content.as_object_mut() {
-        map.insert("kind".into(), Value::String(kind.as_str().into()));
-    }
-    let (canonical, projection) = super::personal::canonical_and_projection_text(&content);
     let hash = ContentHash::of_canonical(&canonical);
     let projection = ContentHash::of_canonical(&projection);
     Ok(ParsedRecord {
         record: typed.into_record(),
-        content,
         canonical,
         hash,
         projection,
     })
+}
+
+fn reads_back_equal_object(map: &Map<String, Value>) -> bool {
+    map.values().all(super::reads_back_equal)
+}
+
+/// The value a canonical text was written from (one that reads back equal), without the
+/// `kind` added before writing it.
+fn value_without_kind(canonical: &str) -> Value {
+    let mut value: Value = serde_json::from_str(canonical).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("kind");
+    }
+    value
 }
 
 fn parse_visit(mut map: Map<String, Value>) -> Result<Vec<ParsedRecord>, Vec<FieldError>> {
@@ -708,5 +730,118 @@ impl Checked for SafeguardingFlag {
 
     fn into_record(self) -> Record {
         Record::SafeguardingFlag(Box::new(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn visit() -> Value {
+        json!({
+            "kind": "visit_report", "id": "V-1", "revision": 1, "trust": "thrive",
+            "school": {"urn": "117800", "name": "Stepney Primary School"},
+            "pupil": {"upn": "X810229123728", "given_name": "Dylan", "year_group": 11},
+            "purpose": "refusing_school", "outcome": "completed", "child_seen": true,
+            "staff": [{"staff_id": "S800-099", "name": "Ellie Jenkin", "role": "pastoral_lead", "lead": true}],
+            "visit": {"arrived_at": "2026-11-04T12:47:00+00:00", "departed_at": "2026-11-04T13:03:00+00:00"},
+            "recorded_by": {"staff_id": "S800-099", "name": "Ellie Jenkin"},
+            "recorded_at": "2026-11-04T17:02:00+00:00",
+            "extensions": {"height": 150.0, "big": 12345678901234567890u64, "s": "a\u{1}\"b"},
+        })
+    }
+
+    fn first_error(edit: impl FnOnce(&mut Value)) -> (Option<String>, Rule, String) {
+        let mut v = visit();
+        edit(&mut v);
+        let e = parse_submission(v).unwrap_err().remove(0);
+        (e.pointer, e.rule, e.message)
+    }
+
+    #[test]
+    fn the_stored_texts_are_those_of_the_submitted_record() {
+        let v = visit();
+        let parsed = parse_submission(v.clone()).unwrap();
+        assert_eq!(parsed[0].canonical, super::super::canonical_json(&v));
+        assert_eq!(
+            parsed[0].hash,
+            ContentHash::of_canonical(&super::super::canonical_json(&v))
+        );
+        assert_eq!(
+            parsed[0].projection,
+            super::super::personal::projection_hash(&v)
+        );
+    }
+
+    type Edit = fn(&mut Value);
+    type Expected = (&'static str, Rule, &'static str);
+
+    /// A failure is explained from the record as submitted, also where its canonical text
+    /// would read back as another value (150.0 as 150, 2.0 as 2, big integers rounded).
+    #[test]
+    fn failures_are_explained_from_the_record_as_submitted() {
+        let cases: [(Edit, Expected); 6] = [
+            (
+                |v| v["pupil"]["year_group"] = json!(7.0),
+                ("/pupil/year_group", Rule::YearGroup, YEAR_GROUP_MESSAGE),
+            ),
+            (
+                |v| v["revision"] = json!(2.0),
+                (
+                    "/revision",
+                    Rule::WrongType,
+                    "expected an integer revision, 1 or more, found a number with a fraction",
+                ),
+            ),
+            (
+                |v| v["revision"] = json!(12345678901234567890u64),
+                (
+                    "/revision",
+                    Rule::RevisionRange,
+                    "revision must be an integer from 1 to 4294967295",
+                ),
+            ),
+            (
+                |v| v["child_seen"] = json!(9007199254740993u64),
+                (
+                    "/child_seen",
+                    Rule::WrongType,
+                    "expected true or false, found an integer",
+                ),
+            ),
+            (
+                |v| v["staff"][0]["lead"] = json!("yes"),
+                (
+                    "/staff/0/lead",
+                    Rule::WrongType,
+                    "expected true or false, found a string",
+                ),
+            ),
+            (
+                |v| v["outcome"] = json!("gone"),
+                (
+                    "/outcome",
+                    Rule::UnknownEnumValue,
+                    "not an allowed value; expected one of completed, no_one_home, refused_entry, not_entered_unsafe, ended_for_safety, cancelled",
+                ),
+            ),
+        ];
+        for (edit, (pointer, rule, message)) in cases {
+            assert_eq!(
+                first_error(edit),
+                (Some(pointer.to_owned()), rule, message.to_owned())
+            );
+            // The same with nothing that reads back differently.
+            let plain = |v: &mut Value| {
+                v["extensions"] = json!({"s": "x"});
+                edit(v);
+            };
+            assert_eq!(
+                first_error(plain),
+                (Some(pointer.to_owned()), rule, message.to_owned())
+            );
+        }
     }
 }
