@@ -331,17 +331,31 @@ fn parse_embedded(
 /// Keys that would carry a code word, code phrase or password. Booleans saying that one was
 /// agreed or used are fine; the word itself is never accepted, wherever it sits.
 fn scan_code_words(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
-    let mut path: Vec<String> = Vec::new();
+    let mut path: Vec<Segment<'_>> = Vec::new();
     scan_object(&mut path, map, errors);
 }
 
-fn scan_object(path: &mut Vec<String>, map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+/// One step of the path to where the scan is: a key, or an array index.
+#[derive(Clone, Copy)]
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn scan_object<'a>(
+    path: &mut Vec<Segment<'a>>,
+    map: &'a Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) {
     for (key, value) in map {
         if !value.is_boolean() && names_a_code_word(key) {
             let pointer: String = path
                 .iter()
-                .chain(std::iter::once(key))
-                .map(|s| format!("/{}", escape_pointer_token(s)))
+                .chain(std::iter::once(&Segment::Key(key)))
+                .map(|s| match s {
+                    Segment::Key(k) => format!("/{}", escape_pointer_token(k)),
+                    Segment::Index(i) => format!("/{i}"),
+                })
                 .collect();
             errors.push(FieldError::new(
                 pointer,
@@ -350,15 +364,15 @@ fn scan_object(path: &mut Vec<String>, map: &Map<String, Value>, errors: &mut Ve
             ));
         }
         if value.is_object() || value.is_array() {
-            scan_value(path, key.clone(), value, errors);
+            scan_value(path, Segment::Key(key), value, errors);
         }
     }
 }
 
-fn scan_value(
-    path: &mut Vec<String>,
-    segment: String,
-    value: &Value,
+fn scan_value<'a>(
+    path: &mut Vec<Segment<'a>>,
+    segment: Segment<'a>,
+    value: &'a Value,
     errors: &mut Vec<FieldError>,
 ) {
     match value {
@@ -371,7 +385,7 @@ fn scan_value(
             path.push(segment);
             for (i, item) in items.iter().enumerate() {
                 if item.is_object() || item.is_array() {
-                    scan_value(path, i.to_string(), item, errors);
+                    scan_value(path, Segment::Index(i), item, errors);
                 }
             }
             path.pop();

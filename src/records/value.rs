@@ -122,9 +122,19 @@ impl DupTrace {
     }
 }
 
-/// Parses one complete JSON text (a JSON-lines line, a request body).
+/// Parses one complete JSON text (a JSON-lines line, a request body). Valid UTF-8 is
+/// checked once for the whole text, not string by string; a text that is not is parsed as
+/// bytes, for serde_json's own error.
 pub fn parse_json_value(bytes: &[u8]) -> Result<(Value, Option<DuplicateKey>), serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_complete(serde_json::Deserializer::from_str(text)),
+        Err(_) => parse_complete(serde_json::Deserializer::from_slice(bytes)),
+    }
+}
+
+fn parse_complete<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+) -> Result<(Value, Option<DuplicateKey>), serde_json::Error> {
     let mut trace = DupTrace::default();
     let v = ValueSeed { trace: &mut trace }.deserialize(&mut de)?;
     de.end()?;
@@ -153,6 +163,36 @@ mod tests {
         let (v, dup) = parse_json_value(br#"{"a":1,"b":[1,2]}"#).unwrap();
         assert!(dup.is_none());
         assert_eq!(v["b"][1], 2);
+    }
+
+    #[test]
+    fn text_checked_once_for_utf8_reads_as_bytes_do() {
+        let texts: [&[u8]; 10] = [
+            br#"{"a":1,"b":[true,null,"x\u00e9"]}"#,
+            br#"{"a":"\ud800"}"#,
+            br#"{"a":"\ud83d\ude00","b":1e400}"#,
+            br#"{"a":1} x"#,
+            br#"{"a":[1,2,}"#,
+            "{\"a\":\"caf\u{e9}\n\"}".as_bytes(),
+            "{\"\u{1F600}\":1,\"b\":\"\u{1}\"}".as_bytes(),
+            br#"{"a":"\q"}"#,
+            br#"{"a":12345678901234567890123}"#,
+            br#"{"a":-0.0,"b":1.50,"c":"#,
+        ];
+        for text in texts {
+            let mut de = serde_json::Deserializer::from_slice(text);
+            let mut trace = DupTrace::default();
+            let as_bytes = ValueSeed { trace: &mut trace }
+                .deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v));
+            let ours = parse_json_value(text).map(|(v, _)| v);
+            assert_eq!(
+                format!("{:?}", ours),
+                format!("{:?}", as_bytes),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 
     #[test]
