@@ -89,7 +89,7 @@ impl NewRecord {
             }),
             hash: p.hash,
             projection: p.projection,
-            canonical: p.canonical,
+            canonical: p.canonical.into(),
             file: file.to_owned(),
             line,
             exceptions: exceptions

@@ -165,7 +165,7 @@ mod tests {
             urgency: None,
             hash: ContentHash::of_canonical(&canonical),
             projection: ContentHash::of_canonical(&canonical),
-            canonical,
+            canonical: canonical.into(),
             file: "api:test".to_owned(),
             line: None,
             exceptions: Vec::new(),

@@ -113,7 +113,8 @@ pub struct NewRecord {
     pub hash: ContentHash,
     /// SHA-256 of the record's non-personal projection (`records::personal`).
     pub projection: ContentHash,
-    pub canonical: String,
+    /// The canonical text, shared rather than copied when it is bound to the insert.
+    pub canonical: std::sync::Arc<str>,
     /// The file (or `request`) and line the record was read from.
     pub file: String,
     pub line: Option<u64>,

@@ -104,7 +104,7 @@ fn record(id: &str, revision: u32, content: &str) -> NewRecord {
         urgency: None,
         hash: ContentHash::of_canonical(&canonical),
         projection: ContentHash::of_canonical(&canonical),
-        canonical,
+        canonical: canonical.into(),
         file: "contract.jsonl".to_owned(),
         line: Some(u64::from(revision)),
         exceptions: Vec::new(),
@@ -505,7 +505,7 @@ async fn lifecycle<S: Store + DeliveryStore>(store: &S) {
     let c = &claimed[0];
     assert_eq!(c.attempts, 0);
     assert_eq!(c.content_hash, record("V-1", 1, "x").hash.to_hex());
-    assert_eq!(c.canonical, record("V-1", 1, "x").canonical);
+    assert_eq!(*c.canonical, *record("V-1", 1, "x").canonical);
     assert_eq!(c.idempotency_key, "cpoms:V-1:1");
     assert_eq!(state_of(store, c.seq).await, DeliveryState::InFlight);
     assert!(

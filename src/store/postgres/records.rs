@@ -136,7 +136,7 @@ impl Store for PgStore {
                     .push_bind(r.visit_id.as_deref())
                     .push_bind(r.urgency)
                     .push_bind(r.hash.to_hex())
-                    .push_bind(r.canonical.as_str())
+                    .push_bind(&*r.canonical)
                     .push_bind(source)
                     .push_bind(now.as_str())
                     .push_bind(latest == Some(r.revision));

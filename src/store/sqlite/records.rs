@@ -86,17 +86,25 @@ impl Store for SqliteStore {
             .await
             .map_err(&err)?;
         }
+        // The last revision the batch stores of a record is its current one.
+        let mut seen = std::collections::HashSet::new();
+        let mut rows: Vec<(usize, bool)> = stored
+            .iter()
+            .rev()
+            .map(|&i| {
+                let r = &batch.records[i];
+                (i, seen.insert((r.trust.as_str(), r.kind, r.id.as_str())))
+            })
+            .collect();
+        rows.reverse();
         // Multi-row VALUES with bound parameters: no JSON to encode here or decode there.
-        for chunk in stored.chunks(INSERT_ROWS) {
+        for chunk in rows.chunks(INSERT_ROWS) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO records (trust, kind, id, revision, school_urn, visit_id, urgency, \
                  content_hash, content, source, received_at, current) ",
             );
-            insert.push_values(chunk, |mut row, &i| {
+            insert.push_values(chunk, |mut row, &(i, current)| {
                 let r = &batch.records[i];
-                let latest = state
-                    .get(&(r.trust.clone(), r.kind.as_str(), r.id.clone()))
-                    .and_then(|s| s.latest);
                 let source = match r.line {
                     Some(l) => format!("{}:{l}", r.file),
                     None => r.file.clone(),
@@ -109,10 +117,10 @@ impl Store for SqliteStore {
                     .push_bind(r.visit_id.as_deref())
                     .push_bind(r.urgency)
                     .push_bind(r.hash.to_hex())
-                    .push_bind(r.canonical.as_str())
+                    .push_bind(r.canonical.clone())
                     .push_bind(source)
                     .push_bind(now.as_str())
-                    .push_bind(i64::from(latest == Some(r.revision)));
+                    .push_bind(i64::from(current));
             });
             insert
                 .build()
