@@ -24,10 +24,10 @@ use crate::store::{IngestOutcome, IntakeBatch, NewRecord, RaisedException, Store
 /// Records written per transaction, about (whole chunks are taken).
 pub const BATCH_RECORDS: usize = 1000;
 /// Records (or rejected submissions) the reader thread hands over at a time.
-const CHUNK_RECORDS: usize = 500;
+const CHUNK_RECORDS: usize = 250;
 /// Chunks in flight between the reader thread and the store: with the batch being written,
 /// what memory holds stays a few thousand records whatever the file's size.
-const CHANNEL_DEPTH: usize = 2;
+const CHANNEL_DEPTH: usize = 4;
 
 /// Receives what a run finds, as it finds it.
 pub trait Reporter {
