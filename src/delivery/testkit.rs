@@ -3,6 +3,7 @@
 //! `Engine` runs in process against a mock server.
 //! Compiled for tests only (`#[cfg(test)] mod testkit` in `delivery/mod.rs`): its unwraps
 //! never meet input. Owns: nothing the engine uses. May not touch: production code paths.
+#![cfg(test)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

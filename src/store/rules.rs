@@ -132,6 +132,22 @@ pub fn decide_batch(
     (outcomes, stored)
 }
 
+/// The records a batch stores (`stored`, in order), each with whether it is its record's
+/// current revision once the batch is written: the last revision the batch stores of it.
+pub fn with_current(records: &[NewRecord], stored: &[usize]) -> Vec<(usize, bool)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut rows: Vec<(usize, bool)> = stored
+        .iter()
+        .rev()
+        .map(|&i| {
+            let r = &records[i];
+            (i, seen.insert((r.trust.as_str(), r.kind, r.id.as_str())))
+        })
+        .collect();
+    rows.reverse();
+    rows
+}
+
 /// One record whose earlier revisions' open exceptions a batch closes: the latest revision
 /// the batch stored of it, and the rules that revision raised (comma-joined).
 #[derive(Debug, PartialEq, Eq)]
@@ -426,6 +442,12 @@ mod tests {
             .map(|c| (c.id, c.revision, c.rules.as_str()))
             .collect();
         assert_eq!(got, [("old", 3, "a,b"), ("twice", 2, "")]);
+        // Only the last revision the batch stores of a record is current.
+        let current: Vec<bool> = with_current(&records, &stored)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        assert_eq!(current, [true, true, false, true]);
     }
 
     #[test]

@@ -114,16 +114,13 @@ impl Store for PgStore {
             .await
             .map_err(&err)?;
         }
-        for chunk in stored.chunks(INSERT_ROWS) {
+        for chunk in rules::with_current(&batch.records, &stored).chunks(INSERT_ROWS) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
                 "INSERT INTO records (trust, kind, id, revision, school_urn, visit_id, urgency, \
                  content_hash, content, source, received_at, current) ",
             );
-            insert.push_values(chunk, |mut row, &i| {
+            insert.push_values(chunk, |mut row, &(i, current)| {
                 let r = &batch.records[i];
-                let latest = state
-                    .get(&(r.trust.clone(), r.kind.as_str(), r.id.clone()))
-                    .and_then(|s| s.latest);
                 let source = match r.line {
                     Some(l) => format!("{}:{l}", r.file),
                     None => r.file.clone(),
@@ -139,7 +136,7 @@ impl Store for PgStore {
                     .push_bind(&*r.canonical)
                     .push_bind(source)
                     .push_bind(now.as_str())
-                    .push_bind(latest == Some(r.revision));
+                    .push_bind(current);
             });
             insert
                 .build()

@@ -86,17 +86,7 @@ impl Store for SqliteStore {
             .await
             .map_err(&err)?;
         }
-        // The last revision the batch stores of a record is its current one.
-        let mut seen = std::collections::HashSet::new();
-        let mut rows: Vec<(usize, bool)> = stored
-            .iter()
-            .rev()
-            .map(|&i| {
-                let r = &batch.records[i];
-                (i, seen.insert((r.trust.as_str(), r.kind, r.id.as_str())))
-            })
-            .collect();
-        rows.reverse();
+        let rows = rules::with_current(&batch.records, &stored);
         // Multi-row VALUES with bound parameters: no JSON to encode here or decode there.
         for chunk in rows.chunks(INSERT_ROWS) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
